@@ -1,0 +1,20 @@
+# The two commands: `make demo` (closed loop on the simulated robot) and `make test`.
+SHELL := /bin/bash
+ENV := source scripts/env.sh
+EPISODES ?= 2
+EPISODE_STEPS ?= 100
+DEMO_OUT ?= outputs/demo
+
+.PHONY: setup demo test clean
+
+setup:
+	@bash scripts/setup_env.sh
+
+demo: setup
+	@$(ENV) && python -m rla_wm_ros.demo --episodes $(EPISODES) --episode-steps $(EPISODE_STEPS) --output $(DEMO_OUT)
+
+test: setup
+	@$(ENV) && python -m pytest tests
+
+clean:
+	rm -rf ros2_ws/build ros2_ws/install ros2_ws/log ros2_ws/colcon_build.log .venv/.stamps/colcon

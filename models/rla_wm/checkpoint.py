@@ -1,0 +1,68 @@
+"""Checkpoints as a folder: model.safetensors + config.json (the config the model was built with)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from rla_wm.assets import resolve_model_path
+
+ConfigT = TypeVar("ConfigT")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt, or was made for another model or config."""
+
+
+def save_checkpoint(folder: str | Path, model: torch.nn.Module, kind: str, config: Any, extra: dict | None = None) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()}
+    save_file(tensors, str(folder / "model.safetensors"))
+    meta = {"kind": kind, "config": dataclasses.asdict(config), **(extra or {})}
+    (folder / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return folder
+
+
+def read_checkpoint_meta(spec: str | Path, kind: str) -> dict:
+    folder = Path(resolve_model_path(str(spec)))
+    meta_path = folder / "config.json"
+    if not meta_path.is_file() or not (folder / "model.safetensors").is_file():
+        raise CheckpointError(f"{spec}: not a checkpoint folder (needs config.json and model.safetensors)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{meta_path}: corrupt config ({err})") from err
+    if meta.get("kind") != kind:
+        raise CheckpointError(f"{spec}: holds a {meta.get('kind')!r} model, expected {kind!r}")
+    return meta
+
+
+def load_state_into(spec: str | Path, model: torch.nn.Module) -> None:
+    folder = Path(resolve_model_path(str(spec)))
+    try:
+        state = load_file(str(folder / "model.safetensors"))
+    except Exception as err:  # safetensors raises several types for truncated/corrupt files
+        raise CheckpointError(f"{folder}/model.safetensors is unreadable: {err}") from err
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{folder}: weights do not fit the configured model: {err}") from err
+
+
+def config_from_dict(config_type: type[ConfigT], values: dict) -> ConfigT:
+    """Rebuild a config dataclass, rejecting unknown keys (a sign of a mismatched checkpoint)."""
+    known = {f.name for f in dataclasses.fields(config_type)}
+    unknown = set(values) - known
+    if unknown:
+        raise CheckpointError(f"config has keys {sorted(unknown)} unknown to {config_type.__name__}")
+    fields = {}
+    for f in dataclasses.fields(config_type):
+        if f.name in values:
+            value = values[f.name]
+            fields[f.name] = tuple(value) if isinstance(value, list) else value
+    return config_type(**fields)

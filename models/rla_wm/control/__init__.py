@@ -1,0 +1,1 @@
+"""Control-side helpers shared by every deployment path (ROS or not)."""

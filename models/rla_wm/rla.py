@@ -1,0 +1,137 @@
+"""Residual Latent Action (RLA) autoencoder.
+
+Encoder: K learnable query tokens attend over the feature residual s_{t+h} - s_t
+and are projected to z (K x D, continuous, deterministic). Decoder: reads z and
+s_t and predicts s_{t+h}. The decoder's output projection is zero-initialised on
+top of s_t, so an untrained decoder starts as the copy-last-frame predictor.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rla_wm.checkpoint import config_from_dict, load_state_into, read_checkpoint_meta, save_checkpoint
+from rla_wm.layers import Block
+
+CHECKPOINT_KIND = "rla_autoencoder"
+
+
+@dataclass(frozen=True)
+class RLAConfig:
+    """Sizes; the paper's setting is latent 32x64, 12 blocks, width 1024, 16 heads."""
+
+    token_dim: int = 192
+    num_tokens: int = 256
+    latent_tokens: int = 8
+    latent_dim: int = 16
+    width: int = 256
+    encoder_depth: int = 4
+    decoder_depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    encoder_id: str = "builtin:dinov2-tiny-random@224"
+
+    @classmethod
+    def paper(cls, token_dim: int = 1024, num_tokens: int = 1024, encoder_id: str = "") -> "RLAConfig":
+        return cls(token_dim=token_dim, num_tokens=num_tokens, latent_tokens=32, latent_dim=64, width=1024,
+                   encoder_depth=12, decoder_depth=12, heads=16, encoder_id=encoder_id)
+
+
+def check_features(features: torch.Tensor, config, name: str) -> None:
+    """Raise ValueError unless features are finite (B, config.num_tokens, config.token_dim)."""
+    expected = (config.num_tokens, config.token_dim)
+    if features.ndim != 3 or tuple(features.shape[1:]) != expected:
+        raise ValueError(f"{name} has shape {tuple(features.shape)}, expected (B, {expected[0]}, {expected[1]})")
+    if not torch.isfinite(features).all():
+        raise ValueError(f"{name} contains NaN or inf")
+
+
+class RLAEncoder(nn.Module):
+    def __init__(self, config: RLAConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.input = nn.Linear(config.token_dim, config.width)
+        self.position = nn.Parameter(torch.randn(1, config.num_tokens, config.width) * 0.02)
+        self.queries = nn.Parameter(torch.randn(1, config.latent_tokens, config.width) * 0.02)
+        self.blocks = nn.ModuleList(Block(config.width, config.heads, config.mlp_ratio)
+                                    for _ in range(config.encoder_depth))
+        self.norm = nn.LayerNorm(config.width)
+        self.output = nn.Linear(config.width, config.latent_dim)
+
+    def forward(self, residual: torch.Tensor) -> torch.Tensor:
+        tokens = self.input(residual) + self.position
+        x = torch.cat([self.queries.expand(residual.shape[0], -1, -1), tokens], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        return self.output(self.norm(x[:, : self.config.latent_tokens]))
+
+
+class RLADecoder(nn.Module):
+    def __init__(self, config: RLAConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.latent_input = nn.Linear(config.latent_dim, config.width)
+        self.latent_position = nn.Parameter(torch.randn(1, config.latent_tokens, config.width) * 0.02)
+        self.feature_input = nn.Linear(config.token_dim, config.width)
+        self.feature_position = nn.Parameter(torch.randn(1, config.num_tokens, config.width) * 0.02)
+        self.blocks = nn.ModuleList(Block(config.width, config.heads, config.mlp_ratio)
+                                    for _ in range(config.decoder_depth))
+        self.norm = nn.LayerNorm(config.width)
+        self.output = nn.Linear(config.width, config.token_dim)
+        nn.init.zeros_(self.output.weight)
+        nn.init.zeros_(self.output.bias)
+
+    def forward(self, z: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        latent = self.latent_input(z) + self.latent_position
+        features = self.feature_input(current) + self.feature_position
+        x = torch.cat([latent, features], dim=1)
+        for block in self.blocks:
+            x = block(x)
+        return current + self.output(self.norm(x[:, self.config.latent_tokens :]))
+
+
+class RLAAutoencoder(nn.Module):
+    """z = encode(s_t, s_{t+h});  s_{t+h} ~= decode(z, s_t)."""
+
+    def __init__(self, config: RLAConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = RLAEncoder(config)
+        self.decoder = RLADecoder(config)
+
+    def encode(self, current: torch.Tensor, future: torch.Tensor) -> torch.Tensor:
+        check_features(current, self.config, "current features")
+        check_features(future, self.config, "future features")
+        return self.encoder(future - current)
+
+    def decode(self, z: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        check_features(current, self.config, "current features")
+        expected = (self.config.latent_tokens, self.config.latent_dim)
+        if z.ndim != 3 or tuple(z.shape[1:]) != expected or z.shape[0] != current.shape[0]:
+            raise ValueError(f"z has shape {tuple(z.shape)}, expected ({current.shape[0]}, {expected[0]}, {expected[1]})")
+        return self.decoder(z, current)
+
+    def forward(self, current: torch.Tensor, future: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.encode(current, future)
+        return self.decoder(z, current), z
+
+    def loss(self, current: torch.Tensor, future: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """L1 + MSE between reconstructed and true future features."""
+        reconstruction, _ = self(current, future)
+        l1 = F.l1_loss(reconstruction, future)
+        mse = F.mse_loss(reconstruction, future)
+        return l1 + mse, {"l1": float(l1.detach()), "mse": float(mse.detach())}
+
+    def save(self, folder: str | Path, extra: dict | None = None) -> Path:
+        return save_checkpoint(folder, self, CHECKPOINT_KIND, self.config, extra)
+
+    @classmethod
+    def load(cls, spec: str | Path) -> tuple["RLAAutoencoder", dict]:
+        meta = read_checkpoint_meta(spec, CHECKPOINT_KIND)
+        model = cls(config_from_dict(RLAConfig, meta["config"]))
+        load_state_into(spec, model)
+        return model.eval(), meta

@@ -1,0 +1,45 @@
+"""Pictures of feature maps: PCA of patch tokens as RGB, side by side with the camera frame."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def feature_pca_rgb(tokens: np.ndarray, grid_height: int, grid_width: int) -> np.ndarray:
+    """Project (N, C) patch tokens on their first 3 principal components -> (h, w, 3) uint8.
+
+    Each component is min-max scaled independently, the usual way DINO features are shown.
+    """
+    tokens = np.asarray(tokens, dtype=np.float64)
+    if tokens.ndim != 2 or tokens.shape[0] != grid_height * grid_width:
+        raise ValueError(f"tokens {tokens.shape} do not match a {grid_height}x{grid_width} grid")
+    centred = tokens - tokens.mean(axis=0, keepdims=True)
+    # SVD of the centred tokens gives the principal axes without forming C x C covariance.
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    components = centred @ vt[:3].T
+    if components.shape[1] < 3:
+        components = np.pad(components, ((0, 0), (0, 3 - components.shape[1])))
+    low, high = components.min(axis=0), components.max(axis=0)
+    scaled = (components - low) / np.maximum(high - low, 1e-12)
+    return (scaled.reshape(grid_height, grid_width, 3) * 255).round().astype(np.uint8)
+
+
+def side_by_side(frame_rgb: np.ndarray, feature_rgb: np.ndarray, height: int = 256) -> np.ndarray:
+    """Camera frame and feature PCA image scaled to one height, joined left to right."""
+    panels = []
+    for image in (frame_rgb, feature_rgb):
+        pil = Image.fromarray(np.asarray(image, dtype=np.uint8))
+        width = max(1, round(pil.width * height / pil.height))
+        # Nearest keeps patch boundaries visible in the feature image.
+        panels.append(np.asarray(pil.resize((width, height), Image.NEAREST)))
+    gap = np.full((height, 8, 3), 255, dtype=np.uint8)
+    return np.concatenate([panels[0], gap, panels[1]], axis=1)
+
+
+def save_png(image: np.ndarray, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(path)
+    return path

@@ -1,0 +1,203 @@
+"""RLA-WM: flow matching over residual latent actions z, conditioned on features and actions.
+
+Conditioning (once per prediction): transformer blocks over the tokens of s_t,
+with the action-sequence vector (per-step MLP + GRU) injected by adaLN.
+Flow (once per Euler step): blocks over the K noisy latent tokens with
+self-attention, cross-attention to the conditioning tokens (keys/values cached
+across steps) and adaLN on the flow time.
+
+Training target is z / 10 on the path x_tau = (1 - tau) z + (sigma_min + (1 - sigma_min) tau) eps,
+tau ~ logit-normal(0, 1), velocity v = (1 - sigma_min) eps - z; loss MSE + L1.
+Sampling integrates from noise at tau = 1 to tau = 0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rla_wm.checkpoint import config_from_dict, load_state_into, read_checkpoint_meta, save_checkpoint
+from rla_wm.layers import Block, timestep_embedding
+from rla_wm.rla import RLAAutoencoder, check_features
+
+CHECKPOINT_KIND = "rla_world_model"
+LATENT_SCALE = 10.0
+SIGMA_MIN = 1e-5
+
+
+@dataclass(frozen=True)
+class WorldModelConfig:
+    """Sizes; the paper's setting is width 1024 with 8 conditioning + 8 flow blocks."""
+
+    token_dim: int = 192
+    num_tokens: int = 256
+    latent_tokens: int = 8
+    latent_dim: int = 16
+    action_dim: int = 2
+    max_horizon: int = 15
+    width: int = 256
+    condition_depth: int = 4
+    flow_depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    # Affine map of raw actions to roughly [-1, 1] before the action encoder.
+    action_low: tuple[float, ...] = (0.0, 0.0)
+    action_high: tuple[float, ...] = (512.0, 512.0)
+    encoder_id: str = "builtin:dinov2-tiny-random@224"
+
+
+class ActionEncoder(nn.Module):
+    """Per-step MLP then a GRU over the (variable-length) action sequence -> one vector."""
+
+    def __init__(self, config: WorldModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.step = nn.Sequential(nn.Linear(config.action_dim, config.width), nn.SiLU(),
+                                  nn.Linear(config.width, config.width))
+        self.gru = nn.GRU(config.width, config.width, batch_first=True)
+        self.register_buffer("low", torch.tensor(config.action_low, dtype=torch.float32))
+        self.register_buffer("high", torch.tensor(config.action_high, dtype=torch.float32))
+
+    def forward(self, actions: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        batch, steps, dim = actions.shape
+        if dim != self.config.action_dim or not 1 <= steps <= self.config.max_horizon:
+            raise ValueError(f"actions {tuple(actions.shape)} != (B, 1..{self.config.max_horizon}, "
+                             f"{self.config.action_dim})")
+        if not torch.isfinite(actions).all():
+            raise ValueError("actions contain NaN or inf")
+        normalised = 2 * (actions - self.low) / (self.high - self.low) - 1
+        embedded = self.step(normalised)
+        if lengths is None:
+            _, hidden = self.gru(embedded)
+        else:
+            lengths = lengths.to("cpu", torch.int64)
+            if lengths.shape != (batch,) or (lengths < 1).any() or (lengths > steps).any():
+                raise ValueError(f"lengths must be (B,) in [1, {steps}], got {lengths.tolist()}")
+            packed = nn.utils.rnn.pack_padded_sequence(embedded, lengths, batch_first=True, enforce_sorted=False)
+            _, hidden = self.gru(packed)
+        return hidden[-1]
+
+
+@dataclass
+class Conditioning:
+    """What the flow stage needs from one (s_t, actions) pair, computed once per prediction."""
+
+    current: torch.Tensor
+    cached_context: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+class RLAWorldModel(nn.Module):
+    def __init__(self, config: WorldModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        width = config.width
+        self.actions = ActionEncoder(config)
+        self.feature_input = nn.Linear(config.token_dim, width)
+        self.feature_position = nn.Parameter(torch.randn(1, config.num_tokens, width) * 0.02)
+        self.condition_blocks = nn.ModuleList(Block(width, config.heads, config.mlp_ratio, condition_dim=width)
+                                              for _ in range(config.condition_depth))
+        self.condition_norm = nn.LayerNorm(width)
+        self.latent_input = nn.Linear(config.latent_dim, width)
+        self.latent_position = nn.Parameter(torch.randn(1, config.latent_tokens, width) * 0.02)
+        self.time = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.flow_blocks = nn.ModuleList(
+            Block(width, config.heads, config.mlp_ratio, cross_attention=True, condition_dim=width)
+            for _ in range(config.flow_depth)
+        )
+        self.flow_norm = nn.LayerNorm(width)
+        self.velocity = nn.Linear(width, config.latent_dim)
+        nn.init.zeros_(self.velocity.weight)
+        nn.init.zeros_(self.velocity.bias)
+
+    # -- conditioning stage -------------------------------------------------------------
+    def condition(self, current: torch.Tensor, actions: torch.Tensor, lengths: torch.Tensor | None = None
+                  ) -> Conditioning:
+        check_features(current, self.config, "current features")
+        if actions.shape[0] != current.shape[0]:
+            raise ValueError(f"{actions.shape[0]} action sequences for {current.shape[0]} feature maps")
+        action_vector = self.actions(actions, lengths)
+        x = self.feature_input(current) + self.feature_position
+        for block in self.condition_blocks:
+            x = block(x, condition=action_vector)
+        context = self.condition_norm(x)
+        cached = [block.cross_attention.keys_values(context) for block in self.flow_blocks]
+        return Conditioning(current=current, cached_context=cached)
+
+    # -- flow stage ---------------------------------------------------------------------
+    def velocity_field(self, x: torch.Tensor, tau: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
+        h = self.latent_input(x) + self.latent_position
+        time = self.time(timestep_embedding(tau, self.config.width))
+        for block, cached in zip(self.flow_blocks, conditioning.cached_context):
+            h = block(h, condition=time, cached_context=cached)
+        return self.velocity(self.flow_norm(h))
+
+    def loss(self, current: torch.Tensor, actions: torch.Tensor, z: torch.Tensor,
+             lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Flow-matching loss for target latents z (from the frozen RLA encoder)."""
+        target = z / LATENT_SCALE
+        conditioning = self.condition(current, actions, lengths)
+        tau = torch.sigmoid(torch.randn(z.shape[0], device=z.device))
+        noise = torch.randn_like(target)
+        tau_ = tau.view(-1, 1, 1)
+        noisy = (1 - tau_) * target + (SIGMA_MIN + (1 - SIGMA_MIN) * tau_) * noise
+        velocity_target = (1 - SIGMA_MIN) * noise - target
+        predicted = self.velocity_field(noisy, tau, conditioning)
+        mse = F.mse_loss(predicted, velocity_target)
+        l1 = F.l1_loss(predicted, velocity_target)
+        return mse + l1, {"mse": float(mse.detach()), "l1": float(l1.detach())}
+
+    @torch.no_grad()
+    def sample(self, current: torch.Tensor, actions: torch.Tensor, lengths: torch.Tensor | None = None,
+               steps: int = 30, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Predict z (B, K, D) with `steps` Euler steps from Gaussian noise; seeded via `generator`."""
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        conditioning = self.condition(current, actions, lengths)
+        shape = (current.shape[0], self.config.latent_tokens, self.config.latent_dim)
+        x = torch.randn(shape, generator=generator, device=current.device, dtype=current.dtype)
+        taus = torch.linspace(1.0, 0.0, steps + 1, device=current.device)
+        for tau, next_tau in zip(taus[:-1], taus[1:]):
+            v = self.velocity_field(x, tau.expand(shape[0]), conditioning)
+            x = x + (next_tau - tau) * v
+        return x * LATENT_SCALE
+
+    @torch.no_grad()
+    def predict(self, autoencoder: RLAAutoencoder, current: torch.Tensor, actions: torch.Tensor,
+                lengths: torch.Tensor | None = None, steps: int = 30,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """s_hat_{t+h} = Dec(z_hat, s_t)."""
+        return autoencoder.decode(self.sample(current, actions, lengths, steps, generator), current)
+
+    @torch.no_grad()
+    def rollout(self, autoencoder: RLAAutoencoder, start: torch.Tensor, action_chunks: torch.Tensor,
+                steps: int = 30, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Autoregressive multi-chunk prediction.
+
+        start: (1 or B, N, C) features; action_chunks: (B, M, h, A). The start is
+        broadcast to B sequences (a planner's many candidates from one state).
+        Returns predicted features after each chunk: (B, M, N, C).
+        """
+        if action_chunks.ndim != 4:
+            raise ValueError(f"action_chunks must be (B, M, h, A), got {tuple(action_chunks.shape)}")
+        batch, chunks = action_chunks.shape[:2]
+        if start.shape[0] not in (1, batch):
+            raise ValueError(f"start batch {start.shape[0]} is neither 1 nor {batch}")
+        current = start.expand(batch, -1, -1)
+        predictions = []
+        for index in range(chunks):
+            current = self.predict(autoencoder, current, action_chunks[:, index], steps=steps, generator=generator)
+            predictions.append(current)
+        return torch.stack(predictions, dim=1)
+
+    def save(self, folder: str | Path, extra: dict | None = None) -> Path:
+        return save_checkpoint(folder, self, CHECKPOINT_KIND, self.config, extra)
+
+    @classmethod
+    def load(cls, spec: str | Path) -> tuple["RLAWorldModel", dict]:
+        meta = read_checkpoint_meta(spec, CHECKPOINT_KIND)
+        model = cls(config_from_dict(WorldModelConfig, meta["config"]))
+        load_state_into(spec, model)
+        return model.eval(), meta

@@ -1,0 +1,203 @@
+"""Drive closed-loop episodes on a running graph and measure it from the outside.
+
+An observer node listens to the same topics the nodes use: camera frames,
+feature maps, model chunks and the gated commands the robot executes. Because
+every chunk carries its camera frame's stamp, each stage's latency is measured
+per frame: camera -> features -> policy chunk -> command at the robot.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from rla_wm_msgs.msg import EpisodeStatus, FeatureMap
+from rla_wm_ros.conversions import MessageShapeError, msg_to_features, stamp_to_nanoseconds
+from rla_wm_ros.image_conversion import image_msg_to_rgb
+from rla_wm_ros.qos import CAMERA_QOS
+
+STAGES = ("camera_to_features", "features_to_chunk", "chunk_to_command", "camera_to_command")
+
+
+@dataclass
+class EpisodeResult:
+    episode: int
+    success: bool
+    coverage: float
+    steps: int
+    wall_seconds: float
+    commands: int
+    holds: int
+    picture: np.ndarray | None = None
+
+
+@dataclass
+class LatencyLog:
+    """Arrival times (ns) per camera stamp at each stage, turned into per-stage latencies."""
+
+    features: dict[int, int] = field(default_factory=dict)
+    chunks: dict[int, int] = field(default_factory=dict)
+    commands: dict[int, int] = field(default_factory=dict)
+
+    def stage_seconds(self) -> dict[str, np.ndarray]:
+        def gaps(later: dict[int, int], earlier: dict[int, int] | None) -> np.ndarray:
+            values = [arrival - (earlier[stamp] if earlier is not None else stamp)
+                      for stamp, arrival in later.items() if earlier is None or stamp in earlier]
+            return np.array(values, dtype=np.float64) * 1e-9
+
+        return {
+            "camera_to_features": gaps(self.features, None),
+            "features_to_chunk": gaps(self.chunks, self.features),
+            "chunk_to_command": gaps(self.commands, self.chunks),
+            "camera_to_command": gaps(self.commands, None),
+        }
+
+
+def percentiles_ms(values: np.ndarray) -> dict[str, float]:
+    if values.size == 0:
+        return {"n": 0, "p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan")}
+    return {
+        "n": int(values.size),
+        "p50_ms": float(np.percentile(values, 50) * 1e3),
+        "p99_ms": float(np.percentile(values, 99) * 1e3),
+        "max_ms": float(values.max() * 1e3),
+    }
+
+
+class ClosedLoopObserver(Node):
+    """Resets the simulated robot, watches episodes, and logs stage latencies."""
+
+    def __init__(self, command_topic: str, reset_service: str = "/sim_robot/reset") -> None:
+        super().__init__("closed_loop_observer")
+        self.latency = LatencyLog()
+        self.status: EpisodeStatus | None = None
+        self.commands = 0
+        self.holds = 0
+        self._lock = threading.Lock()
+        self._frames: dict[int, np.ndarray] = {}
+        self._features: dict[int, FeatureMap] = {}
+        self.create_subscription(Image, "/camera/image_raw", self.on_image, CAMERA_QOS)
+        self.create_subscription(FeatureMap, "/features", self.on_features, 10)
+        self.create_subscription(JointTrajectory, "/policy/joint_trajectory", self.on_chunk, 10)
+        self.create_subscription(JointTrajectory, command_topic, self.on_command, 10)
+        self.create_subscription(EpisodeStatus, "/episode_status", self.on_status, 10)
+        self.reset_client = self.create_client(Trigger, reset_service)
+
+    def on_image(self, msg: Image) -> None:
+        with self._lock:
+            self._frames[stamp_to_nanoseconds(msg.header.stamp)] = image_msg_to_rgb(msg)
+            _keep_newest(self._frames, 20)
+
+    def on_features(self, msg: FeatureMap) -> None:
+        stamp = stamp_to_nanoseconds(msg.header.stamp)
+        with self._lock:
+            self.latency.features[stamp] = time.time_ns()
+            self._features[stamp] = msg
+            _keep_newest(self._features, 20)
+
+    def on_chunk(self, msg: JointTrajectory) -> None:
+        self.latency.chunks.setdefault(stamp_to_nanoseconds(msg.header.stamp), time.time_ns())
+
+    def on_command(self, msg: JointTrajectory) -> None:
+        if not msg.points:
+            self.holds += 1
+            return
+        self.commands += 1
+        self.latency.commands.setdefault(stamp_to_nanoseconds(msg.header.stamp), time.time_ns())
+
+    def on_status(self, msg: EpisodeStatus) -> None:
+        self.status = msg
+
+    def latest_frame_and_features(self) -> tuple[np.ndarray, np.ndarray, int, int] | None:
+        """Newest camera frame that has a feature map: (rgb, tokens, grid_h, grid_w)."""
+        with self._lock:
+            for stamp in sorted(self._features, reverse=True):
+                if stamp in self._frames:
+                    msg = self._features[stamp]
+                    try:
+                        return self._frames[stamp], msg_to_features(msg), msg.grid_height, msg.grid_width
+                    except MessageShapeError:
+                        continue
+        return None
+
+
+def _keep_newest(table: dict[int, object], count: int) -> None:
+    for stamp in sorted(table)[:-count]:
+        del table[stamp]
+
+
+class ClosedLoopRunner:
+    """Owns the observer and a background executor; runs episodes one after another."""
+
+    def __init__(self, command_topic: str) -> None:
+        self.observer = ClosedLoopObserver(command_topic)
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(self.observer)
+        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self._thread.start()
+
+    def wait_until_flowing(self, timeout: float, alive: callable = lambda: True) -> None:
+        """Block until camera, features and gated commands are all flowing."""
+        deadline = time.monotonic() + timeout
+        observer = self.observer
+        while time.monotonic() < deadline:
+            if observer.latency.features and observer.commands > 0 and observer.status is not None:
+                return
+            if not alive():
+                raise RuntimeError("a node of the graph exited during start-up")
+            time.sleep(0.1)
+        raise TimeoutError(
+            f"graph not flowing after {timeout:.0f}s: features={len(observer.latency.features)} "
+            f"chunks={len(observer.latency.chunks)} commands={observer.commands} status={observer.status is not None}"
+        )
+
+    def run_episode(self, timeout: float) -> EpisodeResult:
+        observer = self.observer
+        if not observer.reset_client.wait_for_service(timeout_sec=10.0):
+            raise TimeoutError("reset service of the simulated robot is not available")
+        previous_episode = observer.status.episode if observer.status is not None else -1
+        future = observer.reset_client.call_async(Trigger.Request())
+        deadline = time.monotonic() + 10.0
+        while not future.done():
+            if time.monotonic() > deadline:
+                raise TimeoutError("reset call did not return")
+            time.sleep(0.01)
+        start = time.monotonic()
+        commands_before, holds_before = observer.commands, observer.holds
+        while time.monotonic() - start < timeout:
+            status = observer.status
+            if status is not None and status.episode != previous_episode and status.done:
+                break
+            time.sleep(0.02)
+        else:
+            raise TimeoutError(f"episode did not finish within {timeout:.0f}s")
+        status = observer.status
+        picture = None
+        snapshot = observer.latest_frame_and_features()
+        if snapshot is not None:
+            from rla_wm.visualize import feature_pca_rgb, side_by_side
+
+            frame, tokens, grid_h, grid_w = snapshot
+            picture = side_by_side(frame, feature_pca_rgb(tokens, grid_h, grid_w))
+        return EpisodeResult(
+            episode=status.episode,
+            success=status.success,
+            coverage=float(status.coverage),
+            steps=status.step,
+            wall_seconds=time.monotonic() - start,
+            commands=observer.commands - commands_before,
+            holds=observer.holds - holds_before,
+            picture=picture,
+        )
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.observer.destroy_node()

@@ -1,0 +1,134 @@
+"""Typed-tensor and trajectory messages <-> numpy, with strict shape checks."""
+from __future__ import annotations
+
+import array
+from dataclasses import dataclass
+
+import numpy as np
+from builtin_interfaces.msg import Duration, Time
+from rla_wm_msgs.msg import FeatureMap, LatentAction
+from std_msgs.msg import Header
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+
+class MessageShapeError(ValueError):
+    """A message's data disagrees with the shape it declares, or holds non-finite values."""
+
+
+def _float32_payload(values: np.ndarray) -> array.array:
+    # array('f', bytes) copies the buffer in one go; a list conversion of 50k floats is ~100x slower.
+    return array.array("f", np.ascontiguousarray(values, dtype=np.float32).tobytes())
+
+
+def _checked_payload(data, expected: int, what: str) -> np.ndarray:
+    values = np.asarray(data, dtype=np.float32)
+    if values.size != expected:
+        raise MessageShapeError(f"{what}: data has {values.size} values, shape says {expected}")
+    if not np.isfinite(values).all():
+        raise MessageShapeError(f"{what}: data contains NaN or inf")
+    return values
+
+
+def features_to_msg(tokens: np.ndarray, grid_height: int, grid_width: int, encoder_id: str, header: Header) -> FeatureMap:
+    """(N, C) patch tokens, N = grid_height * grid_width, row-major -> FeatureMap."""
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2 or tokens.shape[0] != grid_height * grid_width:
+        raise MessageShapeError(f"tokens {tokens.shape} do not fit a {grid_height}x{grid_width} grid")
+    msg = FeatureMap()
+    msg.header = header
+    msg.encoder_id = encoder_id
+    msg.grid_height = grid_height
+    msg.grid_width = grid_width
+    msg.channels = tokens.shape[1]
+    msg.data = _float32_payload(tokens)
+    return msg
+
+
+def msg_to_features(msg: FeatureMap) -> np.ndarray:
+    """FeatureMap -> (N, C) float32 tokens; raises MessageShapeError on any inconsistency."""
+    if msg.grid_height == 0 or msg.grid_width == 0 or msg.channels == 0:
+        raise MessageShapeError(f"feature map has an empty shape {msg.grid_height}x{msg.grid_width}x{msg.channels}")
+    tokens = msg.grid_height * msg.grid_width
+    values = _checked_payload(msg.data, tokens * msg.channels, "FeatureMap")
+    return values.reshape(tokens, msg.channels)
+
+
+def latent_to_msg(
+    z: np.ndarray, horizon: int, model_id: str, header: Header, start_stamp: Time
+) -> LatentAction:
+    """(K, D) latent action between frame t-h (start_stamp) and frame t (header.stamp)."""
+    z = np.asarray(z)
+    if z.ndim != 2:
+        raise MessageShapeError(f"latent action must be (tokens, dim), got {z.shape}")
+    msg = LatentAction()
+    msg.header = header
+    msg.start_stamp = start_stamp
+    msg.model_id = model_id
+    msg.horizon = horizon
+    msg.tokens, msg.dim = z.shape
+    msg.data = _float32_payload(z)
+    return msg
+
+
+def msg_to_latent(msg: LatentAction) -> np.ndarray:
+    if msg.tokens == 0 or msg.dim == 0:
+        raise MessageShapeError(f"latent action has an empty shape {msg.tokens}x{msg.dim}")
+    return _checked_payload(msg.data, msg.tokens * msg.dim, "LatentAction").reshape(msg.tokens, msg.dim)
+
+
+def seconds_to_duration(seconds: float) -> Duration:
+    nanoseconds = int(round(seconds * 1e9))
+    return Duration(sec=nanoseconds // 1_000_000_000, nanosec=nanoseconds % 1_000_000_000)
+
+
+def duration_to_seconds(duration: Duration) -> float:
+    return duration.sec + duration.nanosec * 1e-9
+
+
+def stamp_to_seconds(stamp: Time) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def stamp_to_nanoseconds(stamp: Time) -> int:
+    return stamp.sec * 1_000_000_000 + stamp.nanosec
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A joint-space trajectory chunk as arrays: positions (T, J) at times (T,) after `stamp`."""
+
+    joint_names: tuple[str, ...]
+    positions: np.ndarray
+    times_from_start: np.ndarray
+    stamp: Time
+
+
+def chunk_to_msg(chunk: Chunk) -> JointTrajectory:
+    msg = JointTrajectory()
+    msg.header.stamp = chunk.stamp
+    msg.joint_names = list(chunk.joint_names)
+    for position, t in zip(np.asarray(chunk.positions, dtype=np.float64), chunk.times_from_start):
+        point = JointTrajectoryPoint()
+        point.positions = position.tolist()
+        point.time_from_start = seconds_to_duration(float(t))
+        msg.points.append(point)
+    return msg
+
+
+def msg_to_chunk(msg: JointTrajectory) -> Chunk:
+    """JointTrajectory -> Chunk; raises MessageShapeError if a point has the wrong number of positions."""
+    joints = len(msg.joint_names)
+    positions = np.empty((len(msg.points), joints), dtype=np.float64)
+    for index, point in enumerate(msg.points):
+        if len(point.positions) != joints:
+            raise MessageShapeError(f"point {index} has {len(point.positions)} positions for {joints} joints")
+        positions[index] = point.positions
+    times = np.array([duration_to_seconds(p.time_from_start) for p in msg.points], dtype=np.float64)
+    return Chunk(tuple(msg.joint_names), positions, times, msg.header.stamp)
+
+
+def hold_msg(joint_names: list[str] | tuple[str, ...]) -> JointTrajectory:
+    """An empty trajectory: ros2_control's joint_trajectory_controller (and our sim) hold position."""
+    msg = JointTrajectory()
+    msg.joint_names = list(joint_names)
+    return msg

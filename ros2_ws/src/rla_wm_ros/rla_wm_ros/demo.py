@@ -1,0 +1,108 @@
+"""`make demo`: bring up launch/sim_demo.launch.xml, run closed-loop episodes, report.
+
+Starts exactly the nodes, parameters and remaps the launch file names (the same
+file `ros2 launch rla_wm_ros sim_demo.launch.xml` reads on a ROS 2 install),
+then resets the simulated robot for each episode and prints per-stage latency
+and the outcome; pictures and metrics go to the output folder.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import rclpy
+from ament_index_python.packages import get_package_share_directory
+
+from rla_wm_ros.closed_loop import STAGES, ClosedLoopRunner, percentiles_ms
+from rla_wm_ros.launch_xml import LaunchedGraph, parse_launch_file
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--episodes", type=int, default=2, help="closed-loop episodes to run")
+    parser.add_argument("--episode-steps", type=int, default=100, help="steps per episode (10 Hz)")
+    parser.add_argument("--output", type=Path, default=Path("outputs/demo"), help="folder for pictures, metrics, logs")
+    parser.add_argument("--launch-file", type=Path, default=None, help="default: the package's sim_demo.launch.xml")
+    parser.add_argument("--startup-timeout", type=float, default=90.0, help="seconds for the graph to start flowing")
+    parser.add_argument("launch_args", nargs="*", metavar="NAME:=VALUE", help="launch arguments, as for ros2 launch")
+    args = parser.parse_args(argv)
+    if args.episodes < 1 or args.episode_steps < 1:
+        parser.error("--episodes and --episode-steps must be positive")
+    return args
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    overrides = {}
+    for item in items:
+        name, sep, value = item.partition(":=")
+        if not sep or not name:
+            raise SystemExit(f"launch arguments are NAME:=VALUE, got {item!r}")
+        overrides[name] = value
+    return overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    launch_file = args.launch_file or Path(get_package_share_directory("rla_wm_ros")) / "launch" / "sim_demo.launch.xml"
+    overrides = {"max_episode_steps": str(args.episode_steps), **parse_overrides(args.launch_args)}
+    description = parse_launch_file(launch_file, overrides=overrides)
+    command_topic = description.args.get("command_topic", "/arm_controller/joint_trajectory")
+    output = args.output
+    output.mkdir(parents=True, exist_ok=True)
+    print(f"[demo] {launch_file.name}: nodes {[node.name for node in description.nodes]}")
+    if description.args.get("policy_checkpoint", "untrained") == "untrained":
+        print("[demo] NOTE: the policy is UNTRAINED (random weights) and the encoder has random weights: "
+              "the loop, the timing and the safety gate are real, task success is not expected.")
+
+    results = []
+    with LaunchedGraph() as graph:
+        graph.start(description, env=dict(os.environ), log_dir=output / "logs")
+        rclpy.init()
+        runner = ClosedLoopRunner(command_topic)
+        try:
+            started = time.monotonic()
+            runner.wait_until_flowing(args.startup_timeout, alive=lambda: all(graph.alive().values()))
+            print(f"[demo] graph flowing after {time.monotonic() - started:.1f} s")
+            for index in range(args.episodes):
+                result = runner.run_episode(timeout=args.episode_steps / 10.0 * 3 + 30.0)
+                results.append(result)
+                picture = ""
+                if result.picture is not None:
+                    from rla_wm.visualize import save_png
+
+                    picture = str(save_png(result.picture, output / f"episode_{index:02d}_camera_features.png"))
+                print(f"[demo] episode {index}: success={result.success} coverage={result.coverage:.3f} "
+                      f"steps={result.steps} time={result.wall_seconds:.1f}s commands={result.commands} "
+                      f"holds={result.holds} picture={picture}")
+        except (TimeoutError, RuntimeError) as err:
+            print(f"[demo] FAILED: {err}\n{graph.tail_logs(15)}", file=sys.stderr)
+            return 1
+        finally:
+            runner.close()
+            rclpy.try_shutdown()
+        latency = {stage: percentiles_ms(values) for stage, values in runner.observer.latency.stage_seconds().items()}
+
+    print("[demo] latency per stage (ms):")
+    print(f"  {'stage':<20} {'n':>6} {'p50':>8} {'p99':>8} {'max':>8}")
+    for stage in STAGES:
+        row = latency[stage]
+        print(f"  {stage:<20} {row['n']:>6} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f} {row['max_ms']:>8.1f}")
+    successes = sum(result.success for result in results)
+    print(f"[demo] {successes}/{len(results)} episodes succeeded")
+    metrics = {
+        "launch_file": str(launch_file),
+        "launch_args": overrides,
+        "episodes": [{k: v for k, v in vars(r).items() if k != "picture"} for r in results],
+        "latency": latency,
+    }
+    (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    print(f"[demo] metrics, pictures and node logs in {output}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Camera frames -> frozen-ViT patch features (rla_wm_msgs/FeatureMap).
+
+The camera subscription uses sensor-data QoS with depth 1: when encoding is
+slower than the camera, old frames are dropped, never queued, so the features
+always describe the newest frame. Feature maps carry the source image's stamp.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from sensor_msgs.msg import CompressedImage, Image
+
+from rla_wm.features import EncoderConfig, FeatureEncoder, FeatureEncoderError
+from rla_wm_msgs.msg import FeatureMap
+from rla_wm_ros.conversions import features_to_msg
+from rla_wm_ros.image_conversion import CvBridgeError, image_msg_to_rgb
+from rla_wm_ros.params import declare
+from rla_wm_ros.qos import CAMERA_QOS
+
+class EncoderNode(Node):
+    def __init__(self) -> None:
+        super().__init__("encoder")
+        model = declare(self, "model", "builtin:dinov2-tiny-random",
+                        "Encoder weights: hub id (facebook/dinov2-small), local folder, or builtin:<name>.")
+        resolution = declare(self, "resolution", 224, "Square input size; a multiple of the patch size.", (14, 2048))
+        device = declare(self, "device", "cpu", "Torch device, e.g. cpu or cuda:0.")
+        dtype = declare(self, "dtype", "float32", "float32, float16 or bfloat16 (half types need a GPU).")
+        compressed = declare(self, "compressed_input", False, "Subscribe to sensor_msgs/CompressedImage instead of Image.")
+        threads = declare(self, "torch_threads", 0, "CPU threads for torch (0 = torch default).", (0, 256))
+        if threads:
+            torch.set_num_threads(threads)
+        self.encoder = FeatureEncoder(EncoderConfig(model=model, resolution=resolution, device=device, dtype=dtype))
+        if "random" in self.encoder.model_path:
+            self.get_logger().warn(
+                f"encoder {model!r} has RANDOM weights (no pretrained DINO here): features are random projections. "
+                "Set model:=facebook/dinov2-small (or a local DINO folder) on a robot."
+            )
+        self.get_logger().info(f"encoder {self.encoder.encoder_id}: grid {self.encoder.grid}")
+
+        self.features_pub = self.create_publisher(FeatureMap, "features", 10)
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.frames_encoded = 0
+        self.frames_rejected = 0
+        self.last_error = ""
+        self.last_encode_seconds = 0.0
+        # Inference gets its own group so diagnostics keep flowing while a frame is encoded.
+        inference_group = MutuallyExclusiveCallbackGroup()
+        image_type = CompressedImage if compressed else Image
+        topic = "camera/image_raw/compressed" if compressed else "camera/image_raw"
+        self.create_subscription(image_type, topic, self.on_image, CAMERA_QOS, callback_group=inference_group)
+        self.create_timer(1.0, self.publish_diagnostics)
+
+    def on_image(self, msg: Image | CompressedImage) -> None:
+        try:
+            rgb = image_msg_to_rgb(msg)
+            start = time.perf_counter()
+            tokens = self.encoder(rgb[None])[0].float().cpu().numpy()
+            self.last_encode_seconds = time.perf_counter() - start
+        except (CvBridgeError, FeatureEncoderError) as err:
+            self.frames_rejected += 1
+            self.last_error = str(err)
+            self.get_logger().error(f"rejected camera frame: {err}", throttle_duration_sec=1.0)
+            return
+        grid = self.encoder.grid
+        self.features_pub.publish(features_to_msg(tokens, grid.height, grid.width, self.encoder.encoder_id, msg.header))
+        self.frames_encoded += 1
+
+    def publish_diagnostics(self) -> None:
+        status = DiagnosticStatus(name=f"{self.get_name()}: feature encoder", hardware_id=self.encoder.encoder_id)
+        status.level = DiagnosticStatus.WARN if self.frames_rejected else DiagnosticStatus.OK
+        status.message = f"last rejected frame: {self.last_error}" if self.last_error else "encoding"
+        status.values = [
+            KeyValue(key="frames_encoded", value=str(self.frames_encoded)),
+            KeyValue(key="frames_rejected", value=str(self.frames_rejected)),
+            KeyValue(key="encode_ms", value=f"{self.last_encode_seconds * 1e3:.1f}"),
+        ]
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self.diagnostics_pub.publish(array)
+
+
+def main(args: list[str] | None = None) -> None:
+    from rla_wm_ros.node_main import spin_node
+
+    spin_node(EncoderNode, args, threads=2)
+
+
+if __name__ == "__main__":
+    main()

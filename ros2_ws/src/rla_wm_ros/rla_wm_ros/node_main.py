@@ -1,0 +1,32 @@
+"""Common entry point: init rclpy, run one node, shut down cleanly on Ctrl-C / SIGINT."""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.node import Node
+
+
+def spin_node(make_node: Callable[[], Node], args: list[str] | None = None, threads: int = 1) -> None:
+    """Run `make_node()` until shutdown.
+
+    Nodes with slow callbacks (model inference in its own callback group) ask for
+    two threads so timers and services keep running; the others stay on the
+    single-threaded executor, whose per-callback overhead is far lower.
+    """
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = None
+    try:
+        node = make_node()
+        executor = MultiThreadedExecutor(num_threads=threads) if threads > 1 else SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.try_shutdown()

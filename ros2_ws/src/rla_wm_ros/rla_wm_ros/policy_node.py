@@ -1,0 +1,116 @@
+"""Latest features + joint state -> JointTrajectory action chunk.
+
+Each chunk is anchored to the observation it was computed from: header.stamp is
+the camera frame's stamp and time_from_start counts from it, so the robot side
+knows exactly how old the decision is. Points already in the past when the chunk
+is published are dropped.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from trajectory_msgs.msg import JointTrajectory
+
+from rla_wm.policy import ChunkPolicy, PolicyConfig
+from rla_wm_msgs.msg import FeatureMap
+from rla_wm_ros.conversions import Chunk, MessageShapeError, chunk_to_msg, msg_to_features, stamp_to_seconds
+from rla_wm_ros.params import declare
+from rla_wm_ros.qos import LATEST_ONLY
+
+UNTRAINED = "untrained"
+
+
+class PolicyNode(Node):
+    def __init__(self) -> None:
+        super().__init__("policy")
+        checkpoint = declare(self, "checkpoint", UNTRAINED,
+                             f"Policy checkpoint folder or builtin:<name>; '{UNTRAINED}' = random initialisation.")
+        seed = declare(self, "seed", 0, "Initialisation seed of an untrained policy.", (0, 2**31 - 1))
+        self.joint_names = declare(self, "joint_names", ["agent_x", "agent_y"], "Joints the policy commands, in order.",
+                                   param_type=list)
+        self.point_period = declare(self, "point_period", 0.1, "Seconds between chunk points.", (0.001, 10.0))
+        self.state_timeout = declare(self, "state_timeout", 0.5, "Ignore joint states older than this (s).", (0.01, 10.0))
+        device = declare(self, "device", "cpu", "Torch device.")
+        threads = declare(self, "torch_threads", 0, "CPU threads for torch (0 = torch default).", (0, 256))
+        if threads:
+            torch.set_num_threads(threads)
+        self.device = torch.device(device)
+        if checkpoint != UNTRAINED:
+            self.policy, _ = ChunkPolicy.load(checkpoint)
+            self.get_logger().info(f"policy loaded from {checkpoint}")
+        else:
+            torch.manual_seed(seed)
+            self.policy = ChunkPolicy(PolicyConfig()).eval()
+            self.get_logger().warn(f"no checkpoint given: running an UNTRAINED policy (seed {seed}); "
+                                   "its commands are arbitrary but still pass the safety gate")
+        self.policy.to(self.device)
+        if len(self.joint_names) != self.policy.config.action_dim:
+            raise ValueError(f"joint_names {self.joint_names} do not match the policy's action_dim "
+                             f"{self.policy.config.action_dim}")
+        self.latest_state: tuple[float, np.ndarray] | None = None
+        self.chunks_published = 0
+        self.last_inference_seconds = 0.0
+        self.trajectory_pub = self.create_publisher(JointTrajectory, "policy/joint_trajectory", 10)
+        inference_group = MutuallyExclusiveCallbackGroup()
+        self.create_subscription(JointState, "joint_states", self.on_joint_state, 10)
+        self.create_subscription(FeatureMap, "features", self.on_features, LATEST_ONLY, callback_group=inference_group)
+
+    def on_joint_state(self, msg: JointState) -> None:
+        try:
+            position = np.array([msg.position[list(msg.name).index(name)] for name in self.joint_names])
+        except (ValueError, IndexError):
+            self.get_logger().error(f"joint state lacks joints {self.joint_names}: {list(msg.name)}",
+                                    throttle_duration_sec=5.0)
+            return
+        if np.isfinite(position).all():
+            self.latest_state = (time.monotonic(), position)
+
+    def on_features(self, msg: FeatureMap) -> None:
+        config = self.policy.config
+        if msg.encoder_id != config.encoder_id:
+            self.get_logger().error(f"features from encoder {msg.encoder_id!r}, policy was trained on "
+                                    f"{config.encoder_id!r}: not acting", throttle_duration_sec=5.0)
+            return
+        if self.latest_state is None or time.monotonic() - self.latest_state[0] > self.state_timeout:
+            self.get_logger().warn("no fresh joint state: not acting", throttle_duration_sec=5.0)
+            return
+        try:
+            tokens = msg_to_features(msg)
+        except MessageShapeError as err:
+            self.get_logger().error(f"rejected feature map: {err}", throttle_duration_sec=1.0)
+            return
+        start = time.perf_counter()
+        with torch.inference_mode():
+            actions = self.policy(
+                torch.from_numpy(tokens)[None].to(self.device),
+                torch.from_numpy(self.latest_state[1]).float()[None].to(self.device),
+            )[0].cpu().numpy()
+        self.last_inference_seconds = time.perf_counter() - start
+        if not np.isfinite(actions).all():
+            self.get_logger().error("policy produced NaN/inf: chunk dropped")
+            return
+        times = self.point_period * np.arange(1, len(actions) + 1)
+        # Drop points whose time has already passed since the observation was taken.
+        elapsed = self.get_clock().now().nanoseconds * 1e-9 - stamp_to_seconds(msg.header.stamp)
+        keep = times > elapsed
+        if not keep.any():
+            self.get_logger().warn(f"chunk is {elapsed:.3f}s old on arrival: every point is in the past")
+            return
+        chunk = Chunk(tuple(self.joint_names), actions[keep], times[keep], msg.header.stamp)
+        self.trajectory_pub.publish(chunk_to_msg(chunk))
+        self.chunks_published += 1
+
+
+def main(args: list[str] | None = None) -> None:
+    from rla_wm_ros.node_main import spin_node
+
+    spin_node(PolicyNode, args, threads=2)
+
+
+if __name__ == "__main__":
+    main()

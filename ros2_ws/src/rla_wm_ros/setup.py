@@ -1,0 +1,33 @@
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "rla_wm_ros"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(exclude=["test"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        # launch/ is a link to the repository's top-level launch/ folder.
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.xml")),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=True,
+    maintainer="rla-wm-ros maintainers",
+    maintainer_email="maintainers@rla-wm-ros.org",
+    description="ROS 2 nodes for the RLA-WM visual-feature world model.",
+    license="Apache-2.0",
+    entry_points={
+        "console_scripts": [
+            f"sim_robot = {PACKAGE}.sim_robot_node:main",
+            f"encoder = {PACKAGE}.encoder_node:main",
+            f"policy = {PACKAGE}.policy_node:main",
+            f"safety_gate = {PACKAGE}.safety_gate_node:main",
+            f"demo = {PACKAGE}.demo:main",
+        ],
+    },
+)

@@ -1,0 +1,82 @@
+"""FeatureMap / LatentAction / JointTrajectory conversions: round trips and shape checks."""
+import array
+
+import numpy as np
+import pytest
+from builtin_interfaces.msg import Time
+from std_msgs.msg import Header
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from rla_wm_ros.conversions import (
+    Chunk,
+    MessageShapeError,
+    chunk_to_msg,
+    duration_to_seconds,
+    features_to_msg,
+    hold_msg,
+    latent_to_msg,
+    msg_to_chunk,
+    msg_to_features,
+    msg_to_latent,
+    seconds_to_duration,
+)
+
+HEADER = Header(stamp=Time(sec=12, nanosec=345), frame_id="cam")
+
+
+def test_feature_map_round_trip_keeps_layout_and_header():
+    tokens = np.arange(4 * 3 * 5, dtype=np.float32).reshape(12, 5)
+    msg = features_to_msg(tokens, 4, 3, "enc@224", HEADER)
+    assert (msg.grid_height, msg.grid_width, msg.channels) == (4, 3, 5)
+    assert msg.header.stamp == HEADER.stamp and msg.encoder_id == "enc@224"
+    assert isinstance(msg.data, array.array) and len(msg.data) == 60
+    np.testing.assert_array_equal(msg_to_features(msg), tokens)
+
+
+def test_feature_map_rejects_length_mismatch_and_nan():
+    msg = features_to_msg(np.zeros((6, 2), np.float32), 2, 3, "e", HEADER)
+    msg.channels = 3
+    with pytest.raises(MessageShapeError, match="12 values, shape says 18"):
+        msg_to_features(msg)
+    msg = features_to_msg(np.zeros((6, 2), np.float32), 2, 3, "e", HEADER)
+    msg.data[4] = float("nan")
+    with pytest.raises(MessageShapeError, match="NaN"):
+        msg_to_features(msg)
+    msg.grid_height = 0
+    with pytest.raises(MessageShapeError, match="empty"):
+        msg_to_features(msg)
+    with pytest.raises(MessageShapeError, match="grid"):
+        features_to_msg(np.zeros((5, 2)), 2, 3, "e", HEADER)
+
+
+def test_latent_action_round_trip_and_checks():
+    z = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    msg = latent_to_msg(z, 5, "rla", HEADER, Time(sec=11))
+    assert (msg.tokens, msg.dim, msg.horizon) == (8, 4, 5) and msg.start_stamp.sec == 11
+    np.testing.assert_array_equal(msg_to_latent(msg), z)
+    msg.dim = 5
+    with pytest.raises(MessageShapeError):
+        msg_to_latent(msg)
+    with pytest.raises(MessageShapeError, match="tokens, dim"):
+        latent_to_msg(np.zeros(3), 5, "rla", HEADER, Time())
+
+
+def test_chunk_round_trip_and_durations():
+    chunk = Chunk(("a", "b"), np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([0.1, 1.25]), Time(sec=3, nanosec=5))
+    back = msg_to_chunk(chunk_to_msg(chunk))
+    assert back.joint_names == ("a", "b") and back.stamp == chunk.stamp
+    np.testing.assert_allclose(back.positions, chunk.positions)
+    np.testing.assert_allclose(back.times_from_start, chunk.times_from_start)
+    assert duration_to_seconds(seconds_to_duration(2.999999999)) == pytest.approx(2.999999999)
+
+
+def test_trajectory_with_ragged_point_is_rejected():
+    msg = JointTrajectory(joint_names=["a", "b"])
+    msg.points = [JointTrajectoryPoint(positions=[1.0, 2.0]), JointTrajectoryPoint(positions=[1.0])]
+    with pytest.raises(MessageShapeError, match="point 1 has 1 positions for 2 joints"):
+        msg_to_chunk(msg)
+
+
+def test_hold_is_an_empty_trajectory():
+    msg = hold_msg(("a", "b"))
+    assert msg.joint_names == ["a", "b"] and msg.points == []

@@ -329,3 +329,32 @@ def test_gate_refuses_to_start_without_limits(start_nodes):
     wait_for(lambda: not graph.alive()["safety_gate"], 30, "the gate to exit")
     assert graph.returncodes()["safety_gate"] != 0
     assert "limits_file is required" in graph.tail_logs(40)
+
+
+def test_encoder_publishes_latent_actions_between_frame_t_minus_h_and_t(ros_node, start_nodes, tmp_path):
+    from rla_wm.rla import RLAAutoencoder, RLAConfig
+    from rla_wm_msgs.msg import LatentAction
+    from rla_wm_ros.conversions import msg_to_latent
+
+    config = RLAConfig(latent_tokens=4, latent_dim=6, width=32, encoder_depth=1, decoder_depth=1, heads=2)
+    RLAAutoencoder(config).save(tmp_path / "rla")
+    graph = start_nodes(NodeSpec("rla_wm_ros", "encoder", name="encoder", param_files=[config_file("encoder.yaml")],
+                                 params={"rla_checkpoint": str(tmp_path / "rla"), "rla_horizon": "2",
+                                         "rla_fps": "10.0"}))
+    latents = Inbox()
+    ros_node.create_subscription(LatentAction, "latent_action", latents, 10)
+    camera = ros_node.create_publisher(Image, "camera/image_raw", qos_profile_sensor_data)
+    wait_for(lambda: camera.get_subscription_count() > 0, 60, "the encoder to subscribe", graph)
+    for index in range(60):
+        if len(latents.snapshot()) >= 2:
+            break
+        # Camera stamps 0.1 s apart, published slowly enough that no frame is dropped.
+        camera.publish(image_msg(index, Time(sec=500 + index // 10, nanosec=(index % 10) * 100_000_000)))
+        time.sleep(0.25)
+    received = latents.snapshot()
+    assert len(received) >= 2, graph.tail_logs(30)
+    for msg in received:
+        gap = stamp_to_nanoseconds(msg.header.stamp) - stamp_to_nanoseconds(msg.start_stamp)
+        assert abs(gap - 200_000_000) < 1_000, f"latent spans {gap} ns, expected 0.2 s"
+        assert (msg.tokens, msg.dim, msg.horizon) == (4, 6, 2)
+        assert np.isfinite(msg_to_latent(msg)).all()

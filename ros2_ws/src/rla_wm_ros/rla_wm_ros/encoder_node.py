@@ -1,4 +1,5 @@
-"""Camera frames -> frozen-ViT patch features (rla_wm_msgs/FeatureMap).
+"""Camera frames -> frozen-ViT patch features (rla_wm_msgs/FeatureMap), and optionally
+the residual latent action z between frame t-h and frame t (rla_wm_msgs/LatentAction).
 
 The camera subscription uses sensor-data QoS with depth 1: when encoding is
 slower than the camera, old frames are dropped, never queued, so the features
@@ -9,14 +10,16 @@ from __future__ import annotations
 import time
 
 import torch
+from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
 
 from rla_wm.features import EncoderConfig, FeatureEncoder, FeatureEncoderError
-from rla_wm_msgs.msg import FeatureMap
-from rla_wm_ros.conversions import features_to_msg
+from rla_wm.latent_tracker import LatentTracker
+from rla_wm_msgs.msg import FeatureMap, LatentAction
+from rla_wm_ros.conversions import features_to_msg, latent_to_msg, stamp_to_seconds
 from rla_wm_ros.image_conversion import CvBridgeError, image_msg_to_rgb
 from rla_wm_ros.params import declare
 from rla_wm_ros.qos import CAMERA_QOS
@@ -40,6 +43,14 @@ class EncoderNode(Node):
                 "Set model:=facebook/dinov2-small (or a local DINO folder) on a robot."
             )
         self.get_logger().info(f"encoder {self.encoder.encoder_id}: grid {self.encoder.grid}")
+        rla_checkpoint = declare(self, "rla_checkpoint", "", "RLA autoencoder checkpoint; empty = no latents.")
+        horizon = declare(self, "rla_horizon", 10, "Latent gap h in frames at rla_fps.", (1, 1000))
+        fps = declare(self, "rla_fps", 10.0, "Frame rate h is counted in (the training data's fps).", (0.1, 1000.0))
+        self.latents = None
+        if rla_checkpoint:
+            self.latents = LatentTracker.from_checkpoint(rla_checkpoint, self.encoder.encoder_id, horizon, fps, device)
+            self.latent_pub = self.create_publisher(LatentAction, "latent_action", 10)
+            self.get_logger().info(f"publishing RLA latents over {horizon} frames ({horizon / fps:.2f} s)")
 
         self.features_pub = self.create_publisher(FeatureMap, "features", 10)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -68,6 +79,12 @@ class EncoderNode(Node):
         grid = self.encoder.grid
         self.features_pub.publish(features_to_msg(tokens, grid.height, grid.width, self.encoder.encoder_id, msg.header))
         self.frames_encoded += 1
+        if self.latents is not None:
+            result = self.latents.push(stamp_to_seconds(msg.header.stamp), tokens)
+            if result is not None:
+                start_seconds, z = result
+                start = Time(sec=int(start_seconds), nanosec=int(round((start_seconds % 1) * 1e9)) % 1_000_000_000)
+                self.latent_pub.publish(latent_to_msg(z, self.latents.horizon, self.latents.model_id, msg.header, start))
 
     def publish_diagnostics(self) -> None:
         status = DiagnosticStatus(name=f"{self.get_name()}: feature encoder", hardware_id=self.encoder.encoder_id)

@@ -6,7 +6,7 @@ Flow (once per Euler step): blocks over the K noisy latent tokens with
 self-attention, cross-attention to the conditioning tokens (keys/values cached
 across steps) and adaLN on the flow time.
 
-Training target is z / 10 on the path x_tau = (1 - tau) z + (sigma_min + (1 - sigma_min) tau) eps,
+Training target is z / latent_scale (10 in the paper) on the path x_tau = (1 - tau) z + (sigma_min + (1 - sigma_min) tau) eps,
 tau ~ logit-normal(0, 1), velocity v = (1 - sigma_min) eps - z; loss MSE + L1.
 Sampling integrates from noise at tau = 1 to tau = 0.
 """
@@ -24,7 +24,6 @@ from rla_wm.layers import Block, timestep_embedding
 from rla_wm.rla import RLAAutoencoder, check_features
 
 CHECKPOINT_KIND = "rla_world_model"
-LATENT_SCALE = 10.0
 SIGMA_MIN = 1e-5
 
 
@@ -46,26 +45,37 @@ class WorldModelConfig:
     # Affine map of raw actions to roughly [-1, 1] before the action encoder.
     action_low: tuple[float, ...] = (0.0, 0.0)
     action_high: tuple[float, ...] = (512.0, 512.0)
+    # The flow runs on z / latent_scale. The paper uses 10 for its autoencoder; training
+    # sets it to the standard deviation of z on the training data so the target has unit scale.
+    latent_scale: float = 10.0
     encoder_id: str = "builtin:dinov2-tiny-random@224"
 
 
 class ActionEncoder(nn.Module):
     """Per-step MLP then a GRU over the (variable-length) action sequence -> one vector."""
 
-    def __init__(self, config: WorldModelConfig) -> None:
+    def __init__(self, action_dim: int, width: int, max_horizon: int, action_low: tuple[float, ...],
+                 action_high: tuple[float, ...]) -> None:
         super().__init__()
-        self.config = config
-        self.step = nn.Sequential(nn.Linear(config.action_dim, config.width), nn.SiLU(),
-                                  nn.Linear(config.width, config.width))
-        self.gru = nn.GRU(config.width, config.width, batch_first=True)
-        self.register_buffer("low", torch.tensor(config.action_low, dtype=torch.float32))
-        self.register_buffer("high", torch.tensor(config.action_high, dtype=torch.float32))
+        if len(action_low) != action_dim or len(action_high) != action_dim:
+            raise ValueError(f"action_low/high need {action_dim} entries")
+        self.action_dim = action_dim
+        self.max_horizon = max_horizon
+        self.step = nn.Sequential(nn.Linear(action_dim, width), nn.SiLU(), nn.Linear(width, width))
+        self.gru = nn.GRU(width, width, batch_first=True)
+        self.register_buffer("low", torch.tensor(action_low, dtype=torch.float32))
+        self.register_buffer("high", torch.tensor(action_high, dtype=torch.float32))
+
+    @classmethod
+    def from_config(cls, config) -> "ActionEncoder":
+        return cls(config.action_dim, config.width, config.max_horizon, config.action_low, config.action_high)
 
     def forward(self, actions: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if actions.ndim != 3:
+            raise ValueError(f"actions must be (B, steps, {self.action_dim}), got {tuple(actions.shape)}")
         batch, steps, dim = actions.shape
-        if dim != self.config.action_dim or not 1 <= steps <= self.config.max_horizon:
-            raise ValueError(f"actions {tuple(actions.shape)} != (B, 1..{self.config.max_horizon}, "
-                             f"{self.config.action_dim})")
+        if dim != self.action_dim or not 1 <= steps <= self.max_horizon:
+            raise ValueError(f"actions {tuple(actions.shape)} != (B, 1..{self.max_horizon}, {self.action_dim})")
         if not torch.isfinite(actions).all():
             raise ValueError("actions contain NaN or inf")
         normalised = 2 * (actions - self.low) / (self.high - self.low) - 1
@@ -94,7 +104,7 @@ class RLAWorldModel(nn.Module):
         super().__init__()
         self.config = config
         width = config.width
-        self.actions = ActionEncoder(config)
+        self.actions = ActionEncoder.from_config(config)
         self.feature_input = nn.Linear(config.token_dim, width)
         self.feature_position = nn.Parameter(torch.randn(1, config.num_tokens, width) * 0.02)
         self.condition_blocks = nn.ModuleList(Block(width, config.heads, config.mlp_ratio, condition_dim=width)
@@ -137,7 +147,7 @@ class RLAWorldModel(nn.Module):
     def loss(self, current: torch.Tensor, actions: torch.Tensor, z: torch.Tensor,
              lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """Flow-matching loss for target latents z (from the frozen RLA encoder)."""
-        target = z / LATENT_SCALE
+        target = z / self.config.latent_scale
         conditioning = self.condition(current, actions, lengths)
         tau = torch.sigmoid(torch.randn(z.shape[0], device=z.device))
         noise = torch.randn_like(target)
@@ -162,7 +172,7 @@ class RLAWorldModel(nn.Module):
         for tau, next_tau in zip(taus[:-1], taus[1:]):
             v = self.velocity_field(x, tau.expand(shape[0]), conditioning)
             x = x + (next_tau - tau) * v
-        return x * LATENT_SCALE
+        return x * self.config.latent_scale
 
     @torch.no_grad()
     def predict(self, autoencoder: RLAAutoencoder, current: torch.Tensor, actions: torch.Tensor,
@@ -170,27 +180,6 @@ class RLAWorldModel(nn.Module):
                 generator: torch.Generator | None = None) -> torch.Tensor:
         """s_hat_{t+h} = Dec(z_hat, s_t)."""
         return autoencoder.decode(self.sample(current, actions, lengths, steps, generator), current)
-
-    @torch.no_grad()
-    def rollout(self, autoencoder: RLAAutoencoder, start: torch.Tensor, action_chunks: torch.Tensor,
-                steps: int = 30, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Autoregressive multi-chunk prediction.
-
-        start: (1 or B, N, C) features; action_chunks: (B, M, h, A). The start is
-        broadcast to B sequences (a planner's many candidates from one state).
-        Returns predicted features after each chunk: (B, M, N, C).
-        """
-        if action_chunks.ndim != 4:
-            raise ValueError(f"action_chunks must be (B, M, h, A), got {tuple(action_chunks.shape)}")
-        batch, chunks = action_chunks.shape[:2]
-        if start.shape[0] not in (1, batch):
-            raise ValueError(f"start batch {start.shape[0]} is neither 1 nor {batch}")
-        current = start.expand(batch, -1, -1)
-        predictions = []
-        for index in range(chunks):
-            current = self.predict(autoencoder, current, action_chunks[:, index], steps=steps, generator=generator)
-            predictions.append(current)
-        return torch.stack(predictions, dim=1)
 
     def save(self, folder: str | Path, extra: dict | None = None) -> Path:
         return save_checkpoint(folder, self, CHECKPOINT_KIND, self.config, extra)

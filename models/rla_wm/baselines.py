@@ -1,0 +1,79 @@
+"""Reference predictors measured beside RLA-WM on the same data.
+
+- copy-last-frame: s_hat_{t+h} = s_t (what a world model must beat);
+- DINO-WM-style direct regression: a ViT over the tokens of s_t, conditioned on the
+  action sequence by adaLN, regresses s_{t+h} (as a residual on s_t).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rla_wm.checkpoint import config_from_dict, load_state_into, read_checkpoint_meta, save_checkpoint
+from rla_wm.layers import Block
+from rla_wm.rla import check_features
+from rla_wm.world_model import ActionEncoder
+
+CHECKPOINT_KIND = "regression_predictor"
+
+
+@dataclass(frozen=True)
+class RegressionConfig:
+    token_dim: int = 192
+    num_tokens: int = 256
+    action_dim: int = 2
+    max_horizon: int = 15
+    width: int = 256
+    depth: int = 6
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    action_low: tuple[float, ...] = (0.0, 0.0)
+    action_high: tuple[float, ...] = (512.0, 512.0)
+    encoder_id: str = "builtin:dinov2-tiny-random@224"
+
+
+class RegressionPredictor(nn.Module):
+    def __init__(self, config: RegressionConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.actions = ActionEncoder.from_config(config)
+        self.input = nn.Linear(config.token_dim, config.width)
+        self.position = nn.Parameter(torch.randn(1, config.num_tokens, config.width) * 0.02)
+        self.blocks = nn.ModuleList(Block(config.width, config.heads, config.mlp_ratio, condition_dim=config.width)
+                                    for _ in range(config.depth))
+        self.norm = nn.LayerNorm(config.width)
+        self.output = nn.Linear(config.width, config.token_dim)
+        nn.init.zeros_(self.output.weight)
+        nn.init.zeros_(self.output.bias)
+
+    def forward(self, current: torch.Tensor, actions: torch.Tensor, lengths: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        check_features(current, self.config, "current features")
+        if actions.shape[0] != current.shape[0]:
+            raise ValueError(f"{actions.shape[0]} action sequences for {current.shape[0]} feature maps")
+        condition = self.actions(actions, lengths)
+        x = self.input(current) + self.position
+        for block in self.blocks:
+            x = block(x, condition=condition)
+        return current + self.output(self.norm(x))
+
+    def loss(self, current: torch.Tensor, actions: torch.Tensor, future: torch.Tensor,
+             lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        predicted = self(current, actions, lengths)
+        l1 = F.l1_loss(predicted, future)
+        mse = F.mse_loss(predicted, future)
+        return l1 + mse, {"l1": float(l1.detach()), "mse": float(mse.detach())}
+
+    def save(self, folder: str | Path, extra: dict | None = None) -> Path:
+        return save_checkpoint(folder, self, CHECKPOINT_KIND, self.config, extra)
+
+    @classmethod
+    def load(cls, spec: str | Path) -> tuple["RegressionPredictor", dict]:
+        meta = read_checkpoint_meta(spec, CHECKPOINT_KIND)
+        model = cls(config_from_dict(RegressionConfig, meta["config"]))
+        load_state_into(spec, model)
+        return model.eval(), meta

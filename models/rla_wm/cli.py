@@ -1,0 +1,143 @@
+"""`rla-wm`: record sim data, cache features, train, evaluate.
+
+    rla-wm record-pusht  --root data/pusht_random --episodes 40 --steps 100
+    rla-wm cache-features   --config models/configs/pusht_small.yaml
+    rla-wm train-rla        --config ... --out runs/rla
+    rla-wm train-wm         --config ... --rla runs/rla/checkpoint --out runs/wm
+    rla-wm train-regression --config ... --out runs/regression
+    rla-wm evaluate         --config ... --rla runs/rla/checkpoint --wm runs/wm/checkpoint \\
+                            --regression runs/regression/checkpoint --out runs/eval
+
+Multi-GPU: `accelerate launch -m rla_wm.cli train-wm ...` (or torchrun) runs the same
+training with DDP.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+
+def command_record_pusht(args: argparse.Namespace) -> None:
+    from rla_wm.pusht_dataset import record_pusht_dataset
+
+    path = record_pusht_dataset(args.root, repo_id=args.repo_id, episodes=args.episodes,
+                                steps_per_episode=args.steps, seed=args.seed, with_actions=not args.action_free)
+    print(f"dataset written to {path}")
+
+
+def command_cache_features(args: argparse.Namespace) -> None:
+    from rla_wm.experiment import load_experiment
+    from rla_wm.train import open_caches
+
+    for cache in open_caches(load_experiment(args.config), include_action_free=True):
+        print(f"{cache.path}: {len(cache.episodes)} episodes, encoder {cache.encoder_id}")
+
+
+def command_train(args: argparse.Namespace) -> None:
+    from rla_wm import train
+    from rla_wm.experiment import load_experiment
+
+    experiment = load_experiment(args.config)
+    out = Path(args.out)
+    if args.command == "train-rla":
+        checkpoint = train.train_autoencoder(experiment, out)
+    elif args.command == "train-wm":
+        checkpoint = train.train_world_model(experiment, args.rla, out)
+    else:
+        checkpoint = train.train_regression(experiment, out)
+    print(f"checkpoint: {checkpoint}\nmetrics: {out / 'metrics.jsonl'}\nloss curve: {out / 'loss.png'}")
+
+
+def command_evaluate(args: argparse.Namespace) -> None:
+    from rla_wm import evaluate
+    from rla_wm.baselines import RegressionPredictor
+    from rla_wm.experiment import load_experiment
+    from rla_wm.prediction import CopyLastPredictor, RegressionBaseline, RLAWMPredictor
+    from rla_wm.rla import RLAAutoencoder
+    from rla_wm.train import open_caches, train_split
+    from rla_wm.visualize import plot_error_vs_horizon
+    from rla_wm.world_model import RLAWorldModel
+
+    experiment = load_experiment(args.config)
+    settings = {"chunks": 3, "max_windows": 64, "euler_steps": 30, "seed": 0, **experiment.evaluate}
+    cache = open_caches(experiment, include_action_free=False)[0]
+    held_out = train_split(experiment, cache)[1]
+    autoencoder, _ = RLAAutoencoder.load(args.rla)
+    world_model, wm_meta = RLAWorldModel.load(args.wm)
+    horizon = args.horizon or int(wm_meta.get("train", {}).get("horizon", 5))
+    predictors = [CopyLastPredictor(),
+                  RLAWMPredictor(world_model, autoencoder, steps=settings["euler_steps"], seed=settings["seed"])]
+    if args.regression:
+        predictors.append(RegressionBaseline(RegressionPredictor.load(args.regression)[0]))
+    for model in (autoencoder, world_model):
+        if model.config.encoder_id != cache.encoder_id:
+            raise SystemExit(f"{type(model).__name__} was trained on {model.config.encoder_id!r}, "
+                             f"the data is {cache.encoder_id!r}")
+    windows = evaluate.collect_windows(cache, held_out, horizon, settings["chunks"], settings["max_windows"],
+                                       settings["seed"])
+    results = evaluate.evaluate_predictors(predictors, windows)
+    costs = {p.name: evaluate.cost_per_prediction(p, windows) for p in predictors}
+    reconstruction = evaluate.reconstruction_errors(autoencoder, windows)
+    out = Path(args.out)
+    table = evaluate.save_report(out, results, costs, reconstruction, {
+        "config": str(experiment.path), "held_out_episodes": held_out, "windows": len(windows.start),
+        "horizon": horizon, "euler_steps": settings["euler_steps"], "device": "cpu",
+        "torch_threads": torch.get_num_threads()})
+    for metric in ("l1", "cosine"):
+        plot_error_vs_horizon({name: {h: v[metric] for h, v in by_h.items()} for name, by_h in results.items()},
+                              metric, out / f"error_vs_horizon_{metric}.png")
+    evaluate.plot_predictions(out, predictors, windows, (cache.grid.height, cache.grid.width))
+    print(table)
+    print(f"\nreport, plots and results.json in {out}/")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rla-wm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    record = commands.add_parser("record-pusht", help="record a Push-T LeRobot dataset with random play")
+    record.add_argument("--root", required=True)
+    record.add_argument("--repo-id", default="local/pusht_random")
+    record.add_argument("--episodes", type=int, default=20)
+    record.add_argument("--steps", type=int, default=100)
+    record.add_argument("--seed", type=int, default=0)
+    record.add_argument("--action-free", action="store_true", help="store video and state only, no actions")
+    record.set_defaults(run=command_record_pusht)
+
+    cache = commands.add_parser("cache-features", help="encode every frame once into the feature cache")
+    cache.add_argument("--config", required=True)
+    cache.set_defaults(run=command_cache_features)
+
+    for name, help_text in (("train-rla", "train the RLA autoencoder"),
+                            ("train-wm", "train RLA-WM (flow matching over z)"),
+                            ("train-regression", "train the DINO-WM-style regression baseline")):
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--config", required=True)
+        sub.add_argument("--out", required=True)
+        if name == "train-wm":
+            sub.add_argument("--rla", required=True, help="RLA autoencoder checkpoint folder")
+        sub.set_defaults(run=command_train)
+
+    evaluation = commands.add_parser("evaluate", help="held-out L1 / cosine at several horizons, cost per prediction")
+    evaluation.add_argument("--config", required=True)
+    evaluation.add_argument("--rla", required=True)
+    evaluation.add_argument("--wm", required=True)
+    evaluation.add_argument("--regression", default=None)
+    evaluation.add_argument("--horizon", type=int, default=None, help="frames per chunk (default: the WM's training horizon)")
+    evaluation.add_argument("--out", required=True)
+    evaluation.set_defaults(run=command_evaluate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,13 +7,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rla_wm.checkpoint import config_from_dict, load_state_into, read_checkpoint_meta, save_checkpoint
+from rla_wm.checkpoint import Checkpointable
 from rla_wm.layers import Block
 from rla_wm.rla import check_features
 from rla_wm.world_model import ActionEncoder
@@ -36,7 +35,10 @@ class RegressionConfig:
     encoder_id: str = "builtin:dinov2-tiny-random@224"
 
 
-class RegressionPredictor(nn.Module):
+class RegressionPredictor(Checkpointable, nn.Module):
+    checkpoint_kind = CHECKPOINT_KIND
+    config_type = RegressionConfig
+
     def __init__(self, config: RegressionConfig) -> None:
         super().__init__()
         self.config = config
@@ -67,13 +69,3 @@ class RegressionPredictor(nn.Module):
         l1 = F.l1_loss(predicted, future)
         mse = F.mse_loss(predicted, future)
         return l1 + mse, {"l1": float(l1.detach()), "mse": float(mse.detach())}
-
-    def save(self, folder: str | Path, extra: dict | None = None) -> Path:
-        return save_checkpoint(folder, self, CHECKPOINT_KIND, self.config, extra)
-
-    @classmethod
-    def load(cls, spec: str | Path) -> tuple["RegressionPredictor", dict]:
-        meta = read_checkpoint_meta(spec, CHECKPOINT_KIND)
-        model = cls(config_from_dict(RegressionConfig, meta["config"]))
-        load_state_into(spec, model)
-        return model.eval(), meta

@@ -66,3 +66,21 @@ def config_from_dict(config_type: type[ConfigT], values: dict) -> ConfigT:
             value = values[f.name]
             fields[f.name] = tuple(value) if isinstance(value, list) else value
     return config_type(**fields)
+
+
+class Checkpointable:
+    """Mixin for nn.Modules built from one config dataclass: save/load as a checkpoint folder."""
+
+    checkpoint_kind: str
+    config_type: type
+
+    def save(self, folder: str | Path, extra: dict | None = None) -> Path:
+        return save_checkpoint(folder, self, self.checkpoint_kind, self.config, extra)
+
+    @classmethod
+    def load(cls, spec: str | Path) -> tuple[Any, dict]:
+        """Load a checkpoint folder: the model in eval mode and the checkpoint's metadata."""
+        meta = read_checkpoint_meta(spec, cls.checkpoint_kind)
+        model = cls(config_from_dict(cls.config_type, meta["config"]))
+        load_state_into(spec, model)
+        return model.eval(), meta

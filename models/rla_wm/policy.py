@@ -6,12 +6,11 @@ RLA head, trained on labelled and action-free episodes) builds on it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from rla_wm.checkpoint import config_from_dict, load_state_into, read_checkpoint_meta, save_checkpoint
+from rla_wm.checkpoint import Checkpointable
 
 CHECKPOINT_KIND = "chunk_policy"
 
@@ -36,8 +35,11 @@ class PolicyConfig:
     encoder_id: str = "builtin:dinov2-tiny-random@224"
 
 
-class ChunkPolicy(nn.Module):
+class ChunkPolicy(Checkpointable, nn.Module):
     """Attention-pools patch tokens with a state-conditioned query, then predicts a chunk."""
+
+    checkpoint_kind = CHECKPOINT_KIND
+    config_type = PolicyConfig
 
     def __init__(self, config: PolicyConfig) -> None:
         super().__init__()
@@ -88,14 +90,3 @@ class ChunkPolicy(nn.Module):
         increments = self.forward_normalised(tokens, state) * self.max_delta
         targets = state.unsqueeze(1) + torch.cumsum(increments, dim=1)
         return torch.maximum(torch.minimum(targets, self.action_high), self.action_low)
-
-    def save(self, folder: str | Path, extra: dict | None = None) -> Path:
-        return save_checkpoint(folder, self, CHECKPOINT_KIND, self.config, extra)
-
-    @classmethod
-    def load(cls, spec: str | Path) -> tuple["ChunkPolicy", dict]:
-        """Load a checkpoint folder; returns the model (eval mode) and the checkpoint's metadata."""
-        meta = read_checkpoint_meta(spec, CHECKPOINT_KIND)
-        model = cls(config_from_dict(PolicyConfig, meta["config"]))
-        load_state_into(spec, model)
-        return model.eval(), meta

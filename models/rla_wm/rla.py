@@ -8,13 +8,12 @@ top of s_t, so an untrained decoder starts as the copy-last-frame predictor.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rla_wm.checkpoint import config_from_dict, load_state_into, read_checkpoint_meta, save_checkpoint
+from rla_wm.checkpoint import Checkpointable
 from rla_wm.layers import Block
 
 CHECKPOINT_KIND = "rla_autoencoder"
@@ -94,8 +93,11 @@ class RLADecoder(nn.Module):
         return current + self.output(self.norm(x[:, self.config.latent_tokens :]))
 
 
-class RLAAutoencoder(nn.Module):
+class RLAAutoencoder(Checkpointable, nn.Module):
     """z = encode(s_t, s_{t+h});  s_{t+h} ~= decode(z, s_t)."""
+
+    checkpoint_kind = CHECKPOINT_KIND
+    config_type = RLAConfig
 
     def __init__(self, config: RLAConfig) -> None:
         super().__init__()
@@ -125,13 +127,3 @@ class RLAAutoencoder(nn.Module):
         l1 = F.l1_loss(reconstruction, future)
         mse = F.mse_loss(reconstruction, future)
         return l1 + mse, {"l1": float(l1.detach()), "mse": float(mse.detach())}
-
-    def save(self, folder: str | Path, extra: dict | None = None) -> Path:
-        return save_checkpoint(folder, self, CHECKPOINT_KIND, self.config, extra)
-
-    @classmethod
-    def load(cls, spec: str | Path) -> tuple["RLAAutoencoder", dict]:
-        meta = read_checkpoint_meta(spec, CHECKPOINT_KIND)
-        model = cls(config_from_dict(RLAConfig, meta["config"]))
-        load_state_into(spec, model)
-        return model.eval(), meta

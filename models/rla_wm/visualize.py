@@ -54,6 +54,17 @@ def _pyplot():
     return plt
 
 
+def _save_line_plot(plt, figure, axis, path: str | Path) -> Path:
+    axis.grid(True, alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
 def plot_loss_curves(logs: dict[str, list[dict]], path: str | Path) -> Path:
     """Training loss against step, one line per run, log scale."""
     plt = _pyplot()
@@ -63,14 +74,7 @@ def plot_loss_curves(logs: dict[str, list[dict]], path: str | Path) -> Path:
     axis.set_xlabel("step")
     axis.set_ylabel("loss")
     axis.set_yscale("log")
-    axis.grid(True, alpha=0.3)
-    axis.legend()
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return _save_line_plot(plt, figure, axis, path)
 
 
 def plot_error_vs_horizon(table: dict[str, dict[int, float]], metric: str, path: str | Path) -> Path:
@@ -82,30 +86,4 @@ def plot_error_vs_horizon(table: dict[str, dict[int, float]], metric: str, path:
         axis.plot(horizons, [errors[h] for h in horizons], marker="o", label=name)
     axis.set_xlabel("horizon (frames)")
     axis.set_ylabel(metric)
-    axis.grid(True, alpha=0.3)
-    axis.legend()
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
-
-
-def prediction_grid(rows: dict[str, list[np.ndarray]], grid_height: int, grid_width: int, cell: int = 96) -> np.ndarray:
-    """Feature PCA images in a grid: one row per source (truth, each model), one column per horizon.
-
-    The PCA basis is fitted on all maps together, so colours are comparable across cells.
-    """
-    names = list(rows)
-    maps = [tokens for name in names for tokens in rows[name]]
-    stacked = np.concatenate(maps, axis=0)
-    columns = len(rows[names[0]])
-    pca = feature_pca_rgb(stacked, grid_height * len(maps), grid_width)
-    tiles = pca.reshape(len(maps), grid_height, grid_width, 3)
-    canvas = np.full((len(names) * (cell + 4), columns * (cell + 4), 3), 255, dtype=np.uint8)
-    for index, tile in enumerate(tiles):
-        row, column = divmod(index, columns)
-        image = np.asarray(Image.fromarray(tile).resize((cell, cell), Image.NEAREST))
-        canvas[row * (cell + 4): row * (cell + 4) + cell, column * (cell + 4): column * (cell + 4) + cell] = image
-    return canvas
+    return _save_line_plot(plt, figure, axis, path)

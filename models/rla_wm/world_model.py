@@ -13,13 +13,12 @@ Sampling integrates from noise at tau = 1 to tau = 0.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rla_wm.checkpoint import config_from_dict, load_state_into, read_checkpoint_meta, save_checkpoint
+from rla_wm.checkpoint import Checkpointable
 from rla_wm.layers import Block, timestep_embedding
 from rla_wm.rla import RLAAutoencoder, check_features
 
@@ -99,7 +98,10 @@ class Conditioning:
     cached_context: list[tuple[torch.Tensor, torch.Tensor]]
 
 
-class RLAWorldModel(nn.Module):
+class RLAWorldModel(Checkpointable, nn.Module):
+    checkpoint_kind = CHECKPOINT_KIND
+    config_type = WorldModelConfig
+
     def __init__(self, config: WorldModelConfig) -> None:
         super().__init__()
         self.config = config
@@ -180,13 +182,3 @@ class RLAWorldModel(nn.Module):
                 generator: torch.Generator | None = None) -> torch.Tensor:
         """s_hat_{t+h} = Dec(z_hat, s_t)."""
         return autoencoder.decode(self.sample(current, actions, lengths, steps, generator), current)
-
-    def save(self, folder: str | Path, extra: dict | None = None) -> Path:
-        return save_checkpoint(folder, self, CHECKPOINT_KIND, self.config, extra)
-
-    @classmethod
-    def load(cls, spec: str | Path) -> tuple["RLAWorldModel", dict]:
-        meta = read_checkpoint_meta(spec, CHECKPOINT_KIND)
-        model = cls(config_from_dict(WorldModelConfig, meta["config"]))
-        load_state_into(spec, model)
-        return model.eval(), meta

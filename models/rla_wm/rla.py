@@ -32,6 +32,10 @@ class RLAConfig:
     decoder_depth: int = 4
     heads: int = 4
     mlp_ratio: float = 4.0
+    # Residuals are divided by this before the encoder. Feature changes between frames
+    # are small next to the features themselves (most patches are static), so training
+    # sets it to the residuals' standard deviation to give the encoder unit-scale input.
+    residual_scale: float = 1.0
     encoder_id: str = "builtin:dinov2-tiny-random@224"
 
     @classmethod
@@ -108,7 +112,7 @@ class RLAAutoencoder(Checkpointable, nn.Module):
     def encode(self, current: torch.Tensor, future: torch.Tensor) -> torch.Tensor:
         check_features(current, self.config, "current features")
         check_features(future, self.config, "future features")
-        return self.encoder(future - current)
+        return self.encoder((future - current) / self.config.residual_scale)
 
     def decode(self, z: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
         check_features(current, self.config, "current features")
@@ -126,4 +130,7 @@ class RLAAutoencoder(Checkpointable, nn.Module):
         reconstruction, _ = self(current, future)
         l1 = F.l1_loss(reconstruction, future)
         mse = F.mse_loss(reconstruction, future)
-        return l1 + mse, {"l1": float(l1.detach()), "mse": float(mse.detach())}
+        # The copy-last error on the same batch tells whether z carries the change at all.
+        copy_last_l1 = F.l1_loss(current, future)
+        return l1 + mse, {"l1": float(l1.detach()), "mse": float(mse.detach()),
+                          "copy_last_l1": float(copy_last_l1.detach())}

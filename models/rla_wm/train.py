@@ -7,6 +7,7 @@ several GPUs. Each run writes <out>/checkpoint (safetensors + config),
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -127,6 +128,7 @@ def train_autoencoder(experiment: Experiment, out: Path) -> Path:
         episodes = train_split(experiment, cache)[0] if index == 0 else cache.episodes
         parts.append(FramePairDataset(cache, episodes, config.min_gap, config.max_gap, skip_short=True))
     dataset = torch.utils.data.ConcatDataset(parts)
+    rla_config = dataclasses.replace(rla_config, residual_scale=residual_scale_of(dataset))
     model = RLAAutoencoder(rla_config)
 
     def loss_fn(model: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict[str, float]]:
@@ -135,6 +137,18 @@ def train_autoencoder(experiment: Experiment, out: Path) -> Path:
 
     log = fit(model, dataset, loss_fn, config, out, "rla")
     return _unwrap(model).save(out / "checkpoint", extra={"final": log[-1], "train": vars_of(config)})
+
+
+def residual_scale_of(dataset: Dataset, samples: int = 256) -> float:
+    """Standard deviation of s_{t+h} - s_t over training pairs (the autoencoder's input scale)."""
+    loader = DataLoader(dataset, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
+    values, seen = [], 0
+    for current, future, _gap in loader:
+        values.append((future.float() - current.float()).flatten())
+        seen += current.shape[0]
+        if seen >= samples:
+            break
+    return float(torch.cat(values).std().clamp_min(1e-6))
 
 
 def latent_scale_of(autoencoder: RLAAutoencoder, dataset: Dataset, samples: int = 256) -> float:
@@ -202,6 +216,4 @@ def train_regression(experiment: Experiment, out: Path) -> Path:
 
 
 def vars_of(config: TrainConfig) -> dict:
-    import dataclasses
-
     return dataclasses.asdict(config)

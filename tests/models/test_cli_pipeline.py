@@ -47,6 +47,8 @@ def test_pipeline_trains_and_evaluates_every_model(experiment, capsys):
         assert (root / run / "loss.png").stat().st_size > 1000
         log = [json.loads(line) for line in (root / run / "metrics.jsonl").read_text().splitlines()]
         assert log[0]["step"] == 0 and log[-1]["step"] == 11
+    rla_meta = json.loads((root / "rla" / "checkpoint" / "config.json").read_text())
+    assert 0 < rla_meta["config"]["residual_scale"] != 1.0  # measured on the training pairs
     wm_meta = json.loads((root / "wm" / "checkpoint" / "config.json").read_text())
     assert wm_meta["config"]["latent_scale"] > 0 and wm_meta["train"]["horizon"] == 3
     assert wm_meta["config"]["action_high"][0] > wm_meta["config"]["action_low"][0]

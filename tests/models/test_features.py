@@ -99,3 +99,13 @@ def test_bad_configs_raise(tiny_folder, tmp_path):
         FeatureEncoder(EncoderConfig(model=str(tiny_folder), dtype="int8"))
     with pytest.raises(FileNotFoundError, match="no shipped checkpoint"):
         resolve_model_path("builtin:does-not-exist")
+
+
+def test_half_precision_output_dtype(tiny_folder):
+    # bf16 runs on CPU too; on a GPU the same switch halves memory and time.
+    encoder = FeatureEncoder(EncoderConfig(model=str(tiny_folder), resolution=56, dtype="bfloat16"))
+    frames = np.random.default_rng(3).integers(0, 255, (2, 56, 56, 3), dtype=np.uint8)
+    tokens = encoder(frames)
+    assert tokens.dtype == torch.bfloat16
+    reference = FeatureEncoder(EncoderConfig(model=str(tiny_folder), resolution=56))(frames)
+    assert (tokens.float() - reference).abs().mean() < 0.05 * reference.abs().mean()

@@ -35,6 +35,9 @@ class PolicyNode(Node):
                                    param_type=list)
         self.point_period = declare(self, "point_period", 0.1, "Seconds between chunk points.", (0.001, 10.0))
         self.state_timeout = declare(self, "state_timeout", 0.5, "Ignore joint states older than this (s).", (0.01, 10.0))
+        self.min_lead_time = declare(self, "min_lead_time", 0.05,
+                                     "Drop points due sooner than this after publishing (s): the robot "
+                                     "could only reach them with a velocity spike.", (0.0, 5.0))
         device = declare(self, "device", "cpu", "Torch device.")
         threads = declare(self, "torch_threads", 0, "CPU threads for torch (0 = torch default).", (0, 256))
         if threads:
@@ -95,9 +98,9 @@ class PolicyNode(Node):
             self.get_logger().error("policy produced NaN/inf: chunk dropped")
             return
         times = self.point_period * np.arange(1, len(actions) + 1)
-        # Drop points whose time has already passed since the observation was taken.
+        # Drop points already past (or nearly so) since the observation was taken.
         elapsed = self.get_clock().now().nanoseconds * 1e-9 - stamp_to_seconds(msg.header.stamp)
-        keep = times > elapsed
+        keep = times > elapsed + self.min_lead_time
         if not keep.any():
             self.get_logger().warn(f"chunk is {elapsed:.3f}s old on arrival: every point is in the past")
             return

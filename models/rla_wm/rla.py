@@ -94,7 +94,9 @@ class RLADecoder(nn.Module):
         x = torch.cat([latent, features], dim=1)
         for block in self.blocks:
             x = block(x)
-        return current + self.output(self.norm(x[:, self.config.latent_tokens :]))
+        # The change is predicted in residual-scale units, like the encoder's input.
+        change = self.output(self.norm(x[:, self.config.latent_tokens :]))
+        return current + self.config.residual_scale * change
 
 
 class RLAAutoencoder(Checkpointable, nn.Module):
@@ -126,11 +128,19 @@ class RLAAutoencoder(Checkpointable, nn.Module):
         return self.decoder(z, current), z
 
     def loss(self, current: torch.Tensor, future: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """L1 + MSE between reconstructed and true future features."""
+        """L1 + MSE between reconstructed and true future features, in residual-scale units.
+
+        L1 + MSE is not scale-free: on raw features whose frame-to-frame changes are tiny,
+        L1 dominates and favours predicting no change at all; measured in units of the
+        residuals' spread, both terms weigh the moving patches as intended.
+        """
         reconstruction, _ = self(current, future)
-        l1 = F.l1_loss(reconstruction, future)
-        mse = F.mse_loss(reconstruction, future)
-        # The copy-last error on the same batch tells whether z carries the change at all.
-        copy_last_l1 = F.l1_loss(current, future)
-        return l1 + mse, {"l1": float(l1.detach()), "mse": float(mse.detach()),
-                          "copy_last_l1": float(copy_last_l1.detach())}
+        error = (reconstruction - future) / self.config.residual_scale
+        l1 = error.abs().mean()
+        mse = error.pow(2).mean()
+        with torch.no_grad():
+            # Feature-unit errors, and copy-last on the same batch: does z carry the change?
+            feature_l1 = F.l1_loss(reconstruction, future)
+            copy_last_l1 = F.l1_loss(current, future)
+        return l1 + mse, {"l1": float(feature_l1), "copy_last_l1": float(copy_last_l1),
+                          "scaled_l1": float(l1.detach()), "scaled_mse": float(mse.detach())}

@@ -9,12 +9,13 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, Si
 from rclpy.node import Node
 
 
-def spin_node(make_node: Callable[[], Node], args: list[str] | None = None, threads: int = 1) -> None:
+def spin_node(make_node: Callable[[], Node], args: list[str] | None = None, threads: int = 2) -> None:
     """Run `make_node()` until shutdown.
 
-    Nodes with slow callbacks (model inference in its own callback group) ask for
-    two threads so timers and services keep running; the others stay on the
-    single-threaded executor, whose per-callback overhead is far lower.
+    Two executor threads by default, so a slow callback (model inference in its own
+    callback group, a simulator reset) never stalls timers and services. The safety
+    gate asks for one: its callbacks are tiny and frequent, and the single-threaded
+    executor's per-callback overhead is far lower.
     """
     rclpy.init(args=args if args is not None else sys.argv)
     node = None

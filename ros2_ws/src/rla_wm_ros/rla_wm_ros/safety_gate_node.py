@@ -155,7 +155,7 @@ class SafetyGateNode(Node):
 def main(args: list[str] | None = None) -> None:
     from rla_wm_ros.node_main import spin_node
 
-    spin_node(SafetyGateNode, args)
+    spin_node(SafetyGateNode, args, threads=1)
 
 
 if __name__ == "__main__":

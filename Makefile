@@ -14,7 +14,7 @@ demo: setup
 	@$(ENV) && python -m rla_wm_ros.demo --episodes $(EPISODES) --episode-steps $(EPISODE_STEPS) --output $(DEMO_OUT)
 
 test: setup
-	@$(ENV) && python -m pytest tests
+	@$(ENV) && python -m pytest
 
 clean:
 	rm -rf ros2_ws/build ros2_ws/install ros2_ws/log ros2_ws/colcon_build.log .venv/.stamps/colcon

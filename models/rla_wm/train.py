@@ -139,29 +139,27 @@ def train_autoencoder(experiment: Experiment, out: Path) -> Path:
     return _unwrap(model).save(out / "checkpoint", extra={"final": log[-1], "train": vars_of(config)})
 
 
-def residual_scale_of(dataset: Dataset, samples: int = 256) -> float:
-    """Standard deviation of s_{t+h} - s_t over training pairs (the autoencoder's input scale)."""
-    loader = DataLoader(dataset, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
-    values, seen = [], 0
-    for current, future, _gap in loader:
-        values.append((future.float() - current.float()).flatten())
-        seen += current.shape[0]
-        if seen >= samples:
-            break
-    return float(torch.cat(values).std().clamp_min(1e-6))
-
-
-def latent_scale_of(autoencoder: RLAAutoencoder, dataset: Dataset, samples: int = 256) -> float:
-    """Standard deviation of z over training chunks: the world model's target scale."""
+def std_over_samples(dataset: Dataset, value_of: Callable[[tuple], torch.Tensor], samples: int = 256) -> float:
+    """Standard deviation of value_of(batch) over about `samples` random items (seeded)."""
     loader = DataLoader(dataset, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(0))
     values, seen = [], 0
     with torch.no_grad():
-        for current, _actions, future in loader:
-            values.append(autoencoder.encode(current.float(), future.float()).flatten())
-            seen += current.shape[0]
+        for batch in loader:
+            values.append(value_of(batch).flatten())
+            seen += batch[0].shape[0]
             if seen >= samples:
                 break
     return float(torch.cat(values).std().clamp_min(1e-6))
+
+
+def residual_scale_of(dataset: Dataset) -> float:
+    """Spread of s_{t+h} - s_t over training pairs: the autoencoder's input scale."""
+    return std_over_samples(dataset, lambda batch: batch[1].float() - batch[0].float())
+
+
+def latent_scale_of(autoencoder: RLAAutoencoder, dataset: Dataset) -> float:
+    """Spread of z over training chunks: the world model's target scale."""
+    return std_over_samples(dataset, lambda batch: autoencoder.encode(batch[0].float(), batch[2].float()))
 
 
 def train_world_model(experiment: Experiment, rla_checkpoint: str | Path, out: Path) -> Path:

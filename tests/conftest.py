@@ -1,9 +1,11 @@
 """Shared test set-up: the project environment, one ROS_DOMAIN_ID per test, graph helpers."""
 from __future__ import annotations
 
+import fcntl
 import itertools
 import os
 import random
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -15,10 +17,27 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-# Domain ids 1..100; a random start keeps two concurrent runs on one machine apart.
+# Domain ids 1..100; a random start keeps two concurrent runs on one machine apart,
+# and a lock file per id makes sure they never share one.
 _domain_ids = itertools.cycle(range(1, 101))
 for _ in range(random.randrange(100)):
     next(_domain_ids)
+_DOMAIN_LOCKS = Path(tempfile.gettempdir()) / "rla_wm_ros_test_domains"
+
+
+def _claim_domain() -> tuple[int, int]:
+    """The next domain id no other test process holds, and the open lock file holding it."""
+    _DOMAIN_LOCKS.mkdir(exist_ok=True)
+    for _ in range(100):
+        domain = next(_domain_ids)
+        fd = os.open(_DOMAIN_LOCKS / f"{domain}.lock", os.O_CREAT | os.O_RDWR, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        return domain, fd
+    raise RuntimeError("all 100 test ROS domain ids are held by other test processes")
 
 
 @pytest.fixture
@@ -26,9 +45,10 @@ def ros_domain(monkeypatch) -> int:
     """A fresh ROS_DOMAIN_ID for this test, inherited by every node process it starts."""
     if "rla_wm_ros" not in os.environ.get("AMENT_PREFIX_PATH", ""):
         pytest.fail("the ROS workspace is not sourced: run the tests through `make test` (or source scripts/env.sh)")
-    domain = next(_domain_ids)
+    domain, lock_fd = _claim_domain()
     monkeypatch.setenv("ROS_DOMAIN_ID", str(domain))
-    return domain
+    yield domain
+    os.close(lock_fd)  # releases the lock
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import stat
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -649,3 +650,33 @@ def test_context_manager_stops_nodes_on_error(write, finder, prefix, tmp_path):
     assert graph.alive() == {"n": False}
     assert graph.returncodes() == {"n": 0}
     assert not pid_exists(pid)
+
+
+def test_nodes_die_with_a_killed_launcher(write, finder, prefix, tmp_path):
+    """A launcher killed by SIGKILL must not leave its nodes publishing on the domain."""
+    out = tmp_path / "orphan.json"
+    install_node(prefix, "demo_pkg", "orphan", out)
+    path = write('<node pkg="demo_pkg" exec="orphan"/>')
+    launcher_code = (
+        "import sys, time\n"
+        "from rla_wm_ros.launch_xml import LaunchedGraph, parse_launch_file\n"
+        f"finder = lambda package: {str(prefix)!r}\n"
+        f"LaunchedGraph().start(parse_launch_file({str(path)!r}, package_finder=finder), log_dir={str(tmp_path / 'logs')!r})\n"
+        "time.sleep(600)\n"
+    )
+    launcher = subprocess.Popen([sys.executable, "-c", launcher_code])
+    try:
+        deadline = time.monotonic() + 20
+        while not out.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert out.exists(), "the node never started"
+        pid = json.loads(out.read_text())["pid"]
+        assert pid_exists(pid)
+        launcher.kill()
+        launcher.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while pid_exists(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not pid_exists(pid), "the node outlived its killed launcher"
+    finally:
+        launcher.kill()

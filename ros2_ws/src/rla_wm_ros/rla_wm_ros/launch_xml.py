@@ -33,6 +33,7 @@ a ROS context.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import shlex
@@ -738,6 +739,25 @@ class _Running:
     log_file: IO[bytes]
 
 
+def _die_with_parent(parent_pid: int):
+    """A pre-exec hook: the node gets SIGTERM when the launcher dies, even by SIGKILL.
+
+    Nodes run in their own session (so Ctrl-C reaches the launcher first); without
+    this a killed launcher would leave them running and publishing on its domain.
+    The kernel ties this to the thread that started the node: start graphs from a
+    thread that lives as long as they should.
+    """
+    def hook() -> None:
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:  # not Linux/glibc: nodes then only stop through stop()
+            return
+        if os.getppid() != parent_pid:  # the launcher died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+    return hook
+
+
 class LaunchedGraph:
     """Start every node of a :class:`LaunchDescription` as a subprocess; always stop them.
 
@@ -811,7 +831,7 @@ class LaunchedGraph:
                 try:
                     process = subprocess.Popen(
                         command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                        env=child_env, start_new_session=True,
+                        env=child_env, start_new_session=True, preexec_fn=_die_with_parent(os.getpid()),
                     )
                 except BaseException:
                     log_file.close()

@@ -57,6 +57,9 @@ if [ "$(cat "$STAMPS/models" 2>/dev/null)" != "$ROOT/models" ]; then
 fi
 
 # --- 3. colcon build of the ROS 2 workspace (incremental) ------------------------------------
+# One build at a time: two concurrent `make` calls would write the same build folders.
+exec 9>"$ROOT/ros2_ws/.colcon.lock"
+flock 9
 src_hash="$(cd "$ROOT/ros2_ws/src" && find . "$ROOT/launch" -type f -not -name '*.pyc' -print0 | sort -z \
   | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$STAMPS/colcon" 2>/dev/null)" != "$src_hash" ] || [ ! -f "$ROOT/ros2_ws/install/setup.bash" ]; then

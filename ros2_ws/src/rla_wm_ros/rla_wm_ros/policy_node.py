@@ -3,7 +3,9 @@
 Each chunk is anchored to the observation it was computed from: header.stamp is
 the camera frame's stamp and time_from_start counts from it, so the robot side
 knows exactly how old the decision is. Points already in the past when the chunk
-is published are dropped.
+is published are dropped, and the seam with the previous chunk is blended
+(`rla_wm.control.chunking`). Inference runs in its own callback group, either on
+every new feature map (rate 0) or at a fixed rate on the newest one.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from trajectory_msgs.msg import JointTrajectory
 
+from rla_wm.control.chunking import ChunkScheduler
 from rla_wm.policy import ChunkPolicy, PolicyConfig
 from rla_wm_msgs.msg import FeatureMap
 from rla_wm_ros.conversions import Chunk, MessageShapeError, chunk_to_msg, msg_to_features, stamp_to_seconds
@@ -38,6 +41,11 @@ class PolicyNode(Node):
         self.min_lead_time = declare(self, "min_lead_time", 0.05,
                                      "Drop points due sooner than this after publishing (s): the robot "
                                      "could only reach them with a velocity spike.", (0.0, 5.0))
+        self.rate = declare(self, "rate", 0.0, "Inference rate (Hz) on the newest features; 0 = on every "
+                            "feature map.", (0.0, 1000.0))
+        blend_time = declare(self, "blend_time", 0.2, "Seconds over which a new chunk fades in over the "
+                             "previous one (0 = no blending).", (0.0, 10.0))
+        self.scheduler = ChunkScheduler(blend_time=blend_time, min_lead_time=self.min_lead_time)
         device = declare(self, "device", "cpu", "Torch device.")
         threads = declare(self, "torch_threads", 0, "CPU threads for torch (0 = torch default).", (0, 256))
         if threads:
@@ -56,12 +64,18 @@ class PolicyNode(Node):
             raise ValueError(f"joint_names {self.joint_names} do not match the policy's action_dim "
                              f"{self.policy.config.action_dim}")
         self.latest_state: tuple[float, np.ndarray] | None = None
+        self.latest_features: FeatureMap | None = None
+        self.acted_on: FeatureMap | None = None
         self.chunks_published = 0
         self.last_inference_seconds = 0.0
         self.trajectory_pub = self.create_publisher(JointTrajectory, "policy/joint_trajectory", 10)
         inference_group = MutuallyExclusiveCallbackGroup()
         self.create_subscription(JointState, "joint_states", self.on_joint_state, 10)
-        self.create_subscription(FeatureMap, "features", self.on_features, LATEST_ONLY, callback_group=inference_group)
+        if self.rate > 0:
+            self.create_subscription(FeatureMap, "features", self.on_features, LATEST_ONLY)
+            self.create_timer(1.0 / self.rate, self.on_inference_tick, callback_group=inference_group)
+        else:
+            self.create_subscription(FeatureMap, "features", self.act, LATEST_ONLY, callback_group=inference_group)
 
     def on_joint_state(self, msg: JointState) -> None:
         try:
@@ -74,6 +88,16 @@ class PolicyNode(Node):
             self.latest_state = (time.monotonic(), position)
 
     def on_features(self, msg: FeatureMap) -> None:
+        self.latest_features = msg
+
+    def on_inference_tick(self) -> None:
+        msg = self.latest_features
+        if msg is None or msg is self.acted_on:  # never act twice on one observation
+            return
+        self.acted_on = msg
+        self.act(msg)
+
+    def act(self, msg: FeatureMap) -> None:
         config = self.policy.config
         if msg.encoder_id != config.encoder_id:
             self.get_logger().error(f"features from encoder {msg.encoder_id!r}, policy was trained on "
@@ -97,14 +121,13 @@ class PolicyNode(Node):
         if not np.isfinite(actions).all():
             self.get_logger().error("policy produced NaN/inf: chunk dropped")
             return
-        times = self.point_period * np.arange(1, len(actions) + 1)
-        # Drop points already past (or nearly so) since the observation was taken.
-        elapsed = self.get_clock().now().nanoseconds * 1e-9 - stamp_to_seconds(msg.header.stamp)
-        keep = times > elapsed + self.min_lead_time
-        if not keep.any():
-            self.get_logger().warn(f"chunk is {elapsed:.3f}s old on arrival: every point is in the past")
+        stamp = stamp_to_seconds(msg.header.stamp)
+        times = stamp + self.point_period * np.arange(1, len(actions) + 1)
+        scheduled = self.scheduler.schedule(times, actions, now=self.get_clock().now().nanoseconds * 1e-9)
+        if scheduled is None:
+            self.get_logger().warn("chunk arrived too late: every point is in the past")
             return
-        chunk = Chunk(tuple(self.joint_names), actions[keep], times[keep], msg.header.stamp)
+        chunk = Chunk(tuple(self.joint_names), scheduled.positions, scheduled.times - stamp, msg.header.stamp)
         self.trajectory_pub.publish(chunk_to_msg(chunk))
         self.chunks_published += 1
 

@@ -1,0 +1,71 @@
+"""Turning a policy's action chunk into the points to send: drop what is due too soon, blend seams.
+
+A chunk is anchored to the observation it was computed from (absolute times on one
+clock). By the time it is published some of its points are already past; and a new
+chunk generally disagrees with the tail of the previous one, which the robot is still
+following. Sending it raw makes the commanded path jump at every seam.
+
+`ChunkScheduler` keeps the last chunk it sent and cross-fades the new one into it:
+at the new chunk's first kept point the command equals where the previous chunk
+would have been, and the weight of the new chunk ramps linearly to 1 over
+`blend_time` seconds. Points beyond the previous chunk's end are the new chunk's own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ScheduledChunk:
+    times: np.ndarray  # (T,) absolute seconds
+    positions: np.ndarray  # (T, J)
+    dropped: int  # points removed because they were past or due too soon
+
+
+class ChunkScheduler:
+    def __init__(self, blend_time: float, min_lead_time: float) -> None:
+        if blend_time < 0 or min_lead_time < 0:
+            raise ValueError(f"blend_time and min_lead_time must be >= 0, got {blend_time}, {min_lead_time}")
+        self.blend_time = blend_time
+        self.min_lead_time = min_lead_time
+        self._previous: ScheduledChunk | None = None
+
+    def reset(self) -> None:
+        """Forget the previous chunk (after a hold, a reset, or an e-stop): no blending into it."""
+        self._previous = None
+
+    def schedule(self, times: np.ndarray, positions: np.ndarray, now: float) -> ScheduledChunk | None:
+        """Absolute `times` (T,) and `positions` (T, J) -> the points to publish at `now`; None if none is left."""
+        times = np.asarray(times, dtype=np.float64)
+        positions = np.asarray(positions, dtype=np.float64)
+        if times.ndim != 1 or positions.ndim != 2 or len(times) != len(positions):
+            raise ValueError(f"times {times.shape} and positions {positions.shape} do not describe one chunk")
+        if not (np.isfinite(times).all() and np.isfinite(positions).all()):
+            raise ValueError("chunk contains NaN or inf")
+        if len(times) > 1 and not (np.diff(times) > 0).all():
+            raise ValueError("chunk times must increase strictly")
+        keep = times > now + self.min_lead_time
+        dropped = int((~keep).sum())
+        if not keep.any():
+            return None
+        times, positions = times[keep], positions[keep]
+        blended = self._blend(times, positions)
+        chunk = ScheduledChunk(times, blended, dropped)
+        self._previous = chunk
+        return chunk
+
+    def _blend(self, times: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        previous = self._previous
+        if previous is None or self.blend_time == 0 or previous.positions.shape[1] != positions.shape[1]:
+            return positions
+        # Only the part of the new chunk that the previous one still covers is blended.
+        covered = (times >= previous.times[0]) & (times <= previous.times[-1])
+        if not covered.any():
+            return positions
+        old = np.stack([np.interp(times, previous.times, previous.positions[:, j])
+                        for j in range(positions.shape[1])], axis=1)
+        weight = np.clip((times - times[0]) / self.blend_time, 0.0, 1.0)
+        weight = np.where(covered, weight, 1.0)[:, None]
+        return weight * positions + (1.0 - weight) * old

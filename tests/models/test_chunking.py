@@ -1,0 +1,88 @@
+"""Chunk timing: past points dropped, seams blended so the commanded path never jumps."""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rla_wm.control.chunking import ChunkScheduler
+
+
+def chunk(stamp: float, start: float, slope: float, points: int = 8, period: float = 0.1):
+    times = stamp + period * np.arange(1, points + 1)
+    positions = np.stack([start + slope * np.arange(1, points + 1), np.full(points, start)], axis=1)
+    return times, positions
+
+
+def test_points_past_or_due_too_soon_are_dropped():
+    scheduler = ChunkScheduler(blend_time=0.0, min_lead_time=0.05)
+    times, positions = chunk(stamp=10.0, start=0.0, slope=1.0)
+    out = scheduler.schedule(times, positions, now=10.17)  # 10.1 past, 10.2 due in 0.03 s
+    assert out.dropped == 2
+    assert np.allclose(out.times, times[2:]) and np.allclose(out.positions, positions[2:])
+    assert scheduler.schedule(times, positions, now=11.0) is None
+
+
+def test_first_chunk_is_sent_unchanged():
+    scheduler = ChunkScheduler(blend_time=0.3, min_lead_time=0.0)
+    times, positions = chunk(10.0, 0.0, 1.0)
+    assert np.allclose(scheduler.schedule(times, positions, now=10.0).positions, positions)
+
+
+def test_seam_starts_on_the_previous_path_and_ramps_to_the_new_chunk():
+    scheduler = ChunkScheduler(blend_time=0.3, min_lead_time=0.0)
+    old_times, old_positions = chunk(10.0, 0.0, 1.0)  # x = 1, 2, ... at 10.1, 10.2, ...
+    scheduler.schedule(old_times, old_positions, now=10.0)
+    new_times, new_positions = chunk(10.2, 50.0, 0.0)  # disagrees strongly: x = 50 everywhere
+    out = scheduler.schedule(new_times, new_positions, now=10.2)
+    old_at_new = np.interp(out.times, old_times, old_positions[:, 0])
+    assert out.positions[0, 0] == pytest.approx(old_at_new[0])  # no jump at the seam
+    assert out.positions[3, 0] == pytest.approx(50.0)  # fully the new chunk after blend_time
+    assert np.allclose(out.positions[-2:, 0], 50.0)  # beyond the old chunk's end
+    steps = np.abs(np.diff(out.positions[:, 0]))
+    raw_jump = abs(new_positions[0, 0] - old_at_new[0])
+    assert steps.max() < raw_jump / 2  # the jump is spread over the blend window
+
+
+def test_reset_forgets_the_previous_chunk():
+    scheduler = ChunkScheduler(blend_time=0.3, min_lead_time=0.0)
+    scheduler.schedule(*chunk(10.0, 0.0, 1.0), now=10.0)
+    scheduler.reset()
+    times, positions = chunk(10.2, 50.0, 0.0)
+    assert np.allclose(scheduler.schedule(times, positions, now=10.2).positions, positions)
+
+
+def test_bad_chunks_are_rejected():
+    scheduler = ChunkScheduler(blend_time=0.3, min_lead_time=0.0)
+    times, positions = chunk(10.0, 0.0, 1.0)
+    bad = positions.copy()
+    bad[2, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        scheduler.schedule(times, bad, now=10.0)
+    with pytest.raises(ValueError, match="increase"):
+        scheduler.schedule(times[::-1], positions, now=10.0)
+    with pytest.raises(ValueError, match="one chunk"):
+        scheduler.schedule(times[:-1], positions, now=10.0)
+    with pytest.raises(ValueError):
+        ChunkScheduler(blend_time=-1.0, min_lead_time=0.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    old_start=st.floats(-100, 100), old_slope=st.floats(-20, 20),
+    new_start=st.floats(-100, 100), new_slope=st.floats(-20, 20),
+    delay=st.floats(0.0, 0.7), blend_time=st.floats(0.05, 1.0),
+)
+def test_blended_points_stay_between_the_two_chunks(old_start, old_slope, new_start, new_slope, delay, blend_time):
+    scheduler = ChunkScheduler(blend_time=blend_time, min_lead_time=0.0)
+    old_times, old_positions = chunk(10.0, old_start, old_slope)
+    scheduler.schedule(old_times, old_positions, now=10.0)
+    new_times, new_positions = chunk(10.0 + delay, new_start, new_slope)
+    out = scheduler.schedule(new_times, new_positions, now=10.0 + delay)
+    old_at = np.interp(out.times, old_times, old_positions[:, 0])
+    low = np.minimum(old_at, new_positions[:, 0]) - 1e-9
+    high = np.maximum(old_at, new_positions[:, 0]) + 1e-9
+    covered = out.times <= old_times[-1]
+    assert ((out.positions[:, 0] >= low) | ~covered).all() and ((out.positions[:, 0] <= high) | ~covered).all()
+    assert np.allclose(out.positions[~covered], new_positions[~covered])
+    if covered[0]:
+        assert out.positions[0, 0] == pytest.approx(old_at[0], abs=1e-9)

@@ -84,3 +84,32 @@ class Checkpointable:
         model = cls(config_from_dict(cls.config_type, meta["config"]))
         load_state_into(spec, model)
         return model.eval(), meta
+
+
+def export_checkpoint(source: str | Path, destination: str | Path, half: bool = True) -> Path:
+    """Copy a checkpoint folder for shipping, floating-point weights stored as float16 when `half`.
+
+    Loading is unchanged: `load_state_dict` copies float16 values into the float32
+    parameters, so a shipped model runs in float32 with weights rounded to float16.
+    """
+    source_folder = Path(resolve_model_path(str(source)))
+    meta_path = source_folder / "config.json"
+    if not meta_path.is_file():
+        raise CheckpointError(f"{source}: not a checkpoint folder (no config.json)")
+    try:
+        state = load_file(str(source_folder / "model.safetensors"))
+    except Exception as err:
+        raise CheckpointError(f"{source_folder}/model.safetensors is unreadable: {err}") from err
+    if half:
+        for name, value in state.items():
+            if value.is_floating_point():
+                if not torch.isfinite(value.half()).all():
+                    raise CheckpointError(f"{source}: weight {name} overflows float16; export with half=False")
+                state[name] = value.half()
+    destination = Path(destination)
+    destination.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(destination / "model.safetensors"))
+    meta = json.loads(meta_path.read_text())
+    meta["stored_dtype"] = "float16" if half else "float32"
+    (destination / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return destination

@@ -70,6 +70,8 @@ if [ "$(cat "$STAMPS/colcon" 2>/dev/null)" != "$src_hash" ] || [ ! -f "$ROOT/ros
     # shellcheck disable=SC1091
     source "$VENV/bin/activate"
     export CMAKE_PREFIX_PATH="$VENV" AMENT_PREFIX_PATH="$VENV"
+    # A renamed or deleted source file leaves a dangling link in build/ that breaks the next build.
+    [ -d build ] && find build -xtype l -delete
     colcon --log-base log build --symlink-install --event-handlers console_direct- \
       --cmake-args -DPYTHON_INSTALL_DIR="lib/python$PYVER/site-packages" -DPython3_EXECUTABLE="$PY" \
       -DBUILD_TESTING=OFF

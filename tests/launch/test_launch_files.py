@@ -9,6 +9,9 @@ from rla_wm_ros.launch_xml import parse_launch_file
 
 LAUNCH_DIR = Path(get_package_share_directory("rla_wm_ros")) / "launch"
 REPO_LAUNCH_DIR = Path(__file__).resolve().parents[2] / "launch"
+LIMITS = str(Path(get_package_share_directory("rla_wm_ros")) / "config" / "pusht_limits.yaml")
+# Arguments a file has no default for (a real arm must name its own checkpoint and limits).
+REQUIRED_ARGS = {"robot_policy.launch.xml": {"policy_checkpoint": "/opt/policy", "limits_file": LIMITS}}
 
 
 def test_every_repo_launch_file_is_installed_and_parses():
@@ -17,7 +20,7 @@ def test_every_repo_launch_file_is_installed_and_parses():
     for file in files:
         installed = LAUNCH_DIR / file.name
         assert installed.is_file(), f"{file.name} is not installed by the package"
-        description = parse_launch_file(installed)
+        description = parse_launch_file(installed, overrides=REQUIRED_ARGS.get(file.name, {}))
         assert description.nodes, f"{file.name} starts no nodes"
         for node in description.nodes:
             executable = Path(get_package_prefix(node.package)) / "lib" / node.package / node.executable
@@ -27,8 +30,8 @@ def test_every_repo_launch_file_is_installed_and_parses():
                 assert "ros__parameters" in next(iter(content.values())), f"{params} is not a ROS params file"
 
 
-def test_sim_demo_graph_wiring():
-    description = parse_launch_file(LAUNCH_DIR / "sim_demo.launch.xml", overrides={"seed": "7", "dry_run": "true"})
+def test_sim_policy_graph_wiring():
+    description = parse_launch_file(LAUNCH_DIR / "sim_policy.launch.xml", overrides={"seed": "7", "dry_run": "true"})
     nodes = {node.name: node for node in description.nodes}
     assert set(nodes) == {"sim_robot", "encoder", "policy", "safety_gate"}
     remaps = {name: dict(node.remaps) for name, node in nodes.items()}
@@ -45,10 +48,36 @@ def test_sim_demo_graph_wiring():
     assert Path(nodes["safety_gate"].params["limits_file"]).is_file()
 
 
+def test_robot_policy_starts_in_dry_run_and_needs_checkpoint_and_limits():
+    from rla_wm_ros.launch_xml import LaunchFileError
+
+    path = LAUNCH_DIR / "robot_policy.launch.xml"
+    for missing in ("policy_checkpoint", "limits_file"):
+        args = dict(REQUIRED_ARGS["robot_policy.launch.xml"])
+        del args[missing]
+        with pytest.raises(LaunchFileError, match=f"required launch argument '{missing}'"):
+            parse_launch_file(path, overrides=args)
+    description = parse_launch_file(path, overrides={
+        **REQUIRED_ARGS["robot_policy.launch.xml"], "camera_topic": "/wrist/image/compressed", "compressed": "true",
+        "joint_state_topic": "/arm/joint_states", "controller_topic": "/arm/follow_joint_trajectory/cmd",
+    })
+    nodes = {node.name: node for node in description.nodes}
+    assert set(nodes) == {"encoder", "policy", "safety_gate"}
+    assert nodes["safety_gate"].params["dry_run"] == "true"  # nothing reaches the arm unless asked
+    assert nodes["encoder"].params["model"] == "facebook/dinov2-small"  # real DINO weights by default
+    remaps = {name: dict(node.remaps) for name, node in nodes.items()}
+    assert remaps["safety_gate"]["joint_trajectory"] == "/arm/follow_joint_trajectory/cmd"
+    assert remaps["policy"].get("joint_trajectory") is None  # only the gate talks to the controller
+    assert remaps["encoder"]["camera/image_raw"] == remaps["safety_gate"]["camera/image_raw"] == "/wrist/image/compressed"
+    assert nodes["encoder"].params["compressed_input"] == nodes["safety_gate"].params["compressed_camera"] == "true"
+    assert remaps["policy"]["joint_states"] == remaps["safety_gate"]["joint_states"] == "/arm/joint_states"
+    assert nodes["safety_gate"].params["limits_file"] == LIMITS
+
+
 def test_bad_launch_arguments_are_errors():
     from rla_wm_ros.launch_xml import LaunchFileError
 
     with pytest.raises(LaunchFileError, match="no_such_arg"):
-        parse_launch_file(LAUNCH_DIR / "sim_demo.launch.xml", overrides={"no_such_arg": "1"})
+        parse_launch_file(LAUNCH_DIR / "sim_policy.launch.xml", overrides={"no_such_arg": "1"})
     with pytest.raises(LaunchFileError):
-        parse_launch_file(LAUNCH_DIR / "sim_demo.launch.xml", overrides={"config_dir": "/nonexistent"})
+        parse_launch_file(LAUNCH_DIR / "sim_policy.launch.xml", overrides={"config_dir": "/nonexistent"})

@@ -375,7 +375,7 @@ def test_if_and_unless_together_is_an_error(write, finder):
     "body, fragments",
     [
         # unknown elements, also inside a node and inside a skipped group
-        ('<include file="x.launch.xml"/>', ["<include", "unknown or misplaced element"]),
+        ('<set_env name="A" value="1"/>', ["<set_env", "unknown or misplaced element"]),
         ('<node pkg="demo_pkg" exec="t"><env name="A" value="1"/></node>', ["<env", "unknown or misplaced"]),
         ('<group if="false"><executable cmd="ls"/></group>', ["<executable", "unknown or misplaced"]),
         ('<param name="a" value="1"/>', ["<param", "unknown or misplaced"]),  # param outside a node
@@ -680,3 +680,57 @@ def test_nodes_die_with_a_killed_launcher(write, finder, prefix, tmp_path):
         assert not pid_exists(pid), "the node outlived its killed launcher"
     finally:
         launcher.kill()
+
+
+# ------------------------------------------------------------------------- include
+
+
+def test_include_passes_args_pushes_namespace_and_does_not_leak(write, finder):
+    write(
+        """
+        <arg name="rate" default="1"/>
+        <arg name="topic"/>
+        <let name="inner_only" value="x"/>
+        <node pkg="demo_pkg" exec="inner" name="inner">
+          <param name="rate" value="$(var rate)"/>
+          <param name="level" value="$(var level)"/>
+          <remap from="in" to="$(var topic)"/>
+        </node>
+        """,
+        name="inner.launch.xml",
+    )
+    path = write(
+        """
+        <arg name="level" default="3"/>
+        <group>
+          <push_ros_namespace namespace="arm"/>
+          <include file="$(dirname)/inner.launch.xml">
+            <arg name="topic" value="/camera/$(var level)"/>
+          </include>
+        </group>
+        <node pkg="demo_pkg" exec="outer" name="outer">
+          <param name="seen" value="$(var level)"/>
+        </node>
+        """
+    )
+    description = parse_launch_file(path, package_finder=finder)
+    inner, outer = description.nodes
+    assert inner.name == "inner" and inner.namespace == "/arm"
+    assert inner.params == {"rate": "1", "level": "3"}  # its own default + the includer's configuration
+    assert inner.remaps == [("in", "/camera/3")]
+    assert outer.namespace is None
+    assert set(description.args) == {"level"}  # the top file's arguments only
+
+
+def test_include_errors(write, finder):
+    write('<arg name="a"/>\n<node pkg="demo_pkg" exec="n"/>', name="needs_a.launch.xml")
+    expect_error(write('<include file="$(dirname)/needs_a.launch.xml"/>'), "required launch argument 'a'",
+                 package_finder=finder)
+    expect_error(
+        write('<include file="$(dirname)/needs_a.launch.xml"><arg name="b" value="1"/></include>'),
+        "not declared by 'needs_a.launch.xml'", package_finder=finder,
+    )
+    expect_error(write('<include file="$(dirname)/absent.launch.xml"/>'), "does not exist", package_finder=finder)
+    expect_error(write('<include file="$(dirname)/test.launch.xml"/>'), "includes itself", package_finder=finder)
+    expect_error(write('<include file="x"><arg name="a"/></include>'), "missing required attribute(s) value",
+                 package_finder=finder)

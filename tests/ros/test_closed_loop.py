@@ -1,4 +1,4 @@
-"""End to end: the sim_demo launch graph runs short closed-loop episodes."""
+"""End to end: the sim_policy launch graph runs short closed-loop episodes."""
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +12,8 @@ from rla_wm_ros.launch_xml import LaunchedGraph, parse_launch_file
 pytestmark = pytest.mark.timeout(240)
 
 
-def test_sim_demo_graph_runs_closed_loop_episodes(ros_domain, tmp_path):
-    launch_file = Path(get_package_share_directory("rla_wm_ros")) / "launch" / "sim_demo.launch.xml"
+def test_sim_policy_graph_runs_closed_loop_episodes(ros_domain, tmp_path):
+    launch_file = Path(get_package_share_directory("rla_wm_ros")) / "launch" / "sim_policy.launch.xml"
     description = parse_launch_file(launch_file, overrides={"max_episode_steps": "20", "seed": "5"})
     with LaunchedGraph() as graph:
         graph.start(description, env={"ROS_DOMAIN_ID": str(ros_domain)}, log_dir=tmp_path / "logs")

@@ -1,7 +1,7 @@
-"""`make demo`: bring up launch/sim_demo.launch.xml, run closed-loop episodes, report.
+"""`make demo`: bring up launch/sim_policy.launch.xml, run closed-loop episodes, report.
 
 Starts exactly the nodes, parameters and remaps the launch file names (the same
-file `ros2 launch rla_wm_ros sim_demo.launch.xml` reads on a ROS 2 install),
+file `ros2 launch rla_wm_ros sim_policy.launch.xml` reads on a ROS 2 install),
 then resets the simulated robot for each episode and prints per-stage latency
 and the outcome; pictures and metrics go to the output folder.
 """
@@ -26,7 +26,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--episodes", type=int, default=2, help="closed-loop episodes to run")
     parser.add_argument("--episode-steps", type=int, default=100, help="steps per episode (10 Hz)")
     parser.add_argument("--output", type=Path, default=Path("outputs/demo"), help="folder for pictures, metrics, logs")
-    parser.add_argument("--launch-file", type=Path, default=None, help="default: the package's sim_demo.launch.xml")
+    parser.add_argument("--launch-file", type=Path, default=None, help="default: the package's sim_policy.launch.xml")
     parser.add_argument("--startup-timeout", type=float, default=90.0, help="seconds for the graph to start flowing")
     parser.add_argument("launch_args", nargs="*", metavar="NAME:=VALUE", help="launch arguments, as for ros2 launch")
     args = parser.parse_args(argv)
@@ -47,7 +47,7 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    launch_file = args.launch_file or Path(get_package_share_directory("rla_wm_ros")) / "launch" / "sim_demo.launch.xml"
+    launch_file = args.launch_file or Path(get_package_share_directory("rla_wm_ros")) / "launch" / "sim_policy.launch.xml"
     overrides = {"max_episode_steps": str(args.episode_steps), **parse_overrides(args.launch_args)}
     description = parse_launch_file(launch_file, overrides=overrides)
     command_topic = description.args.get("command_topic", "/arm_controller/joint_trajectory")

@@ -407,7 +407,7 @@ def _join_namespace(base: Optional[str], ns: Optional[str]) -> Optional[str]:
 # --------------------------------------------------------------------------------------
 
 _CONDITIONS = {"if", "unless"}
-_ACTIONS = {"arg", "let", "node", "group", "push_ros_namespace", "push-ros-namespace"}
+_ACTIONS = {"arg", "let", "node", "group", "include", "push_ros_namespace", "push-ros-namespace"}
 
 
 @dataclass(frozen=True)
@@ -423,6 +423,10 @@ def _rule(attrs: Iterable[str], required: Iterable[str] = (), literal: Iterable[
     return _Rule(frozenset(attrs), frozenset(required), frozenset(literal), frozenset(children))
 
 
+# <arg> inside <include> passes a value to the included file rather than declaring one.
+_INCLUDE_ARG_RULE = _rule({"name", "value"}, required={"name", "value"}, literal={"name"})
+_MAX_INCLUDE_DEPTH = 8
+
 _RULES: dict[str, _Rule] = {
     "launch": _rule({"version"}, literal={"version"}, children=_ACTIONS),
     # launch takes <arg name> and description verbatim (no substitutions), the default is substituted.
@@ -436,6 +440,7 @@ _RULES: dict[str, _Rule] = {
     "remap": _rule({"from", "to"}, required={"from", "to"}),
     "group": _rule({"scoped"} | _CONDITIONS, literal={"scoped"}, children=_ACTIONS),
     "push_ros_namespace": _rule({"namespace"} | _CONDITIONS, required={"namespace"}),
+    "include": _rule({"file"} | _CONDITIONS, required={"file"}, children={"arg"}),
     "push-ros-namespace": _rule({"namespace"} | _CONDITIONS, required={"namespace"}),
 }
 
@@ -457,9 +462,10 @@ class _Scope:
 
 
 class _Interpreter:
-    def __init__(self, path: Path, finder: PackageFinder) -> None:
+    def __init__(self, path: Path, finder: PackageFinder, include_stack: tuple[Path, ...] = ()) -> None:
         self.path = path
         self.finder = finder
+        self.include_stack = include_stack + (path.resolve(),)
         self.templates: dict[tuple[int, str], _Template] = {}  # (id(element), attr) -> parsed
         self.declared_args: set[str] = set()
         self.args: dict[str, str] = {}
@@ -473,13 +479,13 @@ class _Interpreter:
 
     # -- pass 1: structure ----------------------------------------------------------
 
-    def validate(self, element: _Element, allowed: frozenset[str]) -> None:
+    def validate(self, element: _Element, allowed: frozenset[str], parent: str = "") -> None:
         """Check elements, attributes and substitution syntax of the whole tree.
 
         Runs before anything is evaluated so that errors in branches an ``if`` skips
         are still reported, as the ROS frontend parser does.
         """
-        rule = _RULES.get(element.tag)
+        rule = _INCLUDE_ARG_RULE if (parent, element.tag) == ("include", "arg") else _RULES.get(element.tag)
         if rule is None or element.tag not in allowed:
             raise self.error(element, f"unknown or misplaced element <{element.tag}>"
                                       f" (allowed here: {', '.join(sorted(allowed)) or 'none'})")
@@ -499,7 +505,7 @@ class _Interpreter:
             has_name_value = {"name", "value"} <= set(element.attrib)
             if has_from == has_name_value or (has_from and len(element.attrib) > 1):
                 raise self.error(element, "<param> takes either name= and value=, or from= alone")
-        if element.tag == "arg":
+        if element.tag == "arg" and parent != "include":
             self.declared_args.add(element.attrib["name"])
         for attr, value in element.attrib.items():
             if attr in rule.literal:
@@ -509,7 +515,7 @@ class _Interpreter:
             except _SubstitutionSyntaxError as exc:
                 raise self.error(element, f"attribute {attr}: {exc}") from None
         for child in element.children:
-            self.validate(child, rule.children)
+            self.validate(child, rule.children, element.tag)
 
     # -- pass 2: evaluation ---------------------------------------------------------
 
@@ -673,6 +679,38 @@ class _Interpreter:
                 # A repeated name: the later value wins, as it does in launch_ros.
                 spec.params[self.subst(child, "name", scope)] = self.subst(child, "value", scope)
         self.nodes.append(spec)
+
+    def _do_include(self, element: _Element, scope: _Scope) -> None:
+        # The included file sees the current launch configurations plus the passed args,
+        # in a copy: nothing it sets leaks back (wrap in <group> with ros2 launch for the same).
+        # Relative paths resolve against the current directory, as for parameter files.
+        path = Path(self.subst(element, "file", scope))
+        path = path if path.is_absolute() else Path.cwd() / path
+        if not path.is_file():
+            raise self.error(element, f"included launch file '{path}' does not exist")
+        if path.resolve() in self.include_stack:
+            raise self.error(element, f"'{path}' includes itself (directly or through other files)")
+        if len(self.include_stack) >= _MAX_INCLUDE_DEPTH:
+            raise self.error(element, f"includes nested deeper than {_MAX_INCLUDE_DEPTH} files")
+        passed = {child.attrib["name"]: self.subst(child, "value", scope) for child in element.children}
+        included = _Interpreter(path, self.finder, self.include_stack)
+        try:
+            root = _read_xml(path)
+            if root.tag != "launch":
+                raise included.error(root, "the root element must be <launch>")
+            included.validate(root, frozenset({"launch"}))
+            unknown = sorted(set(passed) - included.declared_args)
+            if unknown:
+                raise self.error(element, f"argument(s) {', '.join(unknown)} are not declared by '{path.name}' "
+                                          f"(declared: {', '.join(sorted(included.declared_args)) or 'none'})")
+            inner = scope.copy()
+            inner.variables.update(passed)
+            included.run(root.children, inner)
+        except LaunchFileError as exc:
+            if exc.file == str(self.path):
+                raise
+            raise self.error(element, f"in the included file: {exc}") from None
+        self.nodes.extend(included.nodes)
 
     def _param_file(self, element: _Element, scope: _Scope) -> str:
         # Relative paths resolve against the current directory, as in ros2 launch; use

@@ -14,7 +14,7 @@ import numpy as np
 import yaml
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
@@ -46,6 +46,8 @@ class SafetyGateNode(Node):
         command_timeout = declare(self, "command_timeout", 1.0, "Hold if the model is silent this long (s).", (0.01, 60.0))
         self.dry_run = declare(self, "dry_run", False, "Log vetted commands but send nothing to the robot.")
         check_rate = declare(self, "check_rate", 50.0, "Watchdog checks per second.", (1.0, 1000.0))
+        compressed_camera = declare(self, "compressed_camera", False,
+                                    "The camera topic carries sensor_msgs/CompressedImage (liveness only).")
         limits, max_step = load_limits_file(limits_file)
         self.gate = SafetyGate(limits, max_step, camera_timeout, state_timeout, command_timeout)
         self.last_rejection = ""
@@ -55,7 +57,8 @@ class SafetyGateNode(Node):
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.create_subscription(JointTrajectory, "policy/joint_trajectory", self.on_command, 10)
         self.create_subscription(JointState, "joint_states", self.on_state, 10)
-        self.create_subscription(Image, "camera/image_raw", self.on_camera, CAMERA_QOS)
+        self.create_subscription(CompressedImage if compressed_camera else Image, "camera/image_raw", self.on_camera,
+                                 CAMERA_QOS)
         self.create_subscription(Bool, "estop", self.on_estop_topic, LATCHED)
         self.create_service(Trigger, "~/estop", self.on_estop_service)
         self.create_service(Trigger, "~/reset", self.on_reset_service)
@@ -72,7 +75,7 @@ class SafetyGateNode(Node):
         seconds = stamp_to_seconds(stamp)
         return max(0.0, self.now_seconds() - seconds) if seconds > 0 else 0.0
 
-    def on_camera(self, msg: Image) -> None:
+    def on_camera(self, msg: Image | CompressedImage) -> None:
         self.gate.on_camera(self.age_of(msg.header.stamp))
 
     def on_state(self, msg: JointState) -> None:

@@ -75,7 +75,8 @@ def percentiles_ms(values: np.ndarray) -> dict[str, float]:
 class ClosedLoopObserver(Node):
     """Resets the simulated robot, watches episodes, and logs stage latencies."""
 
-    def __init__(self, command_topic: str, reset_service: str = "/sim_robot/reset") -> None:
+    def __init__(self, command_topic: str, model_topic: str = "/policy/joint_trajectory",
+                 reset_service: str = "/sim_robot/reset") -> None:
         super().__init__("closed_loop_observer")
         self.latency = LatencyLog()
         self.status: EpisodeStatus | None = None
@@ -86,7 +87,7 @@ class ClosedLoopObserver(Node):
         self._features: dict[int, FeatureMap] = {}
         self.create_subscription(Image, "/camera/image_raw", self.on_image, CAMERA_QOS)
         self.create_subscription(FeatureMap, "/features", self.on_features, 10)
-        self.create_subscription(JointTrajectory, "/policy/joint_trajectory", self.on_chunk, 10)
+        self.create_subscription(JointTrajectory, model_topic, self.on_chunk, 10)
         self.create_subscription(JointTrajectory, command_topic, self.on_command, 10)
         self.create_subscription(EpisodeStatus, "/episode_status", self.on_status, 10)
         self.reset_client = self.create_client(Trigger, reset_service)
@@ -137,8 +138,8 @@ def _keep_newest(table: dict[int, object], count: int) -> None:
 class ClosedLoopRunner:
     """Owns the observer and a background executor; runs episodes one after another."""
 
-    def __init__(self, command_topic: str) -> None:
-        self.observer = ClosedLoopObserver(command_topic)
+    def __init__(self, command_topic: str, model_topic: str = "/policy/joint_trajectory") -> None:
+        self.observer = ClosedLoopObserver(command_topic, model_topic)
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.observer)
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)

@@ -1,9 +1,10 @@
-"""`make demo`: bring up launch/sim_policy.launch.xml, run closed-loop episodes, report.
+"""`make demo` and closed-loop evaluation: bring up a sim launch file, run seeded episodes, report.
 
 Starts exactly the nodes, parameters and remaps the launch file names (the same
 file `ros2 launch rla_wm_ros sim_policy.launch.xml` reads on a ROS 2 install),
-then resets the simulated robot for each episode and prints per-stage latency
-and the outcome; pictures and metrics go to the output folder.
+then resets the simulated robot for each episode (episode k uses seed + k) and
+reports success rate, final coverage, episode time, the control rate achieved
+and per-stage latency; pictures and metrics.json go to the output folder.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import rclpy
 from ament_index_python.packages import get_package_share_directory
+from tqdm import tqdm
 
 from rla_wm_ros.closed_loop import STAGES, ClosedLoopRunner, percentiles_ms
 from rla_wm_ros.launch_xml import LaunchedGraph, parse_launch_file
@@ -28,6 +30,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=Path("outputs/demo"), help="folder for pictures, metrics, logs")
     parser.add_argument("--launch-file", type=Path, default=None, help="default: the package's sim_policy.launch.xml")
     parser.add_argument("--startup-timeout", type=float, default=90.0, help="seconds for the graph to start flowing")
+    parser.add_argument("--model-topic", default="/policy/joint_trajectory",
+                        help="topic of the model's chunks (before the gate), for latency")
+    parser.add_argument("--pictures", type=int, default=10, help="save the camera/feature picture of this many episodes")
     parser.add_argument("launch_args", nargs="*", metavar="NAME:=VALUE", help="launch arguments, as for ros2 launch")
     args = parser.parse_args(argv)
     if args.episodes < 1 or args.episode_steps < 1:
@@ -43,6 +48,27 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
             raise SystemExit(f"launch arguments are NAME:=VALUE, got {item!r}")
         overrides[name] = value
     return overrides
+
+
+def summarise(results: list) -> dict[str, float]:
+    """Success rate, final coverage, episode length and the achieved rate of gated commands."""
+    import numpy as np
+
+    coverage = np.array([r.coverage for r in results])
+    sim_seconds = np.array([r.steps / 10.0 for r in results])
+    commands = np.array([r.commands for r in results])
+    return {
+        "episodes": len(results),
+        "successes": int(sum(r.success for r in results)),
+        "success_rate": float(np.mean([r.success for r in results])),
+        "coverage_mean": float(coverage.mean()),
+        "coverage_std": float(coverage.std()),
+        "episode_seconds_mean": float(sim_seconds.mean()),
+        "wall_seconds_mean": float(np.mean([r.wall_seconds for r in results])),
+        # commands the gate passed per simulated second: the control rate the loop achieved
+        "command_rate_hz": float(commands.sum() / max(sim_seconds.sum(), 1e-9)),
+        "holds": int(sum(r.holds for r in results)),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,20 +88,24 @@ def main(argv: list[str] | None = None) -> int:
     with LaunchedGraph() as graph:
         graph.start(description, env=dict(os.environ), log_dir=output / "logs")
         rclpy.init()
-        runner = ClosedLoopRunner(command_topic)
+        runner = ClosedLoopRunner(command_topic, model_topic=args.model_topic)
         try:
             started = time.monotonic()
             runner.wait_until_flowing(args.startup_timeout, alive=lambda: all(graph.alive().values()))
             print(f"[demo] graph flowing after {time.monotonic() - started:.1f} s")
-            for index in range(args.episodes):
-                result = runner.run_episode(timeout=args.episode_steps / 10.0 * 3 + 30.0)
+            real_time_factor = float(description.args.get("real_time_factor", "1.0"))
+            episode_timeout = args.episode_steps / 10.0 / real_time_factor * 3 + 30.0
+            progress = tqdm(range(args.episodes), desc="episodes", unit="ep", disable=args.episodes < 5)
+            for index in progress:
+                result = runner.run_episode(timeout=episode_timeout)
                 results.append(result)
+                progress.set_postfix(success=f"{sum(r.success for r in results)}/{len(results)}")
                 picture = ""
-                if result.picture is not None:
+                if result.picture is not None and index < args.pictures:
                     from rla_wm.visualize import save_png
 
                     picture = str(save_png(result.picture, output / f"episode_{index:02d}_camera_features.png"))
-                print(f"[demo] episode {index}: success={result.success} coverage={result.coverage:.3f} "
+                progress.write(f"[demo] episode {index}: success={result.success} coverage={result.coverage:.3f} "
                       f"steps={result.steps} time={result.wall_seconds:.1f}s commands={result.commands} "
                       f"holds={result.holds} picture={picture}")
         except (TimeoutError, RuntimeError) as err:
@@ -91,11 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     for stage in STAGES:
         row = latency[stage]
         print(f"  {stage:<20} {row['n']:>6} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f} {row['max_ms']:>8.1f}")
-    successes = sum(result.success for result in results)
-    print(f"[demo] {successes}/{len(results)} episodes succeeded")
+    summary = summarise(results)
+    print(f"[demo] {summary['successes']}/{summary['episodes']} episodes succeeded "
+          f"(rate {summary['success_rate']:.2f}), final coverage {summary['coverage_mean']:.3f} "
+          f"+- {summary['coverage_std']:.3f}, episode time {summary['episode_seconds_mean']:.1f} s (sim), "
+          f"control rate {summary['command_rate_hz']:.1f} Hz")
     metrics = {
         "launch_file": str(launch_file),
         "launch_args": overrides,
+        "summary": summary,
         "episodes": [{k: v for k, v in vars(r).items() if k != "picture"} for r in results],
         "latency": latency,
     }

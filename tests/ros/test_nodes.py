@@ -10,7 +10,7 @@ import pytest
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.qos import qos_profile_sensor_data
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
@@ -166,11 +166,13 @@ def gate_spec(**params: str) -> NodeSpec:
 class GateHarness:
     """Feeds the gate camera frames and joint states like a live robot; collects its output."""
 
-    def __init__(self, node, graph) -> None:
+    def __init__(self, node, graph, compressed: bool = False) -> None:
         self.node, self.graph = node, graph
+        self.compressed = compressed
         self.out = Inbox()
         node.create_subscription(JointTrajectory, "joint_trajectory", self.out, 10)
-        self.camera = node.create_publisher(Image, "camera/image_raw", qos_profile_sensor_data)
+        self.camera = node.create_publisher(CompressedImage if compressed else Image, "camera/image_raw",
+                                            qos_profile_sensor_data)
         self.state = node.create_publisher(JointState, "joint_states", 10)
         self.model = node.create_publisher(JointTrajectory, "policy/joint_trajectory", 10)
         self.estop = node.create_publisher(Bool, "estop", LATCHED)
@@ -212,6 +214,8 @@ class GateHarness:
 
     def _feed(self) -> None:
         frame = image_msg(10, Time(), 8, 8)
+        if self.compressed:
+            frame = CvBridge().cv2_to_compressed_imgmsg(np.full((8, 8, 3), 10, np.uint8), dst_format="jpg")
         for cycle in itertools.count():
             if self._stop:
                 return
@@ -240,6 +244,15 @@ class GateHarness:
     def close(self) -> None:
         self._stop = True
         self._thread.join(timeout=2)
+
+
+@pytest.fixture(params=[False, True], ids=["image", "compressed"])
+def camera_gate(request, ros_node, start_nodes):
+    """The gate watching a raw or a compressed camera stream."""
+    compressed = request.param
+    harness = GateHarness(ros_node, start_nodes(gate_spec(compressed_camera=str(compressed).lower())), compressed)
+    yield harness
+    harness.close()
 
 
 @pytest.fixture
@@ -282,7 +295,8 @@ def test_gate_forwards_valid_chunk_and_blocks_nan_and_out_of_limit(gate):
     assert all(gate.graph.alive().values())
 
 
-def test_gate_holds_when_camera_stops_and_refuses_until_it_returns(gate):
+def test_gate_holds_when_camera_stops_and_refuses_until_it_returns(camera_gate):
+    gate = camera_gate
     gate.streaming_chunks = True
     wait_for(lambda: len(forwarded(gate.out.snapshot())) >= 3, 5, "chunks to flow through the gate", gate.graph)
     gate.out.clear()

@@ -680,6 +680,8 @@ def test_nodes_die_with_a_killed_launcher(write, finder, prefix, tmp_path):
         assert not pid_exists(pid), "the node outlived its killed launcher"
     finally:
         launcher.kill()
+        if out.exists() and pid_exists(json.loads(out.read_text())["pid"]):
+            os.kill(json.loads(out.read_text())["pid"], signal.SIGKILL)  # do not leave it behind on failure
 
 
 # ------------------------------------------------------------------------- include

@@ -38,7 +38,7 @@ class EncoderNode(Node):
             torch.set_num_threads(threads)
         self.encoder = FeatureEncoder(EncoderConfig(model=model, resolution=resolution, device=device, dtype=dtype))
         if "random" in self.encoder.model_path:
-            self.get_logger().warn(
+            self.get_logger().warning(
                 f"encoder {model!r} has RANDOM weights (no pretrained DINO here): features are random projections. "
                 "Set model:=facebook/dinov2-small (or a local DINO folder) on a robot."
             )

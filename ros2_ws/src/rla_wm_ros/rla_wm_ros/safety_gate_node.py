@@ -114,7 +114,7 @@ class SafetyGateNode(Node):
         self.gate.reset_estop()
         response.success = True
         response.message = "e-stop released" if was else "e-stop was not engaged"
-        self.get_logger().warn(response.message)
+        self.get_logger().warning(response.message)
         return response
 
     def apply(self, decision: Decision, msg: JointTrajectory | None) -> None:
@@ -126,7 +126,7 @@ class SafetyGateNode(Node):
             return
         if decision.hold and (decision.reason != self.last_rejection or time.monotonic() - self.last_log > 2.0):
             # Every hold sent is logged, except repeats of the same reason within 2 s.
-            self.get_logger().warn(f"holding: {decision.reason}")
+            self.get_logger().warning(f"holding: {decision.reason}")
             self.last_log = time.monotonic()
         self.last_rejection = decision.reason or self.last_rejection
         if decision.hold and not self.dry_run:

@@ -1,4 +1,4 @@
-"""Stream synchronisation and the crash-safe LeRobot episode writer (rla_wm.recording).
+"""The crash-safe LeRobot episode writer (rla_wm.recording.writer, .journal, .repair).
 
 Everything is real: LeRobot 0.4.4's writer (PNG frames, AV1 video, parquet) and reader,
 and, for crash safety, child processes killed with SIGKILL. Images are 32x32 and episodes
@@ -25,7 +25,6 @@ from rla_wm.recording import (
     EpisodeWriter,
     QueueFullError,
     RecordingError,
-    StreamSynchronizer,
     repair_dataset,
 )
 
@@ -79,137 +78,6 @@ def column(dataset, key: str) -> np.ndarray:
         return col.flatten().to_numpy().reshape(len(col), col.type.list_size)
     return col.to_numpy()
 
-
-# =========================================================================== synchroniser
-
-
-def three_streams(**kwargs) -> StreamSynchronizer:
-    sync = StreamSynchronizer(FPS, **kwargs)
-    sync.add_stream("cam", "camera")
-    sync.add_stream("state", "state")
-    sync.add_stream("action", "action")
-    return sync
-
-
-def test_sync_complete_frames_pick_nearest_samples_and_real_stamps():
-    sync = three_streams()
-    sync.start()
-    # Camera at 10 Hz with jitter, state at 50 Hz, actions at 20 Hz, from t = 100.
-    cam = [100.0 + 0.1 * k + 0.004 * (-1) ** k for k in range(6)]
-    for s in cam:
-        sync.push("cam", s, f"img@{s:.3f}")
-    for k in range(30):
-        sync.push("state", 100.0 + 0.02 * k + 0.001, np.array([k, k], dtype=np.float32))
-    for k in range(12):
-        sync.push("action", 100.0 + 0.05 * k - 0.003, k)
-
-    assert sync.t0 == pytest.approx(cam[0])  # the last stream to deliver (cam, at 100.004) fixes t0
-    results = sync.poll()
-    assert [r.tick for r in results] == list(range(len(results))) and len(results) >= 4
-    for r in results:
-        assert r.complete and not r.missing
-        for name, stamp in r.stamps.items():
-            assert abs(stamp - r.t) <= sync.tolerance
-        # nearest state sample: 50 Hz grid offset by 1 ms
-        k = round((r.t - 100.001) / 0.02)
-        assert r.stamps["state"] == pytest.approx(100.0 + 0.02 * k + 0.001)
-        assert r.values["cam"] == f"img@{r.stamps['cam']:.3f}"
-    frame0 = results[1].to_frame()
-    assert set(frame0) == {"cam", "state", "action", STAMP_KEY}
-    assert frame0[STAMP_KEY].dtype == np.float64 and frame0[STAMP_KEY][0] == results[1].stamps["cam"]
-    # Every tick is decided once: polling again yields nothing new without new data.
-    assert sync.poll() == []
-    assert sync.stats()["complete"] == len(results)
-
-
-def test_sync_tolerance_edge_is_inclusive():
-    sync = StreamSynchronizer(FPS, tolerance=0.25)  # binary-exact numbers: no float fuzz in the edge
-    sync.add_stream("cam", "camera")
-    sync.add_stream("state", "state", tolerance=0.125)
-    sync.push("cam", 1.25, "c")
-    sync.push("state", 1.125, "s")
-    r = sync.frame_at(1.0)
-    assert r.complete and r.stamps == {"cam": 1.25, "state": 1.125}
-    r = sync.frame_at(0.999)  # cam now 0.251 away, state 0.126 away: both beyond their tolerance
-    assert not r.complete and set(r.missing) == {"cam", "state"}
-    assert r.reasons == {"cam": "ahead", "state": "ahead"}
-    assert r.values == {} and r.stamps == {}
-
-
-def test_sync_stale_stream_is_reported_and_its_ticks_skipped():
-    sync = three_streams(latency_budget=0.3)
-    sync.start(t0=10.0)
-    for k in range(6):  # all streams until 10.5
-        t = 10.0 + 0.1 * k
-        for name in ("cam", "state", "action"):
-            sync.push(name, t + 0.001, k)
-    assert [r.complete for r in sync.poll()] == [True] * 6
-    # The state stream stops; cameras and actions go on. Ticks wait for the state stream...
-    for k in range(6, 9):
-        sync.push("cam", 10.0 + 0.1 * k + 0.001, k)
-        sync.push("action", 10.0 + 0.1 * k + 0.001, k)
-    assert sync.poll(now=10.0 + 0.6 + 0.25) == []  # tick 10.6 is within the latency budget
-    # ... until they are older than now - latency_budget: then they are decided as incomplete.
-    results = sync.poll(now=10.95)
-    assert [round(r.t, 6) for r in results] == [10.6]
-    (r,) = results
-    assert not r.complete and r.missing == ("state",) and r.reasons == {"state": "stale"}
-    assert r.values == {} and r.stamps == {}  # nothing zero-filled, nothing repeated
-    with pytest.raises(ValueError, match="incomplete"):
-        r.to_frame()
-    # Without a clock, "now" is the newest stamp (10.801): 10.6 is decided, 10.7 waits.
-    sync.push("state", 10.0 + 0.7 + 0.002, 7)  # the state stream comes back
-    sync.push("state", 10.0 + 0.8 + 0.002, 8)
-    results = sync.poll()
-    assert [(round(r.t, 6), r.complete) for r in results] == [(10.7, True), (10.8, True)]
-    stats = sync.stats()
-    assert stats["skipped"] == 1 and stats["streams"]["state"]["missed_ticks"] == 1
-
-
-def test_sync_out_of_order_pushes_match_in_order_ones():
-    rng = np.random.default_rng(0)
-    samples = [("cam", 5.0 + 0.1 * k + rng.uniform(-0.01, 0.01), ("cam", k)) for k in range(10)]
-    samples += [("state", 5.0 + 0.025 * k, ("state", k)) for k in range(40)]
-
-    def run(order):
-        sync = StreamSynchronizer(FPS)
-        sync.add_stream("cam", "camera")
-        sync.add_stream("state", "state")
-        sync.start(t0=5.0)
-        for i in order:
-            sync.push(*samples[i])
-        return sync, [(r.t, dict(r.values), dict(r.stamps)) for r in sync.poll()]
-
-    in_order_sync, in_order = run(sorted(range(len(samples)), key=lambda i: samples[i][1]))
-    shuffled_sync, shuffled = run(rng.permutation(len(samples)))
-    assert len(in_order) >= 8 and shuffled == in_order
-    assert shuffled_sync.stats()["streams"]["state"]["out_of_order"] > 0
-    assert in_order_sync.stats()["streams"]["state"]["out_of_order"] == 0
-
-
-def test_sync_gap_is_not_filled_and_optional_streams_do_not_block():
-    sync = StreamSynchronizer(FPS, latency_budget=0.0)
-    sync.add_stream("cam", "camera")
-    sync.add_stream("state", "state")
-    sync.add_stream("wrench", "other", required=False)
-    sync.start()
-    for k in range(8):
-        sync.push("cam", 2.0 + 0.1 * k, k)
-        if k not in (3, 4):  # the state stream loses two messages
-            sync.push("state", 2.0 + 0.1 * k, np.full(2, k, dtype=np.float32))
-    sync.push("wrench", 2.2, "w")
-    results = sync.poll()
-    assert [round(r.t, 6) for r in results] == [round(2.0 + 0.1 * k, 6) for k in range(8)]
-    assert [r.complete for r in results] == [True, True, True, False, False, True, True, True]
-    for r in results[3:5]:
-        assert r.reasons == {"state": "gap"} and r.values == {}
-    for r in results[:3] + results[5:]:
-        assert int(r.values["state"][0]) == int(round((r.t - 2.0) * 10))  # real samples only
-    assert "wrench" in results[2].values and "wrench" not in results[0].values
-    assert results[0].missing_optional == ("wrench",)
-
-
-# =========================================================================== writer
 
 REPO = "local/recording_test"
 
@@ -348,6 +216,22 @@ def test_action_free_dataset(tmp_path):
     np.testing.assert_allclose(column(ds, "timestamp"), np.arange(5) / FPS, atol=1e-6)
 
 
+def test_save_episode_async_returns_a_future_of_the_commit(tmp_path):
+    root, repo = tmp_path / "async", "local/async"
+    with EpisodeWriter(root, repo, FPS, features()) as writer:
+        with pytest.raises(RecordingError, match="no open episode"):
+            writer.save_episode_async()
+        writer.start_episode("first")
+        for i in range(4):
+            writer.add_frame(frame(0, i))
+        future = writer.save_episode_async()
+        assert writer.start_episode("second") == 1  # the next episode starts while the first is saved
+        assert future.result(timeout=60) == 0 and writer.num_episodes == 1
+        writer.add_frame(frame(1, 0))
+        assert writer.save_episode_async().result(timeout=60) == 1
+    assert list(load(root, repo).meta.episodes["length"]) == [4, 1]
+
+
 def test_queue_full_drops_without_blocking(tmp_path):
     root, repo = tmp_path / "slow", "local/slow"
     writer = EpisodeWriter(root, repo, FPS, features(), queue_size=2)
@@ -464,7 +348,7 @@ import json, os, signal, sys, time
 from pathlib import Path
 import numpy as np
 sys.path.insert(0, os.environ["RECORDING_TEST_DIR"])
-from test_recording import features, frame, FPS
+from test_episode_writer import features, frame, FPS
 from rla_wm.recording import EpisodeWriter
 
 root, repo, marker, mode = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4]

@@ -1,0 +1,34 @@
+"""Recording teleoperation into LeRobot v3 datasets. ROS-free: a recorder node feeds header
+stamps and decoded values in, this package does the rest.
+
+Modules, one job each:
+
+* `sync`: `StreamSynchronizer` turns asynchronous stamped streams into dataset frames at a
+  fixed fps (nearest sample within tolerance; incomplete ticks are reported, never filled);
+* `writer`: `EpisodeWriter`, a LeRobot v3 dataset writer with a worker thread, a bounded
+  queue and one commit per saved episode;
+* `journal`: the commit journal (``.rla_recording/``) and the writer lock;
+* `repair`: rolling a dataset back to its last commit (`repair_dataset`, `RepairReport`);
+* `features`, `files`, `layout`, `errors`: feature specs, file helpers, names, errors.
+"""
+from rla_wm.recording.errors import DatasetRecoveryError, DroppedFramesError, QueueFullError, RecordingError
+from rla_wm.recording.layout import STAMP_KEY
+from rla_wm.recording.repair import RepairReport, repair_dataset
+from rla_wm.recording.sync import STREAM_KINDS, StreamSpec, StreamSynchronizer, SyncResult, iter_complete_frames
+from rla_wm.recording.writer import EpisodeWriter
+
+__all__ = [
+    "STAMP_KEY",
+    "STREAM_KINDS",
+    "DatasetRecoveryError",
+    "DroppedFramesError",
+    "EpisodeWriter",
+    "QueueFullError",
+    "RecordingError",
+    "RepairReport",
+    "StreamSpec",
+    "StreamSynchronizer",
+    "SyncResult",
+    "iter_complete_frames",
+    "repair_dataset",
+]

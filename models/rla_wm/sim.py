@@ -5,7 +5,7 @@ as in Diffusion Policy and DINO-WM's Push-T.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -13,6 +13,8 @@ JOINT_NAMES = ("agent_x", "agent_y")
 WORKSPACE_LOW = 0.0
 WORKSPACE_HIGH = 512.0
 CONTROL_HZ = 10
+# gym-pusht's fixed goal pose of the T block: x, y (pixels), angle (rad).
+GOAL_POSE = (256.0, 256.0, float(np.pi / 4))
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,10 @@ class SimFrame:
     success: bool
     done: bool
     step: int
+    # Privileged state for scripted experts (not a camera observation): the T block's body-frame
+    # origin x, y (pixels) and angle (rad, unwrapped), and the goal pose in the same layout.
+    block_pose: np.ndarray = field(default_factory=lambda: np.full(3, np.nan))
+    goal_pose: np.ndarray = field(default_factory=lambda: np.asarray(GOAL_POSE))
 
 
 class PushTSim:
@@ -87,4 +93,6 @@ class PushTSim:
             success=bool(info.get("is_success", False)),
             done=done,
             step=step,
+            block_pose=np.asarray(info["block_pose"], dtype=np.float64),
+            goal_pose=np.asarray(info.get("goal_pose", GOAL_POSE), dtype=np.float64),
         )

@@ -1,0 +1,186 @@
+"""Teleop node in its own process over real rclpy + Fast DDS: joy and expert sources, keyboard refusal."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from geometry_msgs.msg import PoseStamped
+from sensor_msgs.msg import JointState, Joy
+from trajectory_msgs.msg import JointTrajectory
+
+from conftest import config_file, wait_for
+from rla_wm.expert import PushTExpert
+from rla_wm.sim import GOAL_POSE
+from rla_wm_ros.conversions import msg_to_chunk, stamp_to_nanoseconds
+from rla_wm_ros.launch_xml import NodeSpec
+
+pytestmark = pytest.mark.timeout(120)
+
+START = np.array([200.0, 300.0])
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.items: list = []
+        self.lock = threading.Lock()
+
+    def __call__(self, msg) -> None:
+        with self.lock:
+            self.items.append(msg)
+
+    def snapshot(self) -> list:
+        with self.lock:
+            return list(self.items)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.items.clear()
+
+
+def teleop_spec(source: str, **params: str) -> NodeSpec:
+    return NodeSpec("rla_wm_ros", "teleop", name="teleop", param_files=[config_file("teleop.yaml")],
+                    params={"source": source, "limits_file": config_file("pusht_limits.yaml"), **params})
+
+
+def state_msg(position: np.ndarray, stamp) -> JointState:
+    msg = JointState(name=["agent_x", "agent_y"], position=[float(v) for v in position])
+    msg.header.stamp = stamp
+    return msg
+
+
+def first_targets(messages: list[JointTrajectory]) -> np.ndarray:
+    return np.array([msg_to_chunk(m).positions[0] for m in messages])
+
+
+class JoyHarness:
+    """Streams joint states (a robot standing at START) and Joy messages at 20 Hz."""
+
+    def __init__(self, node, graph) -> None:
+        self.node = node
+        self.out = Inbox()
+        node.create_subscription(JointTrajectory, "teleop/joint_trajectory", self.out, 10)
+        self.state = node.create_publisher(JointState, "joint_states", 10)
+        self.joy_pub = node.create_publisher(Joy, "joy", 10)
+        self.axes, self.buttons = [0.0, 0.0], [0] * 8
+        self._stop = False
+        self._thread = threading.Thread(target=self._feed, daemon=True)
+        self._thread.start()
+        wait_for(lambda: self.joy_pub.get_subscription_count() > 0 and self.state.get_subscription_count() > 0,
+                 60, "the teleop node to subscribe", graph)
+        wait_for(lambda: len(self.out.snapshot()) > 2, 20, "teleop commands", graph)
+
+    def _feed(self) -> None:
+        while not self._stop:
+            stamp = self.node.get_clock().now().to_msg()
+            self.state.publish(state_msg(START, stamp))
+            joy = Joy(axes=list(self.axes), buttons=list(self.buttons))
+            joy.header.stamp = stamp
+            self.joy_pub.publish(joy)
+            time.sleep(0.05)
+
+    def collect(self, axes: list[float], deadman: bool, seconds: float = 1.0) -> np.ndarray:
+        self.axes = axes
+        self.buttons = [0, 0, 0, 0, 1 if deadman else 0, 0, 0, 0]  # button 4: the deadman of teleop.yaml
+        time.sleep(0.3)  # let messages from the previous input drain
+        self.out.clear()
+        time.sleep(seconds)
+        messages = self.out.snapshot()
+        assert messages, "no commands"
+        for msg in messages:
+            assert list(msg.joint_names) == ["agent_x", "agent_y"]
+            assert stamp_to_nanoseconds(msg.header.stamp) > 0
+            times = msg_to_chunk(msg).times_from_start
+            assert len(times) == 3 and np.all(np.diff(times) > 0) and times[0] > 0
+        return first_targets(messages)
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(timeout=2)
+
+
+def test_joy_moves_the_target_in_the_stick_direction_and_the_deadman_holds(ros_node, start_nodes):
+    graph = start_nodes(teleop_spec("joy"))
+    joy = JoyHarness(ros_node, graph)
+    try:
+        # joy_node: stick right = axis 0 negative -> +x in the image frame; the robot stands still, so
+        # the target leads it by at most max_lead (40 px) and never more.
+        right = joy.collect([-1.0, 0.0], deadman=True)
+        assert (right[:, 0] > START[0]).all() and right[-1, 0] > START[0] + 10.0
+        assert np.allclose(right[:, 1], START[1])
+        assert (right[:, 0] <= START[0] + 40.0 + 1e-6).all()
+        # Deadman released with the stick still pushed: every command holds the measured position.
+        released = joy.collect([-1.0, 0.0], deadman=False)
+        np.testing.assert_allclose(released, np.repeat(START[None], len(released), 0))
+        # Stick up = axis 1 positive -> -y.
+        up = joy.collect([0.0, 1.0], deadman=True)
+        assert up[-1, 1] < START[1] - 10.0 and (np.diff(up[:, 1]) <= 1e-9).all()
+        np.testing.assert_allclose(up[:, 0], START[0])
+        # Centred stick with the deadman held: the target stops where it was.
+        centred = joy.collect([0.0, 0.0], deadman=True)
+        np.testing.assert_allclose(centred, np.repeat(centred[:1], len(centred), 0))
+    finally:
+        joy.close()
+    assert graph.alive() == {"teleop": True}
+
+
+def pose_msg(pose: np.ndarray, stamp) -> PoseStamped:
+    msg = PoseStamped()
+    msg.header.stamp = stamp
+    msg.pose.position.x, msg.pose.position.y = float(pose[0]), float(pose[1])
+    msg.pose.orientation.z, msg.pose.orientation.w = float(np.sin(pose[2] / 2)), float(np.cos(pose[2] / 2))
+    return msg
+
+
+def test_expert_source_answers_each_object_pose_with_the_experts_target(ros_node, start_nodes):
+    graph = start_nodes(teleop_spec("expert"))
+    out = Inbox()
+    ros_node.create_subscription(JointTrajectory, "teleop/joint_trajectory", out, 10)
+    poses = ros_node.create_publisher(PoseStamped, "sim/object_pose", 10)
+    states = ros_node.create_publisher(JointState, "joint_states", 10)
+    wait_for(lambda: poses.get_subscription_count() > 0 and states.get_subscription_count() > 0, 60,
+             "the teleop node to subscribe", graph)
+    block = np.array([320.0, 260.0, 0.3])
+    agent = np.array([120.0, 400.0])
+    expected = PushTExpert(max_lead=40.0).act(agent, block, np.asarray(GOAL_POSE))
+
+    # The same simulator step: pose and state carry one stamp. Re-sent with new stamps until the first
+    # samples of the fresh DDS connection get through.
+    deadline = time.monotonic() + 20
+    sent = set()
+    while not out.snapshot():
+        assert time.monotonic() < deadline, graph.tail_logs(20)
+        stamp = ros_node.get_clock().now().to_msg()
+        sent.add(stamp_to_nanoseconds(stamp))
+        poses.publish(pose_msg(block, stamp))
+        states.publish(state_msg(agent, stamp))
+        time.sleep(0.3)
+    command = out.snapshot()[0]
+    assert stamp_to_nanoseconds(command.header.stamp) in sent, "chunk not stamped with the observation it answers"
+    chunk = msg_to_chunk(command)
+    np.testing.assert_allclose(chunk.positions, np.repeat(expected[None].astype(np.float64), 3, 0), atol=1e-3)
+    assert np.linalg.norm(chunk.positions[0] - agent) <= 40.0 + 1e-3
+
+    # A pose without the joint state of its step is not acted on (it would pair a stale agent position).
+    time.sleep(0.5)
+    out.clear()
+    stamp = ros_node.get_clock().now()
+    poses.publish(pose_msg(block, stamp.to_msg()))
+    states.publish(state_msg(agent, (stamp + rclpy_duration(0.05)).to_msg()))
+    time.sleep(1.0)
+    assert out.snapshot() == []
+    assert graph.alive() == {"teleop": True}
+
+
+def rclpy_duration(seconds: float):
+    from rclpy.duration import Duration
+
+    return Duration(nanoseconds=int(seconds * 1e9))
+
+
+def test_keyboard_source_refuses_without_a_terminal(start_nodes):
+    graph = start_nodes(teleop_spec("keyboard"))  # launched nodes get /dev/null on stdin
+    wait_for(lambda: not graph.alive()["teleop"], 30, "the keyboard teleop to refuse and exit")
+    assert graph.returncodes()["teleop"] != 0
+    assert "needs an interactive terminal" in graph.log_paths["teleop"].read_text()

@@ -20,7 +20,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from rla_wm.control.safety import Decision, JointLimits, SafetyGate
-from rla_wm_ros.conversions import MessageShapeError, hold_msg, msg_to_chunk, stamp_to_seconds
+from rla_wm_ros.conversions import MessageShapeError, hold_msg, msg_to_chunk, stamp_to_nanoseconds, stamp_to_seconds
 from rla_wm_ros.params import declare
 from rla_wm_ros.qos import CAMERA_QOS, LATCHED
 
@@ -87,10 +87,14 @@ class SafetyGateNode(Node):
         except MessageShapeError as err:
             self.apply(self.gate.reject(f"malformed trajectory: {err}"), msg)
             return
-        start = stamp_to_seconds(chunk.stamp)
-        # Check what the controller will execute: the points still ahead, timed from now.
-        until = chunk.times_from_start + (start - self.now_seconds() if start > 0 else 0.0)
-        ahead = until > 0
+        start_ns = stamp_to_nanoseconds(chunk.stamp)
+        # Check what the controller will execute: the points still ahead, timed from now. The
+        # stamp-to-now offset is taken in integer nanoseconds: float seconds at epoch scale
+        # resolve only ~0.2 us, and a point due "now" would flicker between past and a
+        # velocity spike. Points due within a microsecond count as past.
+        offset = (start_ns - self.get_clock().now().nanoseconds) * 1e-9 if start_ns > 0 else 0.0
+        until = chunk.times_from_start + offset
+        ahead = until > 1e-6
         if not ahead.any():
             self.apply(self.gate.reject("every point of the chunk is in the past"), msg)
             return

@@ -11,7 +11,10 @@ LAUNCH_DIR = Path(get_package_share_directory("rla_wm_ros")) / "launch"
 REPO_LAUNCH_DIR = Path(__file__).resolve().parents[2] / "launch"
 LIMITS = str(Path(get_package_share_directory("rla_wm_ros")) / "config" / "pusht_limits.yaml")
 # Arguments a file has no default for (a real arm must name its own checkpoint and limits).
-REQUIRED_ARGS = {"robot_policy.launch.xml": {"policy_checkpoint": "/opt/policy", "limits_file": LIMITS}}
+REQUIRED_ARGS = {
+    "robot_policy.launch.xml": {"policy_checkpoint": "/opt/policy", "limits_file": LIMITS},
+    "robot_record.launch.xml": {"dataset_root": "/data/teleop"},
+}
 
 
 def test_every_repo_launch_file_is_installed_and_parses():
@@ -81,3 +84,16 @@ def test_bad_launch_arguments_are_errors():
         parse_launch_file(LAUNCH_DIR / "sim_policy.launch.xml", overrides={"no_such_arg": "1"})
     with pytest.raises(LaunchFileError):
         parse_launch_file(LAUNCH_DIR / "sim_policy.launch.xml", overrides={"config_dir": "/nonexistent"})
+
+
+def test_robot_record_wiring():
+    description = parse_launch_file(LAUNCH_DIR / "robot_record.launch.xml", overrides={
+        "dataset_root": "/data/teleop", "camera_topic": "/wrist/image_raw/compressed", "compressed": "true",
+        "action_topic": "/leader/joint_states", "action_type": "joint_state",
+    })
+    (recorder,) = description.nodes
+    assert recorder.executable == "recorder"
+    assert dict(recorder.remaps)["camera/image_raw"] == "/wrist/image_raw/compressed"
+    assert recorder.params["dataset_root"] == "/data/teleop"
+    assert recorder.params["compressed"] == "true"
+    assert (recorder.params["action_topic"], recorder.params["action_type"]) == ("/leader/joint_states", "joint_state")

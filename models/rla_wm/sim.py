@@ -43,6 +43,7 @@ class PushTSim:
         if max_steps <= 0:
             raise ValueError(f"max_steps must be positive, got {max_steps}")
         self.max_steps = max_steps
+        self._image_size = image_size
         self._env = gym.make(
             "gym_pusht/PushT-v0",
             obs_type="pixels_agent_pos",
@@ -78,6 +79,28 @@ class PushTSim:
         done = bool(terminated or truncated or step >= self.max_steps)
         self._frame = self._make_frame(observation, info, float(reward), done, step)
         return self._frame
+
+    def goal_image(self, agent_position: tuple[float, float] = (256.0, 430.0)) -> np.ndarray:
+        """Camera image of the solved task: the block at the goal pose, the agent at `agent_position`.
+
+        The planner's goal. Rendered in a separate environment, so the running episode is untouched.
+        """
+        import gymnasium as gym
+
+        env = gym.make("gym_pusht/PushT-v0", obs_type="pixels_agent_pos", render_mode="rgb_array",
+                       observation_width=self._image_size, observation_height=self._image_size)
+        try:
+            goal = np.asarray(GOAL_POSE, dtype=np.float64)
+            # gym-pusht sets the block position before its angle, and the rotation about the
+            # centre of mass moves the block: measure that shift once and start from goal - shift.
+            _, info = env.reset(seed=0, options={"reset_to_state": [*agent_position, *goal]})
+            shift = np.asarray(info["block_pose"][:2]) - goal[:2]
+            observation, info = env.reset(seed=0, options={"reset_to_state": [*agent_position, *(goal[:2] - shift), goal[2]]})
+            if not np.allclose(info["block_pose"], goal, atol=1e-3):
+                raise RuntimeError(f"could not place the block at the goal pose: {info['block_pose']}")
+            return np.ascontiguousarray(observation["pixels"], dtype=np.uint8)
+        finally:
+            env.close()
 
     def close(self) -> None:
         self._env.close()

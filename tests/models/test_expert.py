@@ -83,3 +83,19 @@ def test_expert_walks_around_the_block_to_push_it_toward_the_goal():
 def test_expert_rejects_non_finite_input():
     with pytest.raises(ValueError):
         PushTExpert().act(np.array([np.nan, 1.0]), np.array([200.0, 200.0, 0.0]))
+
+
+def test_goal_image_shows_the_solved_task_without_touching_the_episode():
+    from rla_wm.sim import PushTSim
+
+    sim = PushTSim(max_steps=10, image_size=96)
+    try:
+        frame = sim.reset(3)
+        goal = sim.goal_image()
+        assert goal.shape == (96, 96, 3) and goal.dtype == np.uint8
+        assert np.abs(goal.astype(int) - frame.image.astype(int)).mean() > 1.0  # a different scene
+        assert np.array_equal(sim.frame.image, frame.image)  # the running episode is untouched
+        after = sim.step(frame.position)
+        assert after.step == 1 and not after.success
+    finally:
+        sim.close()

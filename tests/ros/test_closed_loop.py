@@ -38,3 +38,54 @@ def test_sim_policy_graph_runs_closed_loop_episodes(ros_domain, tmp_path):
     camera_to_command = latency["camera_to_command"]
     assert camera_to_command.size > 10
     assert np.all(camera_to_command > 0), "a command arrived before its camera frame was taken"
+
+
+def tiny_world_models(folder: Path) -> dict[str, str]:
+    """Small random RLA / RLA-WM / regression checkpoints for the sim encoder's 16x16x192 features."""
+    import torch
+
+    from rla_wm.baselines import RegressionConfig, RegressionPredictor
+    from rla_wm.rla import RLAAutoencoder, RLAConfig
+    from rla_wm.world_model import RLAWorldModel, WorldModelConfig
+
+    torch.manual_seed(0)
+    shared = dict(token_dim=192, num_tokens=256, encoder_id="builtin:dinov2-tiny-random@224")
+    actions = dict(action_low=(20.0, 20.0), action_high=(492.0, 492.0), max_horizon=6)
+    models = {
+        "rla_checkpoint": RLAAutoencoder(RLAConfig(latent_tokens=2, latent_dim=4, width=32, encoder_depth=1,
+                                                   decoder_depth=1, heads=2, **shared)),
+        "wm_checkpoint": RLAWorldModel(WorldModelConfig(latent_tokens=2, latent_dim=4, width=32, condition_depth=1,
+                                                        flow_depth=1, heads=2, latent_scale=1.0, **shared, **actions)),
+        "regression_checkpoint": RegressionPredictor(RegressionConfig(width=32, depth=1, heads=2, **shared, **actions)),
+    }
+    paths = {}
+    for key, model in models.items():
+        paths[key] = str(model.save(folder / key))
+    return paths
+
+
+@pytest.mark.parametrize("world_model", ["rla-wm", "regression"])
+def test_sim_planner_graph_runs_closed_loop_episodes(ros_domain, tmp_path, world_model):
+    launch_file = Path(get_package_share_directory("rla_wm_ros")) / "launch" / "sim_planner.launch.xml"
+    description = parse_launch_file(launch_file, overrides={
+        "max_episode_steps": "30", "seed": "2", "world_model": world_model, "mpc_rate": "2.0",
+        "mpc_num_samples": "4", "mpc_iterations": "1", **tiny_world_models(tmp_path / "models"),
+    })
+    with LaunchedGraph() as graph:
+        graph.start(description, env={"ROS_DOMAIN_ID": str(ros_domain)}, log_dir=tmp_path / "logs")
+        rclpy.init(domain_id=ros_domain)
+        runner = ClosedLoopRunner(description.args["command_topic"], model_topic="/planner/joint_trajectory")
+        try:
+            runner.wait_until_flowing(150.0, alive=lambda: all(graph.alive().values()))
+            result = runner.run_episode(timeout=90.0)
+        except (TimeoutError, RuntimeError) as err:
+            pytest.fail(f"{err}\n{graph.tail_logs(30)}")
+        finally:
+            runner.close()
+            rclpy.try_shutdown()
+        assert all(graph.alive().values()), graph.tail_logs(30)
+        latency = runner.observer.latency.stage_seconds()
+    assert result.steps == 30
+    assert result.commands >= 2, "the gate forwarded too few planned chunks"
+    assert latency["features_to_chunk"].size >= 2  # plans were made from the observed features
+    assert np.all(latency["camera_to_command"] > 0)

@@ -82,6 +82,9 @@ class SimRobotNode(Node):
         self.status_pub = self.create_publisher(EpisodeStatus, "episode_status", 10)
         self.object_pub = self.create_publisher(PoseStamped, "sim/object_pose", 10)
         self.goal_pub = self.create_publisher(PoseStamped, "sim/goal_pose", LATCHED)
+        # The solved task as a camera image: what a user would give the planner as its goal.
+        self.goal_image_pub = self.create_publisher(Image, "sim/goal_image", LATCHED)
+        self.goal_image = self.sim.goal_image()
         self.clock_pub = (
             self.create_publisher(ClockMsg, "/clock", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
             if self.publish_clock else None
@@ -93,6 +96,9 @@ class SimRobotNode(Node):
         self.create_timer(1.0 / (CONTROL_HZ * self.rate_scale), self.on_tick,
                           clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.publish_goal()
+        # Latched for late joiners that ask for it, and repeated for volatile subscribers
+        # (a planner started after the sim) that cannot receive latched history.
+        self.create_timer(1.0, self.publish_goal, clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.rejected_commands = 0
         self.get_logger().info(
             f"Push-T simulated robot: joints {list(JOINT_NAMES)}, {CONTROL_HZ} Hz, seed {self.seed}, "
@@ -112,6 +118,10 @@ class SimRobotNode(Node):
 
     def publish_goal(self) -> None:
         self.goal_pub.publish(pose_msg(self.frame.goal_pose, self.stamp(), self.pose_frame_id))
+        image = self.bridge.cv2_to_imgmsg(self.goal_image, encoding="rgb8")
+        image.header.stamp = self.stamp()
+        image.header.frame_id = self.frame_id
+        self.goal_image_pub.publish(image)
 
     def on_trajectory(self, msg: JointTrajectory) -> None:
         try:

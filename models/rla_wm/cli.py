@@ -7,6 +7,9 @@
     rla-wm train-regression --config ... --out runs/regression
     rla-wm evaluate         --config ... --rla runs/rla/checkpoint --wm runs/wm/checkpoint \\
                             --regression runs/regression/checkpoint --out runs/eval
+    rla-wm train-policy     --config ... --rla runs/rla/checkpoint --out runs/policy \\
+                            [--set policy.action_reads_rla=false --set policy_training.use_action_free=false]
+    rla-wm evaluate-policy  --config ... --policy runs/policy/checkpoint [--policy ...] --out runs/policy_eval
 
 Multi-GPU: `accelerate launch -m rla_wm.cli train-wm ...` (or torchrun) runs the same
 training with DDP.
@@ -94,6 +97,79 @@ def command_evaluate(args: argparse.Namespace) -> None:
     print(f"\nreport, plots and results.json in {out}/")
 
 
+def command_train_policy(args: argparse.Namespace) -> None:
+    from rla_wm import train
+    from rla_wm.experiment import load_experiment
+
+    out = Path(args.out)
+    checkpoint = train.train_policy(load_experiment(args.config), args.rla, out, args.overrides)
+    print(f"checkpoint: {checkpoint}\nmetrics: {out / 'metrics.jsonl'}\nloss curve: {out / 'loss.png'}")
+
+
+def _policy_name(path: str, taken: set[str]) -> str:
+    """runs/bc/checkpoint -> "bc" (the run folder), made unique."""
+    folder = Path(path)
+    name = folder.parent.name if folder.name == "checkpoint" else folder.name
+    unique, n = name or "policy", 2
+    while unique in taken:
+        unique, n = f"{name}_{n}", n + 1
+    return unique
+
+
+def command_evaluate_policy(args: argparse.Namespace) -> None:
+    import json
+
+    from rla_wm import evaluate
+    from rla_wm.experiment import load_experiment
+    from rla_wm.policy import WorldActionModel
+    from rla_wm.policy_data import checkpoint_digest, rla_targets
+    from rla_wm.train import load_frozen_autoencoder, open_caches, train_split
+
+    experiment = load_experiment(args.config)
+    settings = {"policy_max_windows": 512, "seed": 0, **experiment.evaluate}
+    cache = open_caches(experiment, include_action_free=False)[0]
+    held_out = train_split(experiment, cache)[1]
+    if not held_out:
+        raise SystemExit(f"{experiment.path}: the labelled dataset has no held-out episodes to evaluate on")
+    results, chunks, windows_by_shape, window_of, hold = {}, {}, {}, {}, None
+    for path in args.policy:
+        policy, meta = WorldActionModel.load(path)
+        if policy.config.encoder_id != cache.encoder_id:
+            raise SystemExit(f"policy {path} was trained on {policy.config.encoder_id!r}, the data is "
+                             f"{cache.encoder_id!r}")
+        rla_path = args.rla or meta.get("rla_checkpoint")
+        if not rla_path:
+            raise SystemExit(f"policy {path} does not name its RLA autoencoder: pass --rla")
+        autoencoder, _ = load_frozen_autoencoder(rla_path, cache.encoder_id)
+        digest = checkpoint_digest(rla_path)
+        if meta.get("rla_digest", digest) != digest:
+            raise SystemExit(f"policy {path} was trained against another RLA autoencoder than {rla_path}")
+        key = (policy.config.chunk_length, policy.config.rla_horizon, digest)
+        if key not in windows_by_shape:
+            targets = rla_targets(cache, autoencoder, digest, policy.config.rla_horizon)
+            windows_by_shape[key] = evaluate.collect_policy_windows(
+                cache, held_out, key[0], key[1], targets, settings["policy_max_windows"], settings["seed"])
+        windows = windows_by_shape[key]
+        name = _policy_name(path, set(results))
+        results[name], chunks[name] = evaluate.evaluate_policy(policy, windows)
+        results[name]["checkpoint"] = str(path)
+        window_of[name] = windows
+        hold = hold or evaluate.hold_baseline(windows)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = evaluate.policy_table(results, hold)
+    (out / "results.md").write_text(table + "\n")
+    (out / "results.json").write_text(json.dumps({"policies": results, "hold": hold, "config": str(experiment.path),
+                                                  "held_out_episodes": held_out}, indent=2))
+    # One figure per set of windows; usually every policy shares one.
+    for index, windows in enumerate(windows_by_shape.values()):
+        same = {n: c for n, c in chunks.items() if window_of[n] is windows}
+        evaluate.plot_policy_chunks(out / ("policy_chunks.png" if index == 0 else f"policy_chunks_{index}.png"),
+                                    windows, same)
+    print(table)
+    print(f"\nreport, policy_chunks.png and results.json in {out}/")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rla-wm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -130,6 +206,24 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--horizon", type=int, default=None, help="frames per chunk (default: the WM's training horizon)")
     evaluation.add_argument("--out", required=True)
     evaluation.set_defaults(run=command_evaluate)
+
+    policy = commands.add_parser("train-policy", help="train the world action model (action + RLA heads) on "
+                                 "labelled and action-free episodes")
+    policy.add_argument("--config", required=True)
+    policy.add_argument("--rla", required=True, help="frozen RLA autoencoder checkpoint (gives the RLA head's target)")
+    policy.add_argument("--out", required=True)
+    policy.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override policy.*, policy_training.* or train.policy.* (repeatable), e.g. "
+                             "policy.action_reads_rla=false")
+    policy.set_defaults(run=command_train_policy)
+
+    policy_eval = commands.add_parser("evaluate-policy", help="offline action error and RLA-head cosine of policies "
+                                      "on held-out labelled episodes")
+    policy_eval.add_argument("--config", required=True)
+    policy_eval.add_argument("--policy", required=True, action="append", help="policy checkpoint (repeatable)")
+    policy_eval.add_argument("--rla", default=None, help="RLA autoencoder (default: the one each policy trained with)")
+    policy_eval.add_argument("--out", required=True)
+    policy_eval.set_defaults(run=command_evaluate_policy)
     return parser
 
 

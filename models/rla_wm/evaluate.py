@@ -159,3 +159,141 @@ def plot_predictions(out: Path, predictors: list[Predictor], windows: Windows, g
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+# --------------------------------------------------------------------------- world action model (policy)
+
+
+@dataclass(frozen=True)
+class PolicyWindows:
+    """Held-out labelled windows: s_t, the autoencoder's z(s_t, s_{t+H}), the measured state, the recorded chunk."""
+
+    current: torch.Tensor  # (W, N, C)
+    z: torch.Tensor  # (W, K, D)
+    state: torch.Tensor  # (W, S)
+    actions: torch.Tensor  # (W, T, A)
+    chunk_length: int
+    rla_horizon: int
+
+
+def collect_policy_windows(cache: FeatureCache, episodes: list[int], chunk_length: int, rla_horizon: int,
+                           targets: np.ndarray, max_windows: int, seed: int = 0) -> PolicyWindows:
+    """Up to `max_windows` windows drawn without replacement (seeded) from the given labelled episodes.
+
+    `targets`: the cache's `rla_targets` for H = rla_horizon.
+    """
+    from rla_wm.policy_data import PolicyWindowDataset
+
+    dataset = PolicyWindowDataset(cache, episodes, chunk_length, rla_horizon, labelled=True, targets=targets)
+    rng = np.random.default_rng(seed)
+    chosen = sorted(rng.choice(len(dataset), min(max_windows, len(dataset)), replace=False))
+    items = [dataset[int(i)] for i in chosen]
+    stack = lambda k: torch.stack([item[k] for item in items]).float()  # noqa: E731
+    return PolicyWindows(stack(0), stack(1), stack(2), stack(3), chunk_length, rla_horizon)
+
+
+def _chunk_errors(predicted: torch.Tensor, truth: torch.Tensor) -> dict[str, object]:
+    error = predicted - truth
+    return {"action_l1": float(error.abs().mean()), "action_mse": float(error.pow(2).mean()),
+            "action_l1_per_step": [float(v) for v in error.abs().mean(dim=(0, 2))]}
+
+
+def hold_baseline(windows: PolicyWindows) -> dict[str, object]:
+    """Errors of the chunk that stays at the measured state: the floor any policy must beat."""
+    hold = windows.state[:, None].expand_as(windows.actions)
+    return _chunk_errors(hold, windows.actions)
+
+
+def evaluate_policy(policy, windows: PolicyWindows, batch_size: int = 64) -> tuple[dict[str, object], torch.Tensor]:
+    """Offline metrics of a world action model on held-out windows, and its chunks (W, T, A).
+
+    Action errors are in the action's units (pixels for Push-T), on the clipped chunk the
+    robot would get, with the measured state and with the state hidden ("no_state_*",
+    the missing-state token). RLA cosine: between the predicted and the autoencoder's z,
+    flattened, averaged over windows; "rla_cosine_mean_z" is what the constant mean z of
+    these windows would score, the reference the head has to beat, and "rla_cosine_centred"
+    compares both after subtracting that mean (0 for a head that only learned the mean).
+    """
+    config = policy.config
+    if (config.chunk_length, config.rla_horizon) != (windows.chunk_length, windows.rla_horizon):
+        raise ValueError(f"windows are for chunk {windows.chunk_length} / rla horizon {windows.rla_horizon}, the "
+                         f"policy predicts {config.chunk_length} / {config.rla_horizon}")
+    chunks, blind_chunks, blind_states, predicted_z, true_z = [], [], [], [], []
+    with torch.no_grad():
+        for i in range(0, len(windows.current), batch_size):
+            current, state = windows.current[i: i + batch_size], windows.state[i: i + batch_size]
+            output = policy.predict(current, state)
+            blind = policy.predict(current, None)
+            chunks.append(policy.clip_actions(output.actions))
+            blind_chunks.append(policy.clip_actions(blind.actions))
+            blind_states.append(blind.state)
+            predicted_z.append(output.rla.flatten(1))
+            true_z.append(windows.z[i: i + batch_size].flatten(1) / config.latent_scale)
+    chunk, blind_chunk = torch.cat(chunks), torch.cat(blind_chunks)
+    predicted, truth = torch.cat(predicted_z), torch.cat(true_z)
+    no_state = _chunk_errors(blind_chunk, windows.actions)
+    mean_z = truth.mean(dim=0, keepdim=True)
+    metrics = {
+        **_chunk_errors(chunk, windows.actions),
+        **{f"no_state_{k}": v for k, v in no_state.items() if k != "action_l1_per_step"},
+        "no_state_state_l1": float((torch.cat(blind_states) - windows.state).abs().mean()),
+        "rla_cosine": float(F.cosine_similarity(predicted, truth, dim=1).mean()),
+        "rla_mse": float((predicted - truth).pow(2).mean()),
+        "rla_mse_mean_z": float((mean_z - truth).pow(2).mean()),
+        "rla_cosine_mean_z": float(F.cosine_similarity(mean_z.expand_as(truth), truth, dim=1).mean()),
+        # About the mean: does the head predict how this window's z differs from the average one?
+        "rla_cosine_centred": float(F.cosine_similarity(predicted - mean_z, truth - mean_z, dim=1).mean()),
+        "windows": len(windows.current),
+    }
+    return metrics, chunk
+
+
+def policy_table(results: dict[str, dict[str, object]], hold: dict[str, object]) -> str:
+    """Markdown: action errors (action units), the same without a state, RLA head against the mean z."""
+    header = ("| policy | action L1 | action MSE | L1 first point | L1 last point | L1 no state | state est. L1 "
+              "| RLA cos | RLA cos (mean z) | RLA cos centred | RLA MSE | RLA MSE (mean z) |")
+    lines = [header, "|" + "---|" * 12]
+    for name, m in results.items():
+        steps = m["action_l1_per_step"]
+        lines.append(f"| {name} | {m['action_l1']:.2f} | {m['action_mse']:.1f} | {steps[0]:.2f} | {steps[-1]:.2f} | "
+                     f"{m['no_state_action_l1']:.2f} | {m['no_state_state_l1']:.2f} | {m['rla_cosine']:.3f} | "
+                     f"{m['rla_cosine_mean_z']:.3f} | {m['rla_cosine_centred']:.3f} | {m['rla_mse']:.3f} | "
+                     f"{m['rla_mse_mean_z']:.3f} |")
+    steps = hold["action_l1_per_step"]
+    lines.append(f"| hold (state repeated) | {hold['action_l1']:.2f} | {hold['action_mse']:.1f} | {steps[0]:.2f} | "
+                 f"{steps[-1]:.2f} |" + " - |" * 7)
+    return "\n".join(lines)
+
+
+def plot_policy_chunks(path: Path, windows: PolicyWindows, chunks: dict[str, torch.Tensor], count: int = 4) -> Path:
+    """Predicted vs recorded chunks of `count` windows spread over the set, one panel per window and joint."""
+    from rla_wm.visualize import _pyplot
+
+    plt = _pyplot()
+    count = min(count, len(windows.current))
+    # Windows are in episode order: spread the picks so they are not four views of one stroke.
+    picks = np.linspace(0, len(windows.current) - 1, count).round().astype(int)
+    dims = windows.actions.shape[-1]
+    figure, axes = plt.subplots(count, dims, figsize=(3.2 * dims, 2.2 * count), squeeze=False)
+    steps = np.arange(windows.chunk_length + 1)  # step 0 is the measured state
+    for row, window in enumerate(picks):
+        state = windows.state[window].numpy()
+        for dim in range(dims):
+            axis = axes[row][dim]
+            truth = np.concatenate([[state[dim]], windows.actions[window, :, dim].numpy()])
+            axis.plot(steps, truth, "k-o", markersize=3, label="recorded")
+            for name, chunk in chunks.items():
+                axis.plot(steps, np.concatenate([[state[dim]], chunk[window, :, dim].numpy()]), "-x", markersize=3,
+                          label=name)
+            axis.grid(True, alpha=0.3)
+            if row == 0:
+                axis.set_title(f"joint {dim}")
+            if row == count - 1:
+                axis.set_xlabel("chunk step (0 = state)")
+    axes[0][0].legend(fontsize=7)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

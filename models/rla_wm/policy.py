@@ -1,32 +1,63 @@
-"""Visuomotor policy over patch features: (tokens, robot state) -> action chunk.
+"""World action model (WAM): a visuomotor policy over patch features with an action head and an RLA head.
 
-This is the network the policy node runs. The world action model (action head +
-RLA head, trained on labelled and action-free episodes) builds on it.
+    patch tokens s_t (B, N, C), merged ──┐
+    state token: the measured state, or  ├─ trunk ─┬─ RLA head:    K queries -> z_hat (s_t -> s_{t+H})
+    a learned "missing state" token ─────┘         ├─ action head: T queries -> increments -> chunk
+                                                   └─ state head:  state token's output -> state estimate
+
+- The RLA head predicts the frozen RLA autoencoder's z between the window's first frame
+  (t) and last frame (t + rla_horizon), in units of `latent_scale`. Its target needs no
+  actions, so it trains on action-free video too.
+- The action head predicts the chunk a_t .. a_{t+T-1} as bounded increments from an
+  anchor: at most `max_delta` per point, so a chunk starts where the robot is and moves
+  smoothly, then targets are clipped to the action range. With `action_reads_rla` the
+  action head's queries also attend to the predicted z ("decode RLAs into commands").
+- Where no state is measured (action-free video; a robot whose joint states are stale)
+  a learned token takes the state token's place, and the chunk is anchored on the state
+  head's estimate of the state from the image.
+
+`forward(tokens, state)` is what the policy node runs: absolute joint targets (B, T, A).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from rla_wm.checkpoint import Checkpointable
+from rla_wm.layers import Block
+from rla_wm.rla import check_features
 
-CHECKPOINT_KIND = "chunk_policy"
+CHECKPOINT_KIND = "world_action_model"
 
 
 @dataclass(frozen=True)
-class PolicyConfig:
+class WAMConfig:
     token_dim: int = 192
     num_tokens: int = 256
     state_dim: int = 2
     action_dim: int = 2
     chunk_length: int = 8
-    width: int = 128
+    # RLA head: z of the frozen autoencoder (latent_tokens x latent_dim) between frame t and
+    # t + rla_horizon, predicted as z / latent_scale (training measures the scale on the data).
+    latent_tokens: int = 8
+    latent_dim: int = 16
+    latent_scale: float = 1.0
+    rla_horizon: int = 8
+    action_reads_rla: bool = True
+    # s x s neighbouring patches are concatenated into one token: 4x fewer tokens for
+    # attention at s = 2, without averaging away where small things (the agent) are.
+    token_merge: int = 2
+    width: int = 96
+    depth: int = 3
+    head_depth: int = 1
     heads: int = 4
-    # Actions are target positions reached by increments of at most max_delta per
-    # point from the measured state, so every chunk starts where the robot is and
-    # moves smoothly; targets are then clipped to the physical range.
+    mlp_ratio: float = 2.0
+    # Actions are target positions reached by increments of at most max_delta per point
+    # from the anchor (the measured state); targets are then clipped to the action range.
     max_delta: tuple[float, ...] = (20.0, 20.0)
     action_low: tuple[float, ...] = (0.0, 0.0)
     action_high: tuple[float, ...] = (512.0, 512.0)
@@ -35,58 +66,236 @@ class PolicyConfig:
     encoder_id: str = "builtin:dinov2-tiny-random@224"
 
 
-class ChunkPolicy(Checkpointable, nn.Module):
-    """Attention-pools patch tokens with a state-conditioned query, then predicts a chunk."""
+@dataclass(frozen=True)
+class WAMLossWeights:
+    action: float = 1.0
+    rla: float = 1.0
+    # The state head only anchors chunks when no state is measured; a small weight keeps it
+    # from pulling the trunk away from the action and RLA objectives.
+    state: float = 0.5
+
+
+@dataclass
+class WAMOutput:
+    """Everything one pass predicts; `actions` are not clipped (the loss needs their gradient)."""
+
+    actions: torch.Tensor  # (B, T, A) absolute targets, anchor + cumulative increments
+    increments: torch.Tensor  # (B, T, A) in [-1, 1], units of max_delta
+    rla: torch.Tensor  # (B, K, D) predicted z / latent_scale
+    state: torch.Tensor  # (B, S) the state head's estimate, physical units
+    anchor: torch.Tensor  # (B, S) measured state where visible, else the estimate
+
+
+def _check_tuple(config: WAMConfig, name: str, length: int) -> None:
+    if len(getattr(config, name)) != length:
+        raise ValueError(f"{name} has {len(getattr(config, name))} entries, expected {length}")
+
+
+class WorldActionModel(Checkpointable, nn.Module):
+    """Visuomotor transformer with an action-chunk head, an RLA head and a state head."""
 
     checkpoint_kind = CHECKPOINT_KIND
-    config_type = PolicyConfig
+    config_type = WAMConfig
 
-    def __init__(self, config: PolicyConfig) -> None:
+    def __init__(self, config: WAMConfig) -> None:
         super().__init__()
-        if len(config.action_low) != config.action_dim or len(config.action_high) != config.action_dim:
-            raise ValueError("action_low/high must have action_dim entries")
-        if config.state_dim != config.action_dim or len(config.max_delta) != config.action_dim:
-            raise ValueError("actions are increments on the state: state_dim, action_dim and max_delta must agree")
-        if len(config.state_low) != config.state_dim or len(config.state_high) != config.state_dim:
-            raise ValueError("state_low/high must have state_dim entries")
+        if config.state_dim != config.action_dim:
+            raise ValueError("actions are increments on the state: state_dim and action_dim must agree")
+        for name, length in (("max_delta", config.action_dim), ("action_low", config.action_dim),
+                             ("action_high", config.action_dim), ("state_low", config.state_dim),
+                             ("state_high", config.state_dim)):
+            _check_tuple(config, name, length)
+        if min(config.chunk_length, config.rla_horizon, config.token_merge, config.depth, config.head_depth) < 1:
+            raise ValueError("chunk_length, rla_horizon, token_merge, depth and head_depth must be >= 1")
+        if not (math.isfinite(config.latent_scale) and config.latent_scale > 0):
+            raise ValueError(f"latent_scale must be positive, got {config.latent_scale}")
+        if any(d <= 0 for d in config.max_delta):
+            raise ValueError(f"max_delta must be positive, got {config.max_delta}")
+        grid = math.isqrt(config.num_tokens)
+        if config.token_merge > 1 and (grid * grid != config.num_tokens or grid % config.token_merge):
+            raise ValueError(f"token_merge {config.token_merge} needs a square grid whose side it divides; "
+                             f"num_tokens is {config.num_tokens}")
         self.config = config
-        self.token_proj = nn.Sequential(nn.LayerNorm(config.token_dim), nn.Linear(config.token_dim, config.width))
-        self.position = nn.Parameter(torch.zeros(1, config.num_tokens, config.width))
-        self.state_proj = nn.Linear(config.state_dim, config.width)
-        self.query = nn.Parameter(torch.randn(1, 1, config.width) * 0.02)
-        self.pool = nn.MultiheadAttention(config.width, config.heads, batch_first=True)
-        self.head = nn.Sequential(
-            nn.LayerNorm(2 * config.width),
-            nn.Linear(2 * config.width, config.width),
-            nn.GELU(),
-            nn.Linear(config.width, config.chunk_length * config.action_dim),
-        )
+        self.grid = grid
+        merged_tokens = config.num_tokens // config.token_merge**2
+        merged_dim = config.token_dim * config.token_merge**2
+        width = config.width
+        self.token_proj = nn.Sequential(nn.LayerNorm(merged_dim), nn.Linear(merged_dim, width))
+        self.token_position = nn.Parameter(torch.randn(1, merged_tokens, width) * 0.02)
+        self.state_proj = nn.Sequential(nn.Linear(config.state_dim, width), nn.GELU(), nn.Linear(width, width))
+        self.missing_state = nn.Parameter(torch.randn(1, width) * 0.02)
+        self.state_position = nn.Parameter(torch.randn(1, 1, width) * 0.02)
+        self.trunk = nn.ModuleList(Block(width, config.heads, config.mlp_ratio) for _ in range(config.depth))
+        self.trunk_norm = nn.LayerNorm(width)
+
+        self.rla_queries = nn.Parameter(torch.randn(1, config.latent_tokens, width) * 0.02)
+        self.rla_blocks = nn.ModuleList(Block(width, config.heads, config.mlp_ratio, cross_attention=True)
+                                        for _ in range(config.head_depth))
+        self.rla_out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, config.latent_dim))
+
+        self.action_queries = nn.Parameter(torch.randn(1, config.chunk_length, width) * 0.02)
+        self.action_blocks = nn.ModuleList(Block(width, config.heads, config.mlp_ratio, cross_attention=True)
+                                           for _ in range(config.head_depth))
+        self.action_out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, config.action_dim))
+        if config.action_reads_rla:
+            self.rla_in = nn.Linear(config.latent_dim, width)
+            self.rla_in_position = nn.Parameter(torch.randn(1, config.latent_tokens, width) * 0.02)
+
+        self.state_out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, config.state_dim))
+
         self.register_buffer("action_low", torch.tensor(config.action_low, dtype=torch.float32))
         self.register_buffer("action_high", torch.tensor(config.action_high, dtype=torch.float32))
         self.register_buffer("max_delta", torch.tensor(config.max_delta, dtype=torch.float32))
         self.register_buffer("state_low", torch.tensor(config.state_low, dtype=torch.float32))
         self.register_buffer("state_high", torch.tensor(config.state_high, dtype=torch.float32))
 
+    # -- normalisation
+
     def normalise_state(self, state: torch.Tensor) -> torch.Tensor:
         return 2 * (state - self.state_low) / (self.state_high - self.state_low) - 1
 
-    def forward_normalised(self, tokens: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        """(B, N, C) tokens, (B, S) state in physical units -> (B, T, A) increments in [-1, 1]."""
-        config = self.config
-        if tokens.ndim != 3 or tokens.shape[1:] != (config.num_tokens, config.token_dim):
-            raise ValueError(f"tokens {tuple(tokens.shape)} != (B, {config.num_tokens}, {config.token_dim})")
-        if state.ndim != 2 or state.shape != (tokens.shape[0], config.state_dim):
-            raise ValueError(f"state {tuple(state.shape)} != ({tokens.shape[0]}, {config.state_dim})")
-        keys = self.token_proj(tokens) + self.position
-        state_embedding = self.state_proj(self.normalise_state(state))
-        query = self.query + state_embedding.unsqueeze(1)
-        pooled, _ = self.pool(query, keys, keys, need_weights=False)
-        features = torch.cat([pooled.squeeze(1), state_embedding], dim=-1)
-        raw = self.head(features).view(-1, config.chunk_length, config.action_dim)
-        return torch.tanh(raw)
+    def denormalise_state(self, normalised: torch.Tensor) -> torch.Tensor:
+        return self.state_low + (normalised + 1) * (self.state_high - self.state_low) / 2
 
-    def forward(self, tokens: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        """Action chunk (B, T, A) in physical units."""
-        increments = self.forward_normalised(tokens, state) * self.max_delta
-        targets = state.unsqueeze(1) + torch.cumsum(increments, dim=1)
-        return torch.maximum(torch.minimum(targets, self.action_high), self.action_low)
+    # -- network
+
+    def _merge(self, tokens: torch.Tensor) -> torch.Tensor:
+        s = self.config.token_merge
+        if s == 1:
+            return tokens
+        batch, _, channels = tokens.shape
+        side = self.grid // s
+        # Row-major patch grid (h, w) -> (h/s, w/s) cells of s*s concatenated patches.
+        x = tokens.reshape(batch, side, s, side, s, channels).permute(0, 1, 3, 2, 4, 5)
+        return x.reshape(batch, side * side, s * s * channels)
+
+    def _check_inputs(self, tokens: torch.Tensor, state: torch.Tensor | None,
+                      state_visible: torch.Tensor | None) -> torch.Tensor:
+        """Validate; returns the (B,) bool mask of samples whose state token is the measured state."""
+        check_features(tokens, self.config, "tokens")
+        batch = tokens.shape[0]
+        if state is None:
+            if state_visible is not None and bool(state_visible.any()):
+                raise ValueError("state_visible marks samples with a state, but no state was given")
+            return torch.zeros(batch, dtype=torch.bool, device=tokens.device)
+        if state.ndim != 2 or tuple(state.shape) != (batch, self.config.state_dim):
+            raise ValueError(f"state {tuple(state.shape)} != ({batch}, {self.config.state_dim})")
+        if state_visible is None:
+            state_visible = torch.ones(batch, dtype=torch.bool, device=tokens.device)
+        elif state_visible.shape != (batch,):
+            raise ValueError(f"state_visible {tuple(state_visible.shape)} != ({batch},)")
+        state_visible = state_visible.bool()
+        if not torch.isfinite(state[state_visible]).all():
+            raise ValueError("state contains NaN or inf; pass state=None (or state_visible=False) when "
+                             "the state is unknown")
+        return state_visible
+
+    def predict(self, tokens: torch.Tensor, state: torch.Tensor | None = None,
+                state_visible: torch.Tensor | None = None) -> WAMOutput:
+        """All heads. `state` None, or `state_visible` False for a sample, uses the missing-state token."""
+        visible = self._check_inputs(tokens, state, state_visible)
+        config = self.config
+        batch = tokens.shape[0]
+        patches = self.token_proj(self._merge(tokens)) + self.token_position
+        if state is None:
+            state_token = self.missing_state.expand(batch, -1)
+        else:
+            # Unknown states are zeroed before the projection: a NaN there would poison
+            # the weight gradient even where torch.where discards the value.
+            safe_state = torch.where(visible[:, None], state, torch.zeros_like(state))
+            measured = self.state_proj(self.normalise_state(safe_state))
+            state_token = torch.where(visible[:, None], measured, self.missing_state.expand(batch, -1))
+        x = torch.cat([state_token[:, None] + self.state_position, patches], dim=1)
+        for block in self.trunk:
+            x = block(x)
+        context = self.trunk_norm(x)
+
+        rla = self.rla_queries.expand(batch, -1, -1)
+        for block in self.rla_blocks:
+            rla = block(rla, context=context)
+        rla = self.rla_out(rla)
+
+        action_context = context
+        if config.action_reads_rla:
+            action_context = torch.cat([context, self.rla_in(rla) + self.rla_in_position], dim=1)
+        queries = self.action_queries.expand(batch, -1, -1)
+        for block in self.action_blocks:
+            queries = block(queries, context=action_context)
+        increments = torch.tanh(self.action_out(queries))
+
+        estimated_state = self.denormalise_state(self.state_out(context[:, 0]))
+        anchor = estimated_state if state is None else torch.where(visible[:, None], state, estimated_state)
+        actions = anchor[:, None] + torch.cumsum(increments * self.max_delta, dim=1)
+        return WAMOutput(actions=actions, increments=increments, rla=rla, state=estimated_state, anchor=anchor)
+
+    def clip_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        return torch.maximum(torch.minimum(actions, self.action_high), self.action_low)
+
+    def forward(self, tokens: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
+        """Action chunk (B, T, A) of absolute targets; `state` None when no state is measured."""
+        return self.clip_actions(self.predict(tokens, state).actions)
+
+    def predict_rla(self, tokens: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
+        """Predicted z (B, K, D) between s_t and s_{t + rla_horizon}, in the autoencoder's units."""
+        return self.predict(tokens, state).rla * self.config.latent_scale
+
+    # -- training
+
+    def loss(self, tokens: torch.Tensor, z: torch.Tensor, state: torch.Tensor, actions: torch.Tensor,
+             labelled: torch.Tensor, state_visible: torch.Tensor,
+             weights: WAMLossWeights = WAMLossWeights()) -> tuple[torch.Tensor, dict[str, float]]:
+        """Masked multi-task loss over a batch that mixes labelled and action-free windows.
+
+        tokens (B, N, C): s_t.  z (B, K, D): the frozen autoencoder's z(s_t, s_{t+H}).
+        state (B, S), actions (B, T, A): zeros (ignored) where `labelled` is False.
+        labelled (B,): the window has actions and a state -> action and state losses.
+        state_visible (B,): the state token gets the measured state (else the missing token).
+        The RLA loss uses every window. Action and state terms are averaged over the
+        labelled windows only and multiplied by the mask, so action-free windows send no
+        gradient through them (their placeholder targets never matter).
+        """
+        config = self.config
+        expected_z = (tokens.shape[0], config.latent_tokens, config.latent_dim)
+        if tuple(z.shape) != expected_z:
+            raise ValueError(f"z {tuple(z.shape)} != {expected_z}")
+        if tuple(actions.shape) != (tokens.shape[0], config.chunk_length, config.action_dim):
+            raise ValueError(f"actions {tuple(actions.shape)} != ({tokens.shape[0]}, {config.chunk_length}, "
+                             f"{config.action_dim})")
+        labelled = labelled.bool()
+        if not torch.isfinite(z).all():
+            raise ValueError("z targets contain NaN or inf")
+        if not (torch.isfinite(actions[labelled]).all() and torch.isfinite(state[labelled]).all()):
+            raise ValueError("labelled windows have NaN or inf actions or states")
+        state_visible = state_visible.bool() & labelled
+        output = self.predict(tokens, state, state_visible)
+        mask = labelled.float()
+        count = mask.sum().clamp_min(1.0)
+
+        target_z = z / config.latent_scale
+        rla_error = output.rla - target_z
+        rla_loss = rla_error.pow(2).mean() + rla_error.abs().mean()
+
+        # Masked targets are replaced by the prediction itself (detached), so whatever the
+        # placeholders hold, an action-free window's error is exactly zero.
+        keep = labelled[:, None, None]
+        action_target = torch.where(keep, actions, output.actions.detach())
+        action_error = (output.actions - action_target) / self.max_delta
+        per_window = action_error.pow(2).mean(dim=(1, 2)) + action_error.abs().mean(dim=(1, 2))
+        action_loss = (per_window * mask).sum() / count
+
+        state_target = torch.where(labelled[:, None], state, output.state.detach())
+        state_error = self.normalise_state(output.state) - self.normalise_state(state_target)
+        state_loss = (state_error.pow(2).mean(dim=1) * mask).sum() / count
+
+        total = weights.action * action_loss + weights.rla * rla_loss + weights.state * state_loss
+        with torch.no_grad():
+            pixel_error = (output.actions - action_target).abs().mean(dim=(1, 2))
+            cosine = F.cosine_similarity(output.rla.flatten(1), target_z.flatten(1), dim=1).mean()
+        return total, {
+            "action_loss": float(action_loss.detach()), "rla_loss": float(rla_loss.detach()),
+            "state_loss": float(state_loss.detach()),
+            "action_l1": float((pixel_error * mask).sum() / count), "rla_cosine": float(cosine),
+            "labelled_fraction": float(mask.mean()),
+        }
+
+

@@ -1,6 +1,6 @@
-"""Training of the RLA autoencoder, RLA-WM and the regression baseline on cached features.
+"""Training of the RLA autoencoder, RLA-WM, the regression baseline and the world action model.
 
-One loop for all three, run through Hugging Face accelerate: the same command
+One loop for all of them, run through Hugging Face accelerate: the same command
 trains on this CPU or, under `accelerate launch` / `torchrun`, with DDP on
 several GPUs. Each run writes <out>/checkpoint (safetensors + config),
 <out>/metrics.jsonl and <out>/loss.png.
@@ -12,17 +12,24 @@ import itertools
 import json
 import math
 import time
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
+from rla_wm.assets import resolve_model_path
 from rla_wm.baselines import RegressionConfig, RegressionPredictor
 from rla_wm.data import ChunkDataset, FeatureCache, FramePairDataset, split_episodes
-from rla_wm.experiment import Experiment, TrainConfig, build_dataclass
+from rla_wm.experiment import ConfigError, Experiment, TrainConfig, build_dataclass
 from rla_wm.features import EncoderConfig, FeatureEncoder
+from rla_wm.policy import WAMConfig, WAMLossWeights, WorldActionModel
+from rla_wm.policy_data import (MixedBatchSampler, MixedWindows, PolicyWindowDataset, checkpoint_digest,
+                                policy_statistics, rla_targets)
 from rla_wm.rla import RLAAutoencoder, RLAConfig
 from rla_wm.visualize import plot_loss_curves
 from rla_wm.world_model import RLAWorldModel, WorldModelConfig
@@ -61,14 +68,22 @@ def action_range(cache: FeatureCache, episodes: list[int]) -> dict[str, tuple[fl
 
 
 def fit(model: torch.nn.Module, dataset: Dataset, loss_fn: LossFn, config: TrainConfig, out: Path,
-        name: str) -> list[dict]:
-    """AdamW with linear warm-up and cosine decay, gradient clipping, logging; returns the metric log."""
+        name: str, batch_sampler: Sampler[list[int]] | None = None) -> list[dict]:
+    """AdamW with linear warm-up and cosine decay, gradient clipping, logging; returns the metric log.
+
+    `batch_sampler` replaces the shuffled batches of `config.batch_size`, e.g. to fix the
+    mix of labelled and action-free samples in every batch.
+    """
     from accelerate import Accelerator
 
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
     torch.manual_seed(config.seed)
-    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=len(dataset) > config.batch_size,
-                        num_workers=config.num_workers, generator=torch.Generator().manual_seed(config.seed))
+    if batch_sampler is not None:
+        loader = DataLoader(dataset, batch_sampler=batch_sampler, num_workers=config.num_workers)
+    else:
+        loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True,
+                            drop_last=len(dataset) > config.batch_size, num_workers=config.num_workers,
+                            generator=torch.Generator().manual_seed(config.seed))
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
                                   weight_decay=config.weight_decay)
 
@@ -215,3 +230,117 @@ def train_regression(experiment: Experiment, out: Path) -> Path:
 
 def vars_of(config: TrainConfig) -> dict:
     return dataclasses.asdict(config)
+
+
+# --------------------------------------------------------------------------- world action model (policy)
+
+
+@dataclass(frozen=True)
+class PolicyTrainingConfig:
+    """The `policy_training:` section: which windows train the policy and how the losses weigh."""
+
+    # Share of labelled windows in every batch; the rest are action-free (the paper: half).
+    labelled_fraction: float = 0.5
+    # False: behaviour cloning on the labelled dataset alone (the baseline to beat).
+    use_action_free: bool = True
+    # Train on this many labelled episodes only (0 = all of the training split): the paper's
+    # regime of few labelled episodes beside much more video. A seeded pick, so runs compare.
+    max_labelled_episodes: int = 0
+    # Share of labelled windows whose state is hidden behind the missing-state token, so
+    # the policy also acts (anchored on its own state estimate) when no state is measured.
+    state_dropout: float = 0.1
+    action_weight: float = 1.0
+    rla_weight: float = 1.0
+    state_weight: float = 0.5
+
+
+def policy_settings(experiment: Experiment, overrides: Sequence[str] = ()
+                    ) -> tuple[dict, PolicyTrainingConfig, TrainConfig]:
+    """The `policy`, `policy_training` and `train.policy` sections, with KEY=VALUE overrides.
+
+    Overrides name a section and a field, e.g. `policy.action_reads_rla=false`,
+    `policy_training.use_action_free=false`, `train.policy.steps=100`; values are YAML.
+    """
+    import yaml
+
+    raw = yaml.safe_load(experiment.path.read_text()) or {}
+    sections = {"policy": dict(raw.get("policy") or {}),
+                "policy_training": dict(raw.get("policy_training") or {}),
+                "train.policy": dict((raw.get("train") or {}).get("policy") or {})}
+    for item in overrides:
+        key, separator, value = item.partition("=")
+        section, _, field = key.strip().rpartition(".")
+        if not separator or section not in sections or not field:
+            raise ConfigError(f"override {item!r}: expected SECTION.FIELD=VALUE with SECTION one of {list(sections)}")
+        sections[section][field] = yaml.safe_load(value)
+    training = build_dataclass(PolicyTrainingConfig, sections["policy_training"], "policy_training")
+    if not 0.0 < training.labelled_fraction <= 1.0:
+        raise ConfigError(f"policy_training.labelled_fraction must be in (0, 1], got {training.labelled_fraction}")
+    if training.max_labelled_episodes < 0:
+        raise ConfigError(f"policy_training.max_labelled_episodes must be >= 0, got {training.max_labelled_episodes}")
+    if not 0.0 <= training.state_dropout < 1.0:
+        raise ConfigError(f"policy_training.state_dropout must be in [0, 1), got {training.state_dropout}")
+    return sections["policy"], training, build_dataclass(TrainConfig, sections["train.policy"], "train.policy")
+
+
+def load_frozen_autoencoder(rla_checkpoint: str | Path, encoder_id: str) -> tuple[RLAAutoencoder, dict]:
+    """The RLA autoencoder whose z the policy learns to predict; refuses one of another feature space."""
+    autoencoder, meta = RLAAutoencoder.load(rla_checkpoint)
+    autoencoder.requires_grad_(False)
+    if autoencoder.config.encoder_id != encoder_id:
+        raise ValueError(f"autoencoder was trained on {autoencoder.config.encoder_id!r}, the data is {encoder_id!r}")
+    return autoencoder, meta
+
+
+def train_policy(experiment: Experiment, rla_checkpoint: str | Path, out: Path, overrides: Sequence[str] = ()
+                 ) -> Path:
+    """Train the world action model on labelled windows (action + RLA + state losses) mixed with
+    action-free windows (RLA loss only), the RLA autoencoder frozen as the target's encoder."""
+    model_values, training, config = policy_settings(experiment, overrides)
+    caches = open_caches(experiment, include_action_free=training.use_action_free)
+    cache = caches[0]
+    if training.use_action_free and len(caches) == 1:
+        warnings.warn("policy_training.use_action_free is set but data.action_free lists no dataset", stacklevel=2)
+    autoencoder, rla_meta = load_frozen_autoencoder(rla_checkpoint, cache.encoder_id)
+    chunk_length = int(model_values.get("chunk_length", WAMConfig.chunk_length))
+    rla_horizon = int(model_values.get("rla_horizon", WAMConfig.rla_horizon))
+    gaps = rla_meta.get("train", {})
+    if not gaps.get("min_gap", rla_horizon) <= rla_horizon <= gaps.get("max_gap", rla_horizon):
+        warnings.warn(f"policy.rla_horizon {rla_horizon} is outside the gaps [{gaps['min_gap']}, "
+                      f"{gaps['max_gap']}] the autoencoder was trained on; its z may be meaningless", stacklevel=2)
+    digest = checkpoint_digest(rla_checkpoint)
+    targets = [rla_targets(c, autoencoder, digest, rla_horizon) for c in caches]
+    episodes = train_split(experiment, cache)[0]
+    if 0 < training.max_labelled_episodes < len(episodes):
+        order = np.random.default_rng(experiment.split_seed).permutation(len(episodes))
+        episodes = sorted(episodes[i] for i in order[: training.max_labelled_episodes])
+    labelled = PolicyWindowDataset(cache, episodes, chunk_length, rla_horizon, labelled=True, targets=targets[0])
+    action_free = [PolicyWindowDataset(c, c.episodes, chunk_length, rla_horizon, labelled=False, targets=t)
+                   for c, t in zip(caches[1:], targets[1:])]
+    dataset = MixedWindows(labelled, action_free)
+    latent_scale = std_over_samples(dataset, lambda batch: batch[1].float())
+    wam_config = build_dataclass(WAMConfig, {
+        **model_values, **feature_shape(cache), **policy_statistics(cache, episodes),
+        "state_dim": dataset.state_dim, "action_dim": dataset.action_dim,
+        "latent_tokens": autoencoder.config.latent_tokens, "latent_dim": autoencoder.config.latent_dim,
+        "latent_scale": latent_scale,
+    }, "policy")
+    model = WorldActionModel(wam_config)
+    sampler = MixedBatchSampler(dataset.labelled_count, dataset.action_free_count, config.batch_size,
+                                training.labelled_fraction, seed=config.seed)
+    weights = WAMLossWeights(action=training.action_weight, rla=training.rla_weight, state=training.state_weight)
+
+    def loss_fn(model: torch.nn.Module, batch: tuple) -> tuple[torch.Tensor, dict[str, float]]:
+        current, z, state, actions, is_labelled = batch
+        # Drawn from torch's generator, which fit seeds: the same windows lose their state on a rerun.
+        visible = is_labelled & (torch.rand(is_labelled.shape, device=is_labelled.device) >= training.state_dropout)
+        return _unwrap(model).loss(current.float(), z.float(), state.float(), actions.float(), is_labelled, visible,
+                                   weights)
+
+    log = fit(model, dataset, loss_fn, config, out, "policy", batch_sampler=sampler)
+    return _unwrap(model).save(out / "checkpoint", extra={
+        "final": log[-1], "train": vars_of(config), "policy_training": dataclasses.asdict(training),
+        "rla_checkpoint": resolve_model_path(str(rla_checkpoint)), "rla_digest": digest,
+        "data": {"labelled_windows": dataset.labelled_count, "action_free_windows": dataset.action_free_count,
+                 "train_episodes": episodes, "labelled_per_batch": sampler.labelled_per_batch},
+    })

@@ -1,57 +1,228 @@
-"""Chunk policy: shapes, chunks start at the state and stay bounded, checkpoint round trip and errors."""
+"""World action model: chunk bounds, missing-state token, masked losses, overfitting, checkpoints, errors."""
 import json
 
 import pytest
 import torch
 
 from rla_wm.checkpoint import CheckpointError
-from rla_wm.policy import ChunkPolicy, PolicyConfig
+from rla_wm.policy import WAMConfig, WAMLossWeights, WorldActionModel
 
-CONFIG = PolicyConfig(token_dim=16, num_tokens=9, width=32, heads=2, chunk_length=5)
+# 4x4 patch grid of width 16, merged 2x2 -> 4 tokens: tiny and fast on 2 CPU cores.
+CONFIG = WAMConfig(token_dim=16, num_tokens=16, width=32, depth=1, head_depth=1, heads=2, mlp_ratio=2.0,
+                   chunk_length=5, latent_tokens=2, latent_dim=4, max_delta=(10.0, 10.0))
+STATE_RANGE = 512.0
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one thread is faster than two fighting over a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_batch(batch: int, seed: int = 0, config: WAMConfig = CONFIG):
+    """Random tokens, z and states; actions reachable from the state (steps within 0.8 max_delta)."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randn(batch, config.num_tokens, config.token_dim, generator=g)
+    z = torch.randn(batch, config.latent_tokens, config.latent_dim, generator=g)
+    state = 50 + torch.rand(batch, config.state_dim, generator=g) * 400
+    steps = (torch.rand(batch, config.chunk_length, config.action_dim, generator=g) * 1.6 - 0.8) * 10.0
+    actions = state[:, None] + torch.cumsum(steps, dim=1)
+    return tokens, z, state, actions
 
 
 def test_chunk_shape_and_increment_bound():
     torch.manual_seed(0)
-    policy = ChunkPolicy(CONFIG).eval()
+    policy = WorldActionModel(CONFIG).eval()
     state = torch.tensor([[100.0, 200.0], [5.0, 500.0]])
-    chunk = policy(torch.randn(2, 9, 16), state)
+    chunk = policy(torch.randn(2, 16, 16), state)
     assert chunk.shape == (2, 5, 2)
     steps = torch.diff(torch.cat([state[:, None], chunk], dim=1), dim=1).abs()
     assert (steps <= torch.tensor(CONFIG.max_delta) + 1e-4).all()
     assert (chunk >= 0).all() and (chunk <= 512).all()
+    assert policy.predict_rla(torch.randn(2, 16, 16), state).shape == (2, 2, 4)
 
 
-def test_wrong_shapes_raise():
-    policy = ChunkPolicy(CONFIG)
+def test_node_facing_names_are_the_world_action_model():
+    # The policy node builds `WorldActionModel(WAMConfig())` and reads action_dim / encoder_id.
+    policy = WorldActionModel(WAMConfig()).eval()
+    assert policy.config.action_dim == 2 and policy.config.encoder_id.endswith("@224")
+    chunk = policy(torch.randn(1, 256, 192), torch.tensor([[250.0, 260.0]]))
+    assert chunk.shape == (1, WAMConfig().chunk_length, 2)
+
+
+def test_missing_state_token_stands_in_for_an_absent_state():
+    torch.manual_seed(0)
+    policy = WorldActionModel(CONFIG).eval()
+    tokens, _, state, _ = make_batch(3)
+
+    # Without a state the learned token is used (gradient reaches it) and the state projection is not.
+    policy.zero_grad()
+    policy.predict(tokens, None).actions.sum().backward()
+    assert policy.missing_state.grad.abs().sum() > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in policy.state_proj.parameters())
+
+    # With a state the token is not used at all.
+    policy.zero_grad()
+    policy.predict(tokens, state).actions.sum().backward()
+    assert policy.missing_state.grad is None or policy.missing_state.grad.abs().sum() == 0
+
+    # Changing the token changes state-free predictions only.
+    with torch.no_grad():
+        blind, seen = policy(tokens, None), policy(tokens, state)
+        policy.missing_state.add_(1.0)
+        assert not torch.allclose(policy(tokens, None), blind)
+        torch.testing.assert_close(policy(tokens, state), seen)
+
+    # Per sample: a hidden state gives exactly the state-free prediction, whatever the row holds.
+    visible = torch.tensor([True, False, True])
+    garbage = state.clone()
+    garbage[1] = float("nan")
+    with torch.no_grad():
+        mixed = policy.predict(tokens, garbage, visible)
+        alone = policy.predict(tokens[1:2], None)
+    torch.testing.assert_close(mixed.actions[1:2], alone.actions)
+    torch.testing.assert_close(mixed.rla[1:2], alone.rla)
+    # Without a state the chunk is anchored on the state head's estimate.
+    torch.testing.assert_close(mixed.anchor[1], mixed.state[1])
+    torch.testing.assert_close(mixed.anchor[0], state[0])
+
+
+def test_action_free_windows_send_no_action_gradient():
+    torch.manual_seed(0)
+    policy = WorldActionModel(CONFIG)
+    tokens, z, state, actions = make_batch(6)
+    labelled = torch.tensor([True, False, True, False, True, False])
+    action_only = WAMLossWeights(action=1.0, rla=0.0, state=0.0)
+
+    def gradients(tokens, state, actions, labelled, weights=action_only):
+        policy.zero_grad()
+        tokens = tokens.clone().requires_grad_(True)
+        loss, _ = policy.loss(tokens, z[: len(tokens)], state, actions, labelled, labelled, weights)
+        loss.backward()
+        return loss.detach(), tokens.grad, {n: p.grad.clone() for n, p in policy.named_parameters()
+                                            if p.grad is not None}
+
+    loss, token_grad, grads = gradients(tokens, state, actions, labelled)
+    assert loss > 0
+    # Action-free windows' inputs get no gradient from the action loss...
+    assert token_grad[~labelled].abs().max() == 0
+    assert token_grad[labelled].abs().max() > 0
+    # ...and their placeholder labels do not matter, even absurd ones.
+    wild_actions, wild_state = actions.clone(), state.clone()
+    wild_actions[~labelled] = 1e6
+    wild_state[~labelled] = -1e6
+    loss_wild, _, grads_wild = gradients(tokens, wild_state, wild_actions, labelled)
+    torch.testing.assert_close(loss_wild, loss)
+    for name in grads:
+        torch.testing.assert_close(grads_wild[name], grads[name])
+    # A batch of action-free windows only: no action gradient at all, but the RLA loss still trains.
+    none = torch.zeros(6, dtype=torch.bool)
+    loss_free, _, grads_free = gradients(tokens, state, actions, none)
+    assert loss_free == 0 and all(g.abs().max() == 0 for g in grads_free.values())
+    loss_rla, _, grads_rla = gradients(tokens, state, actions, none, WAMLossWeights())
+    assert loss_rla > 0 and grads_rla["rla_queries"].abs().max() > 0
+    assert grads_rla["action_queries"].abs().max() == 0  # the action head learns from labels only
+
+
+@pytest.mark.parametrize("action_reads_rla", [True, False])
+def test_overfits_a_tiny_dataset(action_reads_rla, one_thread):
+    torch.manual_seed(0)
+    config = WAMConfig(**{**CONFIG.__dict__, "action_reads_rla": action_reads_rla, "width": 48})
+    policy = WorldActionModel(config)
+    assert hasattr(policy, "rla_in") == action_reads_rla
+    tokens, z, state, actions = make_batch(8, seed=1, config=config)
+    labelled = torch.tensor([True] * 6 + [False] * 2)
+    steps = 300
+    optimiser = torch.optim.Adam(policy.parameters(), lr=3e-3)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=3e-3, total_steps=steps, pct_start=0.1)
+    losses = []
+    for _ in range(steps):
+        loss, metrics = policy.loss(tokens, z, state, actions, labelled, labelled)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.05 * losses[0]
+    policy.eval()
+    with torch.no_grad():
+        chunk = policy(tokens[labelled], state[labelled])
+        rla = policy.predict(tokens, state).rla
+    # The recorded chunks, next to holding still (what an untrained policy does): a tenth of its
+    # error on average, nowhere half its worst. And z of every window, the action-free ones too.
+    error = (chunk - actions[labelled]).abs()
+    hold_error = (state[labelled, None] - actions[labelled]).abs()
+    assert error.mean() < 0.1 * hold_error.mean() and error.max() < 0.5 * hold_error.max()
+    assert torch.nn.functional.cosine_similarity(rla.flatten(1), z.flatten(1)).min() > 0.9
+    assert metrics["labelled_fraction"] == pytest.approx(0.75)
+
+
+def test_action_head_reads_the_predicted_rla_only_when_configured():
+    torch.manual_seed(0)
+    tokens, _, state, _ = make_batch(2)
+    for reads in (True, False):
+        policy = WorldActionModel(WAMConfig(**{**CONFIG.__dict__, "action_reads_rla": reads})).eval()
+        # Perturb the RLA head's output layer: the chunk changes only if the action head reads z.
+        with torch.no_grad():
+            before = policy(tokens, state)
+            policy.rla_out[1].bias.add_(3.0)
+            changed = not torch.allclose(policy(tokens, state), before)
+        assert changed == reads
+
+
+def test_wrong_inputs_raise():
+    policy = WorldActionModel(CONFIG)
     with pytest.raises(ValueError, match="tokens"):
         policy(torch.randn(1, 10, 16), torch.zeros(1, 2))
+    with pytest.raises(ValueError, match="NaN"):
+        policy(torch.full((1, 16, 16), float("nan")), torch.zeros(1, 2))
     with pytest.raises(ValueError, match="state"):
-        policy(torch.randn(1, 9, 16), torch.zeros(1, 3))
+        policy(torch.randn(1, 16, 16), torch.zeros(1, 3))
+    with pytest.raises(ValueError, match="state=None"):
+        policy(torch.randn(1, 16, 16), torch.tensor([[float("nan"), 1.0]]))
+    tokens, z, state, actions = make_batch(2)
+    with pytest.raises(ValueError, match="z"):
+        policy.loss(tokens, z[:, :1], state, actions, torch.ones(2, dtype=torch.bool), torch.ones(2, dtype=torch.bool))
+    actions[0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="labelled windows"):
+        policy.loss(tokens, z, state, actions, torch.ones(2, dtype=torch.bool), torch.ones(2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="token_merge"):
+        WorldActionModel(WAMConfig(**{**CONFIG.__dict__, "token_merge": 3}))
+    with pytest.raises(ValueError, match="max_delta"):
+        WorldActionModel(WAMConfig(**{**CONFIG.__dict__, "max_delta": (1.0,)}))
 
 
 def test_checkpoint_round_trip(tmp_path):
-    policy = ChunkPolicy(CONFIG).eval()
-    policy.save(tmp_path / "ckpt")
-    loaded, meta = ChunkPolicy.load(tmp_path / "ckpt")
-    tokens, state = torch.randn(1, 9, 16), torch.tensor([[10.0, 20.0]])
+    torch.manual_seed(0)
+    policy = WorldActionModel(WAMConfig(**{**CONFIG.__dict__, "latent_scale": 2.5,
+                                           "state_low": (10.0, 20.0), "state_high": (400.0, 410.0)})).eval()
+    policy.save(tmp_path / "ckpt", extra={"rla_checkpoint": "somewhere"})
+    loaded, meta = WorldActionModel.load(tmp_path / "ckpt")
+    tokens, state = torch.randn(2, 16, 16), torch.tensor([[10.0, 20.0], [300.0, 100.0]])
     torch.testing.assert_close(loaded(tokens, state), policy(tokens, state))
-    assert meta["kind"] == "chunk_policy"
+    torch.testing.assert_close(loaded(tokens, None), policy(tokens, None))
+    torch.testing.assert_close(loaded.predict_rla(tokens, state), policy.predict_rla(tokens, state))
+    assert meta["kind"] == "world_action_model" and meta["rla_checkpoint"] == "somewhere"
+    assert loaded.config == policy.config
 
 
 def test_missing_corrupt_and_mismatched_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match="not a checkpoint"):
-        ChunkPolicy.load(tmp_path / "nothing")
-    ChunkPolicy(CONFIG).save(tmp_path / "ok")
+        WorldActionModel.load(tmp_path / "nothing")
+    WorldActionModel(CONFIG).save(tmp_path / "ok")
     (tmp_path / "ok" / "model.safetensors").write_bytes(b"\x00garbage")
     with pytest.raises(CheckpointError, match="unreadable"):
-        ChunkPolicy.load(tmp_path / "ok")
-    ChunkPolicy(CONFIG).save(tmp_path / "mismatch")
+        WorldActionModel.load(tmp_path / "ok")
+    WorldActionModel(CONFIG).save(tmp_path / "mismatch")
     meta = json.loads((tmp_path / "mismatch" / "config.json").read_text())
     meta["config"]["width"] = 64
     (tmp_path / "mismatch" / "config.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="do not fit"):
-        ChunkPolicy.load(tmp_path / "mismatch")
-    meta["kind"] = "rla_autoencoder"
+        WorldActionModel.load(tmp_path / "mismatch")
+    meta["kind"] = "chunk_policy"  # a checkpoint of the earlier, head-less policy
     (tmp_path / "mismatch" / "config.json").write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match="expected 'chunk_policy'"):
-        ChunkPolicy.load(tmp_path / "mismatch")
+    with pytest.raises(CheckpointError, match="expected 'world_action_model'"):
+        WorldActionModel.load(tmp_path / "mismatch")

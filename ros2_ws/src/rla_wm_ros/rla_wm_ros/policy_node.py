@@ -19,7 +19,7 @@ from sensor_msgs.msg import JointState
 from trajectory_msgs.msg import JointTrajectory
 
 from rla_wm.control.chunking import ChunkScheduler
-from rla_wm.policy import ChunkPolicy, PolicyConfig
+from rla_wm.policy import WAMConfig, WorldActionModel
 from rla_wm_msgs.msg import FeatureMap
 from rla_wm_ros.conversions import Chunk, MessageShapeError, chunk_to_msg, msg_to_features, stamp_to_seconds
 from rla_wm_ros.params import declare
@@ -52,12 +52,12 @@ class PolicyNode(Node):
             torch.set_num_threads(threads)
         self.device = torch.device(device)
         if checkpoint != UNTRAINED:
-            self.policy, _ = ChunkPolicy.load(checkpoint)
+            self.policy, _ = WorldActionModel.load(checkpoint)
             self.get_logger().info(f"policy loaded from {checkpoint}")
         else:
             torch.manual_seed(seed)
-            self.policy = ChunkPolicy(PolicyConfig()).eval()
-            self.get_logger().warn(f"no checkpoint given: running an UNTRAINED policy (seed {seed}); "
+            self.policy = WorldActionModel(WAMConfig()).eval()
+            self.get_logger().warning(f"no checkpoint given: running an UNTRAINED policy (seed {seed}); "
                                    "its commands are arbitrary but still pass the safety gate")
         self.policy.to(self.device)
         if len(self.joint_names) != self.policy.config.action_dim:
@@ -104,7 +104,7 @@ class PolicyNode(Node):
                                     f"{config.encoder_id!r}: not acting", throttle_duration_sec=5.0)
             return
         if self.latest_state is None or time.monotonic() - self.latest_state[0] > self.state_timeout:
-            self.get_logger().warn("no fresh joint state: not acting", throttle_duration_sec=5.0)
+            self.get_logger().warning("no fresh joint state: not acting", throttle_duration_sec=5.0)
             return
         try:
             tokens = msg_to_features(msg)
@@ -125,7 +125,7 @@ class PolicyNode(Node):
         times = stamp + self.point_period * np.arange(1, len(actions) + 1)
         scheduled = self.scheduler.schedule(times, actions, now=self.get_clock().now().nanoseconds * 1e-9)
         if scheduled is None:
-            self.get_logger().warn("chunk arrived too late: every point is in the past")
+            self.get_logger().warning("chunk arrived too late: every point is in the past")
             return
         chunk = Chunk(tuple(self.joint_names), scheduled.positions, scheduled.times - stamp, msg.header.stamp)
         self.trajectory_pub.publish(chunk_to_msg(chunk))

@@ -297,5 +297,3 @@ class WorldActionModel(Checkpointable, nn.Module):
             "action_l1": float((pixel_error * mask).sum() / count), "rla_cosine": float(cosine),
             "labelled_fraction": float(mask.mean()),
         }
-
-

@@ -6,6 +6,7 @@ import itertools
 import os
 import random
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -72,6 +73,30 @@ def ros_node(ros_domain):
     node.destroy_node()
     context.try_shutdown()
     thread.join(timeout=5)
+
+
+class Inbox:
+    """Thread-safe list of received messages (a subscription callback)."""
+
+    def __init__(self) -> None:
+        self.items: list = []
+        self.lock = threading.Lock()
+
+    def __call__(self, msg) -> None:
+        with self.lock:
+            self.items.append(msg)
+
+    def snapshot(self) -> list:
+        with self.lock:
+            return list(self.items)
+
+    def last(self):
+        with self.lock:
+            return self.items[-1] if self.items else None
+
+    def clear(self) -> None:
+        with self.lock:
+            self.items.clear()
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str, graph=None) -> None:

@@ -1,4 +1,4 @@
-"""End to end: the sim_policy launch graph runs short closed-loop episodes."""
+"""End to end: each sim launch file's graph (policy, planner, sim clock) runs short closed-loop episodes."""
 from pathlib import Path
 
 import numpy as np
@@ -12,23 +12,30 @@ from rla_wm_ros.launch_xml import LaunchedGraph, parse_launch_file
 pytestmark = pytest.mark.timeout(240)
 
 
-def test_sim_policy_graph_runs_closed_loop_episodes(ros_domain, tmp_path):
-    launch_file = Path(get_package_share_directory("rla_wm_ros")) / "launch" / "sim_policy.launch.xml"
-    description = parse_launch_file(launch_file, overrides={"max_episode_steps": "20", "seed": "5"})
+def run_launch_file(name: str, overrides: dict[str, str], ros_domain: int, tmp_path: Path, episodes: int,
+                    model_topic: str = "/policy/joint_trajectory", startup: float = 120.0, timeout: float = 60.0):
+    """Start a launch file's graph, run closed-loop episodes, return (results, stage latencies)."""
+    launch_file = Path(get_package_share_directory("rla_wm_ros")) / "launch" / name
+    description = parse_launch_file(launch_file, overrides=overrides)
     with LaunchedGraph() as graph:
         graph.start(description, env={"ROS_DOMAIN_ID": str(ros_domain)}, log_dir=tmp_path / "logs")
         rclpy.init(domain_id=ros_domain)
-        runner = ClosedLoopRunner(description.args["command_topic"])
+        runner = ClosedLoopRunner(description.args["command_topic"], model_topic=model_topic)
         try:
-            runner.wait_until_flowing(120.0, alive=lambda: all(graph.alive().values()))
-            results = [runner.run_episode(timeout=60.0) for _ in range(2)]
+            runner.wait_until_flowing(startup, alive=lambda: all(graph.alive().values()))
+            results = [runner.run_episode(timeout=timeout) for _ in range(episodes)]
         except (TimeoutError, RuntimeError) as err:
             pytest.fail(f"{err}\n{graph.tail_logs(30)}")
         finally:
             runner.close()
             rclpy.try_shutdown()
         assert all(graph.alive().values()), graph.tail_logs(30)
-        latency = runner.observer.latency.stage_seconds()
+        return results, runner.observer.latency.stage_seconds()
+
+
+def test_sim_policy_graph_runs_closed_loop_episodes(ros_domain, tmp_path):
+    results, latency = run_launch_file("sim_policy.launch.xml", {"max_episode_steps": "20", "seed": "5"},
+                                       ros_domain, tmp_path, episodes=2)
     for result in results:
         assert result.steps == 20
         assert result.commands > 5, "the gate forwarded too few commands for a closed loop"
@@ -66,25 +73,10 @@ def tiny_world_models(folder: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("world_model", ["rla-wm", "regression"])
 def test_sim_planner_graph_runs_closed_loop_episodes(ros_domain, tmp_path, world_model):
-    launch_file = Path(get_package_share_directory("rla_wm_ros")) / "launch" / "sim_planner.launch.xml"
-    description = parse_launch_file(launch_file, overrides={
-        "max_episode_steps": "30", "seed": "2", "world_model": world_model, "mpc_rate": "2.0",
-        "mpc_num_samples": "4", "mpc_iterations": "1", **tiny_world_models(tmp_path / "models"),
-    })
-    with LaunchedGraph() as graph:
-        graph.start(description, env={"ROS_DOMAIN_ID": str(ros_domain)}, log_dir=tmp_path / "logs")
-        rclpy.init(domain_id=ros_domain)
-        runner = ClosedLoopRunner(description.args["command_topic"], model_topic="/planner/joint_trajectory")
-        try:
-            runner.wait_until_flowing(150.0, alive=lambda: all(graph.alive().values()))
-            result = runner.run_episode(timeout=90.0)
-        except (TimeoutError, RuntimeError) as err:
-            pytest.fail(f"{err}\n{graph.tail_logs(30)}")
-        finally:
-            runner.close()
-            rclpy.try_shutdown()
-        assert all(graph.alive().values()), graph.tail_logs(30)
-        latency = runner.observer.latency.stage_seconds()
+    overrides = {"max_episode_steps": "30", "seed": "2", "world_model": world_model, "mpc_rate": "2.0",
+                 "mpc_num_samples": "4", "mpc_iterations": "1", **tiny_world_models(tmp_path / "models")}
+    (result,), latency = run_launch_file("sim_planner.launch.xml", overrides, ros_domain, tmp_path, episodes=1,
+                                         model_topic="/planner/joint_trajectory", startup=150.0, timeout=90.0)
     assert result.steps == 30
     assert result.commands >= 2, "the gate forwarded too few planned chunks"
     assert latency["features_to_chunk"].size >= 2  # plans were made from the observed features
@@ -93,22 +85,8 @@ def test_sim_planner_graph_runs_closed_loop_episodes(ros_domain, tmp_path, world
 
 def test_sim_policy_graph_runs_on_the_simulators_clock(ros_domain, tmp_path):
     """sim_clock: every node on /clock, faster than real time; chunks still reach the robot."""
-    launch_file = Path(get_package_share_directory("rla_wm_ros")) / "launch" / "sim_policy.launch.xml"
-    description = parse_launch_file(launch_file, overrides={
-        "max_episode_steps": "40", "seed": "3", "sim_clock": "true", "real_time_factor": "3.0"})
-    with LaunchedGraph() as graph:
-        graph.start(description, env={"ROS_DOMAIN_ID": str(ros_domain)}, log_dir=tmp_path / "logs")
-        rclpy.init(domain_id=ros_domain)
-        runner = ClosedLoopRunner(description.args["command_topic"])
-        try:
-            runner.wait_until_flowing(120.0, alive=lambda: all(graph.alive().values()))
-            result = runner.run_episode(timeout=60.0)
-        except (TimeoutError, RuntimeError) as err:
-            pytest.fail(f"{err}\n{graph.tail_logs(30)}")
-        finally:
-            runner.close()
-            rclpy.try_shutdown()
-        assert all(graph.alive().values()), graph.tail_logs(30)
+    overrides = {"max_episode_steps": "40", "seed": "3", "sim_clock": "true", "real_time_factor": "3.0"}
+    (result,), _ = run_launch_file("sim_policy.launch.xml", overrides, ros_domain, tmp_path, episodes=1)
     assert result.steps == 40
     assert result.wall_seconds < 40 / 10.0  # faster than the 4 s it takes in real time
     assert result.commands > 10, "chunks did not pass the gate under simulated time"

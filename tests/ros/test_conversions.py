@@ -80,3 +80,18 @@ def test_trajectory_with_ragged_point_is_rejected():
 def test_hold_is_an_empty_trajectory():
     msg = hold_msg(("a", "b"))
     assert msg.joint_names == ["a", "b"] and msg.points == []
+
+
+def test_joint_positions_by_name_and_refusals():
+    from sensor_msgs.msg import JointState
+
+    from rla_wm_ros.conversions import joint_positions
+
+    msg = JointState(name=["b", "a", "c"], position=[2.0, 1.0, 3.0])
+    assert joint_positions(msg, ["a", "b"]).tolist() == [1.0, 2.0]
+    with pytest.raises(MessageShapeError, match="lacks joints"):
+        joint_positions(msg, ["a", "d"])
+    with pytest.raises(MessageShapeError, match="lacks joints"):
+        joint_positions(JointState(name=["a", "b"], position=[1.0]), ["a", "b"])  # fewer positions than names
+    with pytest.raises(MessageShapeError, match="non-finite"):
+        joint_positions(JointState(name=["a"], position=[float("nan")]), ["a"])

@@ -15,7 +15,7 @@ from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from conftest import config_file, wait_for
+from conftest import Inbox, config_file, wait_for
 from rla_wm_msgs.msg import EpisodeStatus, FeatureMap
 from rla_wm_ros.conversions import Chunk, chunk_to_msg, msg_to_features, stamp_to_nanoseconds
 from rla_wm_ros.image_conversion import CvBridge
@@ -24,25 +24,6 @@ from rla_wm_ros.qos import LATCHED
 
 pytestmark = pytest.mark.timeout(120)
 
-
-class Inbox:
-    """Thread-safe list of received messages."""
-
-    def __init__(self) -> None:
-        self.items: list = []
-        self.lock = threading.Lock()
-
-    def __call__(self, msg) -> None:
-        with self.lock:
-            self.items.append(msg)
-
-    def snapshot(self) -> list:
-        with self.lock:
-            return list(self.items)
-
-    def clear(self) -> None:
-        with self.lock:
-            self.items.clear()
 
 
 def image_msg(value: int, stamp: Time, height: int = 96, width: int = 96) -> Image:

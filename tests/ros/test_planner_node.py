@@ -18,7 +18,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32, Header
 from trajectory_msgs.msg import JointTrajectory
 
-from conftest import config_file, wait_for
+from conftest import Inbox, config_file, wait_for
 from rla_wm.baselines import RegressionConfig, RegressionPredictor
 from rla_wm.rla import RLAAutoencoder, RLAConfig
 from rla_wm.world_model import RLAWorldModel, WorldModelConfig
@@ -26,7 +26,7 @@ from rla_wm_msgs.action import PlanToGoal
 from rla_wm_msgs.msg import FeatureMap
 from rla_wm_ros.conversions import features_to_msg, msg_to_chunk, stamp_to_nanoseconds
 from rla_wm_ros.launch_xml import NodeSpec
-from test_nodes import Inbox, image_msg
+from test_nodes import image_msg
 
 pytestmark = pytest.mark.timeout(150)
 

@@ -9,11 +9,10 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Header
 from trajectory_msgs.msg import JointTrajectory
 
-from conftest import config_file, wait_for
+from conftest import Inbox, config_file, wait_for
 from rla_wm_msgs.msg import FeatureMap
 from rla_wm_ros.conversions import features_to_msg, msg_to_chunk, stamp_to_nanoseconds, stamp_to_seconds
 from rla_wm_ros.launch_xml import NodeSpec
-from test_nodes import Inbox
 
 pytestmark = pytest.mark.timeout(120)
 

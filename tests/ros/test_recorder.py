@@ -23,7 +23,7 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from conftest import config_file, wait_for
+from conftest import Inbox, config_file, wait_for
 from rla_wm_msgs.msg import RecorderStatus
 from rla_wm_msgs.srv import StartEpisode
 from rla_wm_ros.image_conversion import CvBridge
@@ -60,19 +60,6 @@ def to_time(seconds: float) -> Time:
 def seconds(stamp: Time) -> float:
     return stamp.sec + stamp.nanosec * 1e-9
 
-
-class Inbox:
-    def __init__(self) -> None:
-        self.items: list = []
-        self.lock = threading.Lock()
-
-    def __call__(self, msg) -> None:
-        with self.lock:
-            self.items.append(msg)
-
-    def last(self):
-        with self.lock:
-            return self.items[-1] if self.items else None
 
 
 class Feeder:

@@ -10,7 +10,7 @@ from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import JointState, Joy
 from trajectory_msgs.msg import JointTrajectory
 
-from conftest import config_file, wait_for
+from conftest import Inbox, config_file, wait_for
 from rla_wm.expert import PushTExpert
 from rla_wm.sim import GOAL_POSE
 from rla_wm_ros.conversions import msg_to_chunk, stamp_to_nanoseconds
@@ -20,23 +20,6 @@ pytestmark = pytest.mark.timeout(120)
 
 START = np.array([200.0, 300.0])
 
-
-class Inbox:
-    def __init__(self) -> None:
-        self.items: list = []
-        self.lock = threading.Lock()
-
-    def __call__(self, msg) -> None:
-        with self.lock:
-            self.items.append(msg)
-
-    def snapshot(self) -> list:
-        with self.lock:
-            return list(self.items)
-
-    def clear(self) -> None:
-        with self.lock:
-            self.items.clear()
 
 
 def teleop_spec(source: str, **params: str) -> NodeSpec:

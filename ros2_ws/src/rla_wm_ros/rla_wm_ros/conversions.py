@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import array
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
@@ -132,3 +133,15 @@ def hold_msg(joint_names: list[str] | tuple[str, ...]) -> JointTrajectory:
     msg = JointTrajectory()
     msg.joint_names = list(joint_names)
     return msg
+
+
+def joint_positions(msg, joint_names: Sequence[str]) -> np.ndarray:
+    """JointState -> positions of `joint_names` in that order; MessageShapeError if one is missing or not finite."""
+    names = list(msg.name)
+    try:
+        position = np.array([msg.position[names.index(name)] for name in joint_names], dtype=np.float64)
+    except (ValueError, IndexError):
+        raise MessageShapeError(f"joint state lacks joints {list(joint_names)}: {names}") from None
+    if not np.isfinite(position).all():
+        raise MessageShapeError(f"joint state has non-finite positions {position.tolist()}")
+    return position

@@ -35,7 +35,14 @@ from rla_wm.features import EncoderConfig, FeatureEncoder, FeatureEncoderError
 from rla_wm.planning import MPCController, Planner, PlannerConfig, PlanningError, PlanResult, load_predictor
 from rla_wm_msgs.action import PlanToGoal
 from rla_wm_msgs.msg import FeatureMap
-from rla_wm_ros.conversions import Chunk, MessageShapeError, chunk_to_msg, msg_to_features, stamp_to_seconds
+from rla_wm_ros.conversions import (
+    Chunk,
+    MessageShapeError,
+    chunk_to_msg,
+    joint_positions,
+    msg_to_features,
+    stamp_to_seconds,
+)
 from rla_wm_ros.image_conversion import CvBridgeError, image_msg_to_rgb
 from rla_wm_ros.params import declare
 from rla_wm_ros.qos import LATEST_ONLY
@@ -194,13 +201,9 @@ class PlannerNode(Node):
 
     def on_joint_state(self, msg: JointState) -> None:
         try:
-            position = np.array([msg.position[list(msg.name).index(name)] for name in self.joint_names])
-        except (ValueError, IndexError):
-            self.get_logger().error(f"joint state lacks joints {self.joint_names}: {list(msg.name)}",
-                                    throttle_duration_sec=5.0)
-            return
-        if np.isfinite(position).all():
-            self.latest_state = (time.monotonic(), position)
+            self.latest_state = (time.monotonic(), joint_positions(msg, self.joint_names))
+        except MessageShapeError as err:
+            self.get_logger().error(str(err), throttle_duration_sec=5.0)
 
     def fresh_state(self) -> np.ndarray | None:
         if self.latest_state is None or time.monotonic() - self.latest_state[0] > self.state_timeout:

@@ -21,7 +21,14 @@ from trajectory_msgs.msg import JointTrajectory
 from rla_wm.control.chunking import ChunkScheduler
 from rla_wm.policy import WAMConfig, WorldActionModel
 from rla_wm_msgs.msg import FeatureMap
-from rla_wm_ros.conversions import Chunk, MessageShapeError, chunk_to_msg, msg_to_features, stamp_to_seconds
+from rla_wm_ros.conversions import (
+    Chunk,
+    MessageShapeError,
+    chunk_to_msg,
+    joint_positions,
+    msg_to_features,
+    stamp_to_seconds,
+)
 from rla_wm_ros.params import declare
 from rla_wm_ros.qos import LATEST_ONLY
 
@@ -79,13 +86,9 @@ class PolicyNode(Node):
 
     def on_joint_state(self, msg: JointState) -> None:
         try:
-            position = np.array([msg.position[list(msg.name).index(name)] for name in self.joint_names])
-        except (ValueError, IndexError):
-            self.get_logger().error(f"joint state lacks joints {self.joint_names}: {list(msg.name)}",
-                                    throttle_duration_sec=5.0)
-            return
-        if np.isfinite(position).all():
-            self.latest_state = (time.monotonic(), position)
+            self.latest_state = (time.monotonic(), joint_positions(msg, self.joint_names))
+        except MessageShapeError as err:
+            self.get_logger().error(str(err), throttle_duration_sec=5.0)
 
     def on_features(self, msg: FeatureMap) -> None:
         self.latest_features = msg

@@ -31,6 +31,10 @@ MODELS = {
     "policy_bc": ("sim-pusht-policy-bc", "Behaviour cloning: the same network on labelled episodes only",
                   "rla-wm train-policy --config {config} --rla {run}/rla/checkpoint --out {run}/policy_bc "
                   "--set policy_training.use_action_free=false --set train.policy.batch_size=32"),
+    "policy_direct": ("sim-pusht-policy-direct", "World action model whose action head does not read the RLA "
+                      "prediction (variant), labelled + action-free episodes",
+                      "rla-wm train-policy --config {config} --rla {run}/rla/checkpoint --out {run}/policy_direct "
+                      "--set policy.action_reads_rla=false"),
 }
 
 
@@ -77,8 +81,13 @@ def metrics_section(model: str, run: Path) -> list[str]:
     policy_results = run / "policy_eval" / "results.json"
     if model.startswith("policy") and policy_results.is_file():
         data = json.loads(policy_results.read_text())
-        lines.append(f"Offline, held-out labelled episodes (`rla-wm evaluate-policy`, {run}/policy_eval/):")
-        lines.append("```json\n" + json.dumps(data.get(model, data), indent=1)[:1500] + "\n```")
+        mine = data.get("policies", {}).get(model)
+        if mine is not None:
+            lines.append(f"Offline, held-out labelled episodes {data.get('held_out_episodes', '?')} "
+                         f"(`rla-wm evaluate-policy`, {run}/policy_eval/results.md):")
+            lines += [f"- {key}: {value:.4g}" for key, value in mine.items() if isinstance(value, (int, float))]
+            lines += [f"- hold baseline {key}: {value:.4g}" for key, value in data.get("hold", {}).items()
+                      if isinstance(value, (int, float))]
     return lines or ["(no evaluation results found)"]
 
 
@@ -120,12 +129,12 @@ def write_card(folder: Path, model: str, title: str, command: str, run: Path, co
     (folder / "README.md").write_text("\n".join(card))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True)
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=CHECKPOINT_DIR)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     shipped = []
     for model, (name, title, command) in MODELS.items():
         source = args.run / model / "checkpoint"

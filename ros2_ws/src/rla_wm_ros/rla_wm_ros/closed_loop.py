@@ -41,23 +41,32 @@ class EpisodeResult:
 
 @dataclass
 class LatencyLog:
-    """Arrival times (ns) per camera stamp at each stage, turned into per-stage latencies."""
+    """Wall-clock arrival times (ns) per camera stamp at each stage, turned into per-stage latencies.
 
+    On wall-clock stamps a frame's latency starts at its stamp (when it was taken). On the
+    simulator's clock a stamp is simulated time, so the frame's arrival at the observer
+    stands in for it (a DDS hop later than the capture).
+    """
+
+    stamps_are_wall_time: bool = True
+    frames: dict[int, int] = field(default_factory=dict)
     features: dict[int, int] = field(default_factory=dict)
     chunks: dict[int, int] = field(default_factory=dict)
     commands: dict[int, int] = field(default_factory=dict)
 
     def stage_seconds(self) -> dict[str, np.ndarray]:
+        camera = None if self.stamps_are_wall_time else self.frames
+
         def gaps(later: dict[int, int], earlier: dict[int, int] | None) -> np.ndarray:
             values = [arrival - (earlier[stamp] if earlier is not None else stamp)
                       for stamp, arrival in later.items() if earlier is None or stamp in earlier]
             return np.array(values, dtype=np.float64) * 1e-9
 
         return {
-            "camera_to_features": gaps(self.features, None),
+            "camera_to_features": gaps(self.features, camera),
             "features_to_chunk": gaps(self.chunks, self.features),
             "chunk_to_command": gaps(self.commands, self.chunks),
-            "camera_to_command": gaps(self.commands, None),
+            "camera_to_command": gaps(self.commands, camera),
         }
 
 
@@ -76,9 +85,9 @@ class ClosedLoopObserver(Node):
     """Resets the simulated robot, watches episodes, and logs stage latencies."""
 
     def __init__(self, command_topic: str, model_topic: str = "/policy/joint_trajectory",
-                 reset_service: str = "/sim_robot/reset") -> None:
+                 reset_service: str = "/sim_robot/reset", sim_clock: bool = False) -> None:
         super().__init__("closed_loop_observer")
-        self.latency = LatencyLog()
+        self.latency = LatencyLog(stamps_are_wall_time=not sim_clock)
         self.status: EpisodeStatus | None = None
         self.commands = 0
         self.holds = 0
@@ -93,8 +102,10 @@ class ClosedLoopObserver(Node):
         self.reset_client = self.create_client(Trigger, reset_service)
 
     def on_image(self, msg: Image) -> None:
+        stamp = stamp_to_nanoseconds(msg.header.stamp)
+        self.latency.frames.setdefault(stamp, time.time_ns())
         with self._lock:
-            self._frames[stamp_to_nanoseconds(msg.header.stamp)] = image_msg_to_rgb(msg)
+            self._frames[stamp] = image_msg_to_rgb(msg)
             _keep_newest(self._frames, 20)
 
     def on_features(self, msg: FeatureMap) -> None:
@@ -138,8 +149,9 @@ def _keep_newest(table: dict[int, object], count: int) -> None:
 class ClosedLoopRunner:
     """Owns the observer and a background executor; runs episodes one after another."""
 
-    def __init__(self, command_topic: str, model_topic: str = "/policy/joint_trajectory") -> None:
-        self.observer = ClosedLoopObserver(command_topic, model_topic)
+    def __init__(self, command_topic: str, model_topic: str = "/policy/joint_trajectory",
+                 sim_clock: bool = False) -> None:
+        self.observer = ClosedLoopObserver(command_topic, model_topic, sim_clock=sim_clock)
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.observer)
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)

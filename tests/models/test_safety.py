@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
@@ -187,3 +187,66 @@ def test_chunks_near_the_state_pass_exactly_when_within_limits(deltas, gaps, cur
         and (np.abs(positions - current) <= 3.0).all() and (speeds <= LIMITS.max_velocity).all()
     )
     assert verdict.ok == bool(within), verdict.reason
+
+
+CYCLE = 0.05  # the gate node's watchdog timer period
+TIMEOUTS = {CAMERA: 0.5, STATE: 0.5, MODEL: 1.0}  # make_gate's
+gate_events = st.lists(
+    st.one_of(st.sampled_from([("camera",), ("state",), ("chunk",), ("estop",), ("reset",)]),
+              st.tuples(st.just("wait"), st.floats(min_value=0.0, max_value=1.5))),
+    min_size=8,
+    max_size=40,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(events=gate_events)
+@example(events=[("camera",), ("state",), ("chunk",), ("wait", 0.6)])  # camera and state go quiet
+@example(events=[("camera",), ("state",), ("chunk",), ("wait", 0.4), ("camera",), ("state",), ("wait", 0.7)])  # model
+@example(events=[("camera",), ("state",), ("estop",), ("chunk",), ("reset",), ("chunk",)])  # latch, then reset
+def test_stale_input_holds_within_one_cycle_and_estop_latches(events):
+    """Random event streams against an independent model of ages: a chunk passes only when camera and
+    state are fresh and the e-stop is released; a robot that is moving is told to hold at the first
+    watchdog cycle after any input (camera, state, model) goes stale."""
+    clock = FakeClock()
+    gate = make_gate(clock)
+    last_seen = {name: -math.inf for name in TIMEOUTS}
+    estop, moving = False, False
+
+    def stale_now() -> list[str]:
+        return [name for name, timeout in TIMEOUTS.items() if clock.now - last_seen[name] > timeout]
+
+    for event in events:
+        kind = event[0]
+        if kind == "camera":
+            gate.on_camera()
+            last_seen[CAMERA] = clock.now
+        elif kind == "state":
+            gate.on_state(["a", "b"], [5.0, 0.0])
+            last_seen[STATE] = clock.now
+        elif kind == "chunk":
+            decision = gate.review(["a", "b"], np.array([[5.1, 0.0]]), np.array([0.1]))
+            last_seen[MODEL] = clock.now
+            should_pass = not estop and not [name for name in stale_now() if name != MODEL]
+            assert decision.forward == should_pass, decision.reason
+            assert decision.hold != decision.forward  # a refused chunk always stops the robot
+            moving = decision.forward
+        elif kind == "estop":
+            assert gate.trigger_estop("test").hold
+            estop, moving = True, False
+        elif kind == "reset":
+            gate.reset_estop()
+            estop = False
+        else:
+            remaining = event[1]
+            while remaining > 1e-12:  # the node ticks the watchdog every cycle while time passes
+                step = min(CYCLE, remaining)
+                clock.now += step
+                remaining -= step
+                decision = gate.tick()
+                assert not decision.forward
+                if stale_now() and moving:
+                    assert decision.hold, "a stale input did not hold the moving robot within one cycle"
+                    moving = False
+                if not stale_now() and not estop:
+                    assert not decision.hold

@@ -352,10 +352,18 @@ class MPCController:
         self.goal: torch.Tensor | None = None
         self.previous: torch.Tensor | None = None
 
-    def set_goal(self, goal: torch.Tensor, warm_start: torch.Tensor | None = None) -> None:
-        """New goal features (N, C); a plan made for it (e.g. by a one-shot plan) may seed the warm start."""
-        self.goal = _check_features(goal, "goal features")[0].clone()
+    def set_goal(self, goal: torch.Tensor, warm_start: torch.Tensor | None = None) -> bool:
+        """New goal features (N, C); a plan made for it (e.g. by a one-shot plan) may seed the warm start.
+
+        The same goal again (a latched goal image is republished) keeps the current warm start;
+        returns whether the goal changed.
+        """
+        goal = _check_features(goal, "goal features")[0]
+        if warm_start is None and self.goal is not None and torch.equal(goal.to(self.goal), self.goal):
+            return False
+        self.goal = goal.clone()
         self.previous = None if warm_start is None else warm_start.detach().float().cpu().clone()
+        return True
 
     def clear_goal(self) -> None:
         self.goal = None

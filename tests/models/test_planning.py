@@ -204,6 +204,10 @@ def test_mpc_replans_from_the_newest_observation_with_a_shifted_warm_start():
     for _ in range(3):
         position = position + mpc.step(world.features(position)[0]).chunk.sum(dim=0)
     assert torch.allclose(position, goal, atol=0.15), position
+    # The same goal again (a latched goal image republished) keeps the warm start; a new one drops it.
+    kept = mpc.previous
+    assert mpc.set_goal(world.features(goal)[0]) is False and mpc.previous is kept
+    assert mpc.set_goal(world.features(torch.tensor([0.5, 0.5]))[0]) is True and mpc.previous is None
     mpc.clear_goal()
     assert mpc.goal is None and mpc.previous is None
 

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     output = args.output
     output.mkdir(parents=True, exist_ok=True)
     print(f"[demo] {launch_file.name}: nodes {[node.name for node in description.nodes]}")
-    if description.args.get("policy_checkpoint", "untrained") == "untrained":
+    if description.args.get("policy_checkpoint") == "untrained":
         print("[demo] NOTE: the policy is UNTRAINED (random weights) and the encoder has random weights: "
               "the loop, the timing and the safety gate are real, task success is not expected.")
 

@@ -170,6 +170,7 @@ class PlannerNode(Node):
         self.mpc_acted_on: FeatureMap | None = None
         self.plans = 0
         self.last_plan_seconds = 0.0
+        self.last_plan_delay = 0.0  # seconds a published plan started late (planning time)
         self.last_cost = float("nan")
         self.last_error = ""
 
@@ -331,8 +332,9 @@ class PlannerNode(Node):
             self.get_logger().error(f"goal image rejected: {err}", throttle_duration_sec=1.0)
             return
         with self.model_lock:
-            self.mpc.set_goal(goal)
-        self.get_logger().info("MPC goal set from goal_image")
+            changed = self.mpc.set_goal(goal)
+        if changed:  # a latched goal is republished unchanged; that keeps the warm start
+            self.get_logger().info("MPC goal set from goal_image")
 
     def on_clear_goal(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         with self.model_lock:
@@ -371,18 +373,22 @@ class PlannerNode(Node):
         return chunk_to_msg(Chunk(tuple(self.joint_names), positions, times, observation.header.stamp))
 
     def publish_chunk(self, positions: np.ndarray, stamp) -> bool:
-        """Publish a chunk whose points follow `stamp` at point_period, minus points already due."""
+        """Publish a plan's chunk, stamped with its observation, starting one point period from now.
+
+        A plan starts at the state measured at `stamp` and its first target is one step from
+        it. When planning took longer than that step (a CPU world model), dropping the points
+        already due would leave later targets that are too far for the time left, which the
+        gate rightly refuses; so a late plan is started late instead: its points keep their
+        spacing, shifted by the planning delay.
+        """
         if not np.isfinite(positions).all():
             self.get_logger().error("plan contains NaN/inf: chunk dropped")
             return False
-        times = self.point_period * np.arange(1, len(positions) + 1)
         now = self.get_clock().now().nanoseconds * 1e-9
-        keep = stamp_to_seconds(stamp) + times >= now + self.min_lead_time
-        if not keep.any():
-            self.get_logger().warning("chunk arrived too late: every point is in the past",
-                                      throttle_duration_sec=2.0)
-            return False
-        self.trajectory_pub.publish(chunk_to_msg(Chunk(tuple(self.joint_names), positions[keep], times[keep], stamp)))
+        delay = max(0.0, now + self.min_lead_time - stamp_to_seconds(stamp))
+        self.last_plan_delay = delay
+        times = delay + self.point_period * np.arange(1, len(positions) + 1)
+        self.trajectory_pub.publish(chunk_to_msg(Chunk(tuple(self.joint_names), positions, times, stamp)))
         return True
 
     def record(self, plan: PlanResult) -> None:
@@ -398,6 +404,7 @@ class PlannerNode(Node):
             KeyValue(key="world_model", value=self.loaded.predictor.name),
             KeyValue(key="plans", value=str(self.plans)),
             KeyValue(key="last_plan_ms", value=f"{self.last_plan_seconds * 1e3:.1f}"),
+            KeyValue(key="last_plan_delay_ms", value=f"{self.last_plan_delay * 1e3:.1f}"),
             KeyValue(key="last_cost", value=f"{self.last_cost:.6g}"),
             KeyValue(key="mpc_goal", value=str(self.mpc.goal is not None)),
         ]

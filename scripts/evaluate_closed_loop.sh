@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Closed-loop evaluation of the shipped sim models through the real ROS graph, then one table and
 # one figure. Seeds start at 1000: the training data used seeds 1-100 (expert) and 5001-5100 (play), so these start states
-# are unseen. Policies run 300-step episodes (the Push-T limit) at 3x real time. The planners'
+# are unseen. Policies run 300-step episodes (the Push-T limit) at 2x real time. The planners'
 # CPU-sized MPC (8 samples x 2 iterations over one 5-step chunk, replanning at 2 Hz of sim time)
 # needs about a second of CPU per replan, so their sim runs at half real time, 100 steps per episode.
 #   EPISODES=50 bash scripts/evaluate_closed_loop.sh [OUT]
@@ -15,7 +15,7 @@ PLANNER=launch/sim_planner.launch.xml
 
 policy() {  # name checkpoint
   python -m rla_wm_ros.demo --episodes "$EPISODES" --episode-steps 300 --output "$OUT/$1" --pictures 3 \
-    policy_checkpoint:="$2" seed:="$SEED" sim_clock:=true real_time_factor:=3.0
+    policy_checkpoint:="$2" seed:="$SEED" sim_clock:=true real_time_factor:=2.0
 }
 planner() {  # name world_model
   python -m rla_wm_ros.demo --launch-file "$PLANNER" --model-topic /planner/joint_trajectory \

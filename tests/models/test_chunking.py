@@ -51,6 +51,25 @@ def test_reset_forgets_the_previous_chunk():
     assert np.allclose(scheduler.schedule(times, positions, now=10.2).positions, positions)
 
 
+def test_no_blending_into_a_chunk_the_robot_is_not_following():
+    tolerance = np.array([1.0, 1.0])
+    old_times, old_positions = chunk(10.0, 0.0, 1.0)  # has the robot at x = 2 at t = 10.2
+    new_times, new_positions = chunk(10.2, 50.0, 0.0)
+    following = ChunkScheduler(blend_time=0.3, min_lead_time=0.0)
+    following.schedule(old_times, old_positions, now=10.0)
+    assert following.is_followed(10.2, np.array([1.5, 0.0]), tolerance)
+    blended = following.schedule(new_times, new_positions, now=10.2, measured=np.array([1.5, 0.0]),
+                                 tolerance=tolerance)
+    assert blended.positions[0, 0] == pytest.approx(3.0)  # on the old path: the robot follows it
+    # The gate refused the old chunk: the robot held at x = 0 and the new chunk is taken as it is.
+    held = ChunkScheduler(blend_time=0.3, min_lead_time=0.0)
+    held.schedule(old_times, old_positions, now=10.0)
+    assert not held.is_followed(10.2, np.array([0.0, 0.0]), tolerance)
+    fresh = held.schedule(new_times, new_positions, now=10.2, measured=np.array([0.0, 0.0]), tolerance=tolerance)
+    assert np.allclose(fresh.positions, new_positions)
+    assert not held.is_followed(10.2, np.array([np.nan, 0.0]), tolerance)  # no trust in a broken state
+
+
 def test_bad_chunks_are_rejected():
     scheduler = ChunkScheduler(blend_time=0.3, min_lead_time=0.0)
     times, positions = chunk(10.0, 0.0, 1.0)

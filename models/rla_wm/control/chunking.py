@@ -36,8 +36,14 @@ class ChunkScheduler:
         """Forget the previous chunk (after a hold, a reset, or an e-stop): no blending into it."""
         self._previous = None
 
-    def schedule(self, times: np.ndarray, positions: np.ndarray, now: float) -> ScheduledChunk | None:
-        """Absolute `times` (T,) and `positions` (T, J) -> the points to publish at `now`; None if none is left."""
+    def schedule(self, times: np.ndarray, positions: np.ndarray, now: float,
+                 measured: np.ndarray | None = None, tolerance: np.ndarray | None = None) -> ScheduledChunk | None:
+        """Absolute `times` (T,) and `positions` (T, J) -> the points to publish at `now`; None if none is left.
+
+        With `measured` (J,) and `tolerance` (J,): if the robot is further than `tolerance` from
+        where the previous chunk has it now, the robot is not following that chunk (the safety
+        gate refused it, held, or an e-stop), so the new chunk is not blended into it.
+        """
         times = np.asarray(times, dtype=np.float64)
         positions = np.asarray(positions, dtype=np.float64)
         if times.ndim != 1 or positions.ndim != 2 or len(times) != len(positions):
@@ -51,10 +57,25 @@ class ChunkScheduler:
         if not keep.any():
             return None
         times, positions = times[keep], positions[keep]
+        if measured is not None and tolerance is not None and not self.is_followed(now, measured, tolerance):
+            self._previous = None
         blended = self._blend(times, positions)
         chunk = ScheduledChunk(times, blended, dropped)
         self._previous = chunk
         return chunk
+
+    def is_followed(self, now: float, measured: np.ndarray, tolerance: np.ndarray) -> bool:
+        """Whether the robot at `measured` is where the previous chunk puts it at `now` (within `tolerance`)."""
+        previous = self._previous
+        if previous is None:
+            return False
+        measured = np.asarray(measured, dtype=np.float64)
+        if measured.shape != previous.positions.shape[1:] or not np.isfinite(measured).all():
+            return False
+        # Before its first point the robot is still heading there; after its last it holds that target.
+        expected = np.array([np.interp(now, previous.times, previous.positions[:, j])
+                             for j in range(previous.positions.shape[1])])
+        return bool((np.abs(measured - expected) <= np.asarray(tolerance, dtype=np.float64)).all())
 
     def _blend(self, times: np.ndarray, positions: np.ndarray) -> np.ndarray:
         previous = self._previous

@@ -53,6 +53,10 @@ class PolicyNode(Node):
         blend_time = declare(self, "blend_time", 0.2, "Seconds over which a new chunk fades in over the "
                              "previous one (0 = no blending).", (0.0, 10.0))
         self.scheduler = ChunkScheduler(blend_time=blend_time, min_lead_time=self.min_lead_time)
+        self.follow_tolerance_steps = declare(
+            self, "follow_tolerance_steps", 2.0,
+            "Blend only into a previous chunk the robot follows: within this many of the policy's largest "
+            "per-point moves (max_delta) of where that chunk has it now; 0 = always blend.", (0.0, 100.0))
         device = declare(self, "device", "cpu", "Torch device.")
         threads = declare(self, "torch_threads", 0, "CPU threads for torch (0 = torch default).", (0, 256))
         if threads:
@@ -126,7 +130,11 @@ class PolicyNode(Node):
             return
         stamp = stamp_to_seconds(msg.header.stamp)
         times = stamp + self.point_period * np.arange(1, len(actions) + 1)
-        scheduled = self.scheduler.schedule(times, actions, now=self.get_clock().now().nanoseconds * 1e-9)
+        tolerance = None
+        if self.follow_tolerance_steps > 0:  # after a refused chunk or a hold the robot is not on the old path
+            tolerance = self.follow_tolerance_steps * np.asarray(config.max_delta, dtype=np.float64)
+        scheduled = self.scheduler.schedule(times, actions, now=self.get_clock().now().nanoseconds * 1e-9,
+                                            measured=self.latest_state[1], tolerance=tolerance)
         if scheduled is None:
             self.get_logger().warning("chunk arrived too late: every point is in the past")
             return

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Closed-loop evaluation of the shipped sim models through the real ROS graph, then one table and
-# one figure. Seeds start at 1000: the training data used seeds 1-100 (expert) and 5001-5100 (play), so these start states
+# one figure. Episode k uses seed SEED + k (1001-1050 by default); the training data used seeds 1-100 (expert)
+# and 5001-5100 (play), so these start states
 # are unseen. Policies run 300-step episodes (the Push-T limit) at 2x real time. The planners'
 # CPU-sized MPC (8 samples x 2 iterations over one 5-step chunk, replanning at 2 Hz of sim time)
 # needs about a second of CPU per replan, so their sim runs at half real time, 100 steps per episode.

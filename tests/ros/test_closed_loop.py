@@ -1,5 +1,7 @@
 """End to end: each launch file's graph (sim policy, planner, sim clock, the real-arm policy in dry run) runs closed loop."""
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -8,9 +10,25 @@ import rclpy
 from ament_index_python.packages import get_package_share_directory
 
 from rla_wm_ros.closed_loop import ClosedLoopRunner, LatencyLog
-from rla_wm_ros.launch_xml import LaunchedGraph, parse_launch_file
+from rla_wm_ros.launch_xml import LaunchDescription, LaunchedGraph, parse_launch_file
 
 pytestmark = pytest.mark.timeout(240)
+
+
+@contextmanager
+def observed_graph(description: LaunchDescription, command_topic: str, ros_domain: int, tmp_path: Path,
+                   model_topic: str = "/policy/joint_trajectory") -> Iterator[tuple[LaunchedGraph, ClosedLoopRunner]]:
+    """Start a launch description's nodes with a closed-loop observer on the same domain; stop both after."""
+    with LaunchedGraph() as graph:
+        graph.start(description, env={"ROS_DOMAIN_ID": str(ros_domain)}, log_dir=tmp_path / "logs")
+        rclpy.init(domain_id=ros_domain)
+        sim_clock = description.args.get("sim_clock", "false") == "true"
+        runner = ClosedLoopRunner(command_topic, model_topic=model_topic, sim_clock=sim_clock)
+        try:
+            yield graph, runner
+        finally:
+            runner.close()
+            rclpy.try_shutdown()
 
 
 def run_launch_file(name: str, overrides: dict[str, str], ros_domain: int, tmp_path: Path, episodes: int,
@@ -18,19 +36,13 @@ def run_launch_file(name: str, overrides: dict[str, str], ros_domain: int, tmp_p
     """Start a launch file's graph, run closed-loop episodes, return (results, stage latencies)."""
     launch_file = Path(get_package_share_directory("rla_wm_ros")) / "launch" / name
     description = parse_launch_file(launch_file, overrides=overrides)
-    with LaunchedGraph() as graph:
-        graph.start(description, env={"ROS_DOMAIN_ID": str(ros_domain)}, log_dir=tmp_path / "logs")
-        rclpy.init(domain_id=ros_domain)
-        sim_clock = description.args.get("sim_clock", "false") == "true"
-        runner = ClosedLoopRunner(description.args["command_topic"], model_topic=model_topic, sim_clock=sim_clock)
+    with observed_graph(description, description.args["command_topic"], ros_domain, tmp_path,
+                        model_topic) as (graph, runner):
         try:
             runner.wait_until_flowing(startup, alive=lambda: all(graph.alive().values()))
             results = [runner.run_episode(timeout=timeout) for _ in range(episodes)]
         except (TimeoutError, RuntimeError) as err:
             pytest.fail(f"{err}\n{graph.tail_logs(30)}")
-        finally:
-            runner.close()
-            rclpy.try_shutdown()
         assert all(graph.alive().values()), graph.tail_logs(30)
         return results, runner.observer.latency.stage_seconds()
 
@@ -61,23 +73,16 @@ def test_robot_policy_graph_in_its_default_dry_run_never_commands_the_arm(ros_do
     assert description.args["dry_run"] == "true"
     arm = parse_launch_file(share / "launch" / "sim_policy.launch.xml", overrides={"seed": "4"})
     description.nodes = [node for node in arm.nodes if node.name == "sim_robot"] + description.nodes
-    with LaunchedGraph() as graph:
-        graph.start(description, env={"ROS_DOMAIN_ID": str(ros_domain)}, log_dir=tmp_path / "logs")
-        rclpy.init(domain_id=ros_domain)
-        runner = ClosedLoopRunner(description.args["controller_topic"])
+    with observed_graph(description, description.args["controller_topic"], ros_domain, tmp_path) as (graph, runner):
         observer = runner.observer
-        try:
-            deadline = time.monotonic() + 120.0
-            while len(observer.latency.chunks) < 5:
-                assert all(graph.alive().values()), graph.tail_logs(30)
-                assert time.monotonic() < deadline, f"policy chunks did not flow\n{graph.tail_logs(30)}"
-                time.sleep(0.1)
-            time.sleep(1.0)  # a gate that forwards would have sent by now
-            assert observer.commands == 0, "dry run sent commands to the arm's controller"
+        deadline = time.monotonic() + 120.0
+        while len(observer.latency.chunks) < 5:
             assert all(graph.alive().values()), graph.tail_logs(30)
-        finally:
-            runner.close()
-            rclpy.try_shutdown()
+            assert time.monotonic() < deadline, f"policy chunks did not flow\n{graph.tail_logs(30)}"
+            time.sleep(0.1)
+        time.sleep(1.0)  # a gate that forwards would have sent by now
+        assert observer.commands == 0, "dry run sent commands to the arm's controller"
+        assert all(graph.alive().values()), graph.tail_logs(30)
         assert "dry run: would send" in graph.tail_logs(200)
 
 

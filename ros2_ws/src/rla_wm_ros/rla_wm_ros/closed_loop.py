@@ -21,7 +21,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from rla_wm_msgs.msg import EpisodeStatus, FeatureMap
 from rla_wm_ros.conversions import MessageShapeError, msg_to_features, stamp_to_nanoseconds
-from rla_wm_ros.image_conversion import image_msg_to_rgb
+from rla_wm_ros.image_conversion import CvBridgeError, image_msg_to_rgb
 from rla_wm_ros.qos import CAMERA_QOS
 
 STAGES = ("camera_to_features", "features_to_chunk", "chunk_to_command", "camera_to_command")
@@ -92,7 +92,7 @@ class ClosedLoopObserver(Node):
         self.commands = 0
         self.holds = 0
         self._lock = threading.Lock()
-        self._frames: dict[int, np.ndarray] = {}
+        self._frames: dict[int, Image] = {}  # decoded only for the episode picture, off the camera hot path
         self._features: dict[int, FeatureMap] = {}
         self.create_subscription(Image, "/camera/image_raw", self.on_image, CAMERA_QOS)
         self.create_subscription(FeatureMap, "/features", self.on_features, 10)
@@ -105,7 +105,7 @@ class ClosedLoopObserver(Node):
         stamp = stamp_to_nanoseconds(msg.header.stamp)
         self.latency.frames.setdefault(stamp, time.time_ns())
         with self._lock:
-            self._frames[stamp] = image_msg_to_rgb(msg)
+            self._frames[stamp] = msg
             _keep_newest(self._frames, 20)
 
     def on_features(self, msg: FeatureMap) -> None:
@@ -135,8 +135,9 @@ class ClosedLoopObserver(Node):
                 if stamp in self._frames:
                     msg = self._features[stamp]
                     try:
-                        return self._frames[stamp], msg_to_features(msg), msg.grid_height, msg.grid_width
-                    except MessageShapeError:
+                        rgb = image_msg_to_rgb(self._frames[stamp])
+                        return rgb, msg_to_features(msg), msg.grid_height, msg.grid_width
+                    except (MessageShapeError, CvBridgeError):
                         continue
         return None
 

@@ -42,8 +42,7 @@ if [ "$(cat "$STAMPS/requirements" 2>/dev/null)" != "$req_hash" ]; then
   "${PIP[@]}" install pip==24.3.1 setuptools==79.0.1 wheel==0.48.0 2>&1 | grep -v '^WARNING: Location' || true
   "${PIP[@]}" install -r "$ROOT/requirements/ros.txt" -r "$ROOT/requirements/ml.txt" \
     -c "$ROOT/requirements/constraints.txt" 2>&1 | grep -v '^WARNING: Location' || true
-  # lerobot 0.4.4's metadata pins torch<2.11, which does not exist here; its real needs are in ml.txt.
-  "${PIP[@]}" install --no-deps lerobot==0.4.4 2>&1 | grep -v '^WARNING: Location' || true
+  "${PIP[@]}" install --no-deps -r "$ROOT/requirements/no-deps.txt" 2>&1 | grep -v '^WARNING: Location' || true
   "$PY" -c "import rclpy, torch, torchvision, lerobot, transformers, gym_pusht" \
     || { log "package install is incomplete"; exit 1; }
   "$PY" "$ROOT/scripts/fix_ros_cmake_paths.py" "$VENV"
@@ -60,7 +59,8 @@ fi
 # One build at a time: two concurrent `make` calls would write the same build folders.
 exec 9>"$ROOT/ros2_ws/.colcon.lock"
 flock 9
-src_hash="$(cd "$ROOT/ros2_ws/src" && find . "$ROOT/launch" -type f -not -name '*.pyc' -print0 | sort -z \
+# launch/ is a link to ros2_ws/src/rla_wm_ros/launch: the trailing slash makes find follow it.
+src_hash="$(cd "$ROOT/ros2_ws/src" && find . "$ROOT/launch/" -type f -not -name '*.pyc' -print0 | sort -z \
   | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$STAMPS/colcon" 2>/dev/null)" != "$src_hash" ] || [ ! -f "$ROOT/ros2_ws/install/setup.bash" ]; then
   start=$SECONDS

@@ -18,6 +18,31 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, or was made for another model or config."""
 
 
+class CheckpointConfigError(CheckpointError, ValueError):
+    """A checkpoint's config.json lacks a section it must have, or has one of the wrong type."""
+
+
+def first_non_finite(state: dict[str, torch.Tensor], order: list[str] | None = None,
+                     skip_inf: set[str] | frozenset = frozenset()) -> str | None:
+    """Describe the first floating-point tensor of `state` holding NaN or inf, or None if all are finite.
+
+    `order` is the order to look in (e.g. the model's state_dict order; default: the dict's).
+    Tensors named in `skip_inf` may hold +-inf (e.g. an unbounded range buffer) but not NaN.
+    """
+    for name in order or list(state):
+        value = state.get(name)
+        if value is None or not value.is_floating_point():
+            continue
+        bad = torch.isnan(value) if name in skip_inf else ~torch.isfinite(value)
+        count = int(bad.sum())
+        if count:
+            kinds = [kind for kind, mask in (("NaN", torch.isnan(value)), ("inf", torch.isinf(value)))
+                     if bool(mask.any())]
+            return (f"tensor {name!r} {tuple(value.shape)} has {count} of {value.numel()} values "
+                    f"{' / '.join(kinds)}")
+    return None
+
+
 def save_checkpoint(folder: str | Path, model: torch.nn.Module, kind: str, config: Any, extra: dict | None = None) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -35,19 +60,39 @@ def read_checkpoint_meta(spec: str | Path, kind: str) -> dict:
         raise CheckpointError(f"{spec}: not a checkpoint folder (needs config.json and model.safetensors)")
     try:
         meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{meta_path}: corrupt config ({err})") from err
+    if not isinstance(meta, dict):
+        raise CheckpointConfigError(f"{meta_path}: expected a JSON object with 'kind' and 'config', "
+                                    f"got a {type(meta).__name__}")
     if meta.get("kind") != kind:
-        raise CheckpointError(f"{spec}: holds a {meta.get('kind')!r} model, expected {kind!r}")
+        raise CheckpointError(f"{spec}: holds a {meta.get('kind')!r} model, expected {kind!r} ({meta_path})")
+    if "config" not in meta:
+        raise CheckpointConfigError(f"{meta_path}: no 'config' section (the {kind} model's configuration, "
+                                    f"written by save_checkpoint); the file has only {sorted(meta)}")
+    if not isinstance(meta["config"], dict):
+        raise CheckpointConfigError(f"{meta_path}: the 'config' section must be an object of config fields, "
+                                    f"got a {type(meta['config']).__name__}")
     return meta
 
 
 def load_state_into(spec: str | Path, model: torch.nn.Module) -> None:
+    """Load the folder's weights into `model` (strict); CheckpointError if unreadable, mismatched or
+    not finite. A NaN/inf weight would only show up later as every prediction being NaN (a policy
+    whose every chunk is dropped), so it is refused here, naming the file and the first bad tensor.
+    Buffers (config-derived ranges) may hold +-inf, never NaN."""
     folder = Path(resolve_model_path(str(spec)))
+    weights = folder / "model.safetensors"
     try:
-        state = load_file(str(folder / "model.safetensors"))
+        state = load_file(str(weights))
     except Exception as err:  # safetensors raises several types for truncated/corrupt files
-        raise CheckpointError(f"{folder}/model.safetensors is unreadable: {err}") from err
+        raise CheckpointError(f"{weights} is unreadable: {err}") from err
+    order = list(model.state_dict()) + sorted(set(state) - set(model.state_dict()))
+    buffers = {name for name, _ in model.named_buffers()}
+    bad = first_non_finite(state, order, skip_inf=buffers)
+    if bad is not None:
+        raise CheckpointError(f"{weights}: non-finite weights, refusing to load: {bad} "
+                              "(a diverged training run?)")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -81,7 +126,12 @@ class Checkpointable:
     def load(cls, spec: str | Path) -> tuple[Any, dict]:
         """Load a checkpoint folder: the model in eval mode and the checkpoint's metadata."""
         meta = read_checkpoint_meta(spec, cls.checkpoint_kind)
-        model = cls(config_from_dict(cls.config_type, meta["config"]))
+        try:
+            model = cls(config_from_dict(cls.config_type, meta["config"]))
+        except (CheckpointError, TypeError, ValueError) as err:  # unknown keys; values the model refuses
+            meta_path = Path(resolve_model_path(str(spec))) / "config.json"
+            raise CheckpointConfigError(f"{meta_path}: its 'config' section does not build a "
+                                        f"{cls.__name__}: {err}") from err
         load_state_into(spec, model)
         return model.eval(), meta
 
@@ -100,6 +150,9 @@ def export_checkpoint(source: str | Path, destination: str | Path, half: bool = 
         state = load_file(str(source_folder / "model.safetensors"))
     except Exception as err:
         raise CheckpointError(f"{source_folder}/model.safetensors is unreadable: {err}") from err
+    bad = first_non_finite(state)
+    if bad is not None:
+        raise CheckpointError(f"{source_folder}/model.safetensors: non-finite weights, not exporting: {bad}")
     if half:
         for name, value in state.items():
             if value.is_floating_point():

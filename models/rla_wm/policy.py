@@ -12,11 +12,15 @@
   anchor: at most `max_delta` per point, so a chunk starts where the robot is and moves
   smoothly, then targets are clipped to the action range. With `action_reads_rla` the
   action head's queries also attend to the predicted z ("decode RLAs into commands").
-- Where no state is measured (action-free video; a robot whose joint states are stale)
-  a learned token takes the state token's place, and the chunk is anchored on the state
-  head's estimate of the state from the image.
+- Where no state is measured (action-free training video) a learned token takes the state
+  token's place, and the chunk is anchored on the state head's estimate of the state from
+  the image: `forward(tokens, None)`, or `state_visible` False per sample.
 
-`forward(tokens, state)` is what the policy node runs: absolute joint targets (B, T, A).
+`forward(tokens, state)` with a measured state is what the policy node runs: absolute joint
+targets (B, T, A). The node never runs the state-free path: when its newest joint state is
+older than its `state_timeout` (or there is none) it does not act at all, and publishes
+nothing for that feature map. A chunk anchored on an estimate from the image could start
+away from where the arm is, which the safety gate would refuse anyway.
 """
 from __future__ import annotations
 
@@ -148,6 +152,16 @@ class WorldActionModel(Checkpointable, nn.Module):
         self.register_buffer("max_delta", torch.tensor(config.max_delta, dtype=torch.float32))
         self.register_buffer("state_low", torch.tensor(config.state_low, dtype=torch.float32))
         self.register_buffer("state_high", torch.tensor(config.state_high, dtype=torch.float32))
+
+    @property
+    def feature_grid(self) -> tuple[int, int, int] | None:
+        """(height, width, channels) of the patch grid the model takes, or None when num_tokens is not
+        a square (token_merge 1 only): then any grid of num_tokens patches has the right shape.
+        The encoders make square grids; a map with another layout, even with as many patches,
+        does not match the model's position embeddings."""
+        if self.grid * self.grid != self.config.num_tokens:
+            return None
+        return (self.grid, self.grid, self.config.token_dim)
 
     # -- normalisation
 

@@ -473,6 +473,42 @@ def test_command_exact_output(write, finder, prefix):
         NodeSpec(package="ghost", executable="x").command(finder)
 
 
+def test_empty_param_value_is_an_empty_string_for_rcl(write, finder, prefix, ros_domain):
+    """value="" (e.g. an arg defaulting to '') becomes -p name:='' as ros2 launch writes it;
+    rcl rejects -p name:= and the node would not start."""
+    import rclpy
+    from rclpy.context import Context
+
+    path = write(
+        """
+        <arg name="robot_type" default=""/>
+        <node pkg="demo_pkg" exec="rec" name="rec">
+          <param name="robot_type" value="$(var robot_type)"/>
+          <param name="quoted" value="''"/>
+        </node>
+        """
+    )
+    (node,) = parse_launch_file(path, package_finder=finder).nodes
+    assert node.params == {"robot_type": "", "quoted": "''"}
+    command = node.command(finder)
+    assert command[-4:] == ["-p", "robot_type:=''", "-p", "quoted:=''"]
+
+    def parameter(ros_args: list[str]):
+        context = Context()
+        rclpy.init(args=["rec", "--ros-args", *ros_args], context=context, domain_id=ros_domain)
+        try:
+            probe = rclpy.create_node("rec", context=context, automatically_declare_parameters_from_overrides=True)
+            value = probe.get_parameter("robot_type").value
+            probe.destroy_node()
+            return value
+        finally:
+            context.try_shutdown()
+
+    assert parameter(command[command.index("--ros-args") + 1:]) == ""
+    with pytest.raises(Exception):  # what the runner used to pass
+        parameter(["-p", "robot_type:="])
+
+
 # -------------------------------------------------------------------- LaunchedGraph
 
 NODE_SCRIPT = '''#!{python}

@@ -69,15 +69,31 @@ def test_missing_state_token_stands_in_for_an_absent_state():
     policy.predict(tokens, state).actions.sum().backward()
     assert policy.missing_state.grad is None or policy.missing_state.grad.abs().sum() == 0
 
-    # Changing the token changes state-free predictions only.
+    # Changing the token changes state-free predictions a lot, and nothing else. (Adding a constant
+    # to the token would prove nothing: the trunk's pre-norm LayerNorms cancel a constant shift, so
+    # the output moves by float rounding only. The perturbation is a fixed random vector with zero
+    # mean, ten times the token's own size: heads move by ~20% of their output, a
+    # constant shift by ~1e-6.)
+    def outputs(out):  # every head, in comparable units
+        return torch.cat([out.rla.flatten(1), out.increments.flatten(1), policy.normalise_state(out.state)], dim=1)
+
+    def relative_change(after, before):
+        return ((after - before).norm(dim=1) / before.norm(dim=1)).min().item()  # the least-changed sample
+
+    visible = torch.tensor([True, False, True])
     with torch.no_grad():
-        blind, seen = policy(tokens, None), policy(tokens, state)
-        policy.missing_state.add_(1.0)
-        assert not torch.allclose(policy(tokens, None), blind)
-        torch.testing.assert_close(policy(tokens, state), seen)
+        blind, seen = outputs(policy.predict(tokens, None)), outputs(policy.predict(tokens, state))
+        mixed_before = outputs(policy.predict(tokens, state, visible))
+        direction = torch.randn(policy.missing_state.shape, generator=torch.Generator().manual_seed(1))
+        direction -= direction.mean()
+        policy.missing_state.add_(direction / direction.norm() * 10 * policy.missing_state.norm())
+        assert relative_change(outputs(policy.predict(tokens, None)), blind) > 0.05
+        torch.testing.assert_close(outputs(policy.predict(tokens, state)), seen)  # unused with a state
+        mixed_after = outputs(policy.predict(tokens, state, visible))
+        assert relative_change(mixed_after[1:2], mixed_before[1:2]) > 0.05  # the sample without a state
+        torch.testing.assert_close(mixed_after[visible], mixed_before[visible])  # the samples with one
 
     # Per sample: a hidden state gives exactly the state-free prediction, whatever the row holds.
-    visible = torch.tensor([True, False, True])
     garbage = state.clone()
     garbage[1] = float("nan")
     with torch.no_grad():

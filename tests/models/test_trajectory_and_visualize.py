@@ -2,39 +2,48 @@
 import numpy as np
 import pytest
 
+from rla_wm.control.jtc import Trajectory
 from rla_wm.control.trajectory import TrajectoryFollower
 from rla_wm.visualize import feature_pca_rgb, side_by_side
+
+
+S = 1_000_000_000  # nanoseconds per second
+
+
+def traj(names, positions, times_s, stamp_s=0.0) -> Trajectory:
+    return Trajectory.from_arrays(names, np.array(positions, dtype=float), [round(t * S) for t in times_s],
+                                  round(stamp_s * S))
 
 
 def test_follower_interpolates_from_current_state_and_stops_at_last_point():
     follower = TrajectoryFollower(("x", "y"))
     current = np.array([0.0, 0.0])
-    assert np.allclose(follower.target(5.0, current), current)
-    follower.set_trajectory(("x", "y"), np.array([[1.0, 2.0], [3.0, 4.0]]), 10.0, np.array([1.0, 2.0]), 10.0, current)
-    assert np.allclose(follower.target(10.5, current), [0.5, 1.0])
-    assert np.allclose(follower.target(11.5, current), [2.0, 3.0])
-    assert np.allclose(follower.target(99.0, current), [3.0, 4.0])
+    assert np.allclose(follower.target(5 * S, current), current)
+    assert follower.command(traj(("x", "y"), [[1.0, 2.0], [3.0, 4.0]], [1.0, 2.0], 10.0), 10 * S, current) == ""
+    assert np.allclose(follower.target(round(10.5 * S), current), [0.5, 1.0])
+    assert np.allclose(follower.target(round(11.5 * S), current), [2.0, 3.0])
+    assert np.allclose(follower.target(99 * S, current), [3.0, 4.0])
 
 
-def test_follower_drops_past_points_and_maps_joint_order():
+def test_follower_interpolates_through_past_points_as_jtc_does_and_maps_joint_order():
     follower = TrajectoryFollower(("x", "y"))
     current = np.array([1.0, 1.0])
-    # Chunk stamped at t=10, arriving at t=11.5: the first point (t=11) is already past.
-    follower.set_trajectory(("y", "x"), np.array([[9.0, 9.0], [5.0, 3.0]]), 10.0, np.array([1.0, 2.5]), 11.5, current)
-    assert np.allclose(follower.target(11.5, current), [1.0, 1.0])  # no jump toward the dropped point
-    assert np.allclose(follower.target(12.5, current), [3.0, 5.0])
+    # Stamped t=10, arriving at t=11.5: the first point (t=11) is past, so JTC's command jumps to the
+    # interpolation between the two points at t=11.5 (halfway), not to a path from the current state.
+    message = traj(("y", "x"), [[9.0, 9.0], [5.0, 3.0]], [1.0, 2.0], 10.0)
+    assert follower.command(message, round(11.5 * S), current) == ""
+    assert np.allclose(follower.target(round(11.5 * S) + 1, current), [6.0, 7.0], atol=1e-6)
+    assert np.allclose(follower.target(13 * S, current), [3.0, 5.0])
 
 
-def test_empty_trajectory_holds_position():
+def test_refused_trajectories_leave_the_previous_one_running():
     follower = TrajectoryFollower(("x", "y"))
-    follower.set_trajectory(("x", "y"), np.array([[5.0, 5.0]]), 0.0, np.array([1.0]), 0.0, np.zeros(2))
-    follower.set_trajectory(("x", "y"), np.empty((0, 2)), 0.0, np.empty(0), 0.5, np.array([2.0, 2.0]))
-    assert np.allclose(follower.target(10.0, np.array([7.0, 7.0])), [2.0, 2.0])
-
-
-def test_follower_rejects_other_joints():
-    with pytest.raises(ValueError, match="robot joints"):
-        TrajectoryFollower(("x", "y")).set_trajectory(("x", "z"), np.zeros((1, 2)), 0, np.ones(1), 0, np.zeros(2))
+    assert follower.command(traj(("x", "y"), [[5.0, 5.0]], [1.0]), 0, np.zeros(2)) == ""
+    # An empty trajectory is refused by JTC (it is not a hold), as are other joints and unordered times.
+    assert "empty trajectory" in follower.command(Trajectory(("x", "y"), ()), S // 2, np.array([2.0, 2.0]))
+    assert "do not match" in follower.command(traj(("x", "z"), [[0.0, 0.0]], [1.0]), S // 2, np.zeros(2))
+    assert "strictly increasing" in follower.command(traj(("x", "y"), [[0, 0], [1, 1]], [1.0, 0.5]), S // 2, np.zeros(2))
+    assert np.allclose(follower.target(10 * S, np.array([7.0, 7.0])), [5.0, 5.0])
 
 
 def test_feature_pca_separates_regions():

@@ -1,9 +1,10 @@
 """FeatureMap / LatentAction / JointTrajectory conversions: round trips and shape checks."""
 import array
+import math
 
 import numpy as np
 import pytest
-from builtin_interfaces.msg import Time
+from builtin_interfaces.msg import Duration, Time
 from std_msgs.msg import Header
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
@@ -13,12 +14,13 @@ from rla_wm_ros.conversions import (
     chunk_to_msg,
     duration_to_seconds,
     features_to_msg,
-    hold_msg,
     latent_to_msg,
     msg_to_chunk,
     msg_to_features,
     msg_to_latent,
+    msg_to_trajectory,
     seconds_to_duration,
+    trajectory_to_msg,
 )
 
 HEADER = Header(stamp=Time(sec=12, nanosec=345), frame_id="cam")
@@ -77,9 +79,26 @@ def test_trajectory_with_ragged_point_is_rejected():
         msg_to_chunk(msg)
 
 
-def test_hold_is_an_empty_trajectory():
-    msg = hold_msg(("a", "b"))
-    assert msg.joint_names == ["a", "b"] and msg.points == []
+def test_trajectory_message_round_trip_keeps_every_field_and_refuses_impossible_times():
+    msg = JointTrajectory(joint_names=["a", "b"])
+    msg.header.stamp = Time(sec=-1, nanosec=5)
+    msg.points = [
+        JointTrajectoryPoint(positions=[1.0, 2.0], velocities=[float("nan"), 0.0], effort=[3.0],
+                             time_from_start=Duration(sec=-2, nanosec=7)),
+        JointTrajectoryPoint(positions=[1.5], accelerations=[1.0, 2.0], time_from_start=Duration(sec=1)),
+    ]
+    trajectory = msg_to_trajectory(msg)
+    assert trajectory.stamp_ns == -1_000_000_000 + 5
+    assert trajectory.points[0].time_from_start_ns == -2_000_000_000 + 7
+    assert math.isnan(trajectory.points[0].velocities[0]) and trajectory.points[0].effort == (3.0,)
+    assert trajectory.points[1].positions == (1.5,) and trajectory.points[1].accelerations == (1.0, 2.0)
+    back = trajectory_to_msg(trajectory)
+    assert back.header.stamp.sec == -1 and back.header.stamp.nanosec == 5
+    assert back.points[0].time_from_start.sec == -2 and back.points[0].time_from_start.nanosec == 7
+    assert list(back.points[1].accelerations) == [1.0, 2.0] and list(back.points[0].effort) == [3.0]
+    msg.points[1].time_from_start.nanosec = 1_500_000_000
+    with pytest.raises(MessageShapeError, match="nanosec"):
+        msg_to_trajectory(msg)
 
 
 def test_joint_positions_by_name_and_refusals():
@@ -95,3 +114,16 @@ def test_joint_positions_by_name_and_refusals():
         joint_positions(JointState(name=["a", "b"], position=[1.0]), ["a", "b"])  # fewer positions than names
     with pytest.raises(MessageShapeError, match="non-finite"):
         joint_positions(JointState(name=["a"], position=[float("nan")]), ["a"])
+
+
+def test_feature_map_of_another_grid_is_refused_even_with_the_right_token_count():
+    from rla_wm_ros.conversions import GridMismatchError
+
+    tokens = np.zeros((256, 192), np.float32)
+    assert msg_to_features(features_to_msg(tokens, 16, 16, "enc", HEADER), expected=(16, 16, 192)).shape == (256, 192)
+    for height, width, channels in ((8, 32, 192), (8, 8, 192), (16, 16, 384), (1, 1, 1)):
+        msg = features_to_msg(np.zeros((height * width, channels), np.float32), height, width, "enc", HEADER)
+        msg_to_features(msg)  # consistent in itself
+        with pytest.raises(GridMismatchError, match=f"{height}x{width}x{channels}, the model takes 16x16x192"):
+            msg_to_features(msg, expected=(16, 16, 192))
+    assert issubclass(GridMismatchError, MessageShapeError)

@@ -72,6 +72,7 @@ class Observations:
         self.features = node.create_publisher(FeatureMap, "features", 10)
         self.states = node.create_publisher(JointState, "joint_states", 10)
         self.sent: list[int] = []
+        self.grid = (SIDE, SIDE, CHANNELS)  # what the feature maps declare (and hold)
         self.stop = threading.Event()
         self.rng = np.random.default_rng(0)
         self.thread = threading.Thread(target=self.run, daemon=True)
@@ -80,8 +81,9 @@ class Observations:
         while not self.stop.is_set():
             now = self.node.get_clock().now().to_msg()
             self.states.publish(JointState(name=["agent_x", "agent_y"], position=STATE))
-            tokens = self.rng.normal(size=(SIDE * SIDE, CHANNELS)).astype(np.float32)
-            self.features.publish(features_to_msg(tokens, SIDE, SIDE, self.encoder_id, Header(stamp=now)))
+            height, width, channels = self.grid
+            tokens = self.rng.normal(size=(height * width, channels)).astype(np.float32)
+            self.features.publish(features_to_msg(tokens, height, width, self.encoder_id, Header(stamp=now)))
             self.sent.append(stamp_to_nanoseconds(now))
             time.sleep(0.1)
 
@@ -245,3 +247,39 @@ def test_refuses_a_world_model_from_another_feature_space(start_nodes, tmp_path)
     graph = start_nodes(planner_spec(checkpoints, world_model="regression"))
     wait_for(lambda: not graph.alive()["planner"], 60, "the planner to refuse to start")
     assert "trained on 'builtin:dinov2-tiny-random@224'" in graph.tail_logs(40)
+
+
+def test_feature_maps_of_another_grid_are_refused_counted_and_never_planned_from(ros_node, start_nodes, tmp_path):
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from rla_wm_ros.node_guard import rejection_counts
+
+    graph = start_nodes(planner_spec(make_checkpoints(tmp_path), world_model="regression"))
+    chunks, diagnostics = Inbox(), Inbox()
+    ros_node.create_subscription(JointTrajectory, "planner/joint_trajectory", chunks, 10)
+    ros_node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics, 10)
+    client = ActionClient(ros_node, PlanToGoal, "/planner/plan_to_goal")
+
+    def grid_rejections() -> int:
+        for array in reversed(diagnostics.snapshot()):
+            for status in array.status:
+                if status.name.startswith("planner:"):
+                    return rejection_counts(status).get("on_features/grid_mismatch", 0)
+        return 0
+
+    observations = Observations(ros_node)
+    observations.grid = (4, 16, CHANNELS)  # as many tokens as 8x8, but not the world model's grid
+    observations.start(graph)
+    try:
+        wait_for(lambda: grid_rejections() >= 3, 30, "the planner to count refused feature maps", graph)
+        response = wait_future(send_goal(client, goal_msg(execute=True), graph).get_result_async(), 30,
+                               "the abort", graph)
+        assert response.status == GoalStatus.STATUS_ABORTED and "grid" in response.result.message
+        assert chunks.snapshot() == []
+        observations.grid = (SIDE, SIDE, CHANNELS)
+        time.sleep(0.5)
+        response = wait_future(send_goal(client, goal_msg(), graph).get_result_async(), 60, "the plan", graph)
+        assert response.status == GoalStatus.STATUS_SUCCEEDED, response.result.message
+    finally:
+        observations.close()
+    assert graph.alive() == {"planner": True}

@@ -1,10 +1,15 @@
-"""The policy node over real DDS: chunks anchored to the observation stamp, no seam jumps, one act per observation."""
+"""The policy node over real DDS: chunks anchored to the observation stamp, no seam jumps, one act per
+observation; feature maps it cannot take refused and counted, never fatal; a NaN checkpoint refused at start-up."""
 from __future__ import annotations
 
+import threading
 import time
+from collections import Counter
 
 import numpy as np
 import pytest
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Header
 from trajectory_msgs.msg import JointTrajectory
@@ -23,7 +28,9 @@ def test_policy_chunks_are_stamped_blended_and_one_per_observation(ros_node, sta
     blend_time = 0.3
     graph = start_nodes(NodeSpec(
         "rla_wm_ros", "policy", name="policy", param_files=[config_file("policy.yaml")],
-        params={"rate": "20.0", "blend_time": str(blend_time), "min_lead_time": "0.05"},
+        # The still robot follows no chunk; blending into unfollowed chunks is switched off here (it is
+        # tested in test_chunking), so every seam must blend.
+        params={"rate": "20.0", "blend_time": str(blend_time), "min_lead_time": "0.05", "follow_tolerance_steps": "0.0"},
     ))
     chunks = Inbox()
     ros_node.create_subscription(JointTrajectory, "policy/joint_trajectory", chunks, 10)
@@ -32,10 +39,27 @@ def test_policy_chunks_are_stamped_blended_and_one_per_observation(ros_node, sta
     wait_for(lambda: features_pub.get_subscription_count() > 0 and state_pub.get_subscription_count() > 0,
              60, "the policy to subscribe", graph)
 
+    def check_seams(messages: list[JointTrajectory]) -> int:
+        """Assert every seam is continuous; return how many seams there were (a new chunk starting
+        inside the previous one's span; a slow machine may leave gaps between chunks)."""
+        previous, seams = None, 0
+        for msg in messages:
+            chunk = msg_to_chunk(msg)
+            times = stamp_to_seconds(chunk.stamp) + chunk.times_from_start
+            assert (np.diff(times) > 0).all()
+            assert chunk.times_from_start[0] > 0.05  # past and too-soon points were dropped
+            if previous is not None and previous[0][0] <= times[0] <= previous[0][-1]:
+                for joint in range(2):
+                    expected = np.interp(times[0], previous[0], previous[1][:, joint])
+                    assert chunk.positions[0, joint] == pytest.approx(expected, abs=1e-3)  # no jump at the seam
+                seams += 1
+            previous = (times, chunk.positions)
+        return seams
+
     rng = np.random.default_rng(0)
     sent_stamps: set[int] = set()
-    deadline = time.monotonic() + 60
-    while len(chunks.snapshot()) < 6 and time.monotonic() < deadline:
+    deadline = time.monotonic() + 90
+    while (len(chunks.snapshot()) < 6 or check_seams(chunks.snapshot()) < 3) and time.monotonic() < deadline:
         now = ros_node.get_clock().now().to_msg()
         state = JointState(name=["agent_x", "agent_y"], position=[250.0, 260.0])
         state.header.stamp = now
@@ -51,19 +75,120 @@ def test_policy_chunks_are_stamped_blended_and_one_per_observation(ros_node, sta
     stamps = [stamp_to_nanoseconds(msg.header.stamp) for msg in received]
     assert set(stamps) <= sent_stamps
     assert len(stamps) == len(set(stamps))
-
-    previous = None
-    seams_checked = 0
-    for msg in received:
-        chunk = msg_to_chunk(msg)
-        times = stamp_to_seconds(chunk.stamp) + chunk.times_from_start
-        assert (np.diff(times) > 0).all()
-        assert chunk.times_from_start[0] > 0.05  # past and too-soon points were dropped
-        if previous is not None and previous[0][0] <= times[0] <= previous[0][-1]:
-            for joint in range(2):
-                expected = np.interp(times[0], previous[0], previous[1][:, joint])
-                assert chunk.positions[0, joint] == pytest.approx(expected, abs=1e-3)  # no jump at the seam
-            seams_checked += 1
-        previous = (times, chunk.positions)
-    assert seams_checked >= 3
+    seams_checked = check_seams(received)
+    spans = [(round(stamp_to_seconds(m.header.stamp) % 100, 3), len(m.points)) for m in received]
+    assert seams_checked >= 3, spans
     assert graph.alive() == {"policy": True}
+
+
+def policy_status(diagnostics: Inbox):
+    """The policy's newest DiagnosticStatus, or None."""
+    for array in reversed(diagnostics.snapshot()):
+        for status in array.status:
+            if status.name.startswith("policy:"):
+                return status
+    return None
+
+
+def rejections_by_reason(diagnostics: Inbox) -> Counter:
+    """The policy's rejection counts from its newest /diagnostics, summed over callbacks."""
+    from rla_wm_ros.node_guard import rejection_counts
+
+    status = policy_status(diagnostics)
+    counts: Counter = Counter()
+    for key, count in (rejection_counts(status) if status is not None else {}).items():
+        counts[key.split("/", 1)[1]] += count
+    return counts
+
+
+def test_policy_refuses_feature_maps_it_cannot_take_counts_them_and_keeps_acting(ros_node, start_nodes):
+    """Grids the model does not take (even 8x32 with the right token count) and a NaN payload: no command,
+    no dead node, counted on /diagnostics; a valid map afterwards is acted on."""
+    graph = start_nodes(NodeSpec("rla_wm_ros", "policy", name="policy", param_files=[config_file("policy.yaml")],
+                                 params={"checkpoint": "builtin:sim-pusht-policy"}))
+    chunks, diagnostics = Inbox(), Inbox()
+    ros_node.create_subscription(JointTrajectory, "policy/joint_trajectory", chunks, 10)
+    ros_node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics, 10)
+    features_pub = ros_node.create_publisher(FeatureMap, "features", 10)
+    state_pub = ros_node.create_publisher(JointState, "joint_states", 10)
+    wait_for(lambda: features_pub.get_subscription_count() > 0 and state_pub.get_subscription_count() > 0,
+             60, "the policy to subscribe", graph)
+    rng = np.random.default_rng(0)
+
+    def feature_map(height: int, width: int, channels: int, sec: int) -> FeatureMap:
+        tokens = rng.normal(size=(height * width, channels)).astype(np.float32)
+        return features_to_msg(tokens, height, width, ENCODER_ID, Header(stamp=Time(sec=sec), frame_id="camera"))
+
+    # The link is up once a map is counted: with no joint state yet, a valid map is refused for that.
+    deadline = time.monotonic() + 30
+    while rejections_by_reason(diagnostics)["no_fresh_state"] == 0:
+        assert time.monotonic() < deadline, graph.tail_logs(30)
+        features_pub.publish(feature_map(16, 16, 192, 1))
+        time.sleep(0.5)
+
+    stop = threading.Event()
+
+    def stream_states() -> None:
+        while not stop.is_set():
+            state = JointState(name=["agent_x", "agent_y"], position=[250.0, 260.0])
+            state.header.stamp = ros_node.get_clock().now().to_msg()
+            state_pub.publish(state)
+            time.sleep(0.05)
+
+    streamer = threading.Thread(target=stream_states, daemon=True)
+    streamer.start()
+    try:
+        with_nan = feature_map(16, 16, 192, 104)
+        with_nan.data[1000] = float("nan")
+        bad = [(feature_map(8, 8, 192, 100), "grid_mismatch"), (feature_map(16, 16, 384, 101), "grid_mismatch"),
+               (feature_map(1, 1, 1, 102), "grid_mismatch"), (feature_map(8, 32, 192, 103), "grid_mismatch"),
+               (with_nan, "malformed_features")]
+        expected: Counter = Counter()
+        for msg, reason in bad:
+            expected[reason] += 1
+            features_pub.publish(msg)  # one at a time: the subscription keeps only the newest map
+            wait_for(lambda: rejections_by_reason(diagnostics)[reason] >= expected[reason], 15,
+                     f"the policy to count a {msg.grid_height}x{msg.grid_width}x{msg.channels} map as {reason}", graph)
+        counts = rejections_by_reason(diagnostics)
+        assert counts["grid_mismatch"] == 4 and counts["malformed_features"] == 1, counts
+        status = policy_status(diagnostics)
+        values = {kv.key: kv.value for kv in status.values}
+        assert status.level == DiagnosticStatus.WARN and values["chunks_published"] == "0"
+        assert "act: malformed_features" in values["last_rejected_input"]
+        assert chunks.snapshot() == [], "a refused feature map produced a command"
+        assert graph.alive() == {"policy": True}
+
+        # A valid map is still acted on, with its own stamp.
+        deadline = time.monotonic() + 30
+        while not chunks.snapshot():
+            assert time.monotonic() < deadline, graph.tail_logs(30)
+            features_pub.publish(features_to_msg(rng.normal(size=(256, 192)).astype(np.float32), 16, 16, ENCODER_ID,
+                                                 Header(stamp=ros_node.get_clock().now().to_msg())))
+            time.sleep(0.5)
+        assert all(msg.header.stamp.sec >= 1000 for msg in chunks.snapshot())  # none from a refused map (sec < 200)
+        assert rejections_by_reason(diagnostics)["grid_mismatch"] == 4
+    finally:
+        stop.set()
+        streamer.join(timeout=5)
+    assert graph.alive() == {"policy": True}
+
+
+def test_policy_refuses_to_start_with_non_finite_weights(start_nodes, tmp_path):
+    import math
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from rla_wm.policy import WAMConfig, WorldActionModel
+
+    WorldActionModel(WAMConfig(width=32, depth=1, heads=2)).save(tmp_path / "nan_policy")
+    weights = tmp_path / "nan_policy" / "model.safetensors"
+    state = load_file(str(weights))
+    state["action_out.1.weight"] = torch.full_like(state["action_out.1.weight"], math.nan)
+    save_file(state, str(weights))
+    graph = start_nodes(NodeSpec("rla_wm_ros", "policy", name="policy", param_files=[config_file("policy.yaml")],
+                                 params={"checkpoint": str(tmp_path / "nan_policy")}))
+    wait_for(lambda: not graph.alive()["policy"], 60, "the policy to refuse to start")
+    assert graph.returncodes()["policy"] != 0
+    logs = graph.tail_logs(40)
+    assert "non-finite weights" in logs and "'action_out.1.weight'" in logs and str(weights) in logs, logs

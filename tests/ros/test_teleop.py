@@ -167,3 +167,48 @@ def test_keyboard_source_refuses_without_a_terminal(start_nodes):
     wait_for(lambda: not graph.alive()["teleop"], 30, "the keyboard teleop to refuse and exit")
     assert graph.returncodes()["teleop"] != 0
     assert "needs an interactive terminal" in graph.log_paths["teleop"].read_text()
+
+
+def test_non_finite_poses_and_malformed_states_are_counted_never_acted_on(ros_node, start_nodes):
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from rla_wm_ros.node_guard import rejection_counts
+
+    graph = start_nodes(teleop_spec("expert"))
+    out, diagnostics = Inbox(), Inbox()
+    ros_node.create_subscription(JointTrajectory, "teleop/joint_trajectory", out, 10)
+    ros_node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics, 10)
+    poses = ros_node.create_publisher(PoseStamped, "sim/object_pose", 10)
+    states = ros_node.create_publisher(JointState, "joint_states", 10)
+    wait_for(lambda: poses.get_subscription_count() > 0 and states.get_subscription_count() > 0, 60,
+             "the teleop node to subscribe", graph)
+
+    def counts() -> dict[str, int]:
+        for array in reversed(diagnostics.snapshot()):
+            for status in array.status:
+                if status.name.startswith("teleop:"):
+                    return rejection_counts(status)
+        return {}
+
+    block, agent = np.array([320.0, 260.0, 0.3]), np.array([120.0, 400.0])
+    deadline = time.monotonic() + 30
+    while not (counts().get("on_pose/non_finite_pose") and counts().get("on_state/malformed_joint_state")):
+        assert time.monotonic() < deadline, graph.tail_logs(20)
+        stamp = ros_node.get_clock().now().to_msg()
+        poses.publish(pose_msg(np.array([np.nan, 260.0, 0.3]), stamp))
+        states.publish(state_msg(agent, stamp))
+        states.publish(JointState(name=["agent_x"], position=[1.0]))  # a joint missing
+        nan_state = state_msg(np.array([np.inf, 400.0]), stamp)
+        states.publish(nan_state)
+        time.sleep(0.5)
+    assert out.snapshot() == [], "a NaN pose produced a command"
+    # Still answering a valid step.
+    deadline = time.monotonic() + 20
+    while not out.snapshot():
+        assert time.monotonic() < deadline, graph.tail_logs(20)
+        stamp = ros_node.get_clock().now().to_msg()
+        poses.publish(pose_msg(block, stamp))
+        states.publish(state_msg(agent, stamp))
+        time.sleep(0.3)
+    assert np.isfinite(msg_to_chunk(out.snapshot()[0]).positions).all()
+    assert graph.alive() == {"teleop": True}

@@ -1,61 +1,33 @@
-"""Following a time-stamped joint trajectory the way joint_trajectory_controller does."""
+"""A simulated robot's joint_trajectory_controller: follows JointTrajectory commands by JTC's rules."""
 from __future__ import annotations
 
 import numpy as np
+
+from rla_wm.control.jtc import JtcExecution, Trajectory, jtc_rejection
 
 
 class TrajectoryFollower:
     """Holds the active trajectory and answers "where should the joints be at time t?".
 
-    Times are absolute seconds on one clock. Points already past when the trajectory
-    arrives are dropped; the target moves linearly from where the robot was at
-    arrival through the remaining points and stays at the last one. An empty trajectory means hold: keep the position
-    measured when it arrived.
+    Acceptance and execution are `rla_wm.control.jtc`'s model of joint_trajectory_controller: a
+    refused message (an empty one included) leaves the previous trajectory running; past points are
+    interpolated through, not skipped. The state at receipt is the measured position (JTC's default,
+    closed-loop start). Times are integer nanoseconds on one clock.
     """
 
     def __init__(self, joint_names: tuple[str, ...]) -> None:
         self.joint_names = tuple(joint_names)
-        self._times: np.ndarray | None = None
-        self._positions: np.ndarray | None = None
-        self._hold: np.ndarray | None = None
+        self._execution: JtcExecution | None = None
 
-    def set_trajectory(
-        self, joint_names: tuple[str, ...], positions: np.ndarray, start_time: float, times_from_start: np.ndarray,
-        received_time: float, current: np.ndarray,
-    ) -> None:
-        if sorted(joint_names) != sorted(self.joint_names):
-            raise ValueError(f"trajectory joints {list(joint_names)} != robot joints {list(self.joint_names)}")
-        current = np.asarray(current, dtype=np.float64)
-        positions = np.asarray(positions, dtype=np.float64)
-        if positions.size == 0:
-            self.hold(current)
-            return
-        order = [list(joint_names).index(name) for name in self.joint_names]
-        positions = positions[:, order]
-        times = start_time + np.asarray(times_from_start, dtype=np.float64)
-        # Points already in the past are skipped; the path starts at the current state
-        # at arrival time, so the target never jumps.
-        future = times > received_time
-        if not future.any():
-            self.hold(current)
-            return
-        self._times = np.concatenate([[received_time], times[future]])
-        self._positions = np.vstack([current, positions[future]])
-        self._hold = None
+    def command(self, trajectory: Trajectory, now_ns: int, current: np.ndarray) -> str:
+        """Take a new trajectory as JTC would; returns why it was refused ("" if accepted)."""
+        reason = jtc_rejection(trajectory, self.joint_names, now_ns)
+        if not reason:
+            self._execution = JtcExecution(trajectory, self.joint_names, now_ns, np.asarray(current, dtype=np.float64))
+        return reason
 
-    def hold(self, current: np.ndarray) -> None:
-        self._times = None
-        self._positions = None
-        self._hold = np.asarray(current, dtype=np.float64).copy()
-
-    @property
-    def active(self) -> bool:
-        return self._times is not None or self._hold is not None
-
-    def target(self, now: float, current: np.ndarray) -> np.ndarray:
-        """Target at time `now`; with nothing commanded yet, the current position."""
-        if self._hold is not None:
-            return self._hold
-        if self._times is None:
-            return np.asarray(current, dtype=np.float64)
-        return np.array([np.interp(now, self._times, self._positions[:, j]) for j in range(len(self.joint_names))])
+    def target(self, now_ns: int, current: np.ndarray) -> np.ndarray:
+        """Commanded positions at `now_ns`; with nothing commanded yet, the current position."""
+        if self._execution is None:
+            return np.asarray(current, dtype=np.float64).copy()
+        return self._execution.sample(now_ns)

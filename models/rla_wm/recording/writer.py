@@ -117,6 +117,9 @@ class EpisodeWriter:
     stamp_key: a float64 (1,) feature added for the real capture stamp (None: none).
     queue_size: frames the worker queue holds before `add_frame` raises QueueFullError.
     vcodec, encoder_threads: LeRobot's video encoder settings.
+    image_writer_threads: threads that write each frame's PNGs (LeRobot's AsyncImageWriter); zlib
+        releases the GIL, so several threads use several cores. 0 writes them in the worker thread,
+        which cannot keep up with two 1280x720 cameras at 30 Hz on a 2-core computer.
     durable: fsync committed files, so commits also survive a power loss.
 
     Not thread-safe: call it from one thread (or serialise the calls).
@@ -134,6 +137,7 @@ class EpisodeWriter:
         queue_size: int = 256,
         vcodec: str = "libsvtav1",
         encoder_threads: int | None = None,
+        image_writer_threads: int = 2,
         durable: bool = True,
     ) -> None:
         import lerobot
@@ -162,8 +166,12 @@ class EpisodeWriter:
         # SVT-AV1 prints its whole configuration to stderr for every episode unless told not to.
         os.environ.setdefault("SVT_LOG", "1")
 
+        if image_writer_threads < 0:
+            raise ValueError(f"image_writer_threads must be >= 0, got {image_writer_threads}")
         self._lock: WriterLock | None = None
         self._dataset, self._journal, self.repair_report = self._open()
+        if image_writer_threads:
+            self._dataset.start_image_writer(num_processes=0, num_threads=int(image_writer_threads))
 
         self._cond = threading.Condition()
         self._items: collections.deque = collections.deque()
@@ -598,6 +606,8 @@ class EpisodeWriter:
 
         dataset = self._dataset
         frames = 0
+        if dataset.image_writer is not None:
+            dataset.image_writer.wait_until_done()  # no PNG of this episode may land after the clean-up
         if dataset.episode_buffer is not None:
             frames = dataset.episode_buffer["size"]
             dataset.clear_episode_buffer(delete_images=True)  # removes image-dtype frames only

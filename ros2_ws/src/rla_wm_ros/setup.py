@@ -1,8 +1,18 @@
+import os
 from glob import glob
 
 from setuptools import find_packages, setup
 
 PACKAGE = "rla_wm_ros"
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# The launch files live in this package (the repository's top-level launch/ is a link to this
+# folder). A package without them would install and build fine and then fail only at
+# `ros2 launch`, so refuse to build it.
+LAUNCH_FILES = sorted(glob("launch/*.launch.xml", root_dir=HERE))
+if not LAUNCH_FILES:
+    raise SystemExit(f"{PACKAGE}: no launch files in {os.path.join(HERE, 'launch')} (expected *.launch.xml); "
+                     "the package would install without them")
 
 setup(
     name=PACKAGE,
@@ -11,9 +21,9 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
-        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
-        # launch/ is a link to the repository's top-level launch/ folder.
-        (f"share/{PACKAGE}/launch", glob("launch/*.launch.xml")),
+        # Node parameters and the Fast DDS profile (config/fastdds.xml) for camera-sized messages.
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
+        (f"share/{PACKAGE}/launch", LAUNCH_FILES),
     ],
     install_requires=["setuptools"],
     zip_safe=True,

@@ -1,9 +1,11 @@
 """Drive closed-loop episodes on a running graph and measure it from the outside.
 
 An observer node listens to the same topics the nodes use: camera frames,
-feature maps, model chunks and the gated commands the robot executes. Because
-every chunk carries its camera frame's stamp, each stage's latency is measured
-per frame: camera -> features -> policy chunk -> command at the robot.
+feature maps, model chunks and the gated commands the robot executes. Every chunk
+carries its camera frame's stamp; a gated command is the gate's re-timed copy of a
+chunk's remaining points (zero stamp), so it is traced back to its chunk by those
+points. Each stage's latency is thus measured per frame: camera -> features ->
+policy chunk -> command at the robot. A command that is no chunk's tail is a hold.
 """
 from __future__ import annotations
 
@@ -12,7 +14,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import Image
@@ -94,6 +95,7 @@ class ClosedLoopObserver(Node):
         self._lock = threading.Lock()
         self._frames: dict[int, Image] = {}  # decoded only for the episode picture, off the camera hot path
         self._features: dict[int, FeatureMap] = {}
+        self._chunks: dict[int, tuple[list[str], np.ndarray]] = {}  # stamp -> (joint names, positions)
         self.create_subscription(Image, "/camera/image_raw", self.on_image, CAMERA_QOS)
         self.create_subscription(FeatureMap, "/features", self.on_features, 10)
         self.create_subscription(JointTrajectory, model_topic, self.on_chunk, 10)
@@ -116,14 +118,38 @@ class ClosedLoopObserver(Node):
             _keep_newest(self._features, 20)
 
     def on_chunk(self, msg: JointTrajectory) -> None:
-        self.latency.chunks.setdefault(stamp_to_nanoseconds(msg.header.stamp), time.time_ns())
+        stamp = stamp_to_nanoseconds(msg.header.stamp)
+        self.latency.chunks.setdefault(stamp, time.time_ns())
+        try:
+            positions = np.array([p.positions for p in msg.points], dtype=np.float64)
+        except ValueError:  # ragged: the gate refuses it anyway
+            return
+        with self._lock:
+            self._chunks[stamp] = (list(msg.joint_names), positions)
+            _keep_newest(self._chunks, 20)
 
     def on_command(self, msg: JointTrajectory) -> None:
-        if not msg.points:
+        arrival = time.time_ns()
+        stamp = self._source_chunk(msg)
+        if stamp is None:
             self.holds += 1
             return
         self.commands += 1
-        self.latency.commands.setdefault(stamp_to_nanoseconds(msg.header.stamp), time.time_ns())
+        self.latency.commands.setdefault(stamp, arrival)
+
+    def _source_chunk(self, msg: JointTrajectory) -> int | None:
+        """Stamp of the newest chunk whose last points are exactly this command's points."""
+        names = list(msg.joint_names)
+        command = np.array([p.positions for p in msg.points], dtype=np.float64).reshape(len(msg.points), -1)
+        with self._lock:
+            chunks = sorted(self._chunks.items(), reverse=True)
+        for stamp, (chunk_names, positions) in chunks:
+            if sorted(chunk_names) != sorted(names) or len(positions) < len(command) or positions.ndim != 2:
+                continue
+            tail = positions[len(positions) - len(command):, [chunk_names.index(n) for n in names]]
+            if command.size and np.array_equal(tail, command):
+                return stamp
+        return None
 
     def on_status(self, msg: EpisodeStatus) -> None:
         self.status = msg

@@ -11,9 +11,15 @@ from rla_wm_msgs.msg import FeatureMap, LatentAction
 from std_msgs.msg import Header
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from rla_wm.control.jtc import Trajectory, TrajectoryPoint
+
 
 class MessageShapeError(ValueError):
     """A message's data disagrees with the shape it declares, or holds non-finite values."""
+
+
+class GridMismatchError(MessageShapeError):
+    """A feature map is consistent in itself, but its grid is not the one the model takes."""
 
 
 def _float32_payload(values: np.ndarray) -> array.array:
@@ -45,10 +51,18 @@ def features_to_msg(tokens: np.ndarray, grid_height: int, grid_width: int, encod
     return msg
 
 
-def msg_to_features(msg: FeatureMap) -> np.ndarray:
-    """FeatureMap -> (N, C) float32 tokens; raises MessageShapeError on any inconsistency."""
+def msg_to_features(msg: FeatureMap, expected: tuple[int, int, int] | None = None) -> np.ndarray:
+    """FeatureMap -> (N, C) float32 tokens; raises MessageShapeError on any inconsistency.
+
+    With `expected` (height, width, channels), a map with any other grid raises GridMismatchError
+    before its payload is read, even one with the right token count (8x32 is not 16x16: the
+    model's position embeddings are laid out on its own grid).
+    """
     if msg.grid_height == 0 or msg.grid_width == 0 or msg.channels == 0:
         raise MessageShapeError(f"feature map has an empty shape {msg.grid_height}x{msg.grid_width}x{msg.channels}")
+    if expected is not None and (msg.grid_height, msg.grid_width, msg.channels) != tuple(expected):
+        raise GridMismatchError(f"feature map grid is {msg.grid_height}x{msg.grid_width}x{msg.channels}, the model "
+                                f"takes {'x'.join(str(v) for v in expected)} (height x width x channels)")
     tokens = msg.grid_height * msg.grid_width
     values = _checked_payload(msg.data, tokens * msg.channels, "FeatureMap")
     return values.reshape(tokens, msg.channels)
@@ -128,10 +142,45 @@ def msg_to_chunk(msg: JointTrajectory) -> Chunk:
     return Chunk(tuple(msg.joint_names), positions, times, msg.header.stamp)
 
 
-def hold_msg(joint_names: list[str] | tuple[str, ...]) -> JointTrajectory:
-    """An empty trajectory: ros2_control's joint_trajectory_controller (and our sim) hold position."""
+def _nanoseconds(sec: int, nanosec: int, what: str) -> int:
+    if not 0 <= nanosec < 1_000_000_000:
+        raise MessageShapeError(f"{what} has nanosec {nanosec} outside [0, 1e9)")
+    return sec * 1_000_000_000 + nanosec
+
+
+def msg_to_trajectory(msg: JointTrajectory) -> Trajectory:
+    """JointTrajectory -> the library's Trajectory, every field kept as sent (ragged sizes included),
+    so the gate vets exactly what a controller would read. MessageShapeError on an impossible time."""
+    points = tuple(
+        TrajectoryPoint(
+            positions=tuple(point.positions),
+            velocities=tuple(point.velocities),
+            accelerations=tuple(point.accelerations),
+            effort=tuple(point.effort),
+            time_from_start_ns=_nanoseconds(point.time_from_start.sec, point.time_from_start.nanosec,
+                                            f"point {index} time_from_start"),
+        )
+        for index, point in enumerate(msg.points)
+    )
+    stamp = _nanoseconds(msg.header.stamp.sec, msg.header.stamp.nanosec, "header.stamp")
+    return Trajectory(tuple(msg.joint_names), points, stamp)
+
+
+def trajectory_to_msg(trajectory: Trajectory, frame_id: str = "") -> JointTrajectory:
+    """The library's Trajectory -> JointTrajectory, field by field (nothing added)."""
     msg = JointTrajectory()
-    msg.joint_names = list(joint_names)
+    msg.header.frame_id = frame_id
+    msg.header.stamp = Time(sec=trajectory.stamp_ns // 1_000_000_000, nanosec=trajectory.stamp_ns % 1_000_000_000)
+    msg.joint_names = list(trajectory.joint_names)
+    for point in trajectory.points:
+        out = JointTrajectoryPoint()
+        out.positions = [float(v) for v in point.positions]
+        out.velocities = [float(v) for v in point.velocities]
+        out.accelerations = [float(v) for v in point.accelerations]
+        out.effort = [float(v) for v in point.effort]
+        t = point.time_from_start_ns
+        out.time_from_start = Duration(sec=t // 1_000_000_000, nanosec=t % 1_000_000_000)
+        msg.points.append(out)
     return msg
 
 

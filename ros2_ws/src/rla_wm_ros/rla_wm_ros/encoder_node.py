@@ -4,6 +4,7 @@ the residual latent action z between frame t-h and frame t (rla_wm_msgs/LatentAc
 The camera subscription uses sensor-data QoS with depth 1: when encoding is
 slower than the camera, old frames are dropped, never queued, so the features
 always describe the newest frame. Feature maps carry the source image's stamp.
+A frame that cannot be encoded is a counted rejection on /diagnostics (`rla_wm_ros.node_guard`).
 """
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import time
 
 import torch
 from builtin_interfaces.msg import Time
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
@@ -21,8 +21,9 @@ from rla_wm.latent_tracker import LatentTracker
 from rla_wm_msgs.msg import FeatureMap, LatentAction
 from rla_wm_ros.conversions import features_to_msg, latent_to_msg, stamp_to_seconds
 from rla_wm_ros.image_conversion import CvBridgeError, image_msg_to_rgb
+from rla_wm_ros.node_guard import WARN, Health, NodeGuard, Rejected
 from rla_wm_ros.params import declare
-from rla_wm_ros.qos import CAMERA_QOS
+from rla_wm_ros.qos import CAMERA_QOS, lost_sample_callbacks
 
 class EncoderNode(Node):
     def __init__(self) -> None:
@@ -53,29 +54,52 @@ class EncoderNode(Node):
             self.get_logger().info(f"publishing RLA latents over {horizon} frames ({horizon / fps:.2f} s)")
 
         self.features_pub = self.create_publisher(FeatureMap, "features", 10)
-        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.frames_encoded = 0
-        self.frames_rejected = 0
-        self.last_error = ""
         self.last_encode_seconds = 0.0
-        # Inference gets its own group so diagnostics keep flowing while a frame is encoded.
+        self.frames_lost = 0  # lost on the way (not those dropped because the encoder was busy)
+        self.last_lost = -float("inf")
+        # Diagnostics run in the node's default group, inference in its own, so diagnostics keep
+        # flowing while a frame is encoded.
+        self.guard = NodeGuard(self, "feature encoder", health=self.health, hardware_id=self.encoder.encoder_id)
         inference_group = MutuallyExclusiveCallbackGroup()
         image_type = CompressedImage if compressed else Image
         topic = "camera/image_raw/compressed" if compressed else "camera/image_raw"
-        self.create_subscription(image_type, topic, self.on_image, CAMERA_QOS, callback_group=inference_group)
-        self.create_timer(1.0, self.publish_diagnostics)
+        self.create_subscription(image_type, topic, self.guard.wrap(self.on_image), CAMERA_QOS,
+                                 callback_group=inference_group,
+                                 event_callbacks=lost_sample_callbacks(self.guard.wrap(self.on_frames_lost)))
+
+    def health(self) -> Health:
+        values = {
+            "frames_encoded": self.frames_encoded,
+            "frames_rejected": sum(n for key, n in self.guard.counts().items() if key.startswith("on_image/")),
+            "frames_lost": self.frames_lost,
+            "encode_ms": f"{self.last_encode_seconds * 1e3:.1f}",
+        }
+        if time.monotonic() - self.last_lost < 10.0:
+            return Health(f"camera frames lost in transport ({self.frames_lost} in all)", WARN, values)
+        return Health("encoding" if self.frames_encoded else "waiting for camera frames", values=values)
+
+    def on_frames_lost(self, count: int) -> None:
+        """Frames the middleware saw go missing before they reached this node. With large frames
+        this is almost always the camera publisher's Fast DDS set-up, not this node."""
+        self.frames_lost += count
+        self.last_lost = time.monotonic()
+        self.get_logger().warning(
+            f"{self.frames_lost} camera frames lost in transport so far: for frames of 640x480 and up, run the "
+            "camera driver with the Fast DDS profile config/fastdds.xml (FASTDDS_DEFAULT_PROFILES_FILE on "
+            "Kilted, FASTRTPS_DEFAULT_PROFILES_FILE on Humble/Jazzy)", throttle_duration_sec=10.0)
 
     def on_image(self, msg: Image | CompressedImage) -> None:
         try:
             rgb = image_msg_to_rgb(msg)
-            start = time.perf_counter()
+        except CvBridgeError as err:
+            raise Rejected("bad_image", str(err)) from err
+        start = time.perf_counter()
+        try:
             tokens = self.encoder(rgb[None])[0].float().cpu().numpy()
-            self.last_encode_seconds = time.perf_counter() - start
-        except (CvBridgeError, FeatureEncoderError) as err:
-            self.frames_rejected += 1
-            self.last_error = str(err)
-            self.get_logger().error(f"rejected camera frame: {err}", throttle_duration_sec=1.0)
-            return
+        except FeatureEncoderError as err:
+            raise Rejected("unencodable_image", str(err)) from err
+        self.last_encode_seconds = time.perf_counter() - start
         grid = self.encoder.grid
         self.features_pub.publish(features_to_msg(tokens, grid.height, grid.width, self.encoder.encoder_id, msg.header))
         self.frames_encoded += 1
@@ -85,19 +109,6 @@ class EncoderNode(Node):
                 start_seconds, z = result
                 start = Time(sec=int(start_seconds), nanosec=int(round((start_seconds % 1) * 1e9)) % 1_000_000_000)
                 self.latent_pub.publish(latent_to_msg(z, self.latents.horizon, self.latents.model_id, msg.header, start))
-
-    def publish_diagnostics(self) -> None:
-        status = DiagnosticStatus(name=f"{self.get_name()}: feature encoder", hardware_id=self.encoder.encoder_id)
-        status.level = DiagnosticStatus.WARN if self.frames_rejected else DiagnosticStatus.OK
-        status.message = f"last rejected frame: {self.last_error}" if self.last_error else "encoding"
-        status.values = [
-            KeyValue(key="frames_encoded", value=str(self.frames_encoded)),
-            KeyValue(key="frames_rejected", value=str(self.frames_rejected)),
-            KeyValue(key="encode_ms", value=f"{self.last_encode_seconds * 1e3:.1f}"),
-        ]
-        array = DiagnosticArray(status=[status])
-        array.header.stamp = self.get_clock().now().to_msg()
-        self.diagnostics_pub.publish(array)
 
 
 def main(args: list[str] | None = None) -> None:

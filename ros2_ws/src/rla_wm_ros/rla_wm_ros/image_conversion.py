@@ -1,8 +1,9 @@
 """sensor_msgs Image / CompressedImage <-> numpy, with ROS 2 cv_bridge's API.
 
-Node code calls `get_cv_bridge()` and gets the real cv_bridge where it is
-installed (robots) or this implementation (PyPI-only machines), so the node
-code is the same on both. The semantics follow ROS 2 cv_bridge:
+The nodes use this implementation (`image_msg_to_rgb`, `CvBridge`) everywhere,
+robots with ROS 2's cv_bridge included, so they behave the same on every machine.
+`get_cv_bridge()` returns the real cv_bridge where it works and this one
+elsewhere; no node calls it. The semantics follow ROS 2 cv_bridge:
 
 * passthrough `cv2_to_imgmsg` names the OpenCV type ("8UC3", "16UC1", ...);
 * `desired_encoding` conversions follow cv_bridge's rules: colour layouts

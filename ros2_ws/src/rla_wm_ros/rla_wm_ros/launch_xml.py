@@ -132,7 +132,9 @@ class NodeSpec:
         One deliberate difference: launch_ros writes inline params into a temporary
         YAML file; we pass them as ``-p``, which rcl applies after all params files
         (so inline values win), the same precedence the usual file-then-inline order
-        gives.  Raises ``LookupError`` if the package cannot be found.
+        gives.  An empty value is passed as ``''`` (YAML for the empty string), as the
+        real launch writes it: rcl rejects ``-p name:=`` and the node would not start.
+        Raises ``LookupError`` if the package cannot be found.
         """
         cmd = [self.executable_path(prefix_finder), *self.args]
         if self.ros_args:
@@ -145,7 +147,7 @@ class NodeSpec:
         for path in self.param_files:
             cmd += ["--params-file", path]
         for key, value in self.params.items():
-            cmd += ["-p", f"{key}:={value}"]
+            cmd += ["-p", f"{key}:={value}" if value != "" else f"{key}:=''"]
         for src, dst in self.remaps:
             cmd += ["-r", f"{src}:={dst}"]
         return cmd

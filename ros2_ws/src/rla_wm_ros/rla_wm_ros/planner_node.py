@@ -12,7 +12,10 @@
 Planning runs outside the subscription callbacks (action tasks on the multi-threaded
 executor's pool, the MPC timer in its own callback group), and one lock serialises the model.
 Bad input (stale or mismatched features, a malformed goal image, a non-finite plan) aborts
-the goal or skips the replan: it never produces a command.
+the goal or skips the replan: it never produces a command. A feature map from another encoder
+or with another grid than the world model's, or a malformed one, is refused when it arrives;
+while it is the newest map, no plan is made (not from an older map either). Every refusal is
+counted on /diagnostics (`rla_wm_ros.node_guard`), and no callback's exception ends the node.
 """
 from __future__ import annotations
 
@@ -21,7 +24,6 @@ import time
 
 import numpy as np
 import torch
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
@@ -37,6 +39,7 @@ from rla_wm_msgs.action import PlanToGoal
 from rla_wm_msgs.msg import FeatureMap
 from rla_wm_ros.conversions import (
     Chunk,
+    GridMismatchError,
     MessageShapeError,
     chunk_to_msg,
     joint_positions,
@@ -44,6 +47,7 @@ from rla_wm_ros.conversions import (
     stamp_to_seconds,
 )
 from rla_wm_ros.image_conversion import CvBridgeError, image_msg_to_rgb
+from rla_wm_ros.node_guard import WARN, Health, NodeGuard, Rejected
 from rla_wm_ros.params import declare
 from rla_wm_ros.qos import LATEST_ONLY
 
@@ -165,7 +169,8 @@ class PlannerNode(Node):
         self.model_lock = threading.Lock()  # one planning run at a time (action or MPC)
         self.goal_lock = threading.Lock()
         self.goal_active = False
-        self.latest_features: tuple[float, FeatureMap] | None = None
+        # (arrival, map, its tokens or None when refused, why it was refused)
+        self.latest_features: tuple[float, FeatureMap, np.ndarray | None, str] | None = None
         self.latest_state: tuple[float, np.ndarray] | None = None
         self.mpc_acted_on: FeatureMap | None = None
         self.plans = 0
@@ -175,22 +180,26 @@ class PlannerNode(Node):
         self.last_error = ""
 
         # -- ROS interfaces ---------------------------------------------------------------------
+        self.guard = NodeGuard(self, "world-model planner", health=self.health, hardware_id=self.encoder_id)
+        guard = self.guard.wrap
         self.trajectory_pub = self.create_publisher(JointTrajectory, "planner/joint_trajectory", 10)
         self.cost_pub = self.create_publisher(Float32, "planner/predicted_cost", 10)
-        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_subscription(FeatureMap, "features", self.on_features, LATEST_ONLY)
-        self.create_subscription(JointState, "joint_states", self.on_joint_state, 10)
+        self.create_subscription(FeatureMap, "features", guard(self.on_features), LATEST_ONLY)
+        self.create_subscription(JointState, "joint_states", guard(self.on_joint_state), 10)
         self.action_server = ActionServer(
-            self, PlanToGoal, "~/plan_to_goal", execute_callback=self.execute_goal,
-            goal_callback=self.on_goal_request, cancel_callback=lambda _: CancelResponse.ACCEPT,
+            self, PlanToGoal, "~/plan_to_goal",
+            execute_callback=guard(self.execute_goal, on_error=self.goal_failed),
+            goal_callback=guard(self.on_goal_request, on_error=lambda _error, _goal: GoalResponse.REJECT),
+            cancel_callback=guard(lambda _: CancelResponse.ACCEPT, name="cancel_goal",
+                                  on_error=lambda _error, _goal: CancelResponse.REJECT),
             callback_group=ReentrantCallbackGroup())
-        self.create_service(Trigger, "~/clear_goal", self.on_clear_goal)
+        self.create_service(Trigger, "~/clear_goal", guard(self.on_clear_goal))
         if self.mpc_rate > 0:
             # Encoding a goal image and replanning each get a group so neither stalls the inputs.
-            self.create_subscription(Image, "goal_image", self.on_goal_image, LATEST_ONLY,
+            self.create_subscription(Image, "goal_image", guard(self.on_goal_image), LATEST_ONLY,
                                      callback_group=MutuallyExclusiveCallbackGroup())
-            self.create_timer(1.0 / self.mpc_rate, self.on_mpc_tick, callback_group=MutuallyExclusiveCallbackGroup())
-        self.create_timer(1.0, self.publish_diagnostics)
+            self.create_timer(1.0 / self.mpc_rate, guard(self.on_mpc_tick),
+                              callback_group=MutuallyExclusiveCallbackGroup())
         self.get_logger().info(
             f"planner: {self.loaded.predictor.name} on {self.encoder_id}, {self.defaults.method} "
             f"{self.defaults.num_samples}x{self.defaults.iterations}, horizon {self.defaults.horizon}x"
@@ -198,13 +207,33 @@ class PlannerNode(Node):
 
     # -- inputs -------------------------------------------------------------------------------------
     def on_features(self, msg: FeatureMap) -> None:
-        self.latest_features = (time.monotonic(), msg)
+        received = time.monotonic()
+        try:
+            tokens = self.tokens_of(msg)
+        except Rejected as err:
+            # Still the newest observation: nothing is planned from an older one in its place.
+            self.latest_features = (received, msg, None, str(err))
+            raise
+        self.latest_features = (received, msg, tokens, "")
+
+    def tokens_of(self, msg: FeatureMap) -> np.ndarray:
+        """The map's (N, C) tokens if the world model can take them; Rejected otherwise."""
+        if msg.encoder_id != self.encoder_id:
+            raise Rejected("encoder_mismatch", f"features come from encoder {msg.encoder_id!r}, the world model "
+                           f"needs {self.encoder_id!r}")
+        grid = self.encoder.grid  # checked against the world model's tokens at start-up
+        try:
+            return msg_to_features(msg, expected=(grid.height, grid.width, grid.channels))
+        except GridMismatchError as err:
+            raise Rejected("grid_mismatch", str(err)) from err
+        except MessageShapeError as err:
+            raise Rejected("malformed_features", str(err)) from err
 
     def on_joint_state(self, msg: JointState) -> None:
         try:
             self.latest_state = (time.monotonic(), joint_positions(msg, self.joint_names))
         except MessageShapeError as err:
-            self.get_logger().error(str(err), throttle_duration_sec=5.0)
+            raise Rejected("malformed_joint_state", str(err)) from err
 
     def fresh_state(self) -> np.ndarray | None:
         if self.latest_state is None or time.monotonic() - self.latest_state[0] > self.state_timeout:
@@ -215,19 +244,11 @@ class PlannerNode(Node):
         """The newest feature map as a (N, C) tensor; ObservationError when unusable."""
         if self.latest_features is None:
             raise ObservationError("no feature map received yet")
-        received, msg = self.latest_features
+        received, msg, tokens, refusal = self.latest_features
+        if tokens is None:
+            raise ObservationError(f"the newest feature map was refused: {refusal}")
         if time.monotonic() - received > self.features_timeout:
             raise ObservationError(f"newest feature map is {time.monotonic() - received:.1f} s old")
-        if msg.encoder_id != self.encoder_id:
-            raise ObservationError(f"features come from encoder {msg.encoder_id!r}, the world model needs "
-                                   f"{self.encoder_id!r}")
-        try:
-            tokens = msg_to_features(msg)
-        except MessageShapeError as err:
-            raise ObservationError(f"malformed feature map: {err}") from err
-        if tokens.shape != (self.loaded.num_tokens, self.loaded.token_dim):
-            raise ObservationError(f"feature map is {tokens.shape}, expected "
-                                   f"{(self.loaded.num_tokens, self.loaded.token_dim)}")
         return msg, torch.from_numpy(tokens).to(self.encoder.device)
 
     def encode_goal(self, image: Image) -> torch.Tensor:
@@ -266,26 +287,40 @@ class PlannerNode(Node):
             with self.goal_lock:
                 self.goal_active = False
 
+    def goal_failed(self, error: Exception, goal_handle) -> PlanToGoal.Result:
+        """An unexpected exception in execute_goal (counted by the guard): the goal is aborted."""
+        message = f"planner error: {type(error).__name__}: {error}"
+        self.last_error = message
+        if goal_handle.is_active:
+            goal_handle.abort()
+        return PlanToGoal.Result(success=False, message=message)
+
     def _execute_goal(self, goal_handle) -> PlanToGoal.Result:
         goal: PlanToGoal.Goal = goal_handle.request
         result = PlanToGoal.Result()
 
-        def abort(message: str) -> PlanToGoal.Result:
+        def abort(reason: str, message: str) -> PlanToGoal.Result:
             self.last_error = message
-            self.get_logger().error(f"plan_to_goal aborted: {message}")
+            self.guard.reject("execute_goal", reason, f"plan_to_goal aborted: {message}")
             goal_handle.abort()
             result.success, result.message = False, message
             return result
 
         try:
             settings = self.goal_settings(goal)
+        except PlanningError as err:
+            return abort("bad_goal", str(err))
+        try:
             goal_features = self.encode_goal(goal.goal_image)
+        except ObservationError as err:
+            return abort("bad_goal_image", str(err))
+        try:
             observation, current = self.observation()
-        except (ObservationError, PlanningError) as err:
-            return abort(str(err))
+        except ObservationError as err:
+            return abort("no_observation", str(err))
         state = self.fresh_state()
         if goal.execute and state is None:
-            return abort("execute needs a fresh joint state: none received within state_timeout")
+            return abort("no_fresh_state", "execute needs a fresh joint state: none received within state_timeout")
 
         def on_iteration(stats) -> bool:
             feedback = PlanToGoal.Feedback(iteration=stats.iteration, best_cost=stats.best_cost,
@@ -298,7 +333,7 @@ class PlannerNode(Node):
                 plan = self.planner.plan(current, goal_features, start_action=state, callback=on_iteration,
                                          config=settings)
             except (PlanningError, ValueError, RuntimeError) as err:  # the models raise ValueError on bad input
-                return abort(f"planning failed: {err}")
+                return abort("planning_failed", f"planning failed: {err}")
         self.record(plan)
         result.plan = self.plan_msg(plan, observation)
         result.predicted_cost = float(plan.cost)
@@ -312,7 +347,7 @@ class PlannerNode(Node):
             # the measured state).
             fresh = self.fresh_state()
             if fresh is None:
-                return abort("joint state went stale while planning: not executing")
+                return abort("no_fresh_state", "joint state went stale while planning: not executing")
             self.publish_chunk(plan.first_chunk.numpy(), self.get_clock().now().to_msg())
         if self.mpc_rate > 0:
             with self.model_lock:
@@ -329,8 +364,7 @@ class PlannerNode(Node):
             goal = self.encode_goal(msg)
         except ObservationError as err:
             self.last_error = str(err)
-            self.get_logger().error(f"goal image rejected: {err}", throttle_duration_sec=1.0)
-            return
+            raise Rejected("bad_goal_image", str(err)) from err
         with self.model_lock:
             changed = self.mpc.set_goal(goal)
         if changed:  # a latched goal is republished unchanged; that keeps the warm start
@@ -343,23 +377,29 @@ class PlannerNode(Node):
         return response
 
     def on_mpc_tick(self) -> None:
-        if self.mpc.goal is None or self.latest_features is None or self.latest_features[1] is self.mpc_acted_on:
-            return  # never plan twice from one observation
+        latest = self.latest_features
+        if self.mpc.goal is None or latest is None or latest[1] is self.mpc_acted_on or latest[2] is None:
+            return  # never plan twice from one observation; a refused map was counted when it came
         if not self.model_lock.acquire(blocking=False):
             return  # an action goal is planning; the next tick retries
         try:
             if self.mpc.goal is None:
                 return
-            observation, current = self.observation()
+            try:
+                observation, current = self.observation()
+            except ObservationError as err:
+                raise Rejected("no_observation", f"MPC: not replanning: {err}") from err
             state = self.fresh_state()
             if state is None:
-                raise ObservationError("no fresh joint state")
+                raise Rejected("no_fresh_state", "MPC: not replanning: no fresh joint state")
             self.mpc_acted_on = observation
-            step = self.mpc.step(current, start_action=state)
-        except (ObservationError, PlanningError, ValueError, RuntimeError) as err:
-            self.last_error = str(err)
-            self.get_logger().warning(f"MPC: not replanning: {err}", throttle_duration_sec=2.0)
-            return
+            try:
+                step = self.mpc.step(current, start_action=state)
+            except (PlanningError, ValueError, RuntimeError) as err:
+                raise Rejected("planning_failed", f"MPC: not replanning: {err}") from err
+        except Rejected as err:
+            self.last_error = err.detail
+            raise
         finally:
             self.model_lock.release()
         self.record(step.result)
@@ -382,7 +422,7 @@ class PlannerNode(Node):
         spacing, shifted by the planning delay.
         """
         if not np.isfinite(positions).all():
-            self.get_logger().error("plan contains NaN/inf: chunk dropped")
+            self.guard.reject("publish_chunk", "non_finite_plan", "plan contains NaN/inf: chunk dropped")
             return False
         now = self.get_clock().now().nanoseconds * 1e-9
         delay = max(0.0, now + self.min_lead_time - stamp_to_seconds(stamp))
@@ -396,21 +436,18 @@ class PlannerNode(Node):
         self.last_plan_seconds = plan.elapsed
         self.last_cost = plan.cost
 
-    def publish_diagnostics(self) -> None:
-        status = DiagnosticStatus(name=f"{self.get_name()}: world-model planner", hardware_id=self.encoder_id)
-        status.level = DiagnosticStatus.WARN if self.last_error else DiagnosticStatus.OK
-        status.message = f"last error: {self.last_error}" if self.last_error else "ready"
-        status.values = [
-            KeyValue(key="world_model", value=self.loaded.predictor.name),
-            KeyValue(key="plans", value=str(self.plans)),
-            KeyValue(key="last_plan_ms", value=f"{self.last_plan_seconds * 1e3:.1f}"),
-            KeyValue(key="last_plan_delay_ms", value=f"{self.last_plan_delay * 1e3:.1f}"),
-            KeyValue(key="last_cost", value=f"{self.last_cost:.6g}"),
-            KeyValue(key="mpc_goal", value=str(self.mpc.goal is not None)),
-        ]
-        array = DiagnosticArray(status=[status])
-        array.header.stamp = self.get_clock().now().to_msg()
-        self.diagnostics_pub.publish(array)
+    def health(self) -> Health:
+        health = Health("ready", values={
+            "world_model": self.loaded.predictor.name,
+            "plans": self.plans,
+            "last_plan_ms": f"{self.last_plan_seconds * 1e3:.1f}",
+            "last_plan_delay_ms": f"{self.last_plan_delay * 1e3:.1f}",
+            "last_cost": f"{self.last_cost:.6g}",
+            "mpc_goal": self.mpc.goal is not None,
+        })
+        if self.last_error:
+            health.level, health.message = WARN, f"last error: {self.last_error}"
+        return health
 
 
 def main(args: list[str] | None = None) -> None:

@@ -6,6 +6,11 @@ knows exactly how old the decision is. Points already in the past when the chunk
 is published are dropped, and the seam with the previous chunk is blended
 (`rla_wm.control.chunking`). Inference runs in its own callback group, either on
 every new feature map (rate 0) or at a fixed rate on the newest one.
+
+A feature map the model cannot take (another encoder, another grid, a malformed or
+non-finite payload), a missing or stale joint state, or a non-finite model output is a
+counted rejection (`rla_wm_ros.node_guard`, reported on /diagnostics): nothing is published
+for it, and the node carries on.
 """
 from __future__ import annotations
 
@@ -18,17 +23,20 @@ from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from trajectory_msgs.msg import JointTrajectory
 
+from rla_wm.checkpoint import CheckpointError
 from rla_wm.control.chunking import ChunkScheduler
 from rla_wm.policy import WAMConfig, WorldActionModel
 from rla_wm_msgs.msg import FeatureMap
 from rla_wm_ros.conversions import (
     Chunk,
+    GridMismatchError,
     MessageShapeError,
     chunk_to_msg,
     joint_positions,
     msg_to_features,
     stamp_to_seconds,
 )
+from rla_wm_ros.node_guard import Health, NodeGuard, Rejected
 from rla_wm_ros.params import declare
 from rla_wm_ros.qos import LATEST_ONLY
 
@@ -63,7 +71,11 @@ class PolicyNode(Node):
             torch.set_num_threads(threads)
         self.device = torch.device(device)
         if checkpoint != UNTRAINED:
-            self.policy, _ = WorldActionModel.load(checkpoint)
+            try:
+                self.policy, _ = WorldActionModel.load(checkpoint)
+            except CheckpointError as err:  # missing, corrupt, mismatched or non-finite: refuse to start
+                self.get_logger().fatal(f"cannot load policy checkpoint {checkpoint!r}: {err}")
+                raise RuntimeError(f"policy: cannot load checkpoint {checkpoint!r}: {err}") from err
             self.get_logger().info(f"policy loaded from {checkpoint}")
         else:
             torch.manual_seed(seed)
@@ -75,69 +87,88 @@ class PolicyNode(Node):
             raise ValueError(f"joint_names {self.joint_names} do not match the policy's action_dim "
                              f"{self.policy.config.action_dim}")
         self.latest_state: tuple[float, np.ndarray] | None = None
-        self.latest_features: FeatureMap | None = None
+        self.latest_features: tuple[FeatureMap, np.ndarray] | None = None  # checked, with its tokens
         self.acted_on: FeatureMap | None = None
         self.chunks_published = 0
         self.last_inference_seconds = 0.0
+        self.guard = NodeGuard(self, "world action model", health=self.health,
+                               hardware_id=self.policy.config.encoder_id)
         self.trajectory_pub = self.create_publisher(JointTrajectory, "policy/joint_trajectory", 10)
         inference_group = MutuallyExclusiveCallbackGroup()
-        self.create_subscription(JointState, "joint_states", self.on_joint_state, 10)
+        guard = self.guard.wrap
+        self.create_subscription(JointState, "joint_states", guard(self.on_joint_state), 10)
         if self.rate > 0:
-            self.create_subscription(FeatureMap, "features", self.on_features, LATEST_ONLY)
-            self.create_timer(1.0 / self.rate, self.on_inference_tick, callback_group=inference_group)
+            self.create_subscription(FeatureMap, "features", guard(self.on_features), LATEST_ONLY)
+            self.create_timer(1.0 / self.rate, guard(self.on_inference_tick), callback_group=inference_group)
         else:
-            self.create_subscription(FeatureMap, "features", self.act, LATEST_ONLY, callback_group=inference_group)
+            self.create_subscription(FeatureMap, "features", guard(self.act), LATEST_ONLY,
+                                     callback_group=inference_group)
+
+    def health(self) -> Health:
+        return Health("acting" if self.chunks_published else "waiting for features and joint states", values={
+            "chunks_published": self.chunks_published,
+            "inference_ms": f"{self.last_inference_seconds * 1e3:.1f}",
+            "feature_grid": "x".join(map(str, self.policy.feature_grid or ("?",))),
+        })
 
     def on_joint_state(self, msg: JointState) -> None:
         try:
             self.latest_state = (time.monotonic(), joint_positions(msg, self.joint_names))
         except MessageShapeError as err:
-            self.get_logger().error(str(err), throttle_duration_sec=5.0)
+            raise Rejected("malformed_joint_state", str(err)) from err
 
-    def on_features(self, msg: FeatureMap) -> None:
-        self.latest_features = msg
-
-    def on_inference_tick(self) -> None:
-        msg = self.latest_features
-        if msg is None or msg is self.acted_on:  # never act twice on one observation
-            return
-        self.acted_on = msg
-        self.act(msg)
-
-    def act(self, msg: FeatureMap) -> None:
+    def tokens_of(self, msg: FeatureMap) -> np.ndarray:
+        """The map's (N, C) tokens if the model can take them; Rejected otherwise (before any inference)."""
         config = self.policy.config
         if msg.encoder_id != config.encoder_id:
-            self.get_logger().error(f"features from encoder {msg.encoder_id!r}, policy was trained on "
-                                    f"{config.encoder_id!r}: not acting", throttle_duration_sec=5.0)
-            return
-        if self.latest_state is None or time.monotonic() - self.latest_state[0] > self.state_timeout:
-            self.get_logger().warning("no fresh joint state: not acting", throttle_duration_sec=5.0)
-            return
+            raise Rejected("encoder_mismatch", f"features from encoder {msg.encoder_id!r}, the policy was "
+                           f"trained on {config.encoder_id!r}")
         try:
-            tokens = msg_to_features(msg)
+            tokens = msg_to_features(msg, expected=self.policy.feature_grid)
+        except GridMismatchError as err:
+            raise Rejected("grid_mismatch", str(err)) from err
         except MessageShapeError as err:
-            self.get_logger().error(f"rejected feature map: {err}", throttle_duration_sec=1.0)
-            return
+            raise Rejected("malformed_features", str(err)) from err
+        if tokens.shape != (config.num_tokens, config.token_dim):  # a model whose grid is not square
+            raise Rejected("grid_mismatch", f"feature map has {tokens.shape[0]}x{tokens.shape[1]} tokens, the "
+                           f"model takes {config.num_tokens}x{config.token_dim}")
+        return tokens
+
+    def on_features(self, msg: FeatureMap) -> None:
+        self.latest_features = (msg, self.tokens_of(msg))  # a refused map never replaces a good one
+
+    def on_inference_tick(self) -> None:
+        if self.latest_features is None or self.latest_features[0] is self.acted_on:
+            return  # never act twice on one observation
+        msg, tokens = self.latest_features
+        self.acted_on = msg
+        self.act(msg, tokens)
+
+    def act(self, msg: FeatureMap, tokens: np.ndarray | None = None) -> None:
+        config = self.policy.config
+        if tokens is None:
+            tokens = self.tokens_of(msg)
+        if self.latest_state is None or time.monotonic() - self.latest_state[0] > self.state_timeout:
+            raise Rejected("no_fresh_state", f"no joint state within state_timeout {self.state_timeout} s: not acting")
+        state = self.latest_state[1]
         start = time.perf_counter()
         with torch.inference_mode():
             actions = self.policy(
                 torch.from_numpy(tokens)[None].to(self.device),
-                torch.from_numpy(self.latest_state[1]).float()[None].to(self.device),
+                torch.from_numpy(state).float()[None].to(self.device),
             )[0].cpu().numpy()
         self.last_inference_seconds = time.perf_counter() - start
         if not np.isfinite(actions).all():
-            self.get_logger().error("policy produced NaN/inf: chunk dropped")
-            return
+            raise Rejected("non_finite_actions", "the policy produced NaN/inf: chunk dropped")
         stamp = stamp_to_seconds(msg.header.stamp)
         times = stamp + self.point_period * np.arange(1, len(actions) + 1)
         tolerance = None
         if self.follow_tolerance_steps > 0:  # after a refused chunk or a hold the robot is not on the old path
             tolerance = self.follow_tolerance_steps * np.asarray(config.max_delta, dtype=np.float64)
         scheduled = self.scheduler.schedule(times, actions, now=self.get_clock().now().nanoseconds * 1e-9,
-                                            measured=self.latest_state[1], tolerance=tolerance)
+                                            measured=state, tolerance=tolerance)
         if scheduled is None:
-            self.get_logger().warning("chunk arrived too late: every point is in the past")
-            return
+            raise Rejected("chunk_too_late", "every point of the chunk is in the past")
         chunk = Chunk(tuple(self.joint_names), scheduled.positions, scheduled.times - stamp, msg.header.stamp)
         self.trajectory_pub.publish(chunk_to_msg(chunk))
         self.chunks_published += 1

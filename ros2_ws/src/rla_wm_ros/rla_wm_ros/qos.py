@@ -1,4 +1,6 @@
 """QoS profiles shared by the nodes."""
+from typing import Callable
+
 from rclpy.qos import (
     QoSDurabilityPolicy,
     QoSHistoryPolicy,
@@ -7,7 +9,16 @@ from rclpy.qos import (
     qos_profile_sensor_data,
 )
 
+try:  # rclpy of Iron and later
+    from rclpy.event_handler import SubscriptionEventCallbacks
+except ImportError:  # Humble
+    from rclpy.qos_event import SubscriptionEventCallbacks
+
 # Best-effort, newest frame only: a slow consumer drops old frames instead of queueing them.
+# Best effort because it matches both best-effort (sensor-data QoS) and reliable camera drivers;
+# a reliable subscription would not match the former. Camera-sized frames (640x480 and up) need
+# the Fast DDS profile config/fastdds.xml in the *publisher's* environment: with Fast DDS's
+# default 512 KiB shared-memory segment a best-effort subscriber loses almost every such frame.
 CAMERA_QOS = QoSProfile(
     reliability=qos_profile_sensor_data.reliability,
     durability=qos_profile_sensor_data.durability,
@@ -20,3 +31,23 @@ LATEST_ONLY = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=1, reliabilit
 
 # Latched so a late-joining subscriber (or a restarted node) still sees the last value, e.g. the e-stop.
 LATCHED = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+
+# The e-stop must engage from every publisher a user may reasonably use. A subscription matches a
+# publisher only if it asks for no more than the publisher offers: a reliable subscription misses
+# best-effort publishers, a transient-local one misses volatile publishers (`ros2 topic pub`, a
+# default rclpy publisher). So the gate listens three ways: reliable + volatile (any reliable
+# publisher), best effort + volatile (any publisher at all), reliable + transient local (a latched
+# e-stop set before the gate started). A repeated `true` is harmless: the e-stop latches.
+ESTOP_QOS = (
+    QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.VOLATILE),
+    QoSProfile(depth=10, reliability=QoSReliabilityPolicy.BEST_EFFORT, durability=QoSDurabilityPolicy.VOLATILE),
+    LATCHED,
+)
+
+
+def lost_sample_callbacks(on_lost: Callable[[int], None]) -> SubscriptionEventCallbacks:
+    """Event callbacks for a subscription that call `on_lost(n)` when the middleware sees `n`
+    samples go missing on the way (DDS SAMPLE_LOST: a gap in a best-effort writer's sequence, a
+    large sample that could not be reassembled). Samples a KEEP_LAST subscription replaces because
+    its callback is busy are not lost in this sense and are not reported."""
+    return SubscriptionEventCallbacks(message_lost=lambda info: on_lost(int(info.total_count_change)))

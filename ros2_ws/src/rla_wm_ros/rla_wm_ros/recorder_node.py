@@ -17,6 +17,10 @@ only convert and push into the synchronizer, a 10 Hz pump hands complete frames 
 writer's queue, and `~/stop_episode` is a coroutine that awaits the writer's commit while
 frames and status keep flowing. (rclpy's MultiThreadedExecutor cost 3x the CPU here, and
 starved of CPU it delivered samples late, which costs frames.)
+
+Every callback is guarded (`rla_wm_ros.node_guard`): an unusable sample, or an exception in any
+callback, is a logged, counted rejection on /diagnostics, never a dead recorder; a failing
+service answers success=false.
 """
 from __future__ import annotations
 
@@ -46,6 +50,7 @@ from rla_wm_msgs.msg import RecorderStatus
 from rla_wm_msgs.srv import StartEpisode
 from rla_wm_ros.conversions import stamp_to_seconds
 from rla_wm_ros.image_conversion import CvBridgeError, image_msg_to_rgb
+from rla_wm_ros.node_guard import Health, NodeGuard
 from rla_wm_ros.params import declare
 
 CAMERA_PREFIX = "observation.images."
@@ -130,6 +135,7 @@ class RecorderConfig:
     stale_policy: str
     use_videos: bool
     vcodec: str
+    image_writer_threads: int
     queue_size: int
     buffer_size: int
     save_on_shutdown: bool
@@ -258,26 +264,29 @@ class RecorderNode(Node):
         # would hold back every subscription and timer until then, so it gets its own group,
         # as does the guard condition that wakes it when a save completes on the writer's thread.
         saving_group = ReentrantCallbackGroup()
-        self._wake = self.create_guard_condition(lambda: None, callback_group=saving_group)
+        self.guard = NodeGuard(self, "dataset recorder", health=self.health)  # /diagnostics at 1 Hz (steady)
+        guard = self.guard.wrap
+        self._wake = self.create_guard_condition(guard(lambda: None, name="wake"), callback_group=saving_group)
         image_type = CompressedImage if config.compressed else Image
         for key, topic in zip(config.camera_keys, config.camera_topics):
             self.create_subscription(
-                image_type, topic, lambda msg, key=key: self.on_image(key, msg), CAMERA_INPUT_QOS
+                image_type, topic, guard(lambda msg, key=key: self.on_image(key, msg), name="on_image"),
+                CAMERA_INPUT_QOS,
             )
-        self.create_subscription(JointState, config.state_topic, self.on_state, JOINT_INPUT_QOS)
+        self.create_subscription(JointState, config.state_topic, guard(self.on_state), JOINT_INPUT_QOS)
         if config.has_actions:
             action_type = JointTrajectory if config.action_type == "joint_trajectory" else JointState
-            self.create_subscription(action_type, config.action_topic, self.on_action, JOINT_INPUT_QOS)
+            self.create_subscription(action_type, config.action_topic, guard(self.on_action), JOINT_INPUT_QOS)
         self.status_pub = self.create_publisher(RecorderStatus, "~/status", 10)
-        self.create_service(StartEpisode, "~/start_episode", self.on_start)
-        self.create_service(Trigger, "~/stop_episode", self.on_stop, callback_group=saving_group)
-        self.create_service(Trigger, "~/discard_episode", self.on_discard)
+        self.create_service(StartEpisode, "~/start_episode", guard(self.on_start))
+        self.create_service(Trigger, "~/stop_episode", guard(self.on_stop), callback_group=saving_group)
+        self.create_service(Trigger, "~/discard_episode", guard(self.on_discard))
         # Steady-clock timers: with use_sim_time the ROS clock stands still until /clock is
         # published, and the recorder must still report status and record stamped frames then.
         # Frame decisions themselves run on stamps and the node clock (see sync_now).
         # The pump only moves decided frames to the writer's queue; 10 Hz keeps the executor light.
-        self.create_timer(0.1, self.pump, clock=self.steady)
-        self.create_timer(1.0 / config.status_rate, self.publish_status, clock=self.steady)
+        self.create_timer(0.1, guard(self.pump), clock=self.steady)
+        self.create_timer(1.0 / config.status_rate, guard(self.publish_status), clock=self.steady)
 
         streams = ", ".join(
             [f"{k} <- {t}" for k, t in zip(config.camera_keys, config.camera_topics)]
@@ -328,6 +337,8 @@ class RecorderNode(Node):
                                  "skip: skip frames with a stale stream; flag: hold its last sample, flag the episode."),
             use_videos=declare(self, "use_videos", True, "Store cameras as video (true) or as PNG images in parquet."),
             vcodec=declare(self, "vcodec", "libsvtav1", "Video codec of LeRobot's encoder (libsvtav1, h264, hevc)."),
+            image_writer_threads=declare(self, "image_writer_threads", 2,
+                                         "Threads writing frame PNGs (0: in the writer thread).", (0, 64)),
             queue_size=declare(self, "queue_size", 256, "Frames the writer queue holds before frames are dropped.",
                                (1, 1_000_000)),
             buffer_size=declare(self, "buffer_size", 256, "Samples kept per stream for synchronisation.", (8, 100_000)),
@@ -341,7 +352,7 @@ class RecorderNode(Node):
         root = Path(os.path.expanduser(config.dataset_root)).absolute()
         writer = EpisodeWriter(
             root, config.repo_id, config.fps, config.features(), robot_type=config.robot_type or None,
-            queue_size=config.queue_size, vcodec=config.vcodec,
+            queue_size=config.queue_size, vcodec=config.vcodec, image_writer_threads=config.image_writer_threads,
         )
         report = writer.repair_report
         if report.created:
@@ -367,7 +378,7 @@ class RecorderNode(Node):
     def count_invalid(self, key: str, reason: str) -> None:
         self.invalid_samples[key] += 1
         self._invalid_last[key] = reason
-        self.get_logger().error(f"{key}: unusable sample: {reason}", throttle_duration_sec=1.0)
+        self.guard.reject(key, "unusable_sample", reason)  # logged (throttled), on /diagnostics
 
     def push(self, key: str, stamp: float, value: Any) -> None:
         if isinstance(value, Invalid):
@@ -579,7 +590,8 @@ class RecorderNode(Node):
         next episode may be started before this answer comes."""
         episode = self.episode
         if episode is None:
-            return self._answer(response, False, "not recording: nothing to save (call start_episode first)")
+            return self._answer(response, False, "not recording: nothing to save (call start_episode first)",
+                                service="on_stop")
         now = self.sync_now()
         if now is not None:
             for result in self.sync.poll(now):  # the frames up to now that can be decided
@@ -637,7 +649,7 @@ class RecorderNode(Node):
     def on_discard(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         episode = self.episode
         if episode is None:
-            return self._answer(response, False, "not recording: nothing to discard")
+            return self._answer(response, False, "not recording: nothing to discard", service="on_discard")
         self.sync.stop()
         self.episode = None
         try:
@@ -647,13 +659,14 @@ class RecorderNode(Node):
         return self._finish(response, True, f"discarded episode {episode.index} ({episode.task!r}): "
                             f"{episode.summary()}")
 
-    def _answer(self, response: Any, success: bool, message: str, index: int | None = None) -> Any:
+    def _answer(self, response: Any, success: bool, message: str, index: int | None = None,
+                service: str = "on_start") -> Any:
         response.success = success
         response.message = message
         if index is not None:
             response.episode_index = index
         if not success:
-            self.get_logger().warning(f"refused: {message}")
+            self.guard.reject(service, "refused_request", message)
         return response
 
     def _finish(self, response: Any, success: bool, message: str, warn: bool = False,
@@ -703,6 +716,19 @@ class RecorderNode(Node):
             message += f"; WRITER FAILED: {error}"
         msg.message = message
         self.status_pub.publish(msg)
+
+    def health(self) -> Health:
+        episode = self.episode
+        values: dict[str, Any] = {
+            "dataset_root": str(self.writer.root),
+            "recording": episode is not None,
+            "stale_streams": ", ".join(self.stale),
+            "writer_state": self.writer.status()["state"],
+        }
+        if episode is not None:
+            values.update(episode=episode.index, frames_recorded=episode.frames, frames_skipped=episode.skipped)
+        message = f"recording episode {episode.index}" if episode is not None else "idle"
+        return Health(message, values=values)
 
     # ------------------------------------------------------------------ shutdown
 

@@ -1,69 +1,78 @@
 """Safety gate: the only path from model commands to the robot's trajectory controller.
 
-In: model chunks (JointTrajectory), joint states, the camera (liveness only),
-an e-stop topic. Out: vetted JointTrajectory to the controller, or an empty
-trajectory (hold position), plus diagnostics that say why commands are held.
+In: model chunks (JointTrajectory), joint states, the camera (liveness only), an e-stop topic (any
+QoS a publisher may use). Out: the gate's own vetted copy of each accepted chunk, or a one-point hold,
+on the controller topic, plus diagnostics that say why commands are held. The vetting itself is the
+ROS-free `rla_wm.control.safety`; this node converts messages and keeps time.
 """
 from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 
 import numpy as np
-import yaml
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from rla_wm.control.safety import Decision, JointLimits, SafetyGate
-from rla_wm_ros.conversions import MessageShapeError, hold_msg, msg_to_chunk, stamp_to_nanoseconds, stamp_to_seconds
+from rla_wm.control.limits import load_limits
+from rla_wm.control.safety import Decision, SafetyGate
+from rla_wm_ros.conversions import MessageShapeError, msg_to_trajectory, stamp_to_seconds, trajectory_to_msg
+from rla_wm_ros.node_guard import ERROR, OK, WARN, Health, NodeGuard
 from rla_wm_ros.params import declare
-from rla_wm_ros.qos import CAMERA_QOS, LATCHED
-
-def load_limits_file(path: str) -> tuple[JointLimits, float]:
-    """YAML with `joints: {name: {lower, upper, max_velocity}}` and `max_step` -> limits."""
-    if not path:
-        raise ValueError("limits_file is required: the gate never runs without joint limits")
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"limits_file {path} does not exist")
-    content = yaml.safe_load(file.read_text()) or {}
-    if "joints" not in content or "max_step" not in content:
-        raise ValueError(f"{path}: needs `joints` and `max_step`")
-    return JointLimits.from_mapping(content["joints"]), float(content["max_step"])
+from rla_wm_ros.qos import CAMERA_QOS, ESTOP_QOS
 
 
 class SafetyGateNode(Node):
     def __init__(self) -> None:
         super().__init__("safety_gate")
-        limits_file = declare(self, "limits_file", "", "YAML with per-joint lower/upper/max_velocity and max_step.")
+        limits_file = declare(self, "limits_file", "", "YAML with max_step and the joint limits (or `urdf:`, or tightening of robot_description's limits).")
+        robot_description = declare(self, "robot_description", "",
+                                    "URDF XML; joint limits are read from it (limits_file still gives max_step).")
         camera_timeout = declare(self, "camera_timeout", 0.5, "Hold if no camera frame for this long (s).", (0.01, 60.0))
         state_timeout = declare(self, "state_timeout", 0.5, "Hold if no joint state for this long (s).", (0.01, 60.0))
         command_timeout = declare(self, "command_timeout", 1.0, "Hold if the model is silent this long (s).", (0.01, 60.0))
         self.dry_run = declare(self, "dry_run", False, "Log vetted commands but send nothing to the robot.")
         check_rate = declare(self, "check_rate", 50.0, "Watchdog checks per second.", (1.0, 1000.0))
+        delivery_margin = declare(
+            self, "delivery_margin", 0.02,
+            "Seconds allowed for a command to reach the controller: points due sooner are dropped, and the "
+            "first executed segment must respect the speed limits from anywhere the robot can be by then.",
+            (0.001, 0.5),
+        )
+        tracking_tolerance = declare(
+            self, "tracking_tolerance", 0.0,
+            "How far (joint units) the measured state may be from the gate's last command before the gate "
+            "assumes something else moved the robot and holds it where it is; 0 = max_step / 4.",
+            (0.0, 1e6),
+        )
         compressed_camera = declare(self, "compressed_camera", False,
                                     "The camera topic carries sensor_msgs/CompressedImage (liveness only).")
-        limits, max_step = load_limits_file(limits_file)
-        self.gate = SafetyGate(limits, max_step, camera_timeout, state_timeout, command_timeout)
+        limits, max_step = load_limits(limits_file, robot_description)
+        self.gate = SafetyGate(limits, max_step, camera_timeout, state_timeout, command_timeout,
+                               delivery_margin=delivery_margin, dry_run=self.dry_run,
+                               tracking_tolerance=tracking_tolerance or None)
         self.last_rejection = ""
         self.last_log = -math.inf
 
         self.command_pub = self.create_publisher(JointTrajectory, "joint_trajectory", 10)
-        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_subscription(JointTrajectory, "policy/joint_trajectory", self.on_command, 10)
-        self.create_subscription(JointState, "joint_states", self.on_state, 10)
-        self.create_subscription(CompressedImage if compressed_camera else Image, "camera/image_raw", self.on_camera,
-                                 CAMERA_QOS)
-        self.create_subscription(Bool, "estop", self.on_estop_topic, LATCHED)
-        self.create_service(Trigger, "~/estop", self.on_estop_service)
-        self.create_service(Trigger, "~/reset", self.on_reset_service)
-        self.create_timer(1.0 / check_rate, self.on_check)
-        self.create_timer(1.0, self.publish_diagnostics)
+        self.guard = NodeGuard(self, "safety gate", health=self.health)
+        guard = self.guard.wrap
+        # An unexpected error while vetting a command still answers it with a hold.
+        self.create_subscription(JointTrajectory, "policy/joint_trajectory",
+                                 guard(self.on_command, on_error=self.hold_on_error), 10)
+        self.create_subscription(JointState, "joint_states", guard(self.on_state), 10)
+        self.create_subscription(CompressedImage if compressed_camera else Image, "camera/image_raw",
+                                 guard(self.on_camera), CAMERA_QOS)
+        # One subscription per kind of publisher, so any of them engages the e-stop: reliable or best
+        # effort, volatile (`ros2 topic pub`, a default rclpy publisher) or latched.
+        for qos in ESTOP_QOS:
+            self.create_subscription(Bool, "estop", guard(self.on_estop_topic), qos)
+        self.create_service(Trigger, "~/estop", guard(self.on_estop_service))
+        self.create_service(Trigger, "~/reset", guard(self.on_reset_service))
+        self.create_timer(1.0 / check_rate, guard(self.on_check, on_error=self.hold_on_error))
         mode = "DRY RUN (nothing is sent)" if self.dry_run else "live"
         self.get_logger().info(f"safety gate {mode}: joints {list(limits.names)}, max_step {max_step}")
 
@@ -81,34 +90,27 @@ class SafetyGateNode(Node):
     def on_state(self, msg: JointState) -> None:
         self.gate.on_state(msg.name, msg.position, self.age_of(msg.header.stamp))
 
+    def now_nanoseconds(self) -> int:
+        return self.get_clock().now().nanoseconds
+
     def on_command(self, msg: JointTrajectory) -> None:
+        now_ns = self.now_nanoseconds()
         try:
-            chunk = msg_to_chunk(msg)
+            trajectory = msg_to_trajectory(msg)
         except MessageShapeError as err:
-            self.apply(self.gate.reject(f"malformed trajectory: {err}"), msg)
+            self.apply(self.gate.reject(f"malformed trajectory: {err}", now_ns))
             return
-        start_ns = stamp_to_nanoseconds(chunk.stamp)
-        # Check what the controller will execute: the points still ahead, timed from now. The
-        # stamp-to-now offset is taken in integer nanoseconds: float seconds at epoch scale
-        # resolve only ~0.2 us, and a point due "now" would flicker between past and a
-        # velocity spike. Points due within a microsecond count as past.
-        offset = (start_ns - self.get_clock().now().nanoseconds) * 1e-9 if start_ns > 0 else 0.0
-        until = chunk.times_from_start + offset
-        ahead = until > 1e-6
-        if not ahead.any():
-            self.apply(self.gate.reject("every point of the chunk is in the past"), msg)
-            return
-        self.apply(self.gate.review(chunk.joint_names, chunk.positions[ahead], until[ahead]), msg)
+        self.apply(self.gate.review(trajectory, now_ns))
 
     def on_check(self) -> None:
-        self.apply(self.gate.tick(), None)
+        self.apply(self.gate.tick(self.now_nanoseconds()))
 
     def on_estop_topic(self, msg: Bool) -> None:
         if msg.data:
-            self.apply(self.gate.trigger_estop("estop topic"), None)
+            self.apply(self.gate.trigger_estop("estop topic", self.now_nanoseconds()))
 
     def on_estop_service(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        self.apply(self.gate.trigger_estop("estop service"), None)
+        self.apply(self.gate.trigger_estop("estop service", self.now_nanoseconds()))
         response.success = True
         response.message = "e-stop engaged; call reset to release"
         return response
@@ -121,42 +123,42 @@ class SafetyGateNode(Node):
         self.get_logger().warning(response.message)
         return response
 
-    def apply(self, decision: Decision, msg: JointTrajectory | None) -> None:
-        if decision.forward and msg is not None:
-            if self.dry_run:
-                self.get_logger().info(f"dry run: would send {len(msg.points)} points", throttle_duration_sec=1.0)
-            else:
-                self.command_pub.publish(msg)
-            return
+    def apply(self, decision: Decision) -> None:
+        """Publish exactly the command the gate built (nothing else ever reaches the controller)."""
         if decision.hold and (decision.reason != self.last_rejection or time.monotonic() - self.last_log > 2.0):
-            # Every hold sent is logged, except repeats of the same reason within 2 s.
+            # Every hold is logged, except repeats of the same reason within 2 s.
             self.get_logger().warning(f"holding: {decision.reason}")
             self.last_log = time.monotonic()
         self.last_rejection = decision.reason or self.last_rejection
-        if decision.hold and not self.dry_run:
-            self.command_pub.publish(hold_msg(self.gate.limits.names))
+        if decision.command is None:
+            return
+        if self.dry_run:
+            if decision.forward:
+                points = len(decision.command.points)
+                self.get_logger().info(f"dry run: would send {points} points", throttle_duration_sec=1.0)
+            return
+        self.command_pub.publish(trajectory_to_msg(decision.command))
 
-    def publish_diagnostics(self) -> None:
+    def hold_on_error(self, error: Exception, *_args) -> None:
+        self.apply(self.gate.reject(f"internal error: {error}", self.now_nanoseconds()))
+
+    def health(self) -> Health:
         gate = self.gate
-        status = DiagnosticStatus(name=f"{self.get_name()}: safety gate", hardware_id="rla_wm_ros")
         if gate.estop.engaged:
-            status.level, status.message = DiagnosticStatus.ERROR, f"e-stop engaged ({gate.estop.reason})"
+            level, message = ERROR, f"e-stop engaged ({gate.estop.reason})"
         elif gate.held:
-            status.level, status.message = DiagnosticStatus.WARN, f"holding: {gate.hold_reason}"
+            level, message = WARN, f"holding: {gate.hold_reason}"
         else:
-            status.level, status.message = DiagnosticStatus.OK, "forwarding commands"
+            level, message = OK, "forwarding commands"
         ages = {name: gate.watchdog.age(name) for name in gate.watchdog.timeouts}
-        status.values = [
-            KeyValue(key="dry_run", value=str(self.dry_run)),
-            KeyValue(key="forwarded", value=str(gate.forwarded)),
-            KeyValue(key="rejected", value=str(gate.rejected)),
-            KeyValue(key="last_rejection", value=self.last_rejection),
-            *[KeyValue(key=f"age_{name}_s", value=f"{age:.3f}" if np.isfinite(age) else "never")
-              for name, age in ages.items()],
-        ]
-        array = DiagnosticArray(status=[status])
-        array.header.stamp = self.get_clock().now().to_msg()
-        self.diagnostics_pub.publish(array)
+        return Health(message=message, level=level, values={
+            "dry_run": str(self.dry_run),
+            "forwarded": gate.forwarded,
+            "rejected": gate.rejected,
+            "last_rejection": self.last_rejection,
+            "delivery_margin_s": f"{gate.delivery_margin_ns * 1e-9:.3f}",
+            **{f"age_{name}_s": f"{age:.3f}" if np.isfinite(age) else "never" for name, age in ages.items()},
+        })
 
 
 def main(args: list[str] | None = None) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import rclpy
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import PoseStamped
 from rclpy.clock import Clock, ClockType
@@ -31,8 +30,9 @@ from trajectory_msgs.msg import JointTrajectory
 from rla_wm.control.trajectory import TrajectoryFollower
 from rla_wm.sim import CONTROL_HZ, JOINT_NAMES, PushTSim
 from rla_wm_msgs.msg import EpisodeStatus
-from rla_wm_ros.conversions import MessageShapeError, msg_to_chunk, stamp_to_seconds
+from rla_wm_ros.conversions import MessageShapeError, msg_to_trajectory
 from rla_wm_ros.image_conversion import CvBridge
+from rla_wm_ros.node_guard import Health, NodeGuard
 from rla_wm_ros.params import declare
 from rla_wm_ros.qos import LATCHED
 
@@ -89,25 +89,24 @@ class SimRobotNode(Node):
             self.create_publisher(ClockMsg, "/clock", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
             if self.publish_clock else None
         )
-        self.create_subscription(JointTrajectory, "joint_trajectory", self.on_trajectory, 10)
-        self.create_service(Trigger, "~/reset", self.on_reset)
+        self.rejected_commands = 0
+        self.guard = NodeGuard(self, "simulated robot", health=self.health)
+        guard = self.guard.wrap
+        self.create_subscription(JointTrajectory, "joint_trajectory", guard(self.on_trajectory), 10)
+        self.create_service(Trigger, "~/reset", guard(self.on_reset))
         # Paced on a steady clock: under use_sim_time a ROS-clock timer would wait for the /clock
         # this node itself publishes.
-        self.create_timer(1.0 / (CONTROL_HZ * self.rate_scale), self.on_tick,
+        self.create_timer(1.0 / (CONTROL_HZ * self.rate_scale), guard(self.on_tick),
                           clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.publish_goal()
         # Latched for late joiners that ask for it, and repeated for volatile subscribers
         # (a planner started after the sim) that cannot receive latched history.
-        self.create_timer(1.0, self.publish_goal, clock=Clock(clock_type=ClockType.STEADY_TIME))
-        self.rejected_commands = 0
+        self.create_timer(1.0, guard(self.publish_goal), clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.get_logger().info(
             f"Push-T simulated robot: joints {list(JOINT_NAMES)}, {CONTROL_HZ} Hz, seed {self.seed}, "
             f"{max_steps} steps per episode"
             + (f", publishing /clock at {self.rate_scale}x real time" if self.publish_clock else "")
         )
-
-    def now_seconds(self) -> float:
-        return self.now_nanoseconds() * 1e-9
 
     def now_nanoseconds(self) -> int:
         return self.sim_nanoseconds if self.publish_clock else self.get_clock().now().nanoseconds
@@ -123,20 +122,20 @@ class SimRobotNode(Node):
         image.header.frame_id = self.frame_id
         self.goal_image_pub.publish(image)
 
+    def health(self) -> Health:
+        return Health(message=f"episode {self.episode}, step {self.frame.step}",
+                      values={"rejected_commands": self.rejected_commands, "episode": self.episode})
+
     def on_trajectory(self, msg: JointTrajectory) -> None:
+        # As joint_trajectory_controller: a refused message (an empty one too) is logged and the
+        # previous trajectory keeps running.
         try:
-            chunk = msg_to_chunk(msg)
-            start = stamp_to_seconds(chunk.stamp)
-            now = self.now_seconds()
-            # A zero stamp means "start now", as in joint_trajectory_controller.
-            self.follower.set_trajectory(
-                chunk.joint_names, chunk.positions, start if start > 0 else now, chunk.times_from_start,
-                now, self.frame.position,
-            )
-        except (MessageShapeError, ValueError) as err:
+            reason = self.follower.command(msg_to_trajectory(msg), self.now_nanoseconds(), self.frame.position)
+        except MessageShapeError as err:
+            reason = str(err)
+        if reason:
             self.rejected_commands += 1
-            self.follower.hold(self.frame.position)
-            self.get_logger().error(f"rejected trajectory, holding: {err}")
+            self.get_logger().error(f"rejected trajectory ({reason}); the previous one continues")
 
     def on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         self.episode += 1
@@ -164,7 +163,14 @@ class SimRobotNode(Node):
             self.sim_nanoseconds += STEP_NANOSECONDS
             self.clock_pub.publish(ClockMsg(clock=self.stamp()))
         if not self.frame.done:
-            target = self.follower.target(self.now_seconds(), self.frame.position)
+            target = self.follower.target(self.now_nanoseconds(), self.frame.position)
+            if not np.isfinite(target).all():
+                # JTC forwards whatever numbers it was given; the drive (this sim) refuses non-finite
+                # targets and holds instead of dying.
+                self.rejected_commands += 1
+                self.get_logger().error(f"non-finite joint target {target.tolist()}; holding",
+                                        throttle_duration_sec=1.0)
+                target = self.frame.position
             self.frame = self.sim.step(target)
         self.publish_frame()
         self.frame_published_done = self.frame.done

@@ -10,6 +10,8 @@ Sources (parameter `source`):
 
 Commands go to the robot only through the safety gate (the launch file routes this topic
 into it). The input mapping lives in `rla_wm.control.teleop`; this node only moves messages.
+Every callback is guarded (`rla_wm_ros.node_guard`): a malformed or non-finite joint state or
+pose is a counted rejection on /diagnostics, and no exception ends the node.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from rclpy.time import Time as RosTime
 from sensor_msgs.msg import JointState, Joy
 from trajectory_msgs.msg import JointTrajectory
 
+from rla_wm.control.limits import load_limits
 from rla_wm.control.teleop import (
     JoyMapping,
     KeyboardTeleop,
@@ -37,7 +40,8 @@ from rla_wm.control.teleop import (
 )
 from rla_wm.sim import GOAL_POSE, JOINT_NAMES
 from rla_wm_msgs.msg import EpisodeStatus
-from rla_wm_ros.conversions import Chunk, chunk_to_msg, stamp_to_nanoseconds
+from rla_wm_ros.conversions import Chunk, MessageShapeError, chunk_to_msg, joint_positions, stamp_to_nanoseconds
+from rla_wm_ros.node_guard import Health, NodeGuard, Rejected
 from rla_wm_ros.params import declare
 from rla_wm_ros.qos import LATCHED
 
@@ -63,6 +67,14 @@ def yaw_of(msg: PoseStamped) -> float:
     return float(np.arctan2(2.0 * (q.w * q.z + q.x * q.y), 1.0 - 2.0 * (q.y * q.y + q.z * q.z)))
 
 
+def planar_pose(msg: PoseStamped) -> np.ndarray:
+    """(x, y, yaw) of a pose; Rejected if any of it is NaN or inf."""
+    pose = np.array([msg.pose.position.x, msg.pose.position.y, yaw_of(msg)])
+    if not np.isfinite(pose).all():
+        raise Rejected("non_finite_pose", f"pose (x, y, yaw) {pose.tolist()}")
+    return pose
+
+
 class TeleopNode(Node):
     def __init__(self) -> None:
         super().__init__("teleop")
@@ -72,6 +84,8 @@ class TeleopNode(Node):
         self.joint_names = tuple(declare(self, "joint_names", list(JOINT_NAMES), "Joints commanded.", param_type=list))
         limits_file = declare(self, "limits_file", "", "Joint limits YAML (the gate's); targets stay inside. "
                                                        "Empty = no clamping here (the gate still vets).")
+        robot_description = declare(self, "robot_description", "",
+                                    "URDF XML; joint limits are read from it (limits_file still gives max_step)")
         rate = declare(self, "rate", 10.0, "Command rate (Hz) of keyboard, joy and play, on the node clock.",
                        (1.0, 200.0))
         self.points = declare(self, "horizon_points", 3, "Points per chunk (a late chunk is still valid).", (1, 50))
@@ -82,10 +96,11 @@ class TeleopNode(Node):
                                      (0.01, 60.0))
 
         low, high = np.full(len(self.joint_names), -np.inf), np.full(len(self.joint_names), np.inf)
-        if limits_file:
-            from rla_wm_ros.safety_gate_node import load_limits_file
-
-            limits, _ = load_limits_file(limits_file)
+        if limits_file or robot_description:
+            limits, _ = load_limits(limits_file, robot_description)
+            unlimited = [name for name in self.joint_names if name not in limits.names]
+            if unlimited:
+                raise ValueError(f"joint_names {unlimited} have no limits (limited joints: {list(limits.names)})")
             order = [limits.names.index(name) for name in self.joint_names]
             low, high = limits.lower[order], limits.upper[order]
         self.integrator = VelocityIntegrator(low, high, self.max_lead)
@@ -97,9 +112,12 @@ class TeleopNode(Node):
         self.state_seen = -np.inf  # steady time of the last joint state
         self.episode: int | None = None
         self.last_tick_ns: int | None = None
+        self.commands_published = 0
+        self.guard = NodeGuard(self, "teleoperation", health=self.health)
+        guard = self.guard.wrap
         self.command_pub = self.create_publisher(JointTrajectory, "teleop/joint_trajectory", 10)
-        self.create_subscription(JointState, "joint_states", self.on_state, 10)
-        self.create_subscription(EpisodeStatus, "episode_status", self.on_status, 10)
+        self.create_subscription(JointState, "joint_states", guard(self.on_state), 10)
+        self.create_subscription(EpisodeStatus, "episode_status", guard(self.on_status), 10)
         self.lock = threading.Lock()  # the keyboard thread vs. the executor
 
         # Every source's parameters are declared whatever the source, so all are listed and range-checked.
@@ -131,7 +149,7 @@ class TeleopNode(Node):
         elif self.source == "joy":
             self.last_joy: Joy | None = None
             self.joy_seen = -np.inf
-            self.create_subscription(Joy, "joy", self.on_joy, 10)
+            self.create_subscription(Joy, "joy", guard(self.on_joy), 10)
         elif self.source == "expert":
             from rla_wm.expert import PushTExpert
 
@@ -139,24 +157,29 @@ class TeleopNode(Node):
             self.goal = np.asarray(GOAL_POSE, dtype=np.float64)  # gym-pusht's fixed goal until one is published
             self.recent_poses: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
             self.acted_stamp = -1
-            self.create_subscription(PoseStamped, "sim/object_pose", self.on_pose, 10)
-            self.create_subscription(PoseStamped, "sim/goal_pose", self.on_goal, LATCHED)
+            self.create_subscription(PoseStamped, "sim/object_pose", guard(self.on_pose), 10)
+            self.create_subscription(PoseStamped, "sim/goal_pose", guard(self.on_goal), LATCHED)
         else:
             self.play = PlaySource(play_seed)
             self.play_reset = True
         if self.source != "expert":
-            self.create_timer(1.0 / rate, self.on_tick)
+            self.create_timer(1.0 / rate, guard(self.on_tick))
         self.get_logger().info(f"teleop source {self.source!r}: {self.points} points every {self.period} s on "
                                f"{self.command_pub.topic_name}")
 
     # ------------------------------------------------------------------ inputs
 
+    def health(self) -> Health:
+        fresh = self.state_fresh()
+        return Health(f"source {self.source}" + ("" if fresh else ": no fresh joint state, not commanding"),
+                      values={"source": self.source, "state_fresh": fresh,
+                              "commands_published": self.commands_published})
+
     def on_state(self, msg: JointState) -> None:
         try:
-            position = np.array([msg.position[list(msg.name).index(name)] for name in self.joint_names])
-        except (ValueError, IndexError):
-            self.get_logger().error(f"joint_states lack {list(self.joint_names)}", throttle_duration_sec=5.0)
-            return
+            position = joint_positions(msg, self.joint_names)
+        except MessageShapeError as err:
+            raise Rejected("malformed_joint_state", str(err)) from err
         with self.lock:
             self.position = position
             remember(self.recent_states, stamp_to_nanoseconds(msg.header.stamp), position)
@@ -179,12 +202,11 @@ class TeleopNode(Node):
         self.joy_seen = time.monotonic()
 
     def on_pose(self, msg: PoseStamped) -> None:
-        remember(self.recent_poses, stamp_to_nanoseconds(msg.header.stamp),
-                 np.array([msg.pose.position.x, msg.pose.position.y, yaw_of(msg)]))
+        remember(self.recent_poses, stamp_to_nanoseconds(msg.header.stamp), planar_pose(msg))
         self.act_expert()
 
     def on_goal(self, msg: PoseStamped) -> None:
-        self.goal = np.array([msg.pose.position.x, msg.pose.position.y, yaw_of(msg)])
+        self.goal = planar_pose(msg)
 
     # ------------------------------------------------------------------ sources
 
@@ -244,6 +266,7 @@ class TeleopNode(Node):
     def publish(self, positions: np.ndarray, times: np.ndarray, stamp_ns: int) -> None:
         stamp = RosTime(nanoseconds=stamp_ns).to_msg()
         self.command_pub.publish(chunk_to_msg(Chunk(self.joint_names, positions, times - TICK_MARGIN, stamp)))
+        self.commands_published += 1
 
     # ------------------------------------------------------------------ keyboard
 

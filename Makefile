@@ -5,7 +5,7 @@ EPISODES ?= 2
 EPISODE_STEPS ?= 100
 DEMO_OUT ?= outputs/demo
 
-.PHONY: setup demo test clean
+.PHONY: setup demo lint test clean
 
 setup:
 	@bash scripts/setup_env.sh
@@ -13,7 +13,11 @@ setup:
 demo: setup
 	@$(ENV) && python -m rla_wm_ros.demo --episodes $(EPISODES) --episode-steps $(EPISODE_STEPS) --output $(DEMO_OUT)
 
-test: setup
+# Lint (ruff: rules and formatting, whole repository) and types (mypy over the rla_wm library).
+lint: setup
+	@$(ENV) && ruff check . && ruff format --check . && (cd models && python -m mypy)
+
+test: lint
 	@$(ENV) && python -m pytest
 
 clean:

@@ -6,6 +6,7 @@
 Prints median milliseconds over --repeats runs after warm-up. Models have random
 weights: latency does not depend on the values.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,11 +15,11 @@ import time
 
 import torch
 
-from rla_wm.baselines import RegressionConfig, RegressionPredictor
-from rla_wm.features import EncoderConfig, FeatureEncoder, make_random_dinov2
-from rla_wm.prediction import RegressionBaseline, RLAWMPredictor
-from rla_wm.rla import RLAAutoencoder, RLAConfig
-from rla_wm.world_model import RLAWorldModel, WorldModelConfig
+from rla_wm.models.encoder import EncoderConfig, FeatureEncoder, make_random_dinov2
+from rla_wm.models.prediction import RegressionPredictor, RLAWMPredictor
+from rla_wm.models.regression import RegressionConfig, RegressionModel
+from rla_wm.models.rla import RLAAutoencoder, RLAConfig
+from rla_wm.models.world_model import RLAWorldModel, WorldModelConfig
 
 
 def timed(fn, repeats: int, device: torch.device) -> float:
@@ -57,12 +58,21 @@ def main() -> None:
     else:
         import tempfile
 
-        folder = make_random_dinov2(tempfile.mkdtemp() + "/vitl", hidden_size=1024, layers=24, heads=16,
-                                    patch_size=16, image_size=512)
+        folder = make_random_dinov2(
+            tempfile.mkdtemp() + "/vitl", hidden_size=1024, layers=24, heads=16, patch_size=16, image_size=512
+        )
         encoder_config = EncoderConfig(model=str(folder), resolution=512, device=args.device, dtype=args.dtype)
         rla = RLAConfig.paper(token_dim=1024, num_tokens=1024)
-        wm = WorldModelConfig(token_dim=1024, num_tokens=1024, latent_tokens=32, latent_dim=64, width=1024,
-                              condition_depth=8, flow_depth=8, heads=16)
+        wm = WorldModelConfig(
+            token_dim=1024,
+            num_tokens=1024,
+            latent_tokens=32,
+            latent_dim=64,
+            width=1024,
+            condition_depth=8,
+            flow_depth=8,
+            heads=16,
+        )
         reg = RegressionConfig(token_dim=1024, num_tokens=1024, width=1024, depth=12, heads=16)
 
     encoder = FeatureEncoder(encoder_config)
@@ -75,7 +85,7 @@ def main() -> None:
 
     autoencoder = RLAAutoencoder(rla).to(device, dtype).eval()
     world_model = RLAWorldModel(wm).to(device, dtype).eval()
-    regression = RegressionBaseline(RegressionPredictor(reg).to(device, dtype).eval())
+    regression = RegressionPredictor(RegressionModel(reg).to(device, dtype).eval())
     rla_wm = RLAWMPredictor(world_model, autoencoder, steps=args.euler_steps, seed=None)
     for size in (1, args.planning_batch):
         features = torch.randn(size, rla.num_tokens, rla.token_dim, device=device, dtype=dtype)
@@ -83,8 +93,10 @@ def main() -> None:
         with torch.inference_mode():
             wm_ms = timed(lambda: rla_wm.predict(features, actions), args.repeats, device)
             reg_ms = timed(lambda: regression.predict(features, actions), args.repeats, device)
-        print(f"prediction batch {size:4d}: RLA-WM ({args.euler_steps} Euler steps) {wm_ms:9.1f} ms | "
-              f"regression {reg_ms:9.1f} ms")
+        print(
+            f"prediction batch {size:4d}: RLA-WM ({args.euler_steps} Euler steps) {wm_ms:9.1f} ms | "
+            f"regression {reg_ms:9.1f} ms"
+        )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ Models: the trained checkpoints of runs/pusht_small_v2 (RLA + RLA-WM) and runs/p
 (regression) when present, else randomly initialised models of the sizes in
 models/configs/pusht_small.yaml (latency does not depend on the weights).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,11 +31,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from rla_wm.baselines import RegressionConfig, RegressionPredictor
-from rla_wm.planning import LoadedPredictor, PlannerConfig, load_predictor, plan
-from rla_wm.prediction import Predictor, RegressionBaseline, RLAWMPredictor
-from rla_wm.rla import RLAAutoencoder, RLAConfig
-from rla_wm.world_model import RLAWorldModel, WorldModelConfig
+from rla_wm.control.planning import LoadedPredictor, PlannerConfig, load_predictor, plan
+from rla_wm.models.prediction import Predictor, RegressionPredictor, RLAWMPredictor
+from rla_wm.models.regression import RegressionConfig, RegressionModel
+from rla_wm.models.rla import RLAAutoencoder, RLAConfig
+from rla_wm.models.world_model import RLAWorldModel, WorldModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_CONFIG = REPO / "models" / "configs" / "pusht_small.yaml"
@@ -51,7 +52,7 @@ def random_predictors(euler_steps: int, device: str) -> dict[str, Predictor]:
     torch.manual_seed(0)
     return {
         "rla-wm": RLAWMPredictor(RLAWorldModel(wm).to(device), RLAAutoencoder(rla).to(device), steps=euler_steps),
-        "regression": RegressionBaseline(RegressionPredictor(reg).to(device)),
+        "regression": RegressionPredictor(RegressionModel(reg).to(device)),
     }
 
 
@@ -59,8 +60,9 @@ def load_predictors(args: argparse.Namespace) -> tuple[dict[str, Predictor], dic
     predictors, sources = random_predictors(args.euler_steps, args.device), {}
     sources = {name: "random init, pusht_small.yaml sizes" for name in predictors}
     if Path(args.rla).is_dir() and Path(args.wm).is_dir():
-        loaded: LoadedPredictor = load_predictor("rla-wm", args.rla, args.wm, euler_steps=args.euler_steps,
-                                                 device=args.device)
+        loaded: LoadedPredictor = load_predictor(
+            "rla-wm", args.rla, args.wm, euler_steps=args.euler_steps, device=args.device
+        )
         predictors["rla-wm"], sources["rla-wm"] = loaded.predictor, f"{args.wm}"
     if Path(args.regression).is_dir():
         loaded = load_predictor("regression", regression_checkpoint=args.regression, device=args.device)
@@ -97,8 +99,9 @@ def run_plan(predictor: Predictor, config: PlannerConfig, device: str, max_secon
     return plan(predictor, current, goal, config, start_action=[256.0, 256.0], callback=stop)
 
 
-def pick_budget(per_prediction: dict[int, float], period: float, min_samples: int
-                ) -> tuple[int, int, int, float] | None:
+def pick_budget(
+    per_prediction: dict[int, float], period: float, min_samples: int
+) -> tuple[int, int, int, float] | None:
     """(horizon, samples, iterations, predicted seconds) fitting 80% of `period`, or None."""
     for horizon in (5, 3, 2, 1):
         best = None
@@ -127,8 +130,9 @@ def main() -> None:
     parser.add_argument("--horizon", type=int, default=5, help="chunks per plan")
     parser.add_argument("--chunk-length", type=int, default=5, help="actions per chunk (training horizon)")
     parser.add_argument("--euler-steps", type=int, default=10)
-    parser.add_argument("--max-seconds", type=float, default=60.0,
-                        help="wall time per model for the full budget before extrapolating")
+    parser.add_argument(
+        "--max-seconds", type=float, default=60.0, help="wall time per model for the full budget before extrapolating"
+    )
     parser.add_argument("--batches", default="1,2,4,8,16,32,64", help="batch sizes timed for the reduced budgets")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--min-samples", type=int, default=8, help="smallest population the reduced budgets use")
@@ -139,14 +143,24 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     predictors, sources = load_predictors(args)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"device {args.device}, torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, "
-          f"load average {load:.1f} at start; {TOKENS}x{CHANNELS} tokens; RLA-WM {args.euler_steps} Euler steps")
+    print(
+        f"device {args.device}, torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, "
+        f"load average {load:.1f} at start; {TOKENS}x{CHANNELS} tokens; RLA-WM {args.euler_steps} Euler steps"
+    )
     for name, source in sources.items():
         print(f"  {name}: {source}")
 
-    full = PlannerConfig(horizon=args.horizon, chunk_length=args.chunk_length, num_samples=args.samples,
-                         iterations=args.iterations, elites=30, action_low=(20.0, 20.0),
-                         action_high=(492.0, 492.0), max_delta=40.0, seed=0)
+    full = PlannerConfig(
+        horizon=args.horizon,
+        chunk_length=args.chunk_length,
+        num_samples=args.samples,
+        iterations=args.iterations,
+        elites=30,
+        action_low=(20.0, 20.0),
+        action_high=(492.0, 492.0),
+        max_delta=40.0,
+        seed=0,
+    )
     rows = []
     for name, predictor in predictors.items():
         result = run_plan(predictor, full, args.device, args.max_seconds)
@@ -158,34 +172,64 @@ def main() -> None:
             total, label = result.elapsed, "measured"
         else:
             total, label = mean_iteration * args.iterations, f"EXTRAPOLATED from {measured} iteration(s)"
-        rows.append((name, f"CEM {args.samples}x{args.iterations}, H={args.horizon}x{args.chunk_length}",
-                     f"{mean_iteration:.2f}", f"{total:.1f}", label))
+        rows.append(
+            (
+                name,
+                f"CEM {args.samples}x{args.iterations}, H={args.horizon}x{args.chunk_length}",
+                f"{mean_iteration:.2f}",
+                f"{total:.1f}",
+                label,
+            )
+        )
         print(f"  {name}: {measured} iteration(s) of the full budget in {result.elapsed:.1f} s", flush=True)
 
     batches = [int(b) for b in args.batches.split(",")]
     for name, predictor in predictors.items():
-        per_prediction = {b: prediction_seconds(predictor, b, args.chunk_length, args.device, args.repeats)
-                          for b in batches}
-        print(f"  {name}: one prediction " + ", ".join(f"B={b}: {s * 1e3:.0f} ms" for b, s in per_prediction.items()),
-              flush=True)
+        per_prediction = {
+            b: prediction_seconds(predictor, b, args.chunk_length, args.device, args.repeats) for b in batches
+        }
+        print(
+            f"  {name}: one prediction " + ", ".join(f"B={b}: {s * 1e3:.0f} ms" for b, s in per_prediction.items()),
+            flush=True,
+        )
         for hz in (10.0, 2.0):
             pick = pick_budget(per_prediction, 1.0 / hz, args.min_samples)
             if pick is None:
                 smallest = min(b for b in batches if b >= args.min_samples)
-                rows.append((name, f"{hz:g} Hz: nothing fits", "-", "-",
-                             f"2 iterations x H=1 at B={smallest} take "
-                             f"{2 * per_prediction[smallest] * 1e3:.0f} ms"))
+                rows.append(
+                    (
+                        name,
+                        f"{hz:g} Hz: nothing fits",
+                        "-",
+                        "-",
+                        f"2 iterations x H=1 at B={smallest} take {2 * per_prediction[smallest] * 1e3:.0f} ms",
+                    )
+                )
                 continue
             horizon, samples, iterations, predicted = pick
-            config = PlannerConfig(horizon=horizon, chunk_length=args.chunk_length, num_samples=samples,
-                                   iterations=iterations, elites=max(1, samples // 8), action_low=(20.0, 20.0),
-                                   action_high=(492.0, 492.0), max_delta=40.0, seed=0)
+            config = PlannerConfig(
+                horizon=horizon,
+                chunk_length=args.chunk_length,
+                num_samples=samples,
+                iterations=iterations,
+                elites=max(1, samples // 8),
+                action_low=(20.0, 20.0),
+                action_high=(492.0, 492.0),
+                max_delta=40.0,
+                seed=0,
+            )
             times = [run_plan(predictor, config, args.device).elapsed for _ in range(args.repeats)]
             measured = statistics.median(times)
             fits = "fits" if measured <= 1.0 / hz else "OVER"
-            rows.append((name, f"{hz:g} Hz: CEM {samples}x{iterations}, H={horizon}x{args.chunk_length}",
-                         f"{measured / iterations:.3f}", f"{measured:.3f}",
-                         f"measured (median of {args.repeats}), {fits} {1e3 / hz:.0f} ms; predicted {predicted:.3f}"))
+            rows.append(
+                (
+                    name,
+                    f"{hz:g} Hz: CEM {samples}x{iterations}, H={horizon}x{args.chunk_length}",
+                    f"{measured / iterations:.3f}",
+                    f"{measured:.3f}",
+                    f"measured (median of {args.repeats}), {fits} {1e3 / hz:.0f} ms; predicted {predicted:.3f}",
+                )
+            )
 
     header = ("model", "budget", "s / iteration", "s / replan", "how")
     print()

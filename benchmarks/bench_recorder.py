@@ -19,6 +19,7 @@ Both this process (the cameras) and the recorder inherit the shell's Fast DDS pr
 (FASTDDS_DEFAULT_PROFILES_FILE, exported by scripts/env.sh); `--no-profile` runs both with
 Fast DDS defaults, under which best-effort subscribers lose most frames of 640x480 and up.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -98,7 +99,7 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """"640x480" -> (640, 480); "224" -> (224, 224)."""
+    """ "640x480" -> (640, 480); "224" -> (224, 224)."""
     parts = text.lower().split("x")
     if len(parts) == 1:
         return int(parts[0]), int(parts[0])
@@ -110,10 +111,12 @@ def parse_size(text: str) -> tuple[int, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the recorded episode")
-    parser.add_argument("--minutes", type=float, default=0.0,
-                        help="length of the episode in minutes (overrides --seconds)")
-    parser.add_argument("--size", type=parse_size, default=(96, 96),
-                        help="camera image size WxH, or N for NxN (default 96)")
+    parser.add_argument(
+        "--minutes", type=float, default=0.0, help="length of the episode in minutes (overrides --seconds)"
+    )
+    parser.add_argument(
+        "--size", type=parse_size, default=(96, 96), help="camera image size WxH, or N for NxN (default 96)"
+    )
     parser.add_argument("--width", type=int, default=0, help="camera image width (overrides --size)")
     parser.add_argument("--height", type=int, default=0, help="camera image height (overrides --size)")
     parser.add_argument("--rate", type=float, default=30.0, help="publishing rate of every stream (Hz)")
@@ -121,8 +124,11 @@ def main() -> None:
     parser.add_argument("--vcodec", default="libsvtav1")
     parser.add_argument("--root", default="", help="dataset folder (default: a new temporary folder)")
     parser.add_argument("--domain", type=int, default=0, help="ROS_DOMAIN_ID (default: random in 150..229)")
-    parser.add_argument("--no-profile", action="store_true",
-                        help="run the cameras and the recorder with Fast DDS defaults (no profile file)")
+    parser.add_argument(
+        "--no-profile",
+        action="store_true",
+        help="run the cameras and the recorder with Fast DDS defaults (no profile file)",
+    )
     parser.add_argument("--json", default="", help="also write the results to this file")
     args = parser.parse_args()
     args.width = args.width or args.size[0]
@@ -154,18 +160,36 @@ def main() -> None:
 
     root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="bench_recorder_")) / "dataset"
     config = Path(get_package_share_directory("rla_wm_ros")) / "config" / "recorder.yaml"
-    spec = NodeSpec("rla_wm_ros", "recorder", name="recorder", param_files=[str(config)], params={
-        "dataset_root": str(root), "repo_id": "local/bench", "fps": f"{float(args.fps)}",
-        "camera_topics": "[bench/cam0/image_raw,bench/cam1/image_raw]", "camera_names": "[cam0,cam1]",
-        "image_height": str(args.height), "image_width": str(args.width),
-        "state_topic": "bench/joint_states", "joint_names": "[" + ",".join(JOINTS) + "]",
-        "action_topic": "bench/joint_trajectory", "vcodec": args.vcodec,
-    })
-    print(f"domain {domain}, dataset {root}, 2 cameras {args.width}x{args.height} rgb8 + JointState + "
-          f"JointTrajectory ({len(JOINTS)} joints) at {args.rate:g} Hz, recording at {args.fps} fps "
-          f"for {args.seconds:g} s, vcodec {args.vcodec}", flush=True)
-    print(f"Fast DDS profile: {profile}; discovery range {os.environ.get('ROS_AUTOMATIC_DISCOVERY_RANGE')}; "
-          f"{os.cpu_count()} CPUs, load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}", flush=True)
+    spec = NodeSpec(
+        "rla_wm_ros",
+        "recorder",
+        name="recorder",
+        param_files=[str(config)],
+        params={
+            "dataset_root": str(root),
+            "repo_id": "local/bench",
+            "fps": f"{float(args.fps)}",
+            "camera_topics": "[bench/cam0/image_raw,bench/cam1/image_raw]",
+            "camera_names": "[cam0,cam1]",
+            "image_height": str(args.height),
+            "image_width": str(args.width),
+            "state_topic": "bench/joint_states",
+            "joint_names": "[" + ",".join(JOINTS) + "]",
+            "action_topic": "bench/joint_trajectory",
+            "vcodec": args.vcodec,
+        },
+    )
+    print(
+        f"domain {domain}, dataset {root}, 2 cameras {args.width}x{args.height} rgb8 + JointState + "
+        f"JointTrajectory ({len(JOINTS)} joints) at {args.rate:g} Hz, recording at {args.fps} fps "
+        f"for {args.seconds:g} s, vcodec {args.vcodec}",
+        flush=True,
+    )
+    print(
+        f"Fast DDS profile: {profile}; discovery range {os.environ.get('ROS_AUTOMATIC_DISCOVERY_RANGE')}; "
+        f"{os.cpu_count()} CPUs, load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}",
+        flush=True,
+    )
 
     rclpy.init()
     node = rclpy.create_node("bench_recorder_probe")
@@ -176,8 +200,21 @@ def main() -> None:
     log_dir = Path(tempfile.mkdtemp(prefix="bench_recorder_logs_"))
     graph.start(LaunchDescription(args={}, nodes=[spec]), env={"ROS_DOMAIN_ID": str(domain)}, log_dir=log_dir)
     try:
-        run(args, node, graph, root, Image, JointState, JointTrajectory, JointTrajectoryPoint, Trigger,
-            RecorderStatus, StartEpisode, CvBridge, qos_profile_sensor_data)
+        run(
+            args,
+            node,
+            graph,
+            root,
+            Image,
+            JointState,
+            JointTrajectory,
+            JointTrajectoryPoint,
+            Trigger,
+            RecorderStatus,
+            StartEpisode,
+            CvBridge,
+            qos_profile_sensor_data,
+        )
     finally:
         codes = graph.stop()
         executor.shutdown()
@@ -188,8 +225,21 @@ def main() -> None:
         sys.exit(1)
 
 
-def run(args, node, graph, root, Image, JointState, JointTrajectory, JointTrajectoryPoint, Trigger,
-        RecorderStatus, StartEpisode, CvBridge, sensor_qos) -> None:
+def run(
+    args,
+    node,
+    graph,
+    root,
+    Image,
+    JointState,
+    JointTrajectory,
+    JointTrajectoryPoint,
+    Trigger,
+    RecorderStatus,
+    StartEpisode,
+    CvBridge,
+    sensor_qos,
+) -> None:
     bridge = CvBridge()
     cams = [node.create_publisher(Image, f"bench/cam{i}/image_raw", sensor_qos) for i in range(2)]
     state_pub = node.create_publisher(JointState, "bench/joint_states", 10)
@@ -198,11 +248,14 @@ def run(args, node, graph, root, Image, JointState, JointTrajectory, JointTrajec
     node.create_subscription(RecorderStatus, "recorder/status", statuses.append, 10)
 
     # A few distinct frames (a moving gradient), prepared up front so publishing stays cheap.
-    y, x = np.mgrid[0:args.height, 0:args.width]
-    frames = [np.stack([(x + 8 * i) % 256, (y + 5 * i) % 256, np.full_like(x, 40 * i % 256)], -1).astype(np.uint8)
-              for i in range(16)]
-    images = [[bridge.cv2_to_imgmsg(f if c == 0 else f[:, ::-1].copy(), encoding="rgb8") for f in frames]
-              for c in range(2)]
+    y, x = np.mgrid[0 : args.height, 0 : args.width]
+    frames = [
+        np.stack([(x + 8 * i) % 256, (y + 5 * i) % 256, np.full_like(x, 40 * i % 256)], -1).astype(np.uint8)
+        for i in range(16)
+    ]
+    images = [
+        [bridge.cv2_to_imgmsg(f if c == 0 else f[:, ::-1].copy(), encoding="rgb8") for f in frames] for c in range(2)
+    ]
 
     stop = threading.Event()
     published = {"images": 0, "state": 0, "action": 0, "late": 0}
@@ -293,9 +346,12 @@ def run(args, node, graph, root, Image, JointState, JointTrajectory, JointTrajec
         time.sleep(max(0.0, min(next_report, wall_start + args.seconds) - time.monotonic()))
         if time.monotonic() >= next_report and time.monotonic() < wall_start + args.seconds:
             status = statuses[-1] if statuses else None
-            print(f"  {time.monotonic() - wall_start:5.0f} s: {status.frames_recorded if status else '?'} frames "
-                  f"recorded, {status.frames_skipped if status else '?'} skipped, recorder RSS "
-                  f"{rss_mb(pid):.0f} MB, load {os.getloadavg()[0]:.1f}", flush=True)
+            print(
+                f"  {time.monotonic() - wall_start:5.0f} s: {status.frames_recorded if status else '?'} frames "
+                f"recorded, {status.frames_skipped if status else '?'} skipped, recorder RSS "
+                f"{rss_mb(pid):.0f} MB, load {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
             next_report += 60.0
     k_stop, cpu_rec, wall_rec, own_rec = grid["k"], clock_ticks(pid), time.monotonic(), time.process_time()
     load_rec = os.getloadavg()
@@ -325,46 +381,74 @@ def run(args, node, graph, root, Image, JointState, JointTrajectory, JointTrajec
     cpu_share = (cpu_rec - cpu_start) / recorded_s
     save_s = float(save.group(1))
 
-    print(f"published during the episode: {steps} grid steps = {2 * steps} images, "
-          f"{steps} joint states, {steps} trajectories in {recorded_s:.2f} s "
-          f"({steps / recorded_s:.1f} Hz; {published['late']} steps sent >50 ms late)")
-    print(f"frames kept: {frames} of ~{expected:.0f} expected ({frames / max(expected, 1):.1%}); "
-          f"skipped {skipped}, dropped by a full queue {int(dropped.group(1)) if dropped else 0}"
-          + (f"; skip reasons: {reasons.group(1)}" if reasons else ""))
+    print(
+        f"published during the episode: {steps} grid steps = {2 * steps} images, "
+        f"{steps} joint states, {steps} trajectories in {recorded_s:.2f} s "
+        f"({steps / recorded_s:.1f} Hz; {published['late']} steps sent >50 ms late)"
+    )
+    print(
+        f"frames kept: {frames} of ~{expected:.0f} expected ({frames / max(expected, 1):.1%}); "
+        f"skipped {skipped}, dropped by a full queue {int(dropped.group(1)) if dropped else 0}"
+        + (f"; skip reasons: {reasons.group(1)}" if reasons else "")
+    )
     print(f"throughput: {frames / recorded_s:.1f} frames/s recorded, {mb_in / recorded_s:.1f} MB/s of raw images in")
     print(f"writer queue high-water: {high_water.group(1)}/{high_water.group(2)} frames")
-    print(f"save: stop_episode answered in {stop_s:.2f} s; writer save {save_s:.2f} s (encode+write "
-          f"{save.group(2)}, finalize {save.group(3)}, commit {save.group(4)}) = "
-          f"{save_s / (recorded_s / 60.0):.2f} s per minute recorded")
-    print(f"recorder memory: RSS {rss_before:.0f} MB before the episode, peak {monitor['recording']:.0f} MB while "
-          f"recording, {monitor['saving']:.0f} MB while saving (sampled every 0.5 s, with child processes); "
-          f"VmHWM {hwm:.0f} MB")
-    print(f"recorder CPU: {cpu_share:.0%} of one core while recording ({cpu_share / cores:.0%} of the machine's "
-          f"{cores} cores), {cpu_end - cpu_rec:.2f} CPU s for the save; camera publisher (this process): "
-          f"{(own_rec - own_start) / recorded_s:.0%} of one core; load average {load_start[0]:.1f} at the start, "
-          f"{load_rec[0]:.1f} at the end of the recording")
+    print(
+        f"save: stop_episode answered in {stop_s:.2f} s; writer save {save_s:.2f} s (encode+write "
+        f"{save.group(2)}, finalize {save.group(3)}, commit {save.group(4)}) = "
+        f"{save_s / (recorded_s / 60.0):.2f} s per minute recorded"
+    )
+    print(
+        f"recorder memory: RSS {rss_before:.0f} MB before the episode, peak {monitor['recording']:.0f} MB while "
+        f"recording, {monitor['saving']:.0f} MB while saving (sampled every 0.5 s, with child processes); "
+        f"VmHWM {hwm:.0f} MB"
+    )
+    print(
+        f"recorder CPU: {cpu_share:.0%} of one core while recording ({cpu_share / cores:.0%} of the machine's "
+        f"{cores} cores), {cpu_end - cpu_rec:.2f} CPU s for the save; camera publisher (this process): "
+        f"{(own_rec - own_start) / recorded_s:.0%} of one core; load average {load_start[0]:.1f} at the start, "
+        f"{load_rec[0]:.1f} at the end of the recording"
+    )
 
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     ds = LeRobotDataset("local/bench", root=root)
     size_mb = sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) / 1e6
-    print(f"read back with LeRobot: {ds.num_episodes} episode, {len(ds)} frames, fps {ds.fps}; "
-          f"{size_mb:.1f} MB on disk")
+    print(
+        f"read back with LeRobot: {ds.num_episodes} episode, {len(ds)} frames, fps {ds.fps}; {size_mb:.1f} MB on disk"
+    )
     print(f"stop_episode message: {answer.message}")
     if args.json:
         result = {
-            "width": args.width, "height": args.height, "cameras": 2, "rate_hz": args.rate, "fps": args.fps,
+            "width": args.width,
+            "height": args.height,
+            "cameras": 2,
+            "rate_hz": args.rate,
+            "fps": args.fps,
             "profile": next((os.environ[v] for v in PROFILE_VARS if os.environ.get(v)), None),
-            "recorded_s": recorded_s, "grid_steps": steps, "late_steps": published["late"],
-            "frames": frames, "expected": expected, "kept": frames / max(expected, 1), "skipped": skipped,
-            "dropped": int(dropped.group(1)) if dropped else 0, "skip_reasons": reasons.group(1) if reasons else "",
-            "queue_high_water": int(high_water.group(1)), "save_s": save_s,
-            "save_s_per_minute": save_s / (recorded_s / 60.0), "stop_answer_s": stop_s,
-            "rss_mb_before": rss_before, "rss_mb_peak_recording": monitor["recording"],
-            "rss_mb_peak_saving": monitor["saving"], "vmhwm_mb": hwm,
-            "cpu_core_share_recording": cpu_share, "cpu_s_save": cpu_end - cpu_rec,
+            "recorded_s": recorded_s,
+            "grid_steps": steps,
+            "late_steps": published["late"],
+            "frames": frames,
+            "expected": expected,
+            "kept": frames / max(expected, 1),
+            "skipped": skipped,
+            "dropped": int(dropped.group(1)) if dropped else 0,
+            "skip_reasons": reasons.group(1) if reasons else "",
+            "queue_high_water": int(high_water.group(1)),
+            "save_s": save_s,
+            "save_s_per_minute": save_s / (recorded_s / 60.0),
+            "stop_answer_s": stop_s,
+            "rss_mb_before": rss_before,
+            "rss_mb_peak_recording": monitor["recording"],
+            "rss_mb_peak_saving": monitor["saving"],
+            "vmhwm_mb": hwm,
+            "cpu_core_share_recording": cpu_share,
+            "cpu_s_save": cpu_end - cpu_rec,
             "publisher_core_share": (own_rec - own_start) / recorded_s,
-            "load_average": [load_start[0], load_rec[0]], "dataset_mb": size_mb, "message": answer.message,
+            "load_average": [load_start[0], load_rec[0]],
+            "dataset_mb": size_mb,
+            "message": answer.message,
         }
         Path(args.json).write_text(json.dumps(result, indent=1))
 

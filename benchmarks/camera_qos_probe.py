@@ -21,6 +21,7 @@ and `--profile FILE` uses another one: run both to compare. `--profile-for pub|s
 profile to one side only (it is the publisher's that matters), `--sub-delay-ms` makes the
 subscriber a slow consumer (frames it then skips are not counted as lost).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,12 @@ def qos(kind: str, depth: int):
     from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
 
     reliability = {"best_effort": QoSReliabilityPolicy.BEST_EFFORT, "reliable": QoSReliabilityPolicy.RELIABLE}[kind]
-    return QoSProfile(reliability=reliability, durability=QoSDurabilityPolicy.VOLATILE,
-                      history=QoSHistoryPolicy.KEEP_LAST, depth=depth)
+    return QoSProfile(
+        reliability=reliability,
+        durability=QoSDurabilityPolicy.VOLATILE,
+        history=QoSHistoryPolicy.KEEP_LAST,
+        depth=depth,
+    )
 
 
 def run_subscriber(args) -> None:
@@ -70,8 +75,13 @@ def run_subscriber(args) -> None:
 
     from rclpy.event_handler import SubscriptionEventCallbacks
 
-    node.create_subscription(Image, args.topic, on_image, qos(args.sub, int(args.depth)),
-                             event_callbacks=SubscriptionEventCallbacks(message_lost=on_lost))
+    node.create_subscription(
+        Image,
+        args.topic,
+        on_image,
+        qos(args.sub, int(args.depth)),
+        event_callbacks=SubscriptionEventCallbacks(message_lost=on_lost),
+    )
     stop = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
     print("READY", flush=True)
@@ -79,13 +89,18 @@ def run_subscriber(args) -> None:
     while not stop.is_set():
         rclpy.spin_once(node, timeout_sec=0.05)
     lat = sorted(latencies)
-    print(json.dumps({
-        "received": len(got),
-        "lost": lost["count"],
-        "sub_cpu_s": time.process_time() - cpu0,
-        "latency_p50_ms": 1e3 * statistics.median(lat) if lat else None,
-        "latency_max_ms": 1e3 * lat[-1] if lat else None,
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "received": len(got),
+                "lost": lost["count"],
+                "sub_cpu_s": time.process_time() - cpu0,
+                "latency_p50_ms": 1e3 * statistics.median(lat) if lat else None,
+                "latency_max_ms": 1e3 * lat[-1] if lat else None,
+            }
+        ),
+        flush=True,
+    )
     node.destroy_node()
     rclpy.try_shutdown()
 
@@ -122,15 +137,35 @@ def run_publisher(args) -> None:
         msg.header.stamp.sec, msg.header.stamp.nanosec = int(now), int((now % 1) * 1e9)
         msg.header.frame_id = str(index)
         pub.publish(msg)
-    print(json.dumps({"sent": args.frames, "seconds": time.monotonic() - start, "late": late,
-                      "pub_cpu_s": time.process_time() - cpu0, "match_s": match_s}), flush=True)
+    print(
+        json.dumps(
+            {
+                "sent": args.frames,
+                "seconds": time.monotonic() - start,
+                "late": late,
+                "pub_cpu_s": time.process_time() - cpu0,
+                "match_s": match_s,
+            }
+        ),
+        flush=True,
+    )
     time.sleep(0.5)  # a reliable writer may still be repairing the last samples
     node.destroy_node()
     rclpy.try_shutdown()
 
 
-def trial(size: str, pub: str, sub: str, depth: int, frames: int, rate: float, env: dict, pub_depth: int = 0,
-          profile_for: str = "both", sub_delay_ms: float = 0.0) -> dict:
+def trial(
+    size: str,
+    pub: str,
+    sub: str,
+    depth: int,
+    frames: int,
+    rate: float,
+    env: dict,
+    pub_depth: int = 0,
+    profile_for: str = "both",
+    sub_delay_ms: float = 0.0,
+) -> dict:
     env = dict(env, ROS_DOMAIN_ID=str(random.randrange(150, 230)))
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     bare = {k: v for k, v in env.items() if k not in PROFILE_VARS}
@@ -138,12 +173,22 @@ def trial(size: str, pub: str, sub: str, depth: int, frames: int, rate: float, e
     sub_env = env if profile_for in ("both", "sub") else bare
     me = [sys.executable, os.path.abspath(__file__)]
     common = ["--frames", str(frames), "--rate", str(rate), "--size", size, "--sub-delay-ms", str(sub_delay_ms)]
-    subscriber = subprocess.Popen(me + ["--role", "sub", "--sub", sub, "--depth", str(depth)] + common,
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=sub_env)
+    subscriber = subprocess.Popen(
+        me + ["--role", "sub", "--sub", sub, "--depth", str(depth)] + common,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=sub_env,
+    )
     try:
         assert subscriber.stdout.readline().strip() == "READY"
-        publisher = subprocess.run(me + ["--role", "pub", "--pub", pub, "--pub-depth", str(pub_depth)] + common,
-                                   capture_output=True, text=True, env=pub_env, timeout=60 + frames / rate)
+        publisher = subprocess.run(
+            me + ["--role", "pub", "--pub", pub, "--pub-depth", str(pub_depth)] + common,
+            capture_output=True,
+            text=True,
+            env=pub_env,
+            timeout=60 + frames / rate,
+        )
         sent = json.loads(publisher.stdout.strip().splitlines()[-1])
         time.sleep(1.0)
         out, _ = subscriber.communicate("stop\n", timeout=30)
@@ -160,22 +205,31 @@ def main() -> None:
     parser.add_argument("--size", default="640x480", help=argparse.SUPPRESS)
     parser.add_argument("--sizes", default="224x224,640x480,1280x720", help="WxH list")
     parser.add_argument("--pub", default="best_effort,reliable", help="publisher reliability list")
-    parser.add_argument("--pub-depth", type=int, default=0,
-                        help="publisher depth (default: 5 best effort, 10 reliable)")
+    parser.add_argument(
+        "--pub-depth", type=int, default=0, help="publisher depth (default: 5 best effort, 10 reliable)"
+    )
     parser.add_argument("--sub", default="best_effort,reliable", help="subscriber reliability list")
     parser.add_argument("--depth", default="1", help="subscriber depth list")
     parser.add_argument("--topic", default="probe/image_raw", help=argparse.SUPPRESS)
-    parser.add_argument("--sub-delay-ms", type=float, default=0.0,
-                        help="time the subscriber's callback takes (a slow consumer)")
+    parser.add_argument(
+        "--sub-delay-ms", type=float, default=0.0, help="time the subscriber's callback takes (a slow consumer)"
+    )
     parser.add_argument("--frames", type=int, default=20)
     parser.add_argument("--rate", type=float, default=30.0)
     parser.add_argument("--repeat", type=int, default=1, help="trials per combination")
-    parser.add_argument("--profile", default="",
-                        help="Fast DDS XML profile for both processes (sets FASTDDS_DEFAULT_PROFILES_FILE, read by "
-                             "Fast DDS 3 / Kilted; with Humble or Jazzy export FASTRTPS_DEFAULT_PROFILES_FILE instead)")
+    parser.add_argument(
+        "--profile",
+        default="",
+        help="Fast DDS XML profile for both processes (sets FASTDDS_DEFAULT_PROFILES_FILE, read by "
+        "Fast DDS 3 / Kilted; with Humble or Jazzy export FASTRTPS_DEFAULT_PROFILES_FILE instead)",
+    )
     parser.add_argument("--no-profile", action="store_true", help="run with Fast DDS defaults (no profile file)")
-    parser.add_argument("--profile-for", choices=("both", "pub", "sub"), default="both",
-                        help="which process gets the profile (the other runs with Fast DDS defaults)")
+    parser.add_argument(
+        "--profile-for",
+        choices=("both", "pub", "sub"),
+        default="both",
+        help="which process gets the profile (the other runs with Fast DDS defaults)",
+    )
     parser.add_argument("--json", default="", help="also write the results to this file")
     args = parser.parse_args()
 
@@ -195,18 +249,29 @@ def main() -> None:
     profile = next((env[v] for v in PROFILE_VARS if env.get(v)), "none (Fast DDS defaults)")
     if args.profile_for != "both":
         profile += f" (only in the {'publisher' if args.profile_for == 'pub' else 'subscriber'})"
-    print(f"Fast DDS profile: {profile}; discovery range {env.get('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')}; "
-          f"{args.frames} frames rgb8 at {args.rate:g} Hz per trial", flush=True)
-    print(f"{'size':>9} {'publisher':>11} {'subscriber':>11} {'depth':>5} {'received':>12} {'lost':>5} "
-          f"{'p50 ms':>7} {'max ms':>7}")
+    print(
+        f"Fast DDS profile: {profile}; discovery range {env.get('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')}; "
+        f"{args.frames} frames rgb8 at {args.rate:g} Hz per trial",
+        flush=True,
+    )
+    print(
+        f"{'size':>9} {'publisher':>11} {'subscriber':>11} {'depth':>5} {'received':>12} {'lost':>5} "
+        f"{'p50 ms':>7} {'max ms':>7}"
+    )
     results = []
-    for size, pub, sub, depth, _ in itertools.product(args.sizes.split(","), args.pub.split(","), args.sub.split(","),
-                                                      [int(d) for d in args.depth.split(",")], range(args.repeat)):
+    for size, pub, sub, depth, _ in itertools.product(
+        args.sizes.split(","),
+        args.pub.split(","),
+        args.sub.split(","),
+        [int(d) for d in args.depth.split(",")],
+        range(args.repeat),
+    ):
         if pub == "best_effort" and sub == "reliable":
             print(f"{size:>9} {pub:>11} {sub:>11} {depth:>5}   (no match: a reliable reader needs a reliable writer)")
             continue
-        r = trial(size, pub, sub, depth, args.frames, args.rate, env, args.pub_depth, args.profile_for,
-                  args.sub_delay_ms)
+        r = trial(
+            size, pub, sub, depth, args.frames, args.rate, env, args.pub_depth, args.profile_for, args.sub_delay_ms
+        )
         results.append(r)
         p50 = f"{r['latency_p50_ms']:7.1f}" if r.get("latency_p50_ms") is not None else "      -"
         mx = f"{r['latency_max_ms']:7.1f}" if r.get("latency_max_ms") is not None else "      -"

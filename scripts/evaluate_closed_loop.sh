@@ -48,4 +48,4 @@ runs=()
 for name in bc bc_rla bc_rla_direct planner_rla_wm planner_regression; do
   [ -f "$OUT/$name/metrics.json" ] && runs+=(--run "${LABEL[$name]}=$OUT/$name")
 done
-python -m rla_wm.closed_loop_report --out "$OUT" "${runs[@]}"
+python -m rla_wm.evaluation.closed_loop_report --out "$OUT" "${runs[@]}"

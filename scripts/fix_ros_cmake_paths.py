@@ -5,6 +5,7 @@ hard-code that container's Python include dir and NumPy include dir; rosidl's
 Python generator fails to compile against them. Rewriting the two strings is
 idempotent and safe to re-run after every install.
 """
+
 from __future__ import annotations
 
 import pathlib

@@ -9,6 +9,7 @@ fields, past points, unordered or negative times, bad stamps, ragged sizes, wron
 each controller message through the joint_trajectory_controller model, chained as a controller
 executes them. Exits 1 on any violation.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,15 +21,18 @@ import time
 from pathlib import Path
 
 
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--rate", type=float, default=150.0, help="fuzz messages per second")
     parser.add_argument("--limits-file", default="", help="limits YAML (default: the package's pusht_limits.yaml)")
-    parser.add_argument("--delivery-margin", type=float, default=0.1,
-                        help="the gate's delivery_margin; the chained controller model assumes delivery within it")
+    parser.add_argument(
+        "--delivery-margin",
+        type=float,
+        default=0.1,
+        help="the gate's delivery_margin; the chained controller model assumes delivery within it",
+    )
     parser.add_argument("--domain", type=int, default=77, help="ROS_DOMAIN_ID to run on")
     args = parser.parse_args()
 
@@ -45,11 +49,19 @@ def main() -> int:
     limits_file = args.limits_file or str(config / "pusht_limits.yaml")
     limits, max_step = load_limits(limits_file)
     position = (limits.lower + limits.upper) / 2
-    gate = NodeSpec("rla_wm_ros", "safety_gate", name="safety_gate", param_files=[str(config / "safety_gate.yaml")],
-                    params={"limits_file": limits_file, "delivery_margin": str(args.delivery_margin)})
+    gate = NodeSpec(
+        "rla_wm_ros",
+        "safety_gate",
+        name="safety_gate",
+        param_files=[str(config / "safety_gate.yaml")],
+        params={"limits_file": limits_file, "delivery_margin": str(args.delivery_margin)},
+    )
     graph = LaunchedGraph()
-    graph.start(LaunchDescription(args={}, nodes=[gate]), env={"ROS_DOMAIN_ID": str(args.domain)},
-                log_dir=Path(tempfile.mkdtemp(prefix="gate_fuzz_")))
+    graph.start(
+        LaunchDescription(args={}, nodes=[gate]),
+        env={"ROS_DOMAIN_ID": str(args.domain)},
+        log_dir=Path(tempfile.mkdtemp(prefix="gate_fuzz_")),
+    )
     rclpy.init(domain_id=args.domain)
     node = rclpy.create_node("gate_fuzzer")
     executor = SingleThreadedExecutor()

@@ -40,7 +40,7 @@ if [ "$(cat "$STAMPS/requirements" 2>/dev/null)" != "$req_hash" ]; then
   start=$SECONDS
   log "installing pinned Python packages (ROS 2 wheels, PyTorch, LeRobot; several GB on first run)"
   "${PIP[@]}" install pip==24.3.1 setuptools==79.0.1 wheel==0.48.0 2>&1 | grep -v '^WARNING: Location' || true
-  "${PIP[@]}" install -r "$ROOT/requirements/ros.txt" -r "$ROOT/requirements/ml.txt" \
+  "${PIP[@]}" install -r "$ROOT/requirements/ros.txt" -r "$ROOT/requirements/ml.txt" -r "$ROOT/requirements/dev.txt" \
     -c "$ROOT/requirements/constraints.txt" 2>&1 | grep -v '^WARNING: Location' || true
   "${PIP[@]}" install --no-deps -r "$ROOT/requirements/no-deps.txt" 2>&1 | grep -v '^WARNING: Location' || true
   "$PY" -c "import rclpy, torch, torchvision, lerobot, transformers, gym_pusht" \

@@ -6,6 +6,7 @@ Reads the standard run layout (`<run>/<model>/checkpoint`, `metrics.jsonl`, the 
 results of `rla-wm evaluate` / `evaluate-policy`) and writes, per model present,
 `checkpoints/sim-pusht-<model>/` (model.safetensors in float16, config.json, README.md).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,25 +17,43 @@ import yaml
 from safetensors.torch import load_file
 
 from rla_wm.assets import CHECKPOINT_DIR
-from rla_wm.checkpoint import export_checkpoint
+from rla_wm.models.checkpoint import export_checkpoint
 
 # model folder in the run -> (shipped name, what it is, the command that trained it)
 MODELS = {
-    "rla": ("sim-pusht-rla", "RLA autoencoder: z = E(s_t, s_t+h), s_t+h ~ D(z, s_t)",
-            "rla-wm train-rla --config {config} --out {run}/rla"),
-    "wm": ("sim-pusht-rla-wm", "RLA-WM: flow matching of z from (s_t, a_t:t+h); decode with sim-pusht-rla",
-           "rla-wm train-wm --config {config} --rla {run}/rla/checkpoint --out {run}/wm"),
-    "regression": ("sim-pusht-regression", "Regression baseline: s_t+h = f(s_t, a_t:t+h) directly",
-                   "rla-wm train-regression --config {config} --out {run}/regression"),
-    "policy": ("sim-pusht-policy", "World action model (action chunk + RLA heads), labelled + action-free episodes",
-               "rla-wm train-policy --config {config} --rla {run}/rla/checkpoint --out {run}/policy"),
-    "policy_bc": ("sim-pusht-policy-bc", "Behaviour cloning: the same network on labelled episodes only",
-                  "rla-wm train-policy --config {config} --rla {run}/rla/checkpoint --out {run}/policy_bc "
-                  "--set policy_training.use_action_free=false --set train.policy.batch_size=32"),
-    "policy_direct": ("sim-pusht-policy-direct", "World action model whose action head does not read the RLA "
-                      "prediction (variant), labelled + action-free episodes",
-                      "rla-wm train-policy --config {config} --rla {run}/rla/checkpoint --out {run}/policy_direct "
-                      "--set policy.action_reads_rla=false"),
+    "rla": (
+        "sim-pusht-rla",
+        "RLA autoencoder: z = E(s_t, s_t+h), s_t+h ~ D(z, s_t)",
+        "rla-wm train-rla --config {config} --out {run}/rla",
+    ),
+    "wm": (
+        "sim-pusht-rla-wm",
+        "RLA-WM: flow matching of z from (s_t, a_t:t+h); decode with sim-pusht-rla",
+        "rla-wm train-wm --config {config} --rla {run}/rla/checkpoint --out {run}/wm",
+    ),
+    "regression": (
+        "sim-pusht-regression",
+        "Regression baseline: s_t+h = f(s_t, a_t:t+h) directly",
+        "rla-wm train-regression --config {config} --out {run}/regression",
+    ),
+    "policy": (
+        "sim-pusht-policy",
+        "World action model (action chunk + RLA heads), labelled + action-free episodes",
+        "rla-wm train-policy --config {config} --rla {run}/rla/checkpoint --out {run}/policy",
+    ),
+    "policy_bc": (
+        "sim-pusht-policy-bc",
+        "Behaviour cloning: the same network on labelled episodes only",
+        "rla-wm train-policy --config {config} --rla {run}/rla/checkpoint --out {run}/policy_bc "
+        "--set policy_training.use_action_free=false --set train.policy.batch_size=32",
+    ),
+    "policy_direct": (
+        "sim-pusht-policy-direct",
+        "World action model whose action head does not read the RLA "
+        "prediction (variant), labelled + action-free episodes",
+        "rla-wm train-policy --config {config} --rla {run}/rla/checkpoint --out {run}/policy_direct "
+        "--set policy.action_reads_rla=false",
+    ),
 }
 
 
@@ -56,8 +75,10 @@ def dataset_summary(config_path: Path) -> list[str]:
     for root, repo_id, kind in sources:
         info_path = (config_path.parent / root / "meta" / "info.json").resolve()
         info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-        rows.append(f"- `{repo_id}` ({kind}): {info.get('total_episodes', '?')} episodes, "
-                    f"{info.get('total_frames', '?')} frames at {info.get('fps', '?')} fps")
+        rows.append(
+            f"- `{repo_id}` ({kind}): {info.get('total_episodes', '?')} episodes, "
+            f"{info.get('total_frames', '?')} frames at {info.get('fps', '?')} fps"
+        )
     return rows
 
 
@@ -67,11 +88,15 @@ def metrics_section(model: str, run: Path) -> list[str]:
     if model in ("rla", "wm", "regression") and results.is_file():
         data = json.loads(results.read_text())
         name = {"wm": "rla-wm", "regression": "regression"}.get(model)
-        lines.append(f"Held-out episodes {data['held_out_episodes']}, {data['windows']} windows "
-                     f"(`rla-wm evaluate`, {run}/eval/results.md):")
+        lines.append(
+            f"Held-out episodes {data['held_out_episodes']}, {data['windows']} windows "
+            f"(`rla-wm evaluate`, {run}/eval/results.md):"
+        )
         if model == "rla":
             rec = data["reconstruction"]
-            lines.append(f"- reconstruction at h={data['horizon']}: L1 {rec['l1']:.4f}, cosine distance {rec['cosine']:.4f}")
+            lines.append(
+                f"- reconstruction at h={data['horizon']}: L1 {rec['l1']:.4f}, cosine distance {rec['cosine']:.4f}"
+            )
         for horizon, values in data["results"]["copy-last"].items():
             row = f"- h={horizon}: copy-last L1 {values['l1']:.4f}"
             if name:
@@ -83,11 +108,16 @@ def metrics_section(model: str, run: Path) -> list[str]:
         data = json.loads(policy_results.read_text())
         mine = data.get("policies", {}).get(model)
         if mine is not None:
-            lines.append(f"Offline, held-out labelled episodes {data.get('held_out_episodes', '?')} "
-                         f"(`rla-wm evaluate-policy`, {run}/policy_eval/results.md):")
+            lines.append(
+                f"Offline, held-out labelled episodes {data.get('held_out_episodes', '?')} "
+                f"(`rla-wm evaluate-policy`, {run}/policy_eval/results.md):"
+            )
             lines += [f"- {key}: {value:.4g}" for key, value in mine.items() if isinstance(value, (int, float))]
-            lines += [f"- hold baseline {key}: {value:.4g}" for key, value in data.get("hold", {}).items()
-                      if isinstance(value, (int, float))]
+            lines += [
+                f"- hold baseline {key}: {value:.4g}"
+                for key, value in data.get("hold", {}).items()
+                if isinstance(value, (int, float))
+            ]
     return lines or ["(no evaluation results found)"]
 
 

@@ -1,4 +1,5 @@
 """Shared test set-up: the project environment, one ROS_DOMAIN_ID per test, graph helpers."""
+
 from __future__ import annotations
 
 import fcntl
@@ -8,8 +9,8 @@ import random
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -122,8 +123,11 @@ def start_nodes(tmp_path, ros_domain):
     def start(*nodes):
         graph = LaunchedGraph()
         graphs.append(graph)
-        graph.start(LaunchDescription(args={}, nodes=list(nodes)), env={"ROS_DOMAIN_ID": str(ros_domain)},
-                    log_dir=tmp_path / f"logs{len(graphs)}")
+        graph.start(
+            LaunchDescription(args={}, nodes=list(nodes)),
+            env={"ROS_DOMAIN_ID": str(ros_domain)},
+            log_dir=tmp_path / f"logs{len(graphs)}",
+        )
         return graph
 
     yield start

@@ -1,4 +1,5 @@
 """Where shipped checkpoints live and how model specs resolve to paths."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -14,6 +14,7 @@
 Multi-GPU: `accelerate launch -m rla_wm.cli train-wm ...` (or torchrun) runs the same
 training with DDP.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,24 +25,30 @@ import torch
 
 
 def command_record_pusht(args: argparse.Namespace) -> None:
-    from rla_wm.pusht_dataset import record_pusht_dataset
+    from rla_wm.envs.pusht.dataset import record_pusht_dataset
 
-    path = record_pusht_dataset(args.root, repo_id=args.repo_id, episodes=args.episodes,
-                                steps_per_episode=args.steps, seed=args.seed, with_actions=not args.action_free)
+    path = record_pusht_dataset(
+        args.root,
+        repo_id=args.repo_id,
+        episodes=args.episodes,
+        steps_per_episode=args.steps,
+        seed=args.seed,
+        with_actions=not args.action_free,
+    )
     print(f"dataset written to {path}")
 
 
 def command_cache_features(args: argparse.Namespace) -> None:
-    from rla_wm.experiment import load_experiment
-    from rla_wm.train import open_caches
+    from rla_wm.training.config import load_experiment
+    from rla_wm.training.train import open_caches
 
     for cache in open_caches(load_experiment(args.config), include_action_free=True):
         print(f"{cache.path}: {len(cache.episodes)} episodes, encoder {cache.encoder_id}")
 
 
 def command_train(args: argparse.Namespace) -> None:
-    from rla_wm import train
-    from rla_wm.experiment import load_experiment
+    from rla_wm.training import train as train
+    from rla_wm.training.config import load_experiment
 
     experiment = load_experiment(args.config)
     out = Path(args.out)
@@ -55,14 +62,14 @@ def command_train(args: argparse.Namespace) -> None:
 
 
 def command_evaluate(args: argparse.Namespace) -> None:
-    from rla_wm import evaluate
-    from rla_wm.baselines import RegressionPredictor
-    from rla_wm.experiment import load_experiment
-    from rla_wm.prediction import CopyLastPredictor, RegressionBaseline, RLAWMPredictor
-    from rla_wm.rla import RLAAutoencoder
-    from rla_wm.train import open_caches, train_split
-    from rla_wm.visualize import plot_error_vs_horizon
-    from rla_wm.world_model import RLAWorldModel
+    from rla_wm.evaluation import evaluate as evaluate
+    from rla_wm.evaluation.visualize import plot_error_vs_horizon
+    from rla_wm.models.prediction import CopyLastPredictor, Predictor, RegressionPredictor, RLAWMPredictor
+    from rla_wm.models.regression import RegressionModel
+    from rla_wm.models.rla import RLAAutoencoder
+    from rla_wm.models.world_model import RLAWorldModel
+    from rla_wm.training.config import load_experiment
+    from rla_wm.training.train import open_caches, train_split
 
     experiment = load_experiment(args.config)
     settings = {"chunks": 3, "max_windows": 64, "euler_steps": 30, "seed": 0, **experiment.evaluate}
@@ -71,35 +78,53 @@ def command_evaluate(args: argparse.Namespace) -> None:
     autoencoder, _ = RLAAutoencoder.load(args.rla)
     world_model, wm_meta = RLAWorldModel.load(args.wm)
     horizon = args.horizon or int(wm_meta.get("train", {}).get("horizon", 5))
-    predictors = [CopyLastPredictor(),
-                  RLAWMPredictor(world_model, autoencoder, steps=settings["euler_steps"], seed=settings["seed"])]
+    predictors: list[Predictor] = [
+        CopyLastPredictor(),
+        RLAWMPredictor(world_model, autoencoder, steps=settings["euler_steps"], seed=settings["seed"]),
+    ]
     if args.regression:
-        predictors.append(RegressionBaseline(RegressionPredictor.load(args.regression)[0]))
+        predictors.append(RegressionPredictor(RegressionModel.load(args.regression)[0]))
     for model in (autoencoder, world_model):
         if model.config.encoder_id != cache.encoder_id:
-            raise SystemExit(f"{type(model).__name__} was trained on {model.config.encoder_id!r}, "
-                             f"the data is {cache.encoder_id!r}")
-    windows = evaluate.collect_windows(cache, held_out, horizon, settings["chunks"], settings["max_windows"],
-                                       settings["seed"])
+            raise SystemExit(
+                f"{type(model).__name__} was trained on {model.config.encoder_id!r}, the data is {cache.encoder_id!r}"
+            )
+    windows = evaluate.collect_windows(
+        cache, held_out, horizon, settings["chunks"], settings["max_windows"], settings["seed"]
+    )
     results = evaluate.evaluate_predictors(predictors, windows)
     costs = {p.name: evaluate.cost_per_prediction(p, windows) for p in predictors}
     reconstruction = evaluate.reconstruction_errors(autoencoder, windows)
     out = Path(args.out)
-    table = evaluate.save_report(out, results, costs, reconstruction, {
-        "config": str(experiment.path), "held_out_episodes": held_out, "windows": len(windows.start),
-        "horizon": horizon, "euler_steps": settings["euler_steps"], "device": "cpu",
-        "torch_threads": torch.get_num_threads()})
+    table = evaluate.save_report(
+        out,
+        results,
+        costs,
+        reconstruction,
+        {
+            "config": str(experiment.path),
+            "held_out_episodes": held_out,
+            "windows": len(windows.start),
+            "horizon": horizon,
+            "euler_steps": settings["euler_steps"],
+            "device": "cpu",
+            "torch_threads": torch.get_num_threads(),
+        },
+    )
     for metric in ("l1", "cosine"):
-        plot_error_vs_horizon({name: {h: v[metric] for h, v in by_h.items()} for name, by_h in results.items()},
-                              metric, out / f"error_vs_horizon_{metric}.png")
+        plot_error_vs_horizon(
+            {name: {h: v[metric] for h, v in by_h.items()} for name, by_h in results.items()},
+            metric,
+            out / f"error_vs_horizon_{metric}.png",
+        )
     evaluate.plot_predictions(out, predictors, windows, (cache.grid.height, cache.grid.width))
     print(table)
     print(f"\nreport, plots and results.json in {out}/")
 
 
 def command_train_policy(args: argparse.Namespace) -> None:
-    from rla_wm import train
-    from rla_wm.experiment import load_experiment
+    from rla_wm.training import train as train
+    from rla_wm.training.config import load_experiment
 
     out = Path(args.out)
     checkpoint = train.train_policy(load_experiment(args.config), args.rla, out, args.overrides)
@@ -119,11 +144,11 @@ def _policy_name(path: str, taken: set[str]) -> str:
 def command_evaluate_policy(args: argparse.Namespace) -> None:
     import json
 
-    from rla_wm import evaluate
-    from rla_wm.experiment import load_experiment
-    from rla_wm.policy import WorldActionModel
-    from rla_wm.policy_data import checkpoint_digest, rla_targets
-    from rla_wm.train import load_frozen_autoencoder, open_caches, train_split
+    from rla_wm.data.policy_data import checkpoint_digest, rla_targets
+    from rla_wm.evaluation import evaluate as evaluate
+    from rla_wm.models.policy import Policy
+    from rla_wm.training.config import load_experiment
+    from rla_wm.training.train import load_frozen_autoencoder, open_caches, train_split
 
     experiment = load_experiment(args.config)
     settings = {"policy_max_windows": 512, "seed": 0, **experiment.evaluate}
@@ -131,12 +156,17 @@ def command_evaluate_policy(args: argparse.Namespace) -> None:
     held_out = train_split(experiment, cache)[1]
     if not held_out:
         raise SystemExit(f"{experiment.path}: the labelled dataset has no held-out episodes to evaluate on")
-    results, chunks, windows_by_shape, window_of, hold = {}, {}, {}, {}, None
+    results: dict[str, evaluate.PolicyMetrics] = {}
+    chunks: dict[str, torch.Tensor] = {}
+    windows_by_shape: dict[tuple[int, int, str], evaluate.PolicyWindows] = {}
+    window_of: dict[str, evaluate.PolicyWindows] = {}
+    hold: evaluate.ChunkErrors | None = None
     for path in args.policy:
-        policy, meta = WorldActionModel.load(path)
+        policy, meta = Policy.load(path)
         if policy.config.encoder_id != cache.encoder_id:
-            raise SystemExit(f"policy {path} was trained on {policy.config.encoder_id!r}, the data is "
-                             f"{cache.encoder_id!r}")
+            raise SystemExit(
+                f"policy {path} was trained on {policy.config.encoder_id!r}, the data is {cache.encoder_id!r}"
+            )
         rla_path = args.rla or meta.get("rla_checkpoint")
         if not rla_path:
             raise SystemExit(f"policy {path} does not name its RLA autoencoder: pass --rla")
@@ -148,31 +178,39 @@ def command_evaluate_policy(args: argparse.Namespace) -> None:
         if key not in windows_by_shape:
             targets = rla_targets(cache, autoencoder, digest, policy.config.rla_horizon)
             windows_by_shape[key] = evaluate.collect_policy_windows(
-                cache, held_out, key[0], key[1], targets, settings["policy_max_windows"], settings["seed"])
+                cache, held_out, key[0], key[1], targets, settings["policy_max_windows"], settings["seed"]
+            )
         windows = windows_by_shape[key]
         name = _policy_name(path, set(results))
         results[name], chunks[name] = evaluate.evaluate_policy(policy, windows)
         results[name]["checkpoint"] = str(path)
         window_of[name] = windows
         hold = hold or evaluate.hold_baseline(windows)
+    if hold is None:  # argparse requires at least one --policy
+        raise SystemExit("no policy to evaluate: pass --policy")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = evaluate.policy_table(results, hold)
     (out / "results.md").write_text(table + "\n")
-    (out / "results.json").write_text(json.dumps({"policies": results, "hold": hold, "config": str(experiment.path),
-                                                  "held_out_episodes": held_out}, indent=2))
+    (out / "results.json").write_text(
+        json.dumps(
+            {"policies": results, "hold": hold, "config": str(experiment.path), "held_out_episodes": held_out}, indent=2
+        )
+    )
     # One figure per set of windows; usually every policy shares one.
     for index, windows in enumerate(windows_by_shape.values()):
         same = {n: c for n, c in chunks.items() if window_of[n] is windows}
-        evaluate.plot_policy_chunks(out / ("policy_chunks.png" if index == 0 else f"policy_chunks_{index}.png"),
-                                    windows, same)
+        evaluate.plot_policy_chunks(
+            out / ("policy_chunks.png" if index == 0 else f"policy_chunks_{index}.png"), windows, same
+        )
     print(table)
     print(f"\nreport, policy_chunks.png and results.json in {out}/")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rla-wm", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="rla-wm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     record = commands.add_parser("record-pusht", help="record a Push-T LeRobot dataset with random play")
@@ -188,9 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--config", required=True)
     cache.set_defaults(run=command_cache_features)
 
-    for name, help_text in (("train-rla", "train the RLA autoencoder"),
-                            ("train-wm", "train RLA-WM (flow matching over z)"),
-                            ("train-regression", "train the DINO-WM-style regression baseline")):
+    for name, help_text in (
+        ("train-rla", "train the RLA autoencoder"),
+        ("train-wm", "train RLA-WM (flow matching over z)"),
+        ("train-regression", "train the DINO-WM-style regression baseline"),
+    ):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--config", required=True)
         sub.add_argument("--out", required=True)
@@ -203,22 +243,31 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--rla", required=True)
     evaluation.add_argument("--wm", required=True)
     evaluation.add_argument("--regression", default=None)
-    evaluation.add_argument("--horizon", type=int, default=None, help="frames per chunk (default: the WM's training horizon)")
+    evaluation.add_argument(
+        "--horizon", type=int, default=None, help="frames per chunk (default: the WM's training horizon)"
+    )
     evaluation.add_argument("--out", required=True)
     evaluation.set_defaults(run=command_evaluate)
 
-    policy = commands.add_parser("train-policy", help="train the world action model (action + RLA heads) on "
-                                 "labelled and action-free episodes")
+    policy = commands.add_parser(
+        "train-policy", help="train the world action model (action + RLA heads) on labelled and action-free episodes"
+    )
     policy.add_argument("--config", required=True)
     policy.add_argument("--rla", required=True, help="frozen RLA autoencoder checkpoint (gives the RLA head's target)")
     policy.add_argument("--out", required=True)
-    policy.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="override policy.*, policy_training.* or train.policy.* (repeatable), e.g. "
-                             "policy.action_reads_rla=false")
+    policy.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override policy.*, policy_training.* or train.policy.* (repeatable), e.g. policy.action_reads_rla=false",
+    )
     policy.set_defaults(run=command_train_policy)
 
-    policy_eval = commands.add_parser("evaluate-policy", help="offline action error and RLA-head cosine of policies "
-                                      "on held-out labelled episodes")
+    policy_eval = commands.add_parser(
+        "evaluate-policy", help="offline action error and RLA-head cosine of policies on held-out labelled episodes"
+    )
     policy_eval.add_argument("--config", required=True)
     policy_eval.add_argument("--policy", required=True, action="append", help="policy checkpoint (repeatable)")
     policy_eval.add_argument("--rla", default=None, help="RLA autoencoder (default: the one each policy trained with)")

@@ -1,4 +1,5 @@
 """The shipped launch files: parse them as ros2 launch would and check the graph they describe."""
+
 from pathlib import Path
 
 import pytest
@@ -60,10 +61,16 @@ def test_robot_policy_starts_in_dry_run_and_needs_checkpoint_and_limits():
         del args[missing]
         with pytest.raises(LaunchFileError, match=f"required launch argument '{missing}'"):
             parse_launch_file(path, overrides=args)
-    description = parse_launch_file(path, overrides={
-        **REQUIRED_ARGS["robot_policy.launch.xml"], "camera_topic": "/wrist/image/compressed", "compressed": "true",
-        "joint_state_topic": "/arm/joint_states", "controller_topic": "/arm/follow_joint_trajectory/cmd",
-    })
+    description = parse_launch_file(
+        path,
+        overrides={
+            **REQUIRED_ARGS["robot_policy.launch.xml"],
+            "camera_topic": "/wrist/image/compressed",
+            "compressed": "true",
+            "joint_state_topic": "/arm/joint_states",
+            "controller_topic": "/arm/follow_joint_trajectory/cmd",
+        },
+    )
     nodes = {node.name: node for node in description.nodes}
     assert set(nodes) == {"encoder", "policy", "safety_gate"}
     assert nodes["safety_gate"].params["dry_run"] == "true"  # nothing reaches the arm unless asked
@@ -71,7 +78,9 @@ def test_robot_policy_starts_in_dry_run_and_needs_checkpoint_and_limits():
     remaps = {name: dict(node.remaps) for name, node in nodes.items()}
     assert remaps["safety_gate"]["joint_trajectory"] == "/arm/follow_joint_trajectory/cmd"
     assert remaps["policy"].get("joint_trajectory") is None  # only the gate talks to the controller
-    assert remaps["encoder"]["camera/image_raw"] == remaps["safety_gate"]["camera/image_raw"] == "/wrist/image/compressed"
+    assert (
+        remaps["encoder"]["camera/image_raw"] == remaps["safety_gate"]["camera/image_raw"] == "/wrist/image/compressed"
+    )
     assert nodes["encoder"].params["compressed_input"] == nodes["safety_gate"].params["compressed_camera"] == "true"
     assert remaps["policy"]["joint_states"] == remaps["safety_gate"]["joint_states"] == "/arm/joint_states"
     assert nodes["safety_gate"].params["limits_file"] == LIMITS
@@ -87,10 +96,16 @@ def test_bad_launch_arguments_are_errors():
 
 
 def test_robot_record_wiring():
-    description = parse_launch_file(LAUNCH_DIR / "robot_record.launch.xml", overrides={
-        "dataset_root": "/data/teleop", "camera_topic": "/wrist/image_raw/compressed", "compressed": "true",
-        "action_topic": "/leader/joint_states", "action_type": "joint_state",
-    })
+    description = parse_launch_file(
+        LAUNCH_DIR / "robot_record.launch.xml",
+        overrides={
+            "dataset_root": "/data/teleop",
+            "camera_topic": "/wrist/image_raw/compressed",
+            "compressed": "true",
+            "action_topic": "/leader/joint_states",
+            "action_type": "joint_state",
+        },
+    )
     (recorder,) = description.nodes
     assert recorder.executable == "recorder"
     assert dict(recorder.remaps)["camera/image_raw"] == "/wrist/image_raw/compressed"

@@ -5,6 +5,7 @@ process per node, as ros2 launch does) and ask the ROS graph, from a probe node,
 resolved topic names and types of every node's subscriptions and publishers, so a remap that
 misses the name a node really uses (e.g. the encoder's camera/image_raw/compressed) fails here.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,8 +15,9 @@ from pathlib import Path
 import pytest
 from ament_index_python.packages import get_package_share_directory
 
-from conftest import config_file, wait_for
 from rla_wm_ros.launch_xml import LaunchedGraph, parse_launch_file
+
+from conftest import config_file, wait_for
 
 LAUNCH_DIR = Path(get_package_share_directory("rla_wm_ros")) / "launch"
 IMAGE = "sensor_msgs/msg/Image"
@@ -41,8 +43,7 @@ def endpoints(probe, node_name: str, namespace: str = "/") -> tuple[set, set]:
         pubs = probe.get_publisher_names_and_types_by_node(node_name, namespace)
     except Exception:  # NodeNameNonExistentError until discovery has seen the node
         return set(), set()
-    return ({(topic, t) for topic, types in subs for t in types},
-            {(topic, t) for topic, types in pubs for t in types})
+    return ({(topic, t) for topic, types in subs for t in types}, {(topic, t) for topic, types in pubs for t in types})
 
 
 def wait_for_endpoints(probe, graph, expected: dict[str, tuple[set, set]]) -> dict[str, tuple[set, set]]:
@@ -63,8 +64,10 @@ def wait_for_endpoints(probe, graph, expected: dict[str, tuple[set, set]]) -> di
             pytest.fail(f"a node died during start-up:\n{graph.tail_logs(30)}")
         time.sleep(0.2)
     if not complete():
-        missing = {name: (sorted(subs - actual[name][0]), sorted(pubs - actual[name][1]))
-                   for name, (subs, pubs) in expected.items()}
+        missing = {
+            name: (sorted(subs - actual[name][0]), sorted(pubs - actual[name][1]))
+            for name, (subs, pubs) in expected.items()
+        }
         pytest.fail(
             "nodes are not on the expected topics after "
             f"{STARTUP_TIMEOUT:.0f}s.\nmissing (subscriptions, publishers): {missing}\n"
@@ -79,8 +82,11 @@ def camera_subscriptions(subs: set) -> set:
 
 ROBOT_POLICY_CASES = {
     # compressed camera on a custom topic: the encoder's own topic name is camera/image_raw/compressed
-    "compressed-custom": ({"compressed": "true", "camera_topic": "/wrist_camera/image_raw/compressed"},
-                          "/wrist_camera/image_raw/compressed", COMPRESSED),
+    "compressed-custom": (
+        {"compressed": "true", "camera_topic": "/wrist_camera/image_raw/compressed"},
+        "/wrist_camera/image_raw/compressed",
+        COMPRESSED,
+    ),
     "plain-default": ({}, "/camera/image_raw", IMAGE),
     "plain-custom": ({"camera_topic": "/wrist_camera/image_raw"}, "/wrist_camera/image_raw", IMAGE),
 }
@@ -101,12 +107,19 @@ def test_robot_policy_nodes_resolve_to_the_given_topics(case, ros_domain, ros_no
     joints, controller = overrides["joint_state_topic"], overrides["controller_topic"]
     expected = {
         "encoder": ({(camera, camera_type)}, {("/features", "rla_wm_msgs/msg/FeatureMap")}),
-        "policy": ({("/features", "rla_wm_msgs/msg/FeatureMap"), (joints, "sensor_msgs/msg/JointState")},
-                   {("/policy/joint_trajectory", "trajectory_msgs/msg/JointTrajectory")}),
-        "safety_gate": ({(camera, camera_type), (joints, "sensor_msgs/msg/JointState"),
-                         ("/policy/joint_trajectory", "trajectory_msgs/msg/JointTrajectory"),
-                         ("/estop", "std_msgs/msg/Bool")},
-                        {(controller, "trajectory_msgs/msg/JointTrajectory")}),
+        "policy": (
+            {("/features", "rla_wm_msgs/msg/FeatureMap"), (joints, "sensor_msgs/msg/JointState")},
+            {("/policy/joint_trajectory", "trajectory_msgs/msg/JointTrajectory")},
+        ),
+        "safety_gate": (
+            {
+                (camera, camera_type),
+                (joints, "sensor_msgs/msg/JointState"),
+                ("/policy/joint_trajectory", "trajectory_msgs/msg/JointTrajectory"),
+                ("/estop", "std_msgs/msg/Bool"),
+            },
+            {(controller, "trajectory_msgs/msg/JointTrajectory")},
+        ),
     }
     with launched("robot_policy.launch.xml", overrides, ros_domain, tmp_path / "logs") as graph:
         actual = wait_for_endpoints(ros_node, graph, expected)
@@ -120,12 +133,23 @@ def test_robot_policy_nodes_resolve_to_the_given_topics(case, ros_domain, ros_no
 
 
 ROBOT_RECORD_CASES = {
-    "compressed-custom": ({"compressed": "true", "camera_topic": "/wrist_camera/image_raw/compressed",
-                           "action_topic": "/leader/joint_states", "action_type": "joint_state"},
-                          "/wrist_camera/image_raw/compressed", COMPRESSED,
-                          ("/leader/joint_states", "sensor_msgs/msg/JointState")),
-    "plain-default": ({}, "/camera/image_raw", IMAGE,
-                      ("/arm_controller/joint_trajectory", "trajectory_msgs/msg/JointTrajectory")),
+    "compressed-custom": (
+        {
+            "compressed": "true",
+            "camera_topic": "/wrist_camera/image_raw/compressed",
+            "action_topic": "/leader/joint_states",
+            "action_type": "joint_state",
+        },
+        "/wrist_camera/image_raw/compressed",
+        COMPRESSED,
+        ("/leader/joint_states", "sensor_msgs/msg/JointState"),
+    ),
+    "plain-default": (
+        {},
+        "/camera/image_raw",
+        IMAGE,
+        ("/arm_controller/joint_trajectory", "trajectory_msgs/msg/JointTrajectory"),
+    ),
 }
 
 
@@ -133,8 +157,12 @@ ROBOT_RECORD_CASES = {
 def test_robot_record_recorder_resolves_to_the_given_topics(case, ros_domain, ros_node, tmp_path):
     overrides, camera, camera_type, action = ROBOT_RECORD_CASES[case]
     overrides = {"dataset_root": str(tmp_path / "dataset"), **overrides}
-    expected = {"recorder": ({(camera, camera_type), ("/joint_states", "sensor_msgs/msg/JointState"), action},
-                             {("/recorder/status", "rla_wm_msgs/msg/RecorderStatus")})}
+    expected = {
+        "recorder": (
+            {(camera, camera_type), ("/joint_states", "sensor_msgs/msg/JointState"), action},
+            {("/recorder/status", "rla_wm_msgs/msg/RecorderStatus")},
+        )
+    }
     with launched("robot_record.launch.xml", overrides, ros_domain, tmp_path / "logs") as graph:
         actual = wait_for_endpoints(ros_node, graph, expected)
         assert camera_subscriptions(actual["recorder"][0]) == {(camera, camera_type)}
@@ -153,8 +181,12 @@ def test_robot_record_default_robot_type_is_the_empty_string(ros_domain, ros_nod
     assert description.args["robot_type"] == ""
     with launched("robot_record.launch.xml", overrides, ros_domain, tmp_path / "logs") as graph:
         client = ros_node.create_client(GetParameters, "/recorder/get_parameters")
-        wait_for(lambda: client.wait_for_service(timeout_sec=0.2), STARTUP_TIMEOUT,
-                 "the recorder's /recorder/get_parameters service", graph)
+        wait_for(
+            lambda: client.wait_for_service(timeout_sec=0.2),
+            STARTUP_TIMEOUT,
+            "the recorder's /recorder/get_parameters service",
+            graph,
+        )
         future = client.call_async(GetParameters.Request(names=["robot_type", "dataset_root"]))
         wait_for(future.done, 30.0, "the answer of /recorder/get_parameters", graph)
         robot_type, dataset_root = future.result().values

@@ -1,4 +1,5 @@
 """The rla_wm_ros package as a ROS 2 package: its launch files, its install, its manifest."""
+
 from __future__ import annotations
 
 import os
@@ -41,8 +42,9 @@ def test_installed_share_holds_every_launch_file_of_the_source_package():
 
 
 def _setup_py_name(package_copy: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "setup.py", "--name"], cwd=package_copy,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "setup.py", "--name"], cwd=package_copy, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_setup_py_refuses_a_package_without_launch_files(tmp_path):
@@ -70,13 +72,23 @@ def test_setup_env_rebuild_hash_sees_launch_file_changes_through_the_link(tmp_pa
     (root / "launch").symlink_to(Path("ros2_ws") / "src" / "rla_wm_ros" / "launch")
 
     def src_hash() -> str:
-        return subprocess.run(["bash", "-c", f"set -euo pipefail; {hash_command}"], env={**os.environ, "ROOT": str(root)},
-                              capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["bash", "-c", f"set -euo pipefail; {hash_command}"],
+            env={**os.environ, "ROOT": str(root)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
 
     def listed() -> str:  # the file list the hash is made of
         find = hash_command.split("| sort -z", 1)[0]
-        return subprocess.run(["bash", "-c", f"{find} | tr '\\0' '\\n'"], env={**os.environ, "ROOT": str(root)},
-                              capture_output=True, text=True, check=True).stdout
+        return subprocess.run(
+            ["bash", "-c", f"{find} | tr '\\0' '\\n'"],
+            env={**os.environ, "ROOT": str(root)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
 
     names = sorted(p.name for p in SOURCE_LAUNCH_DIR.glob("*.launch.xml"))
     assert all(f"{root}/launch/" in listed() and name in listed() for name in names)
@@ -92,7 +104,15 @@ def test_package_xml_declares_runtime_dependencies():
     package = parse_package(str(PACKAGE_DIR / "package.xml"))  # validates strictly
     exec_depends = {d.name for d in package.exec_depends}
     needed = {
-        "rclpy", "rcl_interfaces", "launch_ros", "launch_xml", "ros2launch",
-        "python3-numpy", "python3-yaml", "python3-pil", "python3-tqdm", "python3-torch",
+        "rclpy",
+        "rcl_interfaces",
+        "launch_ros",
+        "launch_xml",
+        "ros2launch",
+        "python3-numpy",
+        "python3-yaml",
+        "python3-pil",
+        "python3-tqdm",
+        "python3-torch",
     }
     assert needed <= exec_depends, sorted(needed - exec_depends)

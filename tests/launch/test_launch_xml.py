@@ -4,6 +4,7 @@ Launch files, YAML param files and "installed" packages are all written into tmp
 a fake package finder maps package names to tmp install prefixes, so nothing here
 needs a built workspace.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,8 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -26,7 +27,6 @@ from rla_wm_ros.launch_xml import (
     ament_prefix_finder,
     parse_launch_file,
 )
-
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -116,8 +116,10 @@ def test_arg_defaults_and_overrides(write, finder):
 
 
 def test_required_arg_missing_is_an_error(write, finder):
-    path = write('<arg name="robot" description="no default: required"/>\n'
-                 '<node pkg="demo_pkg" exec="talker" name="$(var robot)"/>')
+    path = write(
+        '<arg name="robot" description="no default: required"/>\n'
+        '<node pkg="demo_pkg" exec="talker" name="$(var robot)"/>'
+    )
     err = expect_error(path, "required launch argument 'robot'", '<arg name="robot"', package_finder=finder)
     assert err.line == 3  # line 1 is the XML declaration, line 2 <launch>
     desc = parse_launch_file(path, overrides={"robot": "r7"}, package_finder=finder)
@@ -300,10 +302,14 @@ def test_group_namespace_push(write, finder):
 
 
 def test_invalid_namespace_and_node_name(write, finder):
-    expect_error(write('<node pkg="demo_pkg" exec="t" namespace="bad ns"/>'), "invalid ROS namespace",
-                 package_finder=finder)
-    expect_error(write('<node pkg="demo_pkg" exec="t" name="9lives"/>', name="n.launch.xml"), "invalid node name",
-                 package_finder=finder)
+    expect_error(
+        write('<node pkg="demo_pkg" exec="t" namespace="bad ns"/>'), "invalid ROS namespace", package_finder=finder
+    )
+    expect_error(
+        write('<node pkg="demo_pkg" exec="t" name="9lives"/>', name="n.launch.xml"),
+        "invalid node name",
+        package_finder=finder,
+    )
 
 
 # ------------------------------------------------------------------ conditions
@@ -311,8 +317,7 @@ def test_invalid_namespace_and_node_name(write, finder):
 
 @pytest.mark.parametrize(
     "value, expected",
-    [("true", True), ("True", True), ("TRUE", True), ("1", True),
-     ("false", False), ("False", False), ("0", False)],
+    [("true", True), ("True", True), ("TRUE", True), ("1", True), ("false", False), ("False", False), ("0", False)],
 )
 def test_if_unless_truthiness(write, finder, value, expected):
     path = write(
@@ -364,8 +369,9 @@ def test_invalid_condition_value_is_an_error(write, finder, value):
 
 
 def test_if_and_unless_together_is_an_error(write, finder):
-    expect_error(write('<node pkg="demo_pkg" exec="t" if="true" unless="false"/>'), "'if' and 'unless'",
-                 package_finder=finder)
+    expect_error(
+        write('<node pkg="demo_pkg" exec="t" if="true" unless="false"/>'), "'if' and 'unless'", package_finder=finder
+    )
 
 
 # -------------------------------------------------------------- strictness errors
@@ -419,13 +425,15 @@ def test_default_finder_uses_the_ament_index(write, tmp_path, monkeypatch):
     (marker_dir / "indexed_pkg").write_text("")
     monkeypatch.setenv("AMENT_PREFIX_PATH", str(index_prefix))
     assert ament_prefix_finder("indexed_pkg") == str(index_prefix)
-    path = write('<node pkg="indexed_pkg" exec="t" name="n"><param name="s" value="$(find-pkg-share indexed_pkg)"/>'
-                 "</node>")
+    path = write(
+        '<node pkg="indexed_pkg" exec="t" name="n"><param name="s" value="$(find-pkg-share indexed_pkg)"/></node>'
+    )
     desc = parse_launch_file(path)
     assert desc.nodes[0].params["s"] == str(index_prefix / "share" / "indexed_pkg")
     assert desc.nodes[0].command()[0] == str(index_prefix / "lib" / "indexed_pkg" / "t")
-    expect_error(write('<let name="x" value="$(find-pkg-prefix not_indexed_pkg)"/>', name="u.launch.xml"),
-                 "not_indexed_pkg")
+    expect_error(
+        write('<let name="x" value="$(find-pkg-prefix not_indexed_pkg)"/>', name="u.launch.xml"), "not_indexed_pkg"
+    )
 
 
 # ----------------------------------------------------------------------- command()
@@ -452,22 +460,36 @@ def test_command_exact_output(write, finder, prefix):
     talker, bare, logger = parse_launch_file(path, package_finder=finder).nodes
     share = prefix / "share" / "demo_pkg" / "config"
     assert talker.command(finder) == [
-        str(prefix / "lib" / "demo_pkg" / "talker"), "--verbose", "3",
+        str(prefix / "lib" / "demo_pkg" / "talker"),
+        "--verbose",
+        "3",
         "--ros-args",
-        "-r", "__node:=talker",
-        "-r", "__ns:=/robot",
-        "--params-file", str(share / "base.yaml"),
-        "--params-file", str(share / "extra.yaml"),
-        "-p", "rate:=5.0",
-        "-p", "frame:=base_link",
-        "-r", "out:=/chatter",
-        "-r", "in:=fb",
+        "-r",
+        "__node:=talker",
+        "-r",
+        "__ns:=/robot",
+        "--params-file",
+        str(share / "base.yaml"),
+        "--params-file",
+        str(share / "extra.yaml"),
+        "-p",
+        "rate:=5.0",
+        "-p",
+        "frame:=base_link",
+        "-r",
+        "out:=/chatter",
+        "-r",
+        "in:=fb",
     ]
     assert bare.command(finder) == [str(prefix / "lib" / "demo_pkg" / "bare"), "--ros-args"]
     assert logger.command(finder) == [
         str(prefix / "lib" / "demo_pkg" / "logger"),
-        "--ros-args", "--log-level", "debug",
-        "--ros-args", "-r", "__node:=lg",
+        "--ros-args",
+        "--log-level",
+        "debug",
+        "--ros-args",
+        "-r",
+        "__node:=lg",
     ]
     with pytest.raises(LookupError, match="ghost"):
         NodeSpec(package="ghost", executable="x").command(finder)
@@ -504,8 +526,8 @@ def test_empty_param_value_is_an_empty_string_for_rcl(write, finder, prefix, ros
         finally:
             context.try_shutdown()
 
-    assert parameter(command[command.index("--ros-args") + 1:]) == ""
-    with pytest.raises(Exception):  # what the runner used to pass
+    assert parameter(command[command.index("--ros-args") + 1 :]) == ""
+    with pytest.raises(Exception):  # noqa: B017  what the runner used to pass: rclpy raises its own error type
         parameter(["-p", "robot_type:="])
 
 
@@ -549,13 +571,21 @@ sys.exit(EXIT_CODE)
 '''
 
 
-def install_node(prefix: Path, package: str, executable: str, out: Path, code: int = 0,
-                 ignore: tuple[str, ...] = (), crash: bool = False) -> Path:
+def install_node(
+    prefix: Path,
+    package: str,
+    executable: str,
+    out: Path,
+    code: int = 0,
+    ignore: tuple[str, ...] = (),
+    crash: bool = False,
+) -> Path:
     """Write an executable Python script to <prefix>/lib/<package>/<executable>."""
     path = prefix / "lib" / package / executable
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(NODE_SCRIPT.format(python=sys.executable, out=str(out), code=code,
-                                       ignore=list(ignore), crash=crash))
+    path.write_text(
+        NODE_SCRIPT.format(python=sys.executable, out=str(out), code=code, ignore=list(ignore), crash=crash)
+    )
     path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return path
 
@@ -605,10 +635,28 @@ def test_launched_graph_starts_and_stops_two_nodes(write, finder, prefix, tmp_pa
 
         a, b = json.loads(out_a.read_text()), json.loads(out_b.read_text())
         base = str(prefix / "share" / "demo_pkg" / "config" / "base.yaml")
-        assert a["argv"] == [str(prefix / "lib" / "demo_pkg" / "talker"), "--count", "2", "--ros-args",
-                             "-r", "__node:=talker", "--params-file", base, "-p", "rate:=20"]
-        assert b["argv"] == [str(prefix / "lib" / "demo_pkg" / "listener"), "--ros-args",
-                             "-r", "__node:=listener", "-r", "__ns:=/robot", "-r", "chatter:=/talker/chatter"]
+        assert a["argv"] == [
+            str(prefix / "lib" / "demo_pkg" / "talker"),
+            "--count",
+            "2",
+            "--ros-args",
+            "-r",
+            "__node:=talker",
+            "--params-file",
+            base,
+            "-p",
+            "rate:=20",
+        ]
+        assert b["argv"] == [
+            str(prefix / "lib" / "demo_pkg" / "listener"),
+            "--ros-args",
+            "-r",
+            "__node:=listener",
+            "-r",
+            "__ns:=/robot",
+            "-r",
+            "chatter:=/talker/chatter",
+        ]
         assert a["argv"] == desc.nodes[0].command(finder) and b["argv"] == desc.nodes[1].command(finder)
         assert a["env"] == b["env"] == "hello"
         # Each node leads its own process group, separate from ours.
@@ -634,8 +682,9 @@ def test_stop_escalates_to_sigterm_and_sigkill(write, finder, prefix, tmp_path):
     out_t, out_k = tmp_path / "stubborn.json", tmp_path / "immortal.json"
     install_node(prefix, "demo_pkg", "stubborn", out_t, ignore=("SIGINT",))
     install_node(prefix, "demo_pkg", "immortal", out_k, ignore=("SIGINT", "SIGTERM"))
-    path = write('<node pkg="demo_pkg" exec="stubborn" name="stubborn"/>\n'
-                 '<node pkg="demo_pkg" exec="immortal" name="immortal"/>')
+    path = write(
+        '<node pkg="demo_pkg" exec="stubborn" name="stubborn"/>\n<node pkg="demo_pkg" exec="immortal" name="immortal"/>'
+    )
     with LaunchedGraph() as graph:
         graph.start(parse_launch_file(path, package_finder=finder), log_dir=tmp_path / "logs")
         wait_for(lambda: out_t.exists() and out_k.exists(), graph, "nodes to start")
@@ -650,8 +699,10 @@ def test_crashed_node_is_reported(write, finder, prefix, tmp_path):
     out_ok, out_bad = tmp_path / "ok.json", tmp_path / "bad.json"
     install_node(prefix, "demo_pkg", "ok", out_ok)
     install_node(prefix, "demo_pkg", "bad", out_bad, crash=True)
-    path = write('<node pkg="demo_pkg" exec="ok" name="same" namespace="a"/>\n'
-                 '<node pkg="demo_pkg" exec="bad" name="same" namespace="b"/>')
+    path = write(
+        '<node pkg="demo_pkg" exec="ok" name="same" namespace="a"/>\n'
+        '<node pkg="demo_pkg" exec="bad" name="same" namespace="b"/>'
+    )
     with LaunchedGraph() as graph:
         graph.start(parse_launch_file(path, package_finder=finder), log_dir=tmp_path / "logs")
         # Same node name in two namespaces: keys fall back to fully qualified names.
@@ -697,7 +748,8 @@ def test_nodes_die_with_a_killed_launcher(write, finder, prefix, tmp_path):
         "import sys, time\n"
         "from rla_wm_ros.launch_xml import LaunchedGraph, parse_launch_file\n"
         f"finder = lambda package: {str(prefix)!r}\n"
-        f"LaunchedGraph().start(parse_launch_file({str(path)!r}, package_finder=finder), log_dir={str(tmp_path / 'logs')!r})\n"
+        f"description = parse_launch_file({str(path)!r}, package_finder=finder)\n"
+        f"LaunchedGraph().start(description, log_dir={str(tmp_path / 'logs')!r})\n"
         "time.sleep(600)\n"
     )
     launcher = subprocess.Popen([sys.executable, "-c", launcher_code])
@@ -762,13 +814,18 @@ def test_include_passes_args_pushes_namespace_and_does_not_leak(write, finder):
 
 def test_include_errors(write, finder):
     write('<arg name="a"/>\n<node pkg="demo_pkg" exec="n"/>', name="needs_a.launch.xml")
-    expect_error(write('<include file="$(dirname)/needs_a.launch.xml"/>'), "required launch argument 'a'",
-                 package_finder=finder)
+    expect_error(
+        write('<include file="$(dirname)/needs_a.launch.xml"/>'), "required launch argument 'a'", package_finder=finder
+    )
     expect_error(
         write('<include file="$(dirname)/needs_a.launch.xml"><arg name="b" value="1"/></include>'),
-        "not declared by 'needs_a.launch.xml'", package_finder=finder,
+        "not declared by 'needs_a.launch.xml'",
+        package_finder=finder,
     )
     expect_error(write('<include file="$(dirname)/absent.launch.xml"/>'), "does not exist", package_finder=finder)
     expect_error(write('<include file="$(dirname)/test.launch.xml"/>'), "includes itself", package_finder=finder)
-    expect_error(write('<include file="x"><arg name="a"/></include>'), "missing required attribute(s) value",
-                 package_finder=finder)
+    expect_error(
+        write('<include file="x"><arg name="a"/></include>'),
+        "missing required attribute(s) value",
+        package_finder=finder,
+    )

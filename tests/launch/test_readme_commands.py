@@ -29,6 +29,7 @@ command writes lands in the checkout). What happens to each line:
 
 A line that fits none of these fails the test, so a new kind of command gets a check.
 """
+
 from __future__ import annotations
 
 import json
@@ -58,7 +59,7 @@ PRIVATE = {"outputs", "runs", "data", ".git"}
 FRESH_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 BLOCK_TIMEOUT = 600
 
-HOOK = '''
+HOOK = """
 import os, sys
 # Not colcon's own helper, which a sourced setup.bash runs (e.g. inside bash scripts/...).
 if os.environ.get("RLA_README_ARGCHECK") and not os.path.basename(sys.argv[0]).startswith("_local_setup_util"):
@@ -76,7 +77,7 @@ if os.environ.get("RLA_README_ARGCHECK") and not os.path.basename(sys.argv[0]).s
         os._exit(0)
 
     argparse.ArgumentParser.parse_args = _parse_only
-'''
+"""
 
 
 @dataclass
@@ -102,7 +103,7 @@ def readme_commands() -> list[Command]:
     text = README.read_text()
     commands = []
     for block, match in enumerate(re.finditer(r"^```bash\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)):
-        first_line = text[:match.start(1)].count("\n") + 1
+        first_line = text[: match.start(1)].count("\n") + 1
         lines = match.group(1).splitlines()
         i = 0
         while i < len(lines):
@@ -168,7 +169,7 @@ def seed_script_outputs(command: Command, root: Path) -> None:
     which makes the script build and parse its full report command."""
     if command.program != "bash":
         return
-    words = command.words[command.words.index("bash") + 1:]
+    words = command.words[command.words.index("bash") + 1 :]
     if words[0] != "scripts/evaluate_closed_loop.sh":
         return
     script = (REPO / words[0]).read_text()
@@ -203,9 +204,14 @@ def run_block(block: int, root: Path, work: Path) -> tuple[dict[int, int], subpr
         lines.append("unset RLA_README_ARGCHECK")
     script = work / f"block{block}.sh"
     script.write_text("\n".join(lines) + "\n")
-    env = {"PATH": FRESH_PATH, "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8",
-           "TMPDIR": os.environ.get("TMPDIR", "/tmp"), "PYTHONPATH": str(hook_dir),
-           "ROS_DOMAIN_ID": os.environ.get("ROS_DOMAIN_ID", "0")}
+    env = {
+        "PATH": FRESH_PATH,
+        "HOME": os.environ.get("HOME", "/root"),
+        "LANG": "C.UTF-8",
+        "TMPDIR": os.environ.get("TMPDIR", "/tmp"),
+        "PYTHONPATH": str(hook_dir),
+        "ROS_DOMAIN_ID": os.environ.get("ROS_DOMAIN_ID", "0"),
+    }
     result = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=BLOCK_TIMEOUT)
     statuses = {}
     if status_file.exists():
@@ -247,15 +253,20 @@ def test_readme_block_runs_as_written(block, sandbox, tmp_path):
         records_file = tmp_path / f"{index}.jsonl"
         records = [json.loads(r) for r in records_file.read_text().splitlines()] if records_file.exists() else []
         if not records:
-            problems.append(f"{command}\n    exited 0 but no Python program parsed its arguments (did it run for real?)")
+            problems.append(
+                f"{command}\n    exited 0 but no Python program parsed its arguments (did it run for real?)"
+            )
         for record in records:
             if {"launch_args", "launch_file", "episode_steps"} <= set(record["args"]):
                 try:
                     check_launch_args(record)
                 except Exception as exc:  # noqa: BLE001 - reported with the command
                     problems.append(f"{command}\n    launch arguments: {exc}")
-    assert not problems, ("README commands that do not work as written:\n" + "\n".join(problems)
-                          + f"\n--- stderr ---\n{result.stderr[-4000:]}")
+    assert not problems, (
+        "README commands that do not work as written:\n"
+        + "\n".join(problems)
+        + f"\n--- stderr ---\n{result.stderr[-4000:]}"
+    )
 
 
 # ------------------------------------------------------------------ ros2 lines: static checks
@@ -297,7 +308,6 @@ def test_readme_ros2_launch_lines_name_installed_files_and_declared_args():
 def test_readme_ros2_service_calls_exist_on_the_launched_graph(ros_domain, ros_node, tmp_path):
     import importlib
 
-
     def set_message_fields(message, values: dict) -> None:  # rosidl_runtime_py is not installed here
         for field_name, value in values.items():
             assert field_name in message.get_fields_and_field_types(), f"no field {field_name!r} in {message}"
@@ -326,7 +336,10 @@ def test_readme_ros2_service_calls_exist_on_the_launched_graph(ros_domain, ros_n
         (launch,) = [(c, f, o) for c, f, o in launches if c.block == block]
         _, launch_file, overrides = launch
         # The README's dataset_root is under $HOME: record into the test's folder instead.
-        overrides = {**overrides, **({"dataset_root": str(tmp_path / "dataset")} if "dataset_root" in overrides else {})}
+        overrides = {
+            **overrides,
+            **({"dataset_root": str(tmp_path / "dataset")} if "dataset_root" in overrides else {}),
+        }
         description = parse_launch_file(LAUNCH_SHARE / launch_file, overrides=overrides)
         with LaunchedGraph() as graph:
             graph.start(description, env={"ROS_DOMAIN_ID": str(ros_domain)}, log_dir=tmp_path / f"logs{block}")
@@ -342,8 +355,7 @@ def test_readme_ros2_service_calls_exist_on_the_launched_graph(ros_domain, ros_n
             while time.monotonic() < deadline and not all_served():
                 assert all(graph.alive().values()), graph.tail_logs(30)
                 time.sleep(0.2)
-            assert wanted <= seen, (f"services of {launch_file} missing: {sorted(wanted - seen)}\n"
-                                    f"{graph.tail_logs(20)}")
+            assert wanted <= seen, f"services of {launch_file} missing: {sorted(wanted - seen)}\n{graph.tail_logs(20)}"
 
 
 def test_readme_install_lines_name_existing_files_and_installed_versions():

@@ -1,15 +1,17 @@
 """Shipping checkpoints as float16: half the bytes, same model within float16 rounding."""
+
 import json
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from rla_wm.checkpoint import CheckpointError, export_checkpoint
-from rla_wm.rla import RLAAutoencoder, RLAConfig
+from rla_wm.models.checkpoint import CheckpointError, export_checkpoint
+from rla_wm.models.rla import RLAAutoencoder, RLAConfig
 
-CONFIG = RLAConfig(token_dim=16, num_tokens=9, latent_tokens=2, latent_dim=4, width=32, encoder_depth=1,
-                   decoder_depth=1, heads=2)
+CONFIG = RLAConfig(
+    token_dim=16, num_tokens=9, latent_tokens=2, latent_dim=4, width=32, encoder_depth=1, decoder_depth=1, heads=2
+)
 
 
 def test_half_export_halves_the_file_and_keeps_outputs(tmp_path):
@@ -20,8 +22,11 @@ def test_half_export_halves_the_file_and_keeps_outputs(tmp_path):
     full_bytes = (tmp_path / "full" / "model.safetensors").stat().st_size
     half_bytes = (tmp_path / "half" / "model.safetensors").stat().st_size
     assert half_bytes < 0.6 * full_bytes
-    assert all(v.dtype == torch.float16 for v in load_file(str(tmp_path / "half" / "model.safetensors")).values()
-               if v.is_floating_point())
+    assert all(
+        v.dtype == torch.float16
+        for v in load_file(str(tmp_path / "half" / "model.safetensors")).values()
+        if v.is_floating_point()
+    )
     assert json.loads((tmp_path / "half" / "config.json").read_text())["stored_dtype"] == "float16"
 
     loaded, _ = RLAAutoencoder.load(tmp_path / "half")

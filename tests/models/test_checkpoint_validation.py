@@ -1,6 +1,7 @@
 """Checkpoints refused at load time with an error naming the file: non-finite weights, a config.json
 without its config section. (Before, NaN weights loaded and every chunk was dropped later, and a
 missing section was a bare KeyError.)"""
+
 from __future__ import annotations
 
 import json
@@ -10,17 +11,28 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from rla_wm.checkpoint import CheckpointConfigError, CheckpointError, export_checkpoint
-from rla_wm.policy import WAMConfig, WorldActionModel
-from rla_wm.rla import RLAAutoencoder, RLAConfig
+from rla_wm.models.checkpoint import CheckpointConfigError, CheckpointError, export_checkpoint
+from rla_wm.models.policy import Policy, PolicyConfig
+from rla_wm.models.rla import RLAAutoencoder, RLAConfig
 
-CONFIG = WAMConfig(token_dim=16, num_tokens=16, width=32, depth=1, head_depth=1, heads=2, mlp_ratio=2.0,
-                   chunk_length=5, latent_tokens=2, latent_dim=4, max_delta=(10.0, 10.0))
+CONFIG = PolicyConfig(
+    token_dim=16,
+    num_tokens=16,
+    width=32,
+    depth=1,
+    head_depth=1,
+    heads=2,
+    mlp_ratio=2.0,
+    chunk_length=5,
+    latent_tokens=2,
+    latent_dim=4,
+    max_delta=(10.0, 10.0),
+)
 
 
-def saved(tmp_path, name: str = "ckpt", config: WAMConfig = CONFIG):
+def saved(tmp_path, name: str = "ckpt", config: PolicyConfig = CONFIG):
     torch.manual_seed(0)
-    WorldActionModel(config).save(tmp_path / name)
+    Policy(config).save(tmp_path / name)
     return tmp_path / name
 
 
@@ -38,7 +50,7 @@ def test_non_finite_weights_are_refused_naming_the_file_and_the_tensor(tmp_path,
     folder = saved(tmp_path)
     poison(folder, "trunk.0.self_attention.query.weight", value)
     with pytest.raises(CheckpointError, match="non-finite") as caught:
-        WorldActionModel.load(folder)
+        Policy.load(folder)
     message = str(caught.value)
     assert str(folder / "model.safetensors") in message
     assert "'trunk.0.self_attention.query.weight'" in message and "has 1 of" in message
@@ -49,23 +61,34 @@ def test_the_first_bad_tensor_in_model_order_is_named(tmp_path):
     poison(folder, "action_out.1.weight", math.nan)
     poison(folder, "token_proj.1.weight", math.nan)  # earlier in the model
     with pytest.raises(CheckpointError, match=r"'token_proj\.1\.weight'"):
-        WorldActionModel.load(folder)
+        Policy.load(folder)
 
 
 def test_buffers_may_hold_inf_bounds_but_never_nan(tmp_path):
-    unbounded = WAMConfig(**{**CONFIG.__dict__, "action_low": (-math.inf, -math.inf),
-                             "action_high": (math.inf, math.inf)})
+    unbounded = PolicyConfig(
+        **{**CONFIG.__dict__, "action_low": (-math.inf, -math.inf), "action_high": (math.inf, math.inf)}
+    )
     folder = saved(tmp_path, "unbounded", unbounded)
-    policy, _ = WorldActionModel.load(folder)  # config-derived ranges: +-inf is a valid bound
+    policy, _ = Policy.load(folder)  # config-derived ranges: +-inf is a valid bound
     assert torch.isinf(policy.action_low).all()
     poison(folder, "action_low", math.nan, index=0)
     with pytest.raises(CheckpointError, match="'action_low'.*NaN"):
-        WorldActionModel.load(folder)
+        Policy.load(folder)
 
 
 def test_other_models_are_refused_the_same_way_and_export_refuses_too(tmp_path):
-    RLAAutoencoder(RLAConfig(token_dim=16, num_tokens=16, latent_tokens=2, latent_dim=4, width=32, encoder_depth=1,
-                             decoder_depth=1, heads=2)).save(tmp_path / "rla")
+    RLAAutoencoder(
+        RLAConfig(
+            token_dim=16,
+            num_tokens=16,
+            latent_tokens=2,
+            latent_dim=4,
+            width=32,
+            encoder_depth=1,
+            decoder_depth=1,
+            heads=2,
+        )
+    ).save(tmp_path / "rla")
     name = next(iter(load_file(str(tmp_path / "rla" / "model.safetensors"))))
     poison(tmp_path / "rla", name, math.nan, index=0)
     with pytest.raises(CheckpointError, match="non-finite"):
@@ -81,17 +104,17 @@ def test_config_json_without_its_config_section_is_a_value_error_naming_the_file
     del meta["config"]
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="no 'config' section") as caught:
-        WorldActionModel.load(folder)
+        Policy.load(folder)
     assert str(meta_path) in str(caught.value)
     assert isinstance(caught.value, CheckpointError)  # callers catching CheckpointError still catch it
 
     meta["config"] = [1, 2]
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(CheckpointConfigError, match="must be an object"):
-        WorldActionModel.load(folder)
+        Policy.load(folder)
     meta_path.write_text("[]")
     with pytest.raises(CheckpointConfigError, match=str(meta_path)):
-        WorldActionModel.load(folder)
+        Policy.load(folder)
 
 
 def test_a_config_the_model_refuses_names_the_file(tmp_path):
@@ -101,15 +124,15 @@ def test_a_config_the_model_refuses_names_the_file(tmp_path):
     meta["config"]["not_a_field"] = 1
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(CheckpointConfigError, match="not_a_field") as caught:
-        WorldActionModel.load(folder)
+        Policy.load(folder)
     assert str(meta_path) in str(caught.value)
     del meta["config"]["not_a_field"]
     meta["config"]["max_delta"] = [-1.0, 1.0]  # the model's own check
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(CheckpointConfigError, match="max_delta must be positive"):
-        WorldActionModel.load(folder)
+        Policy.load(folder)
 
 
 def test_shipped_policy_checkpoint_passes_the_checks():
-    policy, _ = WorldActionModel.load("builtin:sim-pusht-policy")
+    policy, _ = Policy.load("builtin:sim-pusht-policy")
     assert policy.feature_grid == (16, 16, 192)

@@ -1,4 +1,5 @@
 """Chunk timing: past points dropped, seams blended so the commanded path never jumps."""
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -58,8 +59,7 @@ def test_no_blending_into_a_chunk_the_robot_is_not_following():
     following = ChunkScheduler(blend_time=0.3, min_lead_time=0.0)
     following.schedule(old_times, old_positions, now=10.0)
     assert following.is_followed(10.2, np.array([1.5, 0.0]), tolerance)
-    blended = following.schedule(new_times, new_positions, now=10.2, measured=np.array([1.5, 0.0]),
-                                 tolerance=tolerance)
+    blended = following.schedule(new_times, new_positions, now=10.2, measured=np.array([1.5, 0.0]), tolerance=tolerance)
     assert blended.positions[0, 0] == pytest.approx(3.0)  # on the old path: the robot follows it
     # The gate refused the old chunk: the robot held at x = 0 and the new chunk is taken as it is.
     held = ChunkScheduler(blend_time=0.3, min_lead_time=0.0)
@@ -87,9 +87,12 @@ def test_bad_chunks_are_rejected():
 
 @settings(max_examples=200, deadline=None)
 @given(
-    old_start=st.floats(-100, 100), old_slope=st.floats(-20, 20),
-    new_start=st.floats(-100, 100), new_slope=st.floats(-20, 20),
-    delay=st.floats(0.0, 0.7), blend_time=st.floats(0.05, 1.0),
+    old_start=st.floats(-100, 100),
+    old_slope=st.floats(-20, 20),
+    new_start=st.floats(-100, 100),
+    new_slope=st.floats(-20, 20),
+    delay=st.floats(0.0, 0.7),
+    blend_time=st.floats(0.05, 1.0),
 )
 def test_blended_points_stay_between_the_two_chunks(old_start, old_slope, new_start, new_slope, delay, blend_time):
     scheduler = ChunkScheduler(blend_time=blend_time, min_lead_time=0.0)

@@ -1,11 +1,12 @@
 """The `rla-wm` command line end to end on a tiny Push-T dataset: record, cache, train x3, evaluate."""
+
 import json
 
 import pytest
 import yaml
 
 from rla_wm.cli import main
-from rla_wm.features import make_random_dinov2
+from rla_wm.models.encoder import make_random_dinov2
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -13,21 +14,54 @@ pytestmark = pytest.mark.timeout(600)
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
-    main(["record-pusht", "--root", str(root / "labelled"), "--repo-id", "t/labelled", "--episodes", "5",
-          "--steps", "24"])
-    main(["record-pusht", "--root", str(root / "video"), "--repo-id", "t/video", "--episodes", "2", "--steps", "24",
-          "--seed", "100", "--action-free"])
+    main(
+        [
+            "record-pusht",
+            "--root",
+            str(root / "labelled"),
+            "--repo-id",
+            "t/labelled",
+            "--episodes",
+            "5",
+            "--steps",
+            "24",
+        ]
+    )
+    main(
+        [
+            "record-pusht",
+            "--root",
+            str(root / "video"),
+            "--repo-id",
+            "t/video",
+            "--episodes",
+            "2",
+            "--steps",
+            "24",
+            "--seed",
+            "100",
+            "--action-free",
+        ]
+    )
     encoder = make_random_dinov2(root / "encoder", hidden_size=32, layers=1, heads=2, patch_size=14, image_size=56)
     small = {"steps": 12, "batch_size": 8, "log_every": 4, "warmup_steps": 2}
     config = {
-        "data": {"dataset_root": "labelled", "repo_id": "t/labelled", "cache_root": "cache",
-                 "action_free": [{"dataset_root": "video", "repo_id": "t/video"}], "held_out_fraction": 0.4},
+        "data": {
+            "dataset_root": "labelled",
+            "repo_id": "t/labelled",
+            "cache_root": "cache",
+            "action_free": [{"dataset_root": "video", "repo_id": "t/video"}],
+            "held_out_fraction": 0.4,
+        },
         "encoder": {"model": str(encoder), "resolution": 56},
         "rla": {"latent_tokens": 2, "latent_dim": 4, "width": 32, "encoder_depth": 1, "decoder_depth": 1, "heads": 2},
         "world_model": {"max_horizon": 6, "width": 32, "condition_depth": 1, "flow_depth": 1, "heads": 2},
         "regression": {"max_horizon": 6, "width": 32, "depth": 1, "heads": 2},
-        "train": {"rla": {**small, "max_gap": 6}, "world_model": {**small, "horizon": 3},
-                  "regression": {**small, "horizon": 3}},
+        "train": {
+            "rla": {**small, "max_gap": 6},
+            "world_model": {**small, "horizon": 3},
+            "regression": {**small, "horizon": 3},
+        },
         "evaluate": {"chunks": 2, "max_windows": 6, "euler_steps": 3},
     }
     path = root / "experiment.yaml"
@@ -40,7 +74,9 @@ def test_pipeline_trains_and_evaluates_every_model(experiment, capsys):
     main(["cache-features", "--config", str(experiment)])
     assert "2 episodes" in capsys.readouterr().out  # the action-free cache is built too
     main(["train-rla", "--config", str(experiment), "--out", str(root / "rla")])
-    main(["train-wm", "--config", str(experiment), "--rla", str(root / "rla" / "checkpoint"), "--out", str(root / "wm")])
+    main(
+        ["train-wm", "--config", str(experiment), "--rla", str(root / "rla" / "checkpoint"), "--out", str(root / "wm")]
+    )
     main(["train-regression", "--config", str(experiment), "--out", str(root / "reg")])
     for run in ("rla", "wm", "reg"):
         assert (root / run / "checkpoint" / "model.safetensors").is_file()
@@ -54,9 +90,21 @@ def test_pipeline_trains_and_evaluates_every_model(experiment, capsys):
     assert wm_meta["config"]["action_high"][0] > wm_meta["config"]["action_low"][0]
 
     capsys.readouterr()
-    main(["evaluate", "--config", str(experiment), "--rla", str(root / "rla" / "checkpoint"),
-          "--wm", str(root / "wm" / "checkpoint"), "--regression", str(root / "reg" / "checkpoint"),
-          "--out", str(root / "eval")])
+    main(
+        [
+            "evaluate",
+            "--config",
+            str(experiment),
+            "--rla",
+            str(root / "rla" / "checkpoint"),
+            "--wm",
+            str(root / "wm" / "checkpoint"),
+            "--regression",
+            str(root / "reg" / "checkpoint"),
+            "--out",
+            str(root / "eval"),
+        ]
+    )
     table = capsys.readouterr().out
     for row in ("| copy-last |", "| rla-wm |", "| regression |", "L1 @3", "L1 @6", "reconstruction"):
         assert row in table
@@ -68,9 +116,14 @@ def test_pipeline_trains_and_evaluates_every_model(experiment, capsys):
 
 
 def test_world_model_refuses_an_autoencoder_of_another_encoder(experiment, tmp_path):
-    from rla_wm.rla import RLAAutoencoder, RLAConfig
+    from rla_wm.models.rla import RLAAutoencoder, RLAConfig
 
-    RLAAutoencoder(RLAConfig(token_dim=32, num_tokens=16, encoder_id="other@56", width=32, heads=2,
-                             encoder_depth=1, decoder_depth=1)).save(tmp_path / "foreign")
+    RLAAutoencoder(
+        RLAConfig(
+            token_dim=32, num_tokens=16, encoder_id="other@56", width=32, heads=2, encoder_depth=1, decoder_depth=1
+        )
+    ).save(tmp_path / "foreign")
     with pytest.raises(ValueError, match="other@56"):
-        main(["train-wm", "--config", str(experiment), "--rla", str(tmp_path / "foreign"), "--out", str(tmp_path / "x")])
+        main(
+            ["train-wm", "--config", str(experiment), "--rla", str(tmp_path / "foreign"), "--out", str(tmp_path / "x")]
+        )

@@ -1,16 +1,19 @@
 """The closed-loop comparison: table rows and figure from demo metrics, and clear errors on bad runs."""
+
 import json
 from pathlib import Path
 
 import pytest
 
-from rla_wm.closed_loop_report import load_evaluation, main
+from rla_wm.evaluation.closed_loop_report import load_evaluation, main
 
 
 def write_run(folder: Path, successes: list[bool], coverage: list[float], latency: bool = True) -> Path:
     folder.mkdir(parents=True)
-    episodes = [{"episode": i, "success": s, "coverage": c, "steps": 100, "wall_seconds": 4.0, "commands": 40,
-                 "holds": 0} for i, (s, c) in enumerate(zip(successes, coverage))]
+    episodes = [
+        {"episode": i, "success": s, "coverage": c, "steps": 100, "wall_seconds": 4.0, "commands": 40, "holds": 0}
+        for i, (s, c) in enumerate(zip(successes, coverage))
+    ]
     metrics = {
         "launch_args": {"policy_checkpoint": "builtin:sim-pusht-policy"},
         "summary": {"episode_seconds_mean": 10.0, "command_rate_hz": 4.0},

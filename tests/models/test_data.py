@@ -3,6 +3,7 @@
 Everything is real: the simulator, LeRobot's parquet + AV1 video writer and reader, and a
 (tiny, randomly initialised) DINOv2 encoder. Datasets are kept tiny so the file runs fast.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from rla_wm.data import (
+from rla_wm.data.datasets import (
     ChunkDataset,
     DataError,
     FeatureCache,
@@ -23,8 +24,8 @@ from rla_wm.data import (
     encoder_key,
     split_episodes,
 )
-from rla_wm.features import EncoderConfig, FeatureEncoder, make_random_dinov2
-from rla_wm.pusht_dataset import record_pusht_dataset
+from rla_wm.envs.pusht.dataset import record_pusht_dataset
+from rla_wm.models.encoder import EncoderConfig, FeatureEncoder, make_random_dinov2
 
 os.environ.setdefault("SVT_LOG", "1")  # keep the AV1 encoder's banner out of the test output
 
@@ -51,14 +52,22 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def recorded(work) -> Path:
-    return record_pusht_dataset(work / "pusht", repo_id=REPO, episodes=EPISODES, steps_per_episode=STEPS,
-                                seed=0, progress=False)
+    return record_pusht_dataset(
+        work / "pusht", repo_id=REPO, episodes=EPISODES, steps_per_episode=STEPS, seed=0, progress=False
+    )
 
 
 @pytest.fixture(scope="module")
 def video_only(work) -> Path:
-    return record_pusht_dataset(work / "pusht_video", repo_id=VIDEO_REPO, episodes=2, steps_per_episode=10,
-                                seed=1, with_actions=False, progress=False)
+    return record_pusht_dataset(
+        work / "pusht_video",
+        repo_id=VIDEO_REPO,
+        episodes=2,
+        steps_per_episode=10,
+        seed=1,
+        with_actions=False,
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -104,11 +113,13 @@ def _write_varied_dataset(root: Path, repo_id: str, lengths: list[int]) -> Path:
     rng = np.random.default_rng(0)
     for episode, length in enumerate(lengths):
         for t in range(length):
-            dataset.add_frame({
-                "observation.image": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
-                "action": np.array([episode, t], dtype=np.float32),
-                "task": "noise",
-            })
+            dataset.add_frame(
+                {
+                    "observation.image": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
+                    "action": np.array([episode, t], dtype=np.float32),
+                    "task": "noise",
+                }
+            )
         dataset.save_episode()
     dataset.finalize()
     return root
@@ -145,10 +156,12 @@ def test_random_policy_moves_smoothly_within_limits(recorded):
 
 
 def test_recording_is_reproducible(recorded, work):
-    again = record_pusht_dataset(work / "pusht_again", repo_id=REPO, episodes=2, steps_per_episode=STEPS,
-                                 seed=0, progress=False)
-    other = record_pusht_dataset(work / "pusht_other", repo_id=REPO, episodes=1, steps_per_episode=STEPS,
-                                 seed=7, progress=False)
+    again = record_pusht_dataset(
+        work / "pusht_again", repo_id=REPO, episodes=2, steps_per_episode=STEPS, seed=0, progress=False
+    )
+    other = record_pusht_dataset(
+        work / "pusht_other", repo_id=REPO, episodes=1, steps_per_episode=STEPS, seed=7, progress=False
+    )
     original = _column(_lerobot(recorded, REPO), "action")
     np.testing.assert_array_equal(_column(_lerobot(again, REPO), "action"), original[: 2 * STEPS])
     np.testing.assert_array_equal(
@@ -195,7 +208,9 @@ def test_feature_cache_reproduces_direct_encoding(cache, encoder, recorded):
         direct = encoder(item["observation.image"][None]).float().numpy()[0]
         cached = cache.features(int(item["episode_index"]), int(item["frame_index"]))
         np.testing.assert_allclose(cached, direct, rtol=2e-3, atol=2e-3)
-    np.testing.assert_array_equal(np.concatenate([cache.actions(e) for e in cache.episodes]), _column(dataset, "action"))
+    np.testing.assert_array_equal(
+        np.concatenate([cache.actions(e) for e in cache.episodes]), _column(dataset, "action")
+    )
 
 
 def test_load_or_build_reuses_the_cache(cache, encoder, recorded, work):
@@ -240,8 +255,9 @@ def test_changed_dataset_is_re_encoded(encoder, work):
     record_pusht_dataset(root, repo_id="local/changing", episodes=1, steps_per_episode=6, seed=3, progress=False)
     first = FeatureCache.load_or_build(root, "local/changing", encoder, caches, progress=False)
     old_actions = first.actions(0)
-    record_pusht_dataset(root, repo_id="local/changing", episodes=1, steps_per_episode=6, seed=4,
-                         overwrite=True, progress=False)
+    record_pusht_dataset(
+        root, repo_id="local/changing", episodes=1, steps_per_episode=6, seed=4, overwrite=True, progress=False
+    )
     with pytest.warns(UserWarning, match="changed"):
         second = FeatureCache.load_or_build(root, "local/changing", encoder, caches, progress=False)
     assert not np.array_equal(second.actions(0), old_actions)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from rla_wm.evaluate import feature_errors, markdown_table
-from rla_wm.experiment import ConfigError, TrainConfig, load_experiment
+from rla_wm.evaluation.evaluate import feature_errors, markdown_table
+from rla_wm.training.config import ConfigError, TrainConfig, load_experiment
 
 
 def test_shipped_configs_load():
@@ -37,8 +37,10 @@ def test_feature_errors():
 
 
 def test_markdown_table_lists_every_model_and_horizon():
-    results = {"copy-last": {5: {"l1": 0.2, "cosine": 0.1}, 10: {"l1": 0.3, "cosine": 0.2}},
-               "rla-wm": {5: {"l1": 0.1, "cosine": 0.05}, 10: {"l1": 0.15, "cosine": 0.1}}}
+    results = {
+        "copy-last": {5: {"l1": 0.2, "cosine": 0.1}, 10: {"l1": 0.3, "cosine": 0.2}},
+        "rla-wm": {5: {"l1": 0.1, "cosine": 0.05}, 10: {"l1": 0.15, "cosine": 0.1}},
+    }
     table = markdown_table(results, {"rla-wm": {"ms": 12.0, "gflops": 1.5}}, {"l1": 0.05, "cosine": 0.01})
     assert "L1 @5" in table and "L1 @10" in table and "cos-dist @10" in table
     assert "| rla-wm | 0.1000 | 0.1500 | 0.0500 | 0.1000 | 12.0 | 1.500 |" in table

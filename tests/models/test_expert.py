@@ -1,11 +1,20 @@
 """Scripted Push-T expert: succeeds, stays in the workspace and the gate's speed limit, is deterministic."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from rla_wm.expert import AGENT_HIGH, AGENT_LOW, AGENT_RADIUS, T_COG, PushTExpert, _outline_distance, run_episode
-from rla_wm.sim import GOAL_POSE, WORKSPACE_HIGH, WORKSPACE_LOW, PushTSim
+from rla_wm.envs.pusht.expert import (
+    AGENT_HIGH,
+    AGENT_LOW,
+    AGENT_RADIUS,
+    T_COG,
+    PushTExpert,
+    _outline_distance,
+    run_episode,
+)
+from rla_wm.envs.pusht.sim import GOAL_POSE, WORKSPACE_HIGH, WORKSPACE_LOW, PushTSim
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +95,7 @@ def test_expert_rejects_non_finite_input():
 
 
 def test_goal_image_shows_the_solved_task_without_touching_the_episode():
-    from rla_wm.sim import PushTSim
+    from rla_wm.envs.pusht.sim import PushTSim
 
     sim = PushTSim(max_steps=10, image_size=96)
     try:

@@ -1,16 +1,18 @@
 """Feature encoder: loading real transformers models from local folders, shapes, bad input."""
+
 import numpy as np
 import pytest
 import torch
 
 from rla_wm.assets import resolve_model_path
-from rla_wm.features import EncoderConfig, FeatureEncoder, FeatureEncoderError, make_random_dinov2
+from rla_wm.models.encoder import EncoderConfig, FeatureEncoder, FeatureEncoderError, make_random_dinov2
 
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    return make_random_dinov2(tmp_path_factory.mktemp("enc") / "tiny", hidden_size=32, layers=1, heads=2,
-                              patch_size=14, image_size=56)
+    return make_random_dinov2(
+        tmp_path_factory.mktemp("enc") / "tiny", hidden_size=32, layers=1, heads=2, patch_size=14, image_size=56
+    )
 
 
 def test_patch_tokens_shape_without_class_token(tiny_folder):
@@ -50,8 +52,15 @@ def test_save_and_reload_round_trip(tiny_folder, tmp_path):
 def test_register_tokens_are_dropped(tmp_path):
     from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
-    config = Dinov2WithRegistersConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                       intermediate_size=64, patch_size=14, image_size=56, num_register_tokens=4)
+    config = Dinov2WithRegistersConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        patch_size=14,
+        image_size=56,
+        num_register_tokens=4,
+    )
     Dinov2WithRegistersModel(config).save_pretrained(tmp_path / "reg")
     encoder = FeatureEncoder(EncoderConfig(model=str(tmp_path / "reg"), resolution=56))
     assert encoder.prefix_tokens == 5
@@ -61,8 +70,15 @@ def test_register_tokens_are_dropped(tmp_path):
 def test_dinov3_loads_when_transformers_has_it(tmp_path):
     from transformers import DINOv3ViTConfig, DINOv3ViTModel
 
-    config = DINOv3ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                             patch_size=16, image_size=64, num_register_tokens=4)
+    config = DINOv3ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        patch_size=16,
+        image_size=64,
+        num_register_tokens=4,
+    )
     DINOv3ViTModel(config).save_pretrained(tmp_path / "v3")
     encoder = FeatureEncoder(EncoderConfig(model=str(tmp_path / "v3"), resolution=64))
     assert encoder(np.zeros((2, 64, 64, 3), dtype=np.uint8)).shape == (2, 16, 32)

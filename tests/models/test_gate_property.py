@@ -4,6 +4,7 @@ Arbitrary message streams (seeded fuzz and hypothesis-built structures) go throu
 every command it emits is run through the model of JTC (`rla_wm.control.jtc`) from wherever the
 controller can be when it arrives, and the executed command is checked, not the gate's own view.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,8 +31,9 @@ class Clock:
         return self.ns * 1e-9
 
 
-def controller_starts(plan: JtcExecution | None, measured: np.ndarray, now_ns: int, rng: np.random.Generator,
-                      forward: bool) -> list[np.ndarray]:
+def controller_starts(
+    plan: JtcExecution | None, measured: np.ndarray, now_ns: int, rng: np.random.Generator, forward: bool
+) -> list[np.ndarray]:
     """Where the controller may be when a command sent at `now_ns` arrives: anywhere on the gate's last
     command within one margin either side of now (random moments, not the gate's own knots), or, for
     a forwarded chunk or when nothing was sent before, the measured state."""
@@ -44,8 +46,9 @@ def controller_starts(plan: JtcExecution | None, measured: np.ndarray, now_ns: i
     return starts
 
 
-def check_command(gate: SafetyGate, plan_before: JtcExecution | None, decision, now_ns: int,
-                  rng: np.random.Generator) -> None:
+def check_command(
+    gate: SafetyGate, plan_before: JtcExecution | None, decision, now_ns: int, rng: np.random.Generator
+) -> None:
     command = decision.command
     assert jtc_rejection(command, LIMITS.names, now_ns) == "", "the controller would refuse the gate's own message"
     assert command.stamp_ns == 0 and command.joint_names == LIMITS.names
@@ -53,21 +56,28 @@ def check_command(gate: SafetyGate, plan_before: JtcExecution | None, decision, 
     for start in controller_starts(plan_before, gate.current, now_ns, rng, decision.forward):
         execution = JtcExecution(command, LIMITS.names, now_ns, start)
         problems = execution_violations(
-            execution, LIMITS.lower, LIMITS.upper, LIMITS.max_velocity,
-            reference=gate.current if decision.forward else None, max_step=MAX_STEP if decision.forward else None,
+            execution,
+            LIMITS.lower,
+            LIMITS.upper,
+            LIMITS.max_velocity,
+            reference=gate.current if decision.forward else None,
+            max_step=MAX_STEP if decision.forward else None,
         )
         assert not problems, f"{'chunk' if decision.forward else 'hold'} from {start}: {problems}"
 
 
 floats = st.one_of(
-    st.floats(min_value=-20, max_value=20), st.sampled_from([math.nan, math.inf, -math.inf, 1e6, -1e300]),
+    st.floats(min_value=-20, max_value=20),
+    st.sampled_from([math.nan, math.inf, -math.inf, 1e6, -1e300]),
 )
 field = st.one_of(st.just(()), st.lists(floats, min_size=1, max_size=3).map(tuple))
 arbitrary_points = st.lists(
     st.builds(
         TrajectoryPoint,
         positions=st.lists(floats, min_size=0, max_size=3).map(tuple),
-        velocities=field, accelerations=field, effort=field,
+        velocities=field,
+        accelerations=field,
+        effort=field,
         time_from_start_ns=st.integers(-S, 3 * S),
     ),
     max_size=6,
@@ -97,8 +107,15 @@ events = st.lists(
 def test_nothing_the_controller_executes_is_outside_the_limits(events, seed):
     rng = np.random.default_rng(seed)
     clock = Clock()
-    gate = SafetyGate(LIMITS, MAX_STEP, camera_timeout=0.5, state_timeout=0.5, command_timeout=1.0,
-                      delivery_margin=MARGIN * 1e-9, clock=clock)
+    gate = SafetyGate(
+        LIMITS,
+        MAX_STEP,
+        camera_timeout=0.5,
+        state_timeout=0.5,
+        command_timeout=1.0,
+        delivery_margin=MARGIN * 1e-9,
+        clock=clock,
+    )
     measured = np.array([5.0, 0.0])
     gate.on_state(LIMITS.names, measured.tolist())
     sent = 0

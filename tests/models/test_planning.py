@@ -1,5 +1,6 @@
 """CEM / MPPI planning over world-model rollouts: optimum on toy models with known solutions,
 constraints, stopping (cancel, time budget), warm start, MPC, and the real predictors."""
+
 from __future__ import annotations
 
 import time
@@ -7,9 +8,7 @@ import time
 import pytest
 import torch
 
-from rla_wm.baselines import RegressionConfig, RegressionPredictor
-from rla_wm.checkpoint import CheckpointError
-from rla_wm.planning import (
+from rla_wm.control.planning import (
     MPCController,
     Planner,
     PlannerConfig,
@@ -21,9 +20,11 @@ from rla_wm.planning import (
     rollout_costs,
     shift_plan,
 )
-from rla_wm.prediction import RegressionBaseline, RLAWMPredictor
-from rla_wm.rla import RLAAutoencoder, RLAConfig
-from rla_wm.world_model import RLAWorldModel, WorldModelConfig
+from rla_wm.models.checkpoint import CheckpointError
+from rla_wm.models.prediction import RegressionPredictor, RLAWMPredictor
+from rla_wm.models.regression import RegressionConfig, RegressionModel
+from rla_wm.models.rla import RLAAutoencoder, RLAConfig
+from rla_wm.models.world_model import RLAWorldModel, WorldModelConfig
 
 TOKENS, CHANNELS = 4, 8
 
@@ -66,8 +67,16 @@ class LinearWorld:
 
 
 def toy_config(**overrides) -> PlannerConfig:
-    values = dict(horizon=3, chunk_length=2, num_samples=200, iterations=25, elites=20,
-                  action_low=(-1.0, -1.0), action_high=(1.0, 1.0), seed=0)
+    values = dict(
+        horizon=3,
+        chunk_length=2,
+        num_samples=200,
+        iterations=25,
+        elites=20,
+        action_low=(-1.0, -1.0),
+        action_high=(1.0, 1.0),
+        seed=0,
+    )
     values.update(overrides)
     return PlannerConfig(**values)
 
@@ -100,8 +109,16 @@ def test_unreachable_goal_saturates_at_the_bound_corner(method):
 def test_every_sampled_sequence_respects_bounds_and_step_limit():
     world = LinearWorld("target", record=True)
     start = torch.tensor([100.0, 400.0])
-    config = PlannerConfig(horizon=3, chunk_length=4, num_samples=64, iterations=4, action_low=(20.0, 20.0),
-                           action_high=(492.0, 300.0), max_delta=15.0, init_std=0.5)
+    config = PlannerConfig(
+        horizon=3,
+        chunk_length=4,
+        num_samples=64,
+        iterations=4,
+        action_low=(20.0, 20.0),
+        action_high=(492.0, 300.0),
+        max_delta=15.0,
+        init_std=0.5,
+    )
     result = plan(world, world.features(start)[0], world.features([480.0, 30.0])[0], config, start_action=start)
     sequences = [seen for seen in world.seen]
     assert len(sequences) == 3 * 4  # horizon chunks per iteration
@@ -117,8 +134,17 @@ def test_every_sampled_sequence_respects_bounds_and_step_limit():
 def test_step_limit_target_world_reaches_goal_along_a_feasible_path():
     world = LinearWorld("target")
     start, goal = torch.tensor([200.0, 200.0]), torch.tensor([300.0, 160.0])  # 100 px in 12 steps of 20
-    config = PlannerConfig(horizon=3, chunk_length=4, num_samples=200, iterations=20, elites=20,
-                           action_low=(0.0, 0.0), action_high=(512.0, 512.0), max_delta=20.0, init_std=0.1)
+    config = PlannerConfig(
+        horizon=3,
+        chunk_length=4,
+        num_samples=200,
+        iterations=20,
+        elites=20,
+        action_low=(0.0, 0.0),
+        action_high=(512.0, 512.0),
+        max_delta=20.0,
+        init_std=0.1,
+    )
     result = plan(world, world.features(start)[0], world.features(goal)[0], config, start_action=start)
     assert torch.allclose(result.actions[-1, -1], goal, atol=3.0), result.actions[-1, -1]
     path = torch.cat([start[None], result.actions.reshape(-1, 2)])
@@ -129,8 +155,9 @@ def test_intermediate_weight_pulls_early_chunks_to_the_goal():
     world = LinearWorld("target")
     start, goal = torch.tensor([0.0, 0.0]), torch.tensor([0.8, 0.8])
     final_only = plan(world, world.features(start)[0], world.features(goal)[0], toy_config(seed=3))
-    accumulated = plan(world, world.features(start)[0], world.features(goal)[0],
-                       toy_config(seed=3, intermediate_weight=1.0))
+    accumulated = plan(
+        world, world.features(start)[0], world.features(goal)[0], toy_config(seed=3, intermediate_weight=1.0)
+    )
     # Only the last chunk matters without the intermediate term; with it every chunk ends at the goal.
     ends = accumulated.actions[:, -1]
     assert torch.allclose(ends, goal.expand_as(ends), atol=0.1), ends
@@ -145,8 +172,9 @@ def test_callback_cancels_between_iterations():
         seen.append(stats)
         return stats.iteration == 3
 
-    result = plan(world, world.features([0, 0])[0], world.features([1, 1])[0], toy_config(iterations=50),
-                  callback=on_iteration)
+    result = plan(
+        world, world.features([0, 0])[0], world.features([1, 1])[0], toy_config(iterations=50), callback=on_iteration
+    )
     assert result.stopped == "cancelled"
     assert [s.iteration for s in seen] == [1, 2, 3] and len(result.stats) == 3
     assert world.calls == 3 * 3  # no rollout after the cancel
@@ -156,8 +184,12 @@ def test_callback_cancels_between_iterations():
 def test_time_budget_stops_planning():
     world = LinearWorld("sum", delay=0.02)  # 3 chunks -> ~0.06 s per iteration
     started = time.perf_counter()
-    result = plan(world, world.features([0, 0])[0], world.features([1, 1])[0],
-                  toy_config(iterations=1000, num_samples=16, time_budget=0.3))
+    result = plan(
+        world,
+        world.features([0, 0])[0],
+        world.features([1, 1])[0],
+        toy_config(iterations=1000, num_samples=16, time_budget=0.3),
+    )
     assert result.stopped == "time_budget"
     assert 1 <= len(result.stats) < 1000
     assert time.perf_counter() - started < 5.0
@@ -232,8 +264,14 @@ def test_bad_input_raises():
         plan(world, good, torch.zeros(TOKENS + 1, CHANNELS), toy_config())
     with pytest.raises(PlanningError, match="start_action"):
         plan(world, good, good, toy_config(), start_action=[float("nan"), 0.0])
-    for bad in (dict(method="adam"), dict(cost="l3"), dict(action_low=(1.0, 0.0)), dict(iterations=0),
-                dict(max_delta=-1.0), dict(action_low=(0.0,))):
+    for bad in (
+        dict(method="adam"),
+        dict(cost="l3"),
+        dict(action_low=(1.0, 0.0)),
+        dict(iterations=0),
+        dict(max_delta=-1.0),
+        dict(action_low=(0.0,)),
+    ):
         with pytest.raises(PlanningError):
             toy_config(**bad)
 
@@ -252,30 +290,62 @@ def test_rollout_costs_sub_batches_agree_and_project_clamps():
     whole = rollout_costs(world, current, goal, chunks, "l1", 0.5)
     parts = rollout_costs(world, current, goal, chunks, "l1", 0.5, batch_size=3)
     assert torch.allclose(whole, parts)
-    clamped = project_actions(torch.tensor([[[5.0, -5.0], [0.0, 0.0]]]), torch.tensor([-1.0, -1.0]),
-                              torch.tensor([1.0, 1.0]), torch.tensor([0.0, 0.0]), max_delta=0.5)
+    clamped = project_actions(
+        torch.tensor([[[5.0, -5.0], [0.0, 0.0]]]),
+        torch.tensor([-1.0, -1.0]),
+        torch.tensor([1.0, 1.0]),
+        torch.tensor([0.0, 0.0]),
+        max_delta=0.5,
+    )
     assert torch.equal(clamped, torch.tensor([[[0.5, -0.5], [0.0, 0.0]]]))
 
 
 # -- the real predictors at tiny sizes -----------------------------------------------------------
 REAL_TOKENS, REAL_CHANNELS = 16, 32
-RLA = RLAConfig(token_dim=REAL_CHANNELS, num_tokens=REAL_TOKENS, latent_tokens=4, latent_dim=8, width=32,
-                encoder_depth=1, decoder_depth=1, heads=2)
-WM = WorldModelConfig(token_dim=REAL_CHANNELS, num_tokens=REAL_TOKENS, latent_tokens=4, latent_dim=8, width=32,
-                      condition_depth=1, flow_depth=1, heads=2, max_horizon=6, latent_scale=1.0,
-                      action_low=(20.0, 20.0), action_high=(492.0, 492.0))
-REG = RegressionConfig(token_dim=REAL_CHANNELS, num_tokens=REAL_TOKENS, width=32, depth=1, heads=2, max_horizon=6,
-                       action_low=(20.0, 20.0), action_high=(492.0, 492.0))
+RLA = RLAConfig(
+    token_dim=REAL_CHANNELS,
+    num_tokens=REAL_TOKENS,
+    latent_tokens=4,
+    latent_dim=8,
+    width=32,
+    encoder_depth=1,
+    decoder_depth=1,
+    heads=2,
+)
+WM = WorldModelConfig(
+    token_dim=REAL_CHANNELS,
+    num_tokens=REAL_TOKENS,
+    latent_tokens=4,
+    latent_dim=8,
+    width=32,
+    condition_depth=1,
+    flow_depth=1,
+    heads=2,
+    max_horizon=6,
+    latent_scale=1.0,
+    action_low=(20.0, 20.0),
+    action_high=(492.0, 492.0),
+)
+REG = RegressionConfig(
+    token_dim=REAL_CHANNELS,
+    num_tokens=REAL_TOKENS,
+    width=32,
+    depth=1,
+    heads=2,
+    max_horizon=6,
+    action_low=(20.0, 20.0),
+    action_high=(492.0, 492.0),
+)
 
 
 def real_predictors(perturb: bool = True):
     torch.manual_seed(0)
-    autoencoder, world_model, regression = RLAAutoencoder(RLA), RLAWorldModel(WM), RegressionPredictor(REG)
+    autoencoder, world_model, regression = RLAAutoencoder(RLA), RLAWorldModel(WM), RegressionModel(REG)
     if perturb:  # zero-initialised outputs would make every candidate cost the same
         with torch.no_grad():
             for model in (autoencoder.decoder.output, world_model.velocity, regression.output):
                 model.weight.normal_(0, 0.05)
-    return RLAWMPredictor(world_model, autoencoder, steps=2, seed=0), RegressionBaseline(regression)
+    return RLAWMPredictor(world_model, autoencoder, steps=2, seed=0), RegressionPredictor(regression)
 
 
 @pytest.mark.parametrize("which", [0, 1], ids=["rla-wm", "regression"])
@@ -285,8 +355,18 @@ def test_plans_with_real_predictors(which, method):
     generator = torch.Generator().manual_seed(0)
     current = torch.randn(REAL_TOKENS, REAL_CHANNELS, generator=generator)
     goal = torch.randn(REAL_TOKENS, REAL_CHANNELS, generator=generator)
-    config = PlannerConfig(method=method, horizon=2, chunk_length=3, num_samples=12, iterations=2, elites=4,
-                           action_low=(20.0, 20.0), action_high=(492.0, 492.0), max_delta=30.0, batch_size=5)
+    config = PlannerConfig(
+        method=method,
+        horizon=2,
+        chunk_length=3,
+        num_samples=12,
+        iterations=2,
+        elites=4,
+        action_low=(20.0, 20.0),
+        action_high=(492.0, 492.0),
+        max_delta=30.0,
+        batch_size=5,
+    )
     start = torch.tensor([100.0, 200.0])
     result = plan(predictor, current, goal, config, start_action=start)
     assert result.actions.shape == (2, 3, 2) and torch.isfinite(result.actions).all()
@@ -306,8 +386,9 @@ def test_load_predictor_from_checkpoints(tmp_path):
     assert isinstance(loaded.predictor, RLAWMPredictor) and loaded.predictor.steps == 2
     assert (loaded.num_tokens, loaded.token_dim, loaded.max_horizon) == (REAL_TOKENS, REAL_CHANNELS, 6)
     assert loaded.action_low == (20.0, 20.0) and loaded.encoder_id == WM.encoder_id
-    assert isinstance(load_predictor("regression", regression_checkpoint=str(tmp_path / "reg")).predictor,
-                      RegressionBaseline)
+    assert isinstance(
+        load_predictor("regression", regression_checkpoint=str(tmp_path / "reg")).predictor, RegressionPredictor
+    )
     with pytest.raises(CheckpointError):
         load_predictor("rla-wm", str(tmp_path / "rla"), str(tmp_path / "missing"))
     with pytest.raises(CheckpointError):  # a regression checkpoint is not a world model
@@ -316,8 +397,18 @@ def test_load_predictor_from_checkpoints(tmp_path):
         load_predictor("regression")
     with pytest.raises(PlanningError, match="one of"):
         load_predictor("dino-wm")
-    other = RLAAutoencoder(RLAConfig(token_dim=REAL_CHANNELS, num_tokens=REAL_TOKENS, latent_tokens=2, latent_dim=8,
-                                     width=32, encoder_depth=1, decoder_depth=1, heads=2))
+    other = RLAAutoencoder(
+        RLAConfig(
+            token_dim=REAL_CHANNELS,
+            num_tokens=REAL_TOKENS,
+            latent_tokens=2,
+            latent_dim=8,
+            width=32,
+            encoder_depth=1,
+            decoder_depth=1,
+            heads=2,
+        )
+    )
     other.save(tmp_path / "other_rla")
     with pytest.raises(PlanningError, match="not trained together"):
         load_predictor("rla-wm", str(tmp_path / "other_rla"), str(tmp_path / "wm"))

@@ -1,15 +1,27 @@
 """World action model: chunk bounds, missing-state token, masked losses, overfitting, checkpoints, errors."""
+
 import json
 
 import pytest
 import torch
 
-from rla_wm.checkpoint import CheckpointError
-from rla_wm.policy import WAMConfig, WAMLossWeights, WorldActionModel
+from rla_wm.models.checkpoint import CheckpointError
+from rla_wm.models.policy import Policy, PolicyConfig, PolicyLossWeights
 
 # 4x4 patch grid of width 16, merged 2x2 -> 4 tokens: tiny and fast on 2 CPU cores.
-CONFIG = WAMConfig(token_dim=16, num_tokens=16, width=32, depth=1, head_depth=1, heads=2, mlp_ratio=2.0,
-                   chunk_length=5, latent_tokens=2, latent_dim=4, max_delta=(10.0, 10.0))
+CONFIG = PolicyConfig(
+    token_dim=16,
+    num_tokens=16,
+    width=32,
+    depth=1,
+    head_depth=1,
+    heads=2,
+    mlp_ratio=2.0,
+    chunk_length=5,
+    latent_tokens=2,
+    latent_dim=4,
+    max_delta=(10.0, 10.0),
+)
 STATE_RANGE = 512.0
 
 
@@ -22,7 +34,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def make_batch(batch: int, seed: int = 0, config: WAMConfig = CONFIG):
+def make_batch(batch: int, seed: int = 0, config: PolicyConfig = CONFIG):
     """Random tokens, z and states; actions reachable from the state (steps within 0.8 max_delta)."""
     g = torch.Generator().manual_seed(seed)
     tokens = torch.randn(batch, config.num_tokens, config.token_dim, generator=g)
@@ -35,7 +47,7 @@ def make_batch(batch: int, seed: int = 0, config: WAMConfig = CONFIG):
 
 def test_chunk_shape_and_increment_bound():
     torch.manual_seed(0)
-    policy = WorldActionModel(CONFIG).eval()
+    policy = Policy(CONFIG).eval()
     state = torch.tensor([[100.0, 200.0], [5.0, 500.0]])
     chunk = policy(torch.randn(2, 16, 16), state)
     assert chunk.shape == (2, 5, 2)
@@ -46,16 +58,16 @@ def test_chunk_shape_and_increment_bound():
 
 
 def test_node_facing_names_are_the_world_action_model():
-    # The policy node builds `WorldActionModel(WAMConfig())` and reads action_dim / encoder_id.
-    policy = WorldActionModel(WAMConfig()).eval()
+    # The policy node builds `Policy(PolicyConfig())` and reads action_dim / encoder_id.
+    policy = Policy(PolicyConfig()).eval()
     assert policy.config.action_dim == 2 and policy.config.encoder_id.endswith("@224")
     chunk = policy(torch.randn(1, 256, 192), torch.tensor([[250.0, 260.0]]))
-    assert chunk.shape == (1, WAMConfig().chunk_length, 2)
+    assert chunk.shape == (1, PolicyConfig().chunk_length, 2)
 
 
 def test_missing_state_token_stands_in_for_an_absent_state():
     torch.manual_seed(0)
-    policy = WorldActionModel(CONFIG).eval()
+    policy = Policy(CONFIG).eval()
     tokens, _, state, _ = make_batch(3)
 
     # Without a state the learned token is used (gradient reaches it) and the state projection is not.
@@ -108,18 +120,21 @@ def test_missing_state_token_stands_in_for_an_absent_state():
 
 def test_action_free_windows_send_no_action_gradient():
     torch.manual_seed(0)
-    policy = WorldActionModel(CONFIG)
+    policy = Policy(CONFIG)
     tokens, z, state, actions = make_batch(6)
     labelled = torch.tensor([True, False, True, False, True, False])
-    action_only = WAMLossWeights(action=1.0, rla=0.0, state=0.0)
+    action_only = PolicyLossWeights(action=1.0, rla=0.0, state=0.0)
 
     def gradients(tokens, state, actions, labelled, weights=action_only):
         policy.zero_grad()
         tokens = tokens.clone().requires_grad_(True)
         loss, _ = policy.loss(tokens, z[: len(tokens)], state, actions, labelled, labelled, weights)
         loss.backward()
-        return loss.detach(), tokens.grad, {n: p.grad.clone() for n, p in policy.named_parameters()
-                                            if p.grad is not None}
+        return (
+            loss.detach(),
+            tokens.grad,
+            {n: p.grad.clone() for n, p in policy.named_parameters() if p.grad is not None},
+        )
 
     loss, token_grad, grads = gradients(tokens, state, actions, labelled)
     assert loss > 0
@@ -138,7 +153,7 @@ def test_action_free_windows_send_no_action_gradient():
     none = torch.zeros(6, dtype=torch.bool)
     loss_free, _, grads_free = gradients(tokens, state, actions, none)
     assert loss_free == 0 and all(g.abs().max() == 0 for g in grads_free.values())
-    loss_rla, _, grads_rla = gradients(tokens, state, actions, none, WAMLossWeights())
+    loss_rla, _, grads_rla = gradients(tokens, state, actions, none, PolicyLossWeights())
     assert loss_rla > 0 and grads_rla["rla_queries"].abs().max() > 0
     assert grads_rla["action_queries"].abs().max() == 0  # the action head learns from labels only
 
@@ -146,8 +161,8 @@ def test_action_free_windows_send_no_action_gradient():
 @pytest.mark.parametrize("action_reads_rla", [True, False])
 def test_overfits_a_tiny_dataset(action_reads_rla, one_thread):
     torch.manual_seed(0)
-    config = WAMConfig(**{**CONFIG.__dict__, "action_reads_rla": action_reads_rla, "width": 48})
-    policy = WorldActionModel(config)
+    config = PolicyConfig(**{**CONFIG.__dict__, "action_reads_rla": action_reads_rla, "width": 48})
+    policy = Policy(config)
     assert hasattr(policy, "rla_in") == action_reads_rla
     tokens, z, state, actions = make_batch(8, seed=1, config=config)
     labelled = torch.tensor([True] * 6 + [False] * 2)
@@ -180,7 +195,7 @@ def test_action_head_reads_the_predicted_rla_only_when_configured():
     torch.manual_seed(0)
     tokens, _, state, _ = make_batch(2)
     for reads in (True, False):
-        policy = WorldActionModel(WAMConfig(**{**CONFIG.__dict__, "action_reads_rla": reads})).eval()
+        policy = Policy(PolicyConfig(**{**CONFIG.__dict__, "action_reads_rla": reads})).eval()
         # Perturb the RLA head's output layer: the chunk changes only if the action head reads z.
         with torch.no_grad():
             before = policy(tokens, state)
@@ -190,7 +205,7 @@ def test_action_head_reads_the_predicted_rla_only_when_configured():
 
 
 def test_wrong_inputs_raise():
-    policy = WorldActionModel(CONFIG)
+    policy = Policy(CONFIG)
     with pytest.raises(ValueError, match="tokens"):
         policy(torch.randn(1, 10, 16), torch.zeros(1, 2))
     with pytest.raises(ValueError, match="NaN"):
@@ -206,17 +221,20 @@ def test_wrong_inputs_raise():
     with pytest.raises(ValueError, match="labelled windows"):
         policy.loss(tokens, z, state, actions, torch.ones(2, dtype=torch.bool), torch.ones(2, dtype=torch.bool))
     with pytest.raises(ValueError, match="token_merge"):
-        WorldActionModel(WAMConfig(**{**CONFIG.__dict__, "token_merge": 3}))
+        Policy(PolicyConfig(**{**CONFIG.__dict__, "token_merge": 3}))
     with pytest.raises(ValueError, match="max_delta"):
-        WorldActionModel(WAMConfig(**{**CONFIG.__dict__, "max_delta": (1.0,)}))
+        Policy(PolicyConfig(**{**CONFIG.__dict__, "max_delta": (1.0,)}))
 
 
 def test_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
-    policy = WorldActionModel(WAMConfig(**{**CONFIG.__dict__, "latent_scale": 2.5,
-                                           "state_low": (10.0, 20.0), "state_high": (400.0, 410.0)})).eval()
+    policy = Policy(
+        PolicyConfig(
+            **{**CONFIG.__dict__, "latent_scale": 2.5, "state_low": (10.0, 20.0), "state_high": (400.0, 410.0)}
+        )
+    ).eval()
     policy.save(tmp_path / "ckpt", extra={"rla_checkpoint": "somewhere"})
-    loaded, meta = WorldActionModel.load(tmp_path / "ckpt")
+    loaded, meta = Policy.load(tmp_path / "ckpt")
     tokens, state = torch.randn(2, 16, 16), torch.tensor([[10.0, 20.0], [300.0, 100.0]])
     torch.testing.assert_close(loaded(tokens, state), policy(tokens, state))
     torch.testing.assert_close(loaded(tokens, None), policy(tokens, None))
@@ -227,18 +245,18 @@ def test_checkpoint_round_trip(tmp_path):
 
 def test_missing_corrupt_and_mismatched_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match="not a checkpoint"):
-        WorldActionModel.load(tmp_path / "nothing")
-    WorldActionModel(CONFIG).save(tmp_path / "ok")
+        Policy.load(tmp_path / "nothing")
+    Policy(CONFIG).save(tmp_path / "ok")
     (tmp_path / "ok" / "model.safetensors").write_bytes(b"\x00garbage")
     with pytest.raises(CheckpointError, match="unreadable"):
-        WorldActionModel.load(tmp_path / "ok")
-    WorldActionModel(CONFIG).save(tmp_path / "mismatch")
+        Policy.load(tmp_path / "ok")
+    Policy(CONFIG).save(tmp_path / "mismatch")
     meta = json.loads((tmp_path / "mismatch" / "config.json").read_text())
     meta["config"]["width"] = 64
     (tmp_path / "mismatch" / "config.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="do not fit"):
-        WorldActionModel.load(tmp_path / "mismatch")
+        Policy.load(tmp_path / "mismatch")
     meta["kind"] = "chunk_policy"  # a checkpoint of the earlier, head-less policy
     (tmp_path / "mismatch" / "config.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="expected 'world_action_model'"):
-        WorldActionModel.load(tmp_path / "mismatch")
+        Policy.load(tmp_path / "mismatch")

@@ -1,4 +1,5 @@
 """Safety gate logic: vetting whole trajectories, holds, watchdog, latching e-stop."""
+
 import math
 
 import numpy as np
@@ -67,7 +68,9 @@ def test_joint_order_is_mapped_by_name_and_the_output_uses_the_limits_order():
 
 def test_past_points_and_points_due_within_the_margin_are_vetted_but_not_sent():
     # Stamped 150 ms ago: the points at 0.1 s and 0.16 s are past or due within 20 ms; the rest is re-timed from now.
-    trajectory = chunk([[5.0, 0.0], [5.05, 0.0], [5.2, 0.0], [5.4, 0.0]], [0.1, 0.16, 0.25, 0.35], stamp_ns=NOW - 150_000_000)
+    trajectory = chunk(
+        [[5.0, 0.0], [5.05, 0.0], [5.2, 0.0], [5.4, 0.0]], [0.1, 0.16, 0.25, 0.35], stamp_ns=NOW - 150_000_000
+    )
     vetting = vet(trajectory)
     assert vetting.verdict.ok, vetting.verdict.reason
     assert [p.time_from_start_ns for p in vetting.command.points] == [100_000_000, 200_000_000]
@@ -93,7 +96,10 @@ NAN, INF = float("nan"), float("inf")
         (chunk([[9.0, 0.0]], [5.0]), "from the current state"),
         (chunk([[6.0, 0.0]], [0.1]), "is 1 away"),
         (chunk([[5.0, 0.0], [5.5, 0.0]], [0.5, 0.5]), "strictly increasing"),
-        (chunk([[5.0, 0.0], [5.1, 0.0], [5.2, 0.0]], [0.5, 0.02, 1.0], stamp_ns=NOW - 150_000_000), "strictly increasing"),
+        (
+            chunk([[5.0, 0.0], [5.1, 0.0], [5.2, 0.0]], [0.5, 0.02, 1.0], stamp_ns=NOW - 150_000_000),
+            "strictly increasing",
+        ),
         (chunk([[5.0, 0.0]], [-0.5], stamp_ns=0), "negative time_from_start"),
         (chunk([[5.1, 0.0]], [0.5], stamp_ns=-S), "negative"),
         (chunk([[5.1, 0.0]], [0.5], stamp_ns=NOW + 5 * S), "in the future"),
@@ -233,8 +239,10 @@ def test_estop_latches_until_reset():
 CYCLE = 0.05  # the gate node's watchdog timer period
 TIMEOUTS = {CAMERA: 0.5, STATE: 0.5, MODEL: 1.0}  # make_gate's
 gate_events = st.lists(
-    st.one_of(st.sampled_from([("camera",), ("state",), ("chunk",), ("estop",), ("reset",)]),
-              st.tuples(st.just("wait"), st.floats(min_value=0.0, max_value=1.5))),
+    st.one_of(
+        st.sampled_from([("camera",), ("state",), ("chunk",), ("estop",), ("reset",)]),
+        st.tuples(st.just("wait"), st.floats(min_value=0.0, max_value=1.5)),
+    ),
     min_size=8,
     max_size=40,
 )

@@ -1,4 +1,5 @@
 """scripts/ship_checkpoints.py: float16 copies of a run's models with model cards that tell the truth."""
+
 import importlib.util
 import json
 from pathlib import Path
@@ -6,7 +7,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from rla_wm.rla import RLAAutoencoder, RLAConfig
+from rla_wm.models.rla import RLAAutoencoder, RLAConfig
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "ship_checkpoints.py"
 
@@ -20,18 +21,34 @@ def load_script():
 
 def make_run(tmp_path: Path) -> tuple[Path, Path]:
     run = tmp_path / "run"
-    model = RLAAutoencoder(RLAConfig(token_dim=16, num_tokens=9, latent_tokens=2, latent_dim=4, width=32,
-                                     encoder_depth=1, decoder_depth=1, heads=2,
-                                     encoder_id="builtin:dinov2-tiny-random@224"))
+    model = RLAAutoencoder(
+        RLAConfig(
+            token_dim=16,
+            num_tokens=9,
+            latent_tokens=2,
+            latent_dim=4,
+            width=32,
+            encoder_depth=1,
+            decoder_depth=1,
+            heads=2,
+            encoder_id="builtin:dinov2-tiny-random@224",
+        )
+    )
     model.save(run / "rla" / "checkpoint")
     lines = [{"step": 0, "loss": 2.0, "seconds": 3.0}, {"step": 399, "loss": 0.98, "seconds": 1309.5}]
     (run / "rla" / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     (run / "eval").mkdir()
-    (run / "eval" / "results.json").write_text(json.dumps({
-        "held_out_episodes": [3, 7], "windows": 64, "horizon": 5,
-        "reconstruction": {"l1": 0.0178, "cosine": 0.01},
-        "results": {"copy-last": {"5": {"l1": 0.0194, "cosine": 0.02}}},
-    }))
+    (run / "eval" / "results.json").write_text(
+        json.dumps(
+            {
+                "held_out_episodes": [3, 7],
+                "windows": 64,
+                "horizon": 5,
+                "reconstruction": {"l1": 0.0178, "cosine": 0.01},
+                "results": {"copy-last": {"5": {"l1": 0.0194, "cosine": 0.02}}},
+            }
+        )
+    )
     data = tmp_path / "data" / "expert" / "meta"
     data.mkdir(parents=True)
     (data / "info.json").write_text(json.dumps({"total_episodes": 100, "total_frames": 11037, "fps": 10}))

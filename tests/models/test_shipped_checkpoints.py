@@ -1,4 +1,5 @@
 """The shipped sim models: small, documented, and working on the sim encoder's features of a real sim frame."""
+
 import json
 
 import numpy as np
@@ -6,13 +7,19 @@ import pytest
 import torch
 
 from rla_wm.assets import CHECKPOINT_DIR, resolve_model_path
-from rla_wm.features import EncoderConfig, FeatureEncoder
-from rla_wm.planning import load_predictor
-from rla_wm.policy import WorldActionModel
-from rla_wm.sim import PushTSim
+from rla_wm.control.planning import load_predictor
+from rla_wm.envs.pusht.sim import PushTSim
+from rla_wm.models.encoder import EncoderConfig, FeatureEncoder
+from rla_wm.models.policy import Policy
 
-SHIPPED = ["sim-pusht-rla", "sim-pusht-rla-wm", "sim-pusht-regression", "sim-pusht-policy", "sim-pusht-policy-bc",
-           "sim-pusht-policy-direct"]
+SHIPPED = [
+    "sim-pusht-rla",
+    "sim-pusht-rla-wm",
+    "sim-pusht-regression",
+    "sim-pusht-policy",
+    "sim-pusht-policy-bc",
+    "sim-pusht-policy-direct",
+]
 SIM_ENCODER = "builtin:dinov2-tiny-random"
 
 
@@ -46,8 +53,9 @@ def test_shipped_models_are_small_and_carry_a_truthful_card():
 @pytest.mark.parametrize("kind", ["rla-wm", "regression"])
 def test_shipped_world_models_predict_from_sim_features(sim_features, kind):
     tokens, position = sim_features
-    loaded = load_predictor(kind, "builtin:sim-pusht-rla", "builtin:sim-pusht-rla-wm",
-                            "builtin:sim-pusht-regression", euler_steps=2)
+    loaded = load_predictor(
+        kind, "builtin:sim-pusht-rla", "builtin:sim-pusht-rla-wm", "builtin:sim-pusht-regression", euler_steps=2
+    )
     assert (loaded.num_tokens, loaded.token_dim) == tuple(tokens.shape[1:])
     assert loaded.encoder_id.startswith(SIM_ENCODER)
     actions = position[:, None].expand(1, 5, 2).clone() + torch.linspace(0, 40, 5)[None, :, None]
@@ -60,7 +68,7 @@ def test_shipped_world_models_predict_from_sim_features(sim_features, kind):
 @pytest.mark.parametrize("name", ["sim-pusht-policy", "sim-pusht-policy-bc", "sim-pusht-policy-direct"])
 def test_shipped_policies_act_in_range_from_sim_features(sim_features, name):
     tokens, position = sim_features
-    policy, meta = WorldActionModel.load(resolve_model_path(f"builtin:{name}"))
+    policy, meta = Policy.load(resolve_model_path(f"builtin:{name}"))
     policy.eval()
     with torch.no_grad():
         chunk = policy(tokens, position)

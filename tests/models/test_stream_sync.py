@@ -1,4 +1,5 @@
 """Stream synchronisation (rla_wm.recording.sync): stamped streams -> dataset frames at a fixed fps."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,7 +35,7 @@ def test_sync_complete_frames_pick_nearest_samples_and_real_stamps():
     assert [r.tick for r in results] == list(range(len(results))) and len(results) >= 4
     for r in results:
         assert r.complete and not r.missing
-        for name, stamp in r.stamps.items():
+        for stamp in r.stamps.values():
             assert abs(stamp - r.t) <= sync.tolerance
         # nearest state sample: 50 Hz grid offset by 1 ms
         k = round((r.t - 100.001) / 0.02)

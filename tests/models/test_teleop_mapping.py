@@ -1,4 +1,5 @@
 """Teleop input mapping (pure): keys, gamepad, velocity integration, chunks, play."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,8 +26,24 @@ from rla_wm.control.teleop import (
 
 def test_parse_keys_handles_letters_arrows_and_unknown_sequences():
     data = b"wAsD\x1b[A\x1b[B\x1b[C\x1b[D\x1bOA+-= _q\x1b[15~x\x03"
-    assert parse_keys(data) == [UP, LEFT, DOWN, RIGHT, UP, DOWN, RIGHT, LEFT, UP, FASTER, SLOWER, FASTER, HOLD,
-                                SLOWER, QUIT, QUIT]
+    assert parse_keys(data) == [
+        UP,
+        LEFT,
+        DOWN,
+        RIGHT,
+        UP,
+        DOWN,
+        RIGHT,
+        LEFT,
+        UP,
+        FASTER,
+        SLOWER,
+        FASTER,
+        HOLD,
+        SLOWER,
+        QUIT,
+        QUIT,
+    ]
 
 
 def test_keyboard_velocity_direction_speed_hold_and_timeout():

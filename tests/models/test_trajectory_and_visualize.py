@@ -1,18 +1,19 @@
 """Trajectory following (as joint_trajectory_controller) and feature PCA pictures."""
+
 import numpy as np
 import pytest
 
 from rla_wm.control.jtc import Trajectory
 from rla_wm.control.trajectory import TrajectoryFollower
-from rla_wm.visualize import feature_pca_rgb, side_by_side
-
+from rla_wm.evaluation.visualize import feature_pca_rgb, side_by_side
 
 S = 1_000_000_000  # nanoseconds per second
 
 
 def traj(names, positions, times_s, stamp_s=0.0) -> Trajectory:
-    return Trajectory.from_arrays(names, np.array(positions, dtype=float), [round(t * S) for t in times_s],
-                                  round(stamp_s * S))
+    return Trajectory.from_arrays(
+        names, np.array(positions, dtype=float), [round(t * S) for t in times_s], round(stamp_s * S)
+    )
 
 
 def test_follower_interpolates_from_current_state_and_stops_at_last_point():
@@ -42,7 +43,9 @@ def test_refused_trajectories_leave_the_previous_one_running():
     # An empty trajectory is refused by JTC (it is not a hold), as are other joints and unordered times.
     assert "empty trajectory" in follower.command(Trajectory(("x", "y"), ()), S // 2, np.array([2.0, 2.0]))
     assert "do not match" in follower.command(traj(("x", "z"), [[0.0, 0.0]], [1.0]), S // 2, np.zeros(2))
-    assert "strictly increasing" in follower.command(traj(("x", "y"), [[0, 0], [1, 1]], [1.0, 0.5]), S // 2, np.zeros(2))
+    assert "strictly increasing" in follower.command(
+        traj(("x", "y"), [[0, 0], [1, 1]], [1.0, 0.5]), S // 2, np.zeros(2)
+    )
     assert np.allclose(follower.target(10 * S, np.array([7.0, 7.0])), [5.0, 5.0])
 
 

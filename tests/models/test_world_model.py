@@ -1,19 +1,38 @@
 """RLA autoencoder, flow-matching RLA-WM and the regression baseline: learning, sampling, I/O, errors."""
+
 import pytest
 import torch
 
-from rla_wm.baselines import RegressionConfig, RegressionPredictor
-from rla_wm.checkpoint import CheckpointError
-from rla_wm.layers import Block
-from rla_wm.prediction import CopyLastPredictor, RegressionBaseline, RLAWMPredictor, rollout
-from rla_wm.rla import RLAAutoencoder, RLAConfig
-from rla_wm.world_model import ActionEncoder, RLAWorldModel, WorldModelConfig
+from rla_wm.models.checkpoint import CheckpointError
+from rla_wm.models.layers import Block
+from rla_wm.models.prediction import CopyLastPredictor, RegressionPredictor, RLAWMPredictor, rollout
+from rla_wm.models.regression import RegressionConfig, RegressionModel
+from rla_wm.models.rla import RLAAutoencoder, RLAConfig
+from rla_wm.models.world_model import ActionEncoder, RLAWorldModel, WorldModelConfig
 
 TOKENS, CHANNELS = 16, 32
-RLA = RLAConfig(token_dim=CHANNELS, num_tokens=TOKENS, latent_tokens=4, latent_dim=8, width=64, encoder_depth=2,
-                decoder_depth=2, heads=4)
-WM = WorldModelConfig(token_dim=CHANNELS, num_tokens=TOKENS, latent_tokens=4, latent_dim=8, width=64,
-                      condition_depth=2, flow_depth=2, heads=4, max_horizon=6, latent_scale=1.0)
+RLA = RLAConfig(
+    token_dim=CHANNELS,
+    num_tokens=TOKENS,
+    latent_tokens=4,
+    latent_dim=8,
+    width=64,
+    encoder_depth=2,
+    decoder_depth=2,
+    heads=4,
+)
+WM = WorldModelConfig(
+    token_dim=CHANNELS,
+    num_tokens=TOKENS,
+    latent_tokens=4,
+    latent_dim=8,
+    width=64,
+    condition_depth=2,
+    flow_depth=2,
+    heads=4,
+    max_horizon=6,
+    latent_scale=1.0,
+)
 REG = RegressionConfig(token_dim=CHANNELS, num_tokens=TOKENS, width=64, depth=2, heads=4, max_horizon=6)
 
 
@@ -125,16 +144,25 @@ def test_bad_feature_inputs_raise():
 
 def test_checkpoints_round_trip_and_refuse_other_kinds(tmp_path):
     current, actions, future = toy_data(2)
-    autoencoder, world_model, regression = RLAAutoencoder(RLA).eval(), RLAWorldModel(WM).eval(), RegressionPredictor(REG).eval()
+    autoencoder, world_model, regression = (
+        RLAAutoencoder(RLA).eval(),
+        RLAWorldModel(WM).eval(),
+        RegressionModel(REG).eval(),
+    )
     autoencoder.save(tmp_path / "ae")
     world_model.save(tmp_path / "wm")
     regression.save(tmp_path / "reg")
-    torch.testing.assert_close(RLAAutoencoder.load(tmp_path / "ae")[0](current, future)[0], autoencoder(current, future)[0])
+    torch.testing.assert_close(
+        RLAAutoencoder.load(tmp_path / "ae")[0](current, future)[0], autoencoder(current, future)[0]
+    )
     g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
-    torch.testing.assert_close(RLAWorldModel.load(tmp_path / "wm")[0].sample(current, actions, steps=3, generator=g()),
-                               world_model.sample(current, actions, steps=3, generator=g()))
-    torch.testing.assert_close(RegressionPredictor.load(tmp_path / "reg")[0](current, actions),
-                               regression(current, actions))
+    torch.testing.assert_close(
+        RLAWorldModel.load(tmp_path / "wm")[0].sample(current, actions, steps=3, generator=g()),
+        world_model.sample(current, actions, steps=3, generator=g()),
+    )
+    torch.testing.assert_close(
+        RegressionModel.load(tmp_path / "reg")[0](current, actions), regression(current, actions)
+    )
     with pytest.raises(CheckpointError, match="expected 'rla_world_model'"):
         RLAWorldModel.load(tmp_path / "ae")
 
@@ -142,7 +170,7 @@ def test_checkpoints_round_trip_and_refuse_other_kinds(tmp_path):
 def test_regression_baseline_learns_action_dependence():
     torch.manual_seed(0)
     current, actions, future = toy_data()
-    model = RegressionPredictor(REG)
+    model = RegressionModel(REG)
     copy_last = float(torch.nn.functional.l1_loss(current, future))
     fit(model, lambda: model.loss(current, actions, future), steps=150)
     assert float(torch.nn.functional.l1_loss(model(current, actions), future)) < 0.5 * copy_last
@@ -152,7 +180,7 @@ def test_rollout_broadcasts_start_and_chains_predictions():
     start = torch.randn(1, TOKENS, CHANNELS)
     chunks = torch.rand(4, 3, 5, 2) * 512
     assert torch.equal(rollout(CopyLastPredictor(), start, chunks), start.expand(4, 3, -1, -1).contiguous())
-    regression = RegressionBaseline(RegressionPredictor(REG))
+    regression = RegressionPredictor(RegressionModel(REG))
     torch.nn.init.normal_(regression.model.output.weight, std=0.05)
     predicted = rollout(regression, start, chunks)
     assert predicted.shape == (4, 3, TOKENS, CHANNELS)

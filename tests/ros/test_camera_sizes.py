@@ -11,6 +11,7 @@ the test process (the camera driver here) and the nodes it starts all get the pr
 The camera is published from the test process, as a driver would: sensor-data QoS (best effort,
 what most drivers use) and the rclpy default (reliable, depth 10, what the others use).
 """
+
 from __future__ import annotations
 
 import json
@@ -29,10 +30,11 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.qos import QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
-from conftest import REPO, Inbox, config_file, wait_for
 from rla_wm_msgs.msg import FeatureMap
 from rla_wm_ros.conversions import stamp_to_nanoseconds
 from rla_wm_ros.launch_xml import NodeSpec
+
+from conftest import REPO, Inbox, config_file, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -80,8 +82,10 @@ def test_the_fastdds_profile_is_exported_and_fits_1280x720_frames():
     """The environment the tests (and users, through scripts/env.sh) run in carries the profile,
     and its shared-memory segment holds several 1280x720 rgb8 frames in flight."""
     exported = os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE") or os.environ.get("FASTRTPS_DEFAULT_PROFILES_FILE")
-    assert exported, ("no Fast DDS profile in the environment: run the tests through `make test` or after "
-                      "`source scripts/env.sh` (camera-sized frames do not arrive without it)")
+    assert exported, (
+        "no Fast DDS profile in the environment: run the tests through `make test` or after "
+        "`source scripts/env.sh` (camera-sized frames do not arrive without it)"
+    )
     assert Path(exported).resolve() == PROFILE.resolve(), f"another profile is exported: {exported}"
     root = ET.parse(PROFILE).getroot()
     ns = {"f": root.tag.split("}")[0].strip("{")}
@@ -129,8 +133,14 @@ def test_a_camera_qos_subscriber_in_another_process_gets_most_frames_at_30hz(ros
     also (by design) skips a frame whenever its callback runs later than the next frame; on a
     loaded 2-core CI machine that happens now and then, so up to 12 of 60 frames may go that way."""
     camera = ros_node.create_publisher(Image, "camera/image_raw", PUBLISHER_QOS[publisher_qos])
-    counter = subprocess.Popen([sys.executable, "-c", COUNTER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    counter = subprocess.Popen(
+        [sys.executable, "-c", COUNTER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
     try:
         assert counter.stdout.readline().strip() == "READY", counter.stderr.read()
         wait_for(lambda: camera.get_subscription_count() > 0, 60, "the counter to subscribe")
@@ -148,7 +158,8 @@ def test_a_camera_qos_subscriber_in_another_process_gets_most_frames_at_30hz(ros
     assert all((w, h, n) == (width, height, width * height * 3) for *_, w, h, n in received)
     assert len(received) >= 48, (
         f"{len(received)} of 60 frames of {width}x{height} arrived at a CAMERA_QOS subscriber "
-        f"(publisher {publisher_qos}); profile: {os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE')}\n{err[-2000:]}")
+        f"(publisher {publisher_qos}); profile: {os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE')}\n{err[-2000:]}"
+    )
 
 
 @pytest.mark.parametrize("publisher_qos", sorted(PUBLISHER_QOS))
@@ -176,8 +187,12 @@ def test_encoder_encodes_1280x720_frames_with_their_stamps(ros_node, start_nodes
     stamps = [Time(sec=3000 + i, nanosec=12345 + i) for i in range(30)]
     publish_at_rate(camera, [camera_frame(1280, 720, i, stamp) for i, stamp in enumerate(stamps)])
     last = stamp_to_nanoseconds(stamps[-1])
-    wait_for(lambda: any(stamp_to_nanoseconds(m.header.stamp) == last for m in features.snapshot()), 30,
-             "the feature map of the stream's last frame", graph)
+    wait_for(
+        lambda: any(stamp_to_nanoseconds(m.header.stamp) == last for m in features.snapshot()),
+        30,
+        "the feature map of the stream's last frame",
+        graph,
+    )
     sent = {stamp_to_nanoseconds(s) for s in stamps}
     received = [stamp_to_nanoseconds(m.header.stamp) for m in features.snapshot()]
     assert set(received) <= sent, "a feature map carries a stamp that no frame of the stream had"
@@ -224,16 +239,22 @@ def test_encoder_reports_frames_lost_in_transport_when_the_camera_driver_lacks_t
     diagnostics = Inbox()
     ros_node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics, 10)
     wait_for(lambda: encoder_status(diagnostics) is not None, 60, "the encoder's diagnostics", graph)
-    bare = {k: v for k, v in os.environ.items()
-            if k not in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")}
-    driver = subprocess.run([sys.executable, "-c", PUBLISHER, "60"], env=bare, capture_output=True, text=True,
-                            timeout=120)
+    bare = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+    }
+    driver = subprocess.run(
+        [sys.executable, "-c", PUBLISHER, "60"], env=bare, capture_output=True, text=True, timeout=120
+    )
     assert driver.returncode == 0, driver.stderr[-2000:]
     diagnostics.clear()
     wait_for(lambda: encoder_status(diagnostics) is not None, 10, "the encoder's diagnostics", graph)
     status = encoder_status(diagnostics)
     lost = int(status_values(status)["frames_lost"])
-    assert lost > 0, ("no frame lost without the profile: has Fast DDS's default shared-memory segment grown? "
-                      f"{status_values(status)}")
+    assert lost > 0, (
+        "no frame lost without the profile: has Fast DDS's default shared-memory segment grown? "
+        f"{status_values(status)}"
+    )
     assert status.level == DiagnosticStatus.WARN and "lost in transport" in status.message, status
     wait_for(lambda: "fastdds.xml" in graph.tail_logs(30), 10, "the encoder's warning naming the profile", graph)

@@ -1,4 +1,6 @@
-"""End to end: each launch file's graph (sim policy, planner, sim clock, the real-arm policy in dry run) runs closed loop."""
+"""End to end: each launch file's graph (sim policy, planner, sim clock, the real-arm policy in dry run)
+runs closed loop."""
+
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,8 +18,13 @@ pytestmark = pytest.mark.timeout(240)
 
 
 @contextmanager
-def observed_graph(description: LaunchDescription, command_topic: str, ros_domain: int, tmp_path: Path,
-                   model_topic: str = "/policy/joint_trajectory") -> Iterator[tuple[LaunchedGraph, ClosedLoopRunner]]:
+def observed_graph(
+    description: LaunchDescription,
+    command_topic: str,
+    ros_domain: int,
+    tmp_path: Path,
+    model_topic: str = "/policy/joint_trajectory",
+) -> Iterator[tuple[LaunchedGraph, ClosedLoopRunner]]:
     """Start a launch description's nodes with a closed-loop observer on the same domain; stop both after."""
     with LaunchedGraph() as graph:
         graph.start(description, env={"ROS_DOMAIN_ID": str(ros_domain)}, log_dir=tmp_path / "logs")
@@ -31,13 +38,23 @@ def observed_graph(description: LaunchDescription, command_topic: str, ros_domai
             rclpy.try_shutdown()
 
 
-def run_launch_file(name: str, overrides: dict[str, str], ros_domain: int, tmp_path: Path, episodes: int,
-                    model_topic: str = "/policy/joint_trajectory", startup: float = 120.0, timeout: float = 60.0):
+def run_launch_file(
+    name: str,
+    overrides: dict[str, str],
+    ros_domain: int,
+    tmp_path: Path,
+    episodes: int,
+    model_topic: str = "/policy/joint_trajectory",
+    startup: float = 120.0,
+    timeout: float = 60.0,
+):
     """Start a launch file's graph, run closed-loop episodes, return (results, stage latencies)."""
     launch_file = Path(get_package_share_directory("rla_wm_ros")) / "launch" / name
     description = parse_launch_file(launch_file, overrides=overrides)
-    with observed_graph(description, description.args["command_topic"], ros_domain, tmp_path,
-                        model_topic) as (graph, runner):
+    with observed_graph(description, description.args["command_topic"], ros_domain, tmp_path, model_topic) as (
+        graph,
+        runner,
+    ):
         try:
             runner.wait_until_flowing(startup, alive=lambda: all(graph.alive().values()))
             results = [runner.run_episode(timeout=timeout) for _ in range(episodes)]
@@ -48,8 +65,9 @@ def run_launch_file(name: str, overrides: dict[str, str], ros_domain: int, tmp_p
 
 
 def test_sim_policy_graph_runs_closed_loop_episodes(ros_domain, tmp_path):
-    results, latency = run_launch_file("sim_policy.launch.xml", {"max_episode_steps": "30", "seed": "5"},
-                                       ros_domain, tmp_path, episodes=2)
+    results, latency = run_launch_file(
+        "sim_policy.launch.xml", {"max_episode_steps": "30", "seed": "5"}, ros_domain, tmp_path, episodes=2
+    )
     for result in results:
         assert result.steps == 30
         # How many chunks fit in 3 s depends on the machine's speed; a loop needs them to keep coming.
@@ -67,9 +85,14 @@ def test_robot_policy_graph_in_its_default_dry_run_never_commands_the_arm(ros_do
     the policy runs on the arm's camera and joint states, and nothing reaches the controller."""
     share = Path(get_package_share_directory("rla_wm_ros"))
     limits = str(share / "config" / "pusht_limits.yaml")
-    description = parse_launch_file(share / "launch" / "robot_policy.launch.xml", overrides={
-        "policy_checkpoint": "builtin:sim-pusht-policy", "limits_file": limits,
-        "encoder_model": "builtin:dinov2-tiny-random"})
+    description = parse_launch_file(
+        share / "launch" / "robot_policy.launch.xml",
+        overrides={
+            "policy_checkpoint": "builtin:sim-pusht-policy",
+            "limits_file": limits,
+            "encoder_model": "builtin:dinov2-tiny-random",
+        },
+    )
     assert description.args["dry_run"] == "true"
     arm = parse_launch_file(share / "launch" / "sim_policy.launch.xml", overrides={"seed": "4"})
     description.nodes = [node for node in arm.nodes if node.name == "sim_robot"] + description.nodes
@@ -90,19 +113,31 @@ def tiny_world_models(folder: Path) -> dict[str, str]:
     """Small random RLA / RLA-WM / regression checkpoints for the sim encoder's 16x16x192 features."""
     import torch
 
-    from rla_wm.baselines import RegressionConfig, RegressionPredictor
-    from rla_wm.rla import RLAAutoencoder, RLAConfig
-    from rla_wm.world_model import RLAWorldModel, WorldModelConfig
+    from rla_wm.models.regression import RegressionConfig, RegressionModel
+    from rla_wm.models.rla import RLAAutoencoder, RLAConfig
+    from rla_wm.models.world_model import RLAWorldModel, WorldModelConfig
 
     torch.manual_seed(0)
     shared = dict(token_dim=192, num_tokens=256, encoder_id="builtin:dinov2-tiny-random@224")
     actions = dict(action_low=(20.0, 20.0), action_high=(492.0, 492.0), max_horizon=6)
     models = {
-        "rla_checkpoint": RLAAutoencoder(RLAConfig(latent_tokens=2, latent_dim=4, width=32, encoder_depth=1,
-                                                   decoder_depth=1, heads=2, **shared)),
-        "wm_checkpoint": RLAWorldModel(WorldModelConfig(latent_tokens=2, latent_dim=4, width=32, condition_depth=1,
-                                                        flow_depth=1, heads=2, latent_scale=1.0, **shared, **actions)),
-        "regression_checkpoint": RegressionPredictor(RegressionConfig(width=32, depth=1, heads=2, **shared, **actions)),
+        "rla_checkpoint": RLAAutoencoder(
+            RLAConfig(latent_tokens=2, latent_dim=4, width=32, encoder_depth=1, decoder_depth=1, heads=2, **shared)
+        ),
+        "wm_checkpoint": RLAWorldModel(
+            WorldModelConfig(
+                latent_tokens=2,
+                latent_dim=4,
+                width=32,
+                condition_depth=1,
+                flow_depth=1,
+                heads=2,
+                latent_scale=1.0,
+                **shared,
+                **actions,
+            )
+        ),
+        "regression_checkpoint": RegressionModel(RegressionConfig(width=32, depth=1, heads=2, **shared, **actions)),
     }
     paths = {}
     for key, model in models.items():
@@ -112,10 +147,25 @@ def tiny_world_models(folder: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("world_model", ["rla-wm", "regression"])
 def test_sim_planner_graph_runs_closed_loop_episodes(ros_domain, tmp_path, world_model):
-    overrides = {"max_episode_steps": "30", "seed": "2", "world_model": world_model, "mpc_rate": "2.0",
-                 "mpc_num_samples": "4", "mpc_iterations": "1", **tiny_world_models(tmp_path / "models")}
-    (result,), latency = run_launch_file("sim_planner.launch.xml", overrides, ros_domain, tmp_path, episodes=1,
-                                         model_topic="/planner/joint_trajectory", startup=150.0, timeout=90.0)
+    overrides = {
+        "max_episode_steps": "30",
+        "seed": "2",
+        "world_model": world_model,
+        "mpc_rate": "2.0",
+        "mpc_num_samples": "4",
+        "mpc_iterations": "1",
+        **tiny_world_models(tmp_path / "models"),
+    }
+    (result,), latency = run_launch_file(
+        "sim_planner.launch.xml",
+        overrides,
+        ros_domain,
+        tmp_path,
+        episodes=1,
+        model_topic="/planner/joint_trajectory",
+        startup=150.0,
+        timeout=90.0,
+    )
     assert result.steps == 30
     assert result.commands >= 2, "the gate forwarded too few planned chunks"
     assert latency["features_to_chunk"].size >= 2  # plans were made from the observed features
@@ -138,8 +188,13 @@ def test_sim_policy_graph_runs_on_the_simulators_clock(ros_domain, tmp_path):
 def test_latency_starts_at_the_stamp_on_wall_time_and_at_the_frames_arrival_on_sim_time():
     sim_stamp = 5_000_000_000  # 5 s of simulated time: meaningless against the wall clock
     wall = 1_700_000_000_000_000_000
-    log = LatencyLog(stamps_are_wall_time=False, frames={sim_stamp: wall}, features={sim_stamp: wall + 30_000_000},
-                     chunks={sim_stamp: wall + 40_000_000}, commands={sim_stamp: wall + 45_000_000})
+    log = LatencyLog(
+        stamps_are_wall_time=False,
+        frames={sim_stamp: wall},
+        features={sim_stamp: wall + 30_000_000},
+        chunks={sim_stamp: wall + 40_000_000},
+        commands={sim_stamp: wall + 45_000_000},
+    )
     stages = log.stage_seconds()
     assert stages["camera_to_features"] == pytest.approx([0.030])
     assert stages["camera_to_command"] == pytest.approx([0.045])

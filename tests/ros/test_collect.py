@@ -1,4 +1,5 @@
 """Sim-time collection through the real graph: the sim's /clock, then `collect` end to end into LeRobot datasets."""
+
 from __future__ import annotations
 
 import json
@@ -15,10 +16,11 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import JointState
 from std_srvs.srv import Trigger
 
-from conftest import config_file, wait_for
 from rla_wm_msgs.msg import EpisodeStatus
 from rla_wm_ros.conversions import stamp_to_nanoseconds
 from rla_wm_ros.launch_xml import NodeSpec
+
+from conftest import config_file, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 STEP_NS = 100_000_000
@@ -42,24 +44,35 @@ class Inbox:
 
 def test_sim_publishes_clock_stamps_with_it_runs_faster_than_real_time_and_pauses_when_done(ros_node, start_nodes):
     params = {"publish_clock": "true", "real_time_factor": "4.0", "max_episode_steps": "30", "seed": "2"}
-    graph = start_nodes(NodeSpec("rla_wm_ros", "sim_robot", name="sim_robot",
-                                 param_files=[config_file("sim_robot.yaml")], params=params))
+    graph = start_nodes(
+        NodeSpec(
+            "rla_wm_ros", "sim_robot", name="sim_robot", param_files=[config_file("sim_robot.yaml")], params=params
+        )
+    )
     reliable = QoSProfile(depth=1000, reliability=QoSReliabilityPolicy.RELIABLE)
     clocks, states, poses, statuses, goals = Inbox(), Inbox(), Inbox(), Inbox(), Inbox()
     ros_node.create_subscription(Clock, "/clock", clocks, reliable)
     ros_node.create_subscription(JointState, "joint_states", states, reliable)
     ros_node.create_subscription(PoseStamped, "sim/object_pose", poses, reliable)
     ros_node.create_subscription(EpisodeStatus, "episode_status", statuses, reliable)
-    ros_node.create_subscription(PoseStamped, "sim/goal_pose", goals, QoSProfile(
-        depth=1, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL))
+    ros_node.create_subscription(
+        PoseStamped,
+        "sim/goal_pose",
+        goals,
+        QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL),
+    )
     reset = ros_node.create_client(Trigger, "sim_robot/reset")
     wait_for(lambda: reset.wait_for_service(timeout_sec=0.1), 60, "the sim's reset service", graph)
     # Start a fresh episode with everything subscribed: its steps are counted from here.
     future = reset.call_async(Trigger.Request())
     wait_for(future.done, 10, "the reset", graph)
     episode = future.result().message
-    wait_for(lambda: any(s.done for s in statuses.snapshot()[-5:]) and len(clocks.snapshot()) > 20, 30,
-             "the 30-step episode to end", graph)
+    wait_for(
+        lambda: any(s.done for s in statuses.snapshot()[-5:]) and len(clocks.snapshot()) > 20,
+        30,
+        "the 30-step episode to end",
+        graph,
+    )
     time.sleep(0.5)  # paused: time must not move any more
 
     ticks = [stamp_to_nanoseconds(c.clock) for c in clocks.snapshot()]
@@ -71,8 +84,9 @@ def test_sim_publishes_clock_stamps_with_it_runs_faster_than_real_time_and_pause
     # The episode's steps took 30 x 0.1 s of sim time in about a quarter of that in wall time.
     done_at = stamp_to_nanoseconds(final.header.stamp)
     start_at = done_at - 30 * STEP_NS
-    in_episode = [a for c, a in zip(clocks.snapshot(), clocks.arrivals)
-                  if start_at <= stamp_to_nanoseconds(c.clock) <= done_at]
+    in_episode = [
+        a for c, a in zip(clocks.snapshot(), clocks.arrivals) if start_at <= stamp_to_nanoseconds(c.clock) <= done_at
+    ]
     wall = in_episode[-1] - in_episode[0]
     assert 0.3 < wall < 2.5, f"3 s of sim time took {wall:.2f} s at real_time_factor 4 ({episode})"
     # Paused once done: time stands still, the last frame is re-sent with its stamp.
@@ -85,7 +99,7 @@ def test_sim_publishes_clock_stamps_with_it_runs_faster_than_real_time_and_pause
     pose = poses.snapshot()[-1]
     assert stamp_to_nanoseconds(pose.header.stamp) == done_at
     assert 0 < pose.pose.position.x < 512 and 0 < pose.pose.position.y < 512
-    assert math.isclose(pose.pose.orientation.z ** 2 + pose.pose.orientation.w ** 2, 1.0, rel_tol=1e-6)
+    assert math.isclose(pose.pose.orientation.z**2 + pose.pose.orientation.w**2, 1.0, rel_tol=1e-6)
     wait_for(lambda: goals.snapshot(), 10, "the latched goal pose", graph)
     goal = goals.snapshot()[-1]
     yaw = 2 * math.atan2(goal.pose.orientation.z, goal.pose.orientation.w)
@@ -94,8 +108,12 @@ def test_sim_publishes_clock_stamps_with_it_runs_faster_than_real_time_and_pause
     # A reset resumes time.
     future = reset.call_async(Trigger.Request())
     wait_for(future.done, 10, "the second reset", graph)
-    wait_for(lambda: stamp_to_nanoseconds(clocks.snapshot()[-1].clock) > done_at + 5 * STEP_NS, 10,
-             "time to resume after the reset", graph)
+    wait_for(
+        lambda: stamp_to_nanoseconds(clocks.snapshot()[-1].clock) > done_at + 5 * STEP_NS,
+        10,
+        "time to resume after the reset",
+        graph,
+    )
 
 
 def run_collect(tmp_path, mode: str, episodes: int, steps: int) -> tuple[int, dict, object]:
@@ -105,9 +123,27 @@ def run_collect(tmp_path, mode: str, episodes: int, steps: int) -> tuple[int, di
 
     root = tmp_path / f"{mode}_dataset"
     output = tmp_path / f"{mode}_out"
-    code = main(["--mode", mode, "--episodes", str(episodes), "--max-episode-steps", str(steps),
-                 "--dataset-root", str(root), "--repo-id", f"test/{mode}", "--real-time-factor", "4.0",
-                 "--seed", "10", "--output", str(output), "--no-progress"])
+    code = main(
+        [
+            "--mode",
+            mode,
+            "--episodes",
+            str(episodes),
+            "--max-episode-steps",
+            str(steps),
+            "--dataset-root",
+            str(root),
+            "--repo-id",
+            f"test/{mode}",
+            "--real-time-factor",
+            "4.0",
+            "--seed",
+            "10",
+            "--output",
+            str(output),
+            "--no-progress",
+        ]
+    )
     summary = json.loads((output / "summary.json").read_text())
     logs = "\n".join(f"== {p.name}\n{p.read_text()[-3000:]}" for p in sorted((output / "logs").glob("*.log")))
     assert code == 0, f"{summary['failure']}\n{logs}"
@@ -138,7 +174,9 @@ def test_collect_expert_and_play_episodes_into_lerobot_datasets(ros_domain, tmp_
         np.testing.assert_allclose(dataset[start]["observation.state"].numpy(), states[0], rtol=1e-6)
         assert ((states >= 0) & (states <= 512)).all() and ((actions >= 0) & (actions <= 512)).all()
         # The action of frame t is the expert's target answering frame t: within its 40 px lead.
-        assert (np.linalg.norm(actions - states, axis=1) <= 40.0 + 1e-3).all(), np.c_[states, actions][np.linalg.norm(actions - states, axis=1) > 40]
+        assert (np.linalg.norm(actions - states, axis=1) <= 40.0 + 1e-3).all(), np.c_[states, actions][
+            np.linalg.norm(actions - states, axis=1) > 40
+        ]
         assert np.linalg.norm(actions - states, axis=1).max() > 1.0, "the expert never moved the agent"
         # Frames are captured on simulated time: whole 0.1 s steps apart (float64 in the parquet files;
         # the dataset's tensors are float32, too coarse for epoch seconds).

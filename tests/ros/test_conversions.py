@@ -1,4 +1,5 @@
 """FeatureMap / LatentAction / JointTrajectory conversions: round trips and shape checks."""
+
 import array
 import math
 
@@ -83,8 +84,12 @@ def test_trajectory_message_round_trip_keeps_every_field_and_refuses_impossible_
     msg = JointTrajectory(joint_names=["a", "b"])
     msg.header.stamp = Time(sec=-1, nanosec=5)
     msg.points = [
-        JointTrajectoryPoint(positions=[1.0, 2.0], velocities=[float("nan"), 0.0], effort=[3.0],
-                             time_from_start=Duration(sec=-2, nanosec=7)),
+        JointTrajectoryPoint(
+            positions=[1.0, 2.0],
+            velocities=[float("nan"), 0.0],
+            effort=[3.0],
+            time_from_start=Duration(sec=-2, nanosec=7),
+        ),
         JointTrajectoryPoint(positions=[1.5], accelerations=[1.0, 2.0], time_from_start=Duration(sec=1)),
     ]
     trajectory = msg_to_trajectory(msg)
@@ -108,11 +113,13 @@ def test_joint_positions_by_name_and_refusals():
 
     msg = JointState(name=["b", "a", "c"], position=[2.0, 1.0, 3.0])
     assert joint_positions(msg, ["a", "b"]).tolist() == [1.0, 2.0]
-    with pytest.raises(MessageShapeError, match="lacks joints"):
+    with pytest.raises(MessageShapeError, match=r"joints \['d'\] missing"):
         joint_positions(msg, ["a", "d"])
-    with pytest.raises(MessageShapeError, match="lacks joints"):
+    with pytest.raises(MessageShapeError, match="2 joint names but 1 values"):
         joint_positions(JointState(name=["a", "b"], position=[1.0]), ["a", "b"])  # fewer positions than names
-    with pytest.raises(MessageShapeError, match="non-finite"):
+    with pytest.raises(MessageShapeError, match="repeat"):
+        joint_positions(JointState(name=["a", "a"], position=[1.0, 2.0]), ["a"])
+    with pytest.raises(MessageShapeError, match="NaN or inf"):
         joint_positions(JointState(name=["a"], position=[float("nan")]), ["a"])
 
 

@@ -1,4 +1,5 @@
 """Image / CompressedImage <-> numpy conversion (cv_bridge-compatible) in rla_wm_ros.image_conversion."""
+
 from __future__ import annotations
 
 import sys
@@ -64,8 +65,9 @@ def colour_msg(bridge: CvBridge, encoding: str, pixels: list) -> Image:
 def smooth_bgr(height: int = 48, width: int = 64) -> np.ndarray:
     """A smooth gradient (JPEG-friendly) with distinct B, G and R planes."""
     y, x = np.mgrid[0:height, 0:width]
-    return np.stack([x * 255 // (width - 1), y * 255 // (height - 1), 255 - x * 255 // (width - 1)],
-                    axis=-1).astype(np.uint8)
+    return np.stack([x * 255 // (width - 1), y * 255 // (height - 1), 255 - x * 255 // (width - 1)], axis=-1).astype(
+        np.uint8
+    )
 
 
 # ------------------------------------------------------------------ raw round trips
@@ -88,18 +90,28 @@ def test_round_trip_every_encoding(bridge, encoding):
     np.testing.assert_array_equal(bridge.imgmsg_to_cv2(msg, desired_encoding=encoding), image)
 
 
-@pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16", "8UC1", "8UC3",
-                                      "16UC1", "32FC1"])
+@pytest.mark.parametrize(
+    "encoding", ["rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16", "8UC1", "8UC3", "16UC1", "32FC1"]
+)
 def test_required_encodings_are_supported(bridge, encoding):
     assert encoding in ENCODINGS
     image = random_image(encoding, seed=3)
     np.testing.assert_array_equal(bridge.imgmsg_to_cv2(bridge.cv2_to_imgmsg(image, encoding)), image)
 
 
-@pytest.mark.parametrize("dtype, channels, expected", [
-    (np.uint8, 1, "8UC1"), (np.uint8, 3, "8UC3"), (np.uint8, 4, "8UC4"), (np.uint16, 1, "16UC1"),
-    (np.int16, 1, "16SC1"), (np.int32, 1, "32SC1"), (np.float32, 1, "32FC1"), (np.float64, 3, "64FC3"),
-])
+@pytest.mark.parametrize(
+    "dtype, channels, expected",
+    [
+        (np.uint8, 1, "8UC1"),
+        (np.uint8, 3, "8UC3"),
+        (np.uint8, 4, "8UC4"),
+        (np.uint16, 1, "16UC1"),
+        (np.int16, 1, "16SC1"),
+        (np.int32, 1, "32SC1"),
+        (np.float32, 1, "32FC1"),
+        (np.float64, 3, "64FC3"),
+    ],
+)
 def test_passthrough_encoding_is_the_opencv_type_like_cv_bridge(bridge, dtype, channels, expected):
     shape = (3, 4) if channels == 1 else (3, 4, channels)
     image = np.arange(np.prod(shape)).reshape(shape).astype(dtype)
@@ -251,15 +263,18 @@ def test_generic_type_conversions_follow_cv_bridge(bridge):
     assert bridge.imgmsg_to_cv2(floats, "16UC1")[0].tolist() == [0, 3, 65535, 0]
 
 
-@pytest.mark.parametrize("source, desired", [
-    ("8UC3", "rgb8"),      # no channel order: colour would be a guess
-    ("32FC1", "mono8"),
-    ("16UC1", "mono16"),
-    ("rgb8", "8UC1"),      # colour -> generic needs the same channel count
-    ("mono8", "8UC3"),
-    ("8UC1", "8UC3"),
-    ("bayer_rggb8", "rgb8"),
-])
+@pytest.mark.parametrize(
+    "source, desired",
+    [
+        ("8UC3", "rgb8"),  # no channel order: colour would be a guess
+        ("32FC1", "mono8"),
+        ("16UC1", "mono16"),
+        ("rgb8", "8UC1"),  # colour -> generic needs the same channel count
+        ("mono8", "8UC3"),
+        ("8UC1", "8UC3"),
+        ("bayer_rggb8", "rgb8"),
+    ],
+)
 def test_impossible_conversions_raise(bridge, source, desired):
     msg = bridge.cv2_to_imgmsg(random_image(source), encoding=source)
     with pytest.raises(CvBridgeError, match=f"{source}.*{desired}"):
@@ -305,28 +320,34 @@ def test_empty_image_raises(bridge, height, width):
         bridge.cv2_to_imgmsg(np.zeros((height, width), dtype=np.uint8), encoding="mono8")
 
 
-@pytest.mark.parametrize("array, encoding", [
-    (np.zeros((4, 5, 3), dtype=np.float32), "rgb8"),
-    (np.zeros((4, 5), dtype=np.uint8), "rgb8"),
-    (np.zeros((4, 5, 3), dtype=np.uint16), "bgr8"),
-    (np.zeros((4, 5, 4), dtype=np.uint8), "bgr8"),
-    (np.zeros((4, 5), dtype=np.float64), "32FC1"),
-    (np.zeros((4, 5), dtype=np.int16), "mono16"),
-    (np.zeros((4, 5), dtype=np.uint8), "16UC1"),
-])
+@pytest.mark.parametrize(
+    "array, encoding",
+    [
+        (np.zeros((4, 5, 3), dtype=np.float32), "rgb8"),
+        (np.zeros((4, 5), dtype=np.uint8), "rgb8"),
+        (np.zeros((4, 5, 3), dtype=np.uint16), "bgr8"),
+        (np.zeros((4, 5, 4), dtype=np.uint8), "bgr8"),
+        (np.zeros((4, 5), dtype=np.float64), "32FC1"),
+        (np.zeros((4, 5), dtype=np.int16), "mono16"),
+        (np.zeros((4, 5), dtype=np.uint8), "16UC1"),
+    ],
+)
 def test_wrong_dtype_or_channels_for_encoding_raises(bridge, array, encoding):
     with pytest.raises(CvBridgeError, match=f"encoding specified as {encoding}.*but the image has dtype {array.dtype}"):
         bridge.cv2_to_imgmsg(array, encoding=encoding)
 
 
-@pytest.mark.parametrize("bad", [
-    np.zeros((2, 2), dtype=np.int64),
-    np.zeros((2, 2), dtype=bool),
-    np.zeros((2, 2, 5), dtype=np.uint8),
-    np.zeros((2, 2, 3, 1), dtype=np.uint8),
-    np.zeros(4, dtype=np.uint8),
-    [[1, 2], [3, 4]],
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros((2, 2), dtype=np.int64),
+        np.zeros((2, 2), dtype=bool),
+        np.zeros((2, 2, 5), dtype=np.uint8),
+        np.zeros((2, 2, 3, 1), dtype=np.uint8),
+        np.zeros(4, dtype=np.uint8),
+        [[1, 2], [3, 4]],
+    ],
+)
 def test_unrepresentable_arrays_raise(bridge, bad):
     with pytest.raises(CvBridgeError):
         bridge.cv2_to_imgmsg(bad)
@@ -403,11 +424,9 @@ def test_png_round_trip_is_exact(bridge, codec):
 
 def test_png_variants_round_trip(bridge, codec):
     mono = random_image("mono8", 6, 9)
-    np.testing.assert_array_equal(
-        bridge.compressed_imgmsg_to_cv2(bridge.cv2_to_compressed_imgmsg(mono, "png")), mono)
+    np.testing.assert_array_equal(bridge.compressed_imgmsg_to_cv2(bridge.cv2_to_compressed_imgmsg(mono, "png")), mono)
     bgra = random_image("bgra8", 6, 9)
-    np.testing.assert_array_equal(
-        bridge.compressed_imgmsg_to_cv2(bridge.cv2_to_compressed_imgmsg(bgra, "png")), bgra)
+    np.testing.assert_array_equal(bridge.compressed_imgmsg_to_cv2(bridge.cv2_to_compressed_imgmsg(bgra, "png")), bgra)
     depth = random_image("mono16", 6, 9)
     back = bridge.compressed_imgmsg_to_cv2(bridge.cv2_to_compressed_imgmsg(depth, "png"))
     assert back.dtype == np.uint16
@@ -458,8 +477,9 @@ def _compressed(data: bytes, fmt: str = "jpeg") -> CompressedImage:
     return msg
 
 
-@pytest.mark.parametrize("kind", ["garbage", "empty", "truncated_jpg", "truncated_png", "png_without_iend",
-                                  "bad_header"])
+@pytest.mark.parametrize(
+    "kind", ["garbage", "empty", "truncated_jpg", "truncated_png", "png_without_iend", "bad_header"]
+)
 def test_corrupt_compressed_data_raises(bridge, codec, kind):
     jpg = bytes(bridge.cv2_to_compressed_imgmsg(smooth_bgr(), "jpg").data)
     png = bytes(bridge.cv2_to_compressed_imgmsg(smooth_bgr(), "png").data)
@@ -477,13 +497,16 @@ def test_corrupt_compressed_data_raises(bridge, codec, kind):
         image_msg_to_rgb(_compressed(data))
 
 
-@pytest.mark.parametrize("array, fmt", [
-    (np.zeros((4, 4, 3), dtype=np.float32), "jpg"),
-    (np.zeros((4, 4), dtype=np.uint16), "jpg"),
-    (np.zeros((4, 4, 2), dtype=np.uint8), "png"),
-    (np.zeros((0, 4, 3), dtype=np.uint8), "png"),
-    (np.zeros((4, 4, 3), dtype=np.uint8), "gif"),
-])
+@pytest.mark.parametrize(
+    "array, fmt",
+    [
+        (np.zeros((4, 4, 3), dtype=np.float32), "jpg"),
+        (np.zeros((4, 4), dtype=np.uint16), "jpg"),
+        (np.zeros((4, 4, 2), dtype=np.uint8), "png"),
+        (np.zeros((0, 4, 3), dtype=np.uint8), "png"),
+        (np.zeros((4, 4, 3), dtype=np.uint8), "gif"),
+    ],
+)
 def test_bad_compression_input_raises(bridge, array, fmt):
     with pytest.raises(CvBridgeError):
         bridge.cv2_to_compressed_imgmsg(array, dst_format=fmt)

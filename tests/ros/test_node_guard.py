@@ -1,4 +1,5 @@
 """NodeGuard: an exception in any callback is a counted, logged rejection, and the node keeps spinning."""
+
 from __future__ import annotations
 
 import time
@@ -147,11 +148,14 @@ def test_the_node_survives_a_raising_timer_that_would_otherwise_end_spin(node):
 
 
 def test_diagnostics_carry_the_nodes_health_and_the_counts(node):
-    guard = NodeGuard(node, "test", period=0, hardware_id="hw",
-                      health=lambda: Health("all good", values={"frames": 3}))
+    guard = NodeGuard(node, "test", period=0, hardware_id="hw", health=lambda: Health("all good", values={"frames": 3}))
     status = guard.status()
     assert (status.name, status.hardware_id, status.level, status.message) == (
-        "guarded: test", "hw", DiagnosticStatus.OK, "all good")
+        "guarded: test",
+        "hw",
+        DiagnosticStatus.OK,
+        "all good",
+    )
     values = {kv.key: kv.value for kv in status.values}
     assert values["frames"] == "3" and values["rejected_inputs"] == "0" and rejection_counts(status) == {}
 

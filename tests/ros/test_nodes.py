@@ -1,4 +1,5 @@
 """Each node in its own process, talking to the test over real rclpy + Fast DDS."""
+
 from __future__ import annotations
 
 import time
@@ -12,14 +13,14 @@ from sensor_msgs.msg import Image, JointState
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from conftest import Inbox, config_file, wait_for
 from rla_wm_msgs.msg import EpisodeStatus, FeatureMap
 from rla_wm_ros.conversions import Chunk, chunk_to_msg, msg_to_features, stamp_to_nanoseconds
 from rla_wm_ros.image_conversion import CvBridge
 from rla_wm_ros.launch_xml import NodeSpec
 
-pytestmark = pytest.mark.timeout(120)
+from conftest import Inbox, config_file, wait_for
 
+pytestmark = pytest.mark.timeout(120)
 
 
 def image_msg(value: int, stamp: Time, height: int = 96, width: int = 96) -> Image:
@@ -90,8 +91,12 @@ def test_encoder_counts_malformed_images_on_diagnostics_and_keeps_encoding(ros_n
     ros_node.create_subscription(FeatureMap, "features", features, 10)
     ros_node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics, 10)
     camera = ros_node.create_publisher(Image, "camera/image_raw", qos_profile_sensor_data)
-    wait_for(lambda: camera.get_subscription_count() > 0 and encoder_status(diagnostics), 60,
-             "the encoder to subscribe and report", graph)
+    wait_for(
+        lambda: camera.get_subscription_count() > 0 and encoder_status(diagnostics),
+        60,
+        "the encoder to subscribe and report",
+        graph,
+    )
 
     def raw(encoding: str, height: int, width: int, step: int, data: bytes) -> Image:
         msg = Image(encoding=encoding, height=height, width=width, step=step, data=data)
@@ -106,7 +111,10 @@ def test_encoder_counts_malformed_images_on_diagnostics_and_keeps_encoding(ros_n
     ]
     for count, msg in enumerate(malformed, start=1):
         msg.header.stamp = Time(sec=99)
-        counted = lambda count=count: encoder_status(diagnostics).get("rejected/on_image/bad_image") == str(count)
+
+        def counted(count: int = count) -> bool:
+            return encoder_status(diagnostics).get("rejected/on_image/bad_image") == str(count)
+
         deadline = time.monotonic() + 20
         while not counted():
             assert time.monotonic() < deadline, f"image {count} was not counted\n{graph.tail_logs(30)}"
@@ -115,7 +123,10 @@ def test_encoder_counts_malformed_images_on_diagnostics_and_keeps_encoding(ros_n
             while not counted() and time.monotonic() < retry:
                 time.sleep(0.05)
     values = encoder_status(diagnostics)
-    assert values["frames_rejected"] == values["rejected_inputs"] == str(len(malformed)) and values["frames_encoded"] == "0"
+    assert (
+        values["frames_rejected"] == values["rejected_inputs"] == str(len(malformed))
+        and values["frames_encoded"] == "0"
+    )
     assert graph.alive() == {"encoder": True}
     deadline = time.monotonic() + 30
     while not features.snapshot():
@@ -150,8 +161,15 @@ def test_encoder_drops_a_backlog_instead_of_queueing_it(ros_node, start_nodes):
 
 
 def test_sim_robot_executes_trajectory_and_resets(ros_node, start_nodes):
-    graph = start_nodes(NodeSpec("rla_wm_ros", "sim_robot", name="sim_robot",
-                                 param_files=[config_file("sim_robot.yaml")], params={"seed": "3"}))
+    graph = start_nodes(
+        NodeSpec(
+            "rla_wm_ros",
+            "sim_robot",
+            name="sim_robot",
+            param_files=[config_file("sim_robot.yaml")],
+            params={"seed": "3"},
+        )
+    )
     states, images, statuses = Inbox(), Inbox(), Inbox()
     ros_node.create_subscription(JointState, "joint_states", states, 10)
     ros_node.create_subscription(Image, "camera/image_raw", images, qos_profile_sensor_data)
@@ -173,8 +191,11 @@ def test_sim_robot_executes_trajectory_and_resets(ros_node, start_nodes):
         assert time.monotonic() < deadline, f"agent did not reach {target}:\n{graph.tail_logs(20)}"
         current = np.array(states.snapshot()[-1].position)
         steps = np.linspace(current, target, 6)[1:]
-        commands.publish(chunk_to_msg(Chunk(("agent_x", "agent_y"), steps, np.linspace(0.2, 1.0, 5),
-                                            ros_node.get_clock().now().to_msg())))
+        commands.publish(
+            chunk_to_msg(
+                Chunk(("agent_x", "agent_y"), steps, np.linspace(0.2, 1.0, 5), ros_node.get_clock().now().to_msg())
+            )
+        )
         time.sleep(0.5)
 
     reset = ros_node.create_client(Trigger, "sim_robot/reset")
@@ -188,8 +209,15 @@ def test_sim_robot_follows_jtc_rules_and_survives_bad_commands(ros_node, start_n
     """Commands sent straight to the sim (no gate): an empty trajectory is refused and the running one
     continues, as on joint_trajectory_controller; NaN targets are refused by the drive, and the node
     lives on."""
-    graph = start_nodes(NodeSpec("rla_wm_ros", "sim_robot", name="sim_robot",
-                                 param_files=[config_file("sim_robot.yaml")], params={"seed": "3"}))
+    graph = start_nodes(
+        NodeSpec(
+            "rla_wm_ros",
+            "sim_robot",
+            name="sim_robot",
+            param_files=[config_file("sim_robot.yaml")],
+            params={"seed": "3"},
+        )
+    )
     states = Inbox()
     ros_node.create_subscription(JointState, "joint_states", states, 10)
     commands = ros_node.create_publisher(JointTrajectory, "joint_trajectory", 10)
@@ -201,8 +229,12 @@ def test_sim_robot_follows_jtc_rules_and_survives_bad_commands(ros_node, start_n
     commands.publish(chunk_to_msg(Chunk(("agent_x", "agent_y"), target[None, :], np.array([3.0]), Time())))
     time.sleep(0.3)
     commands.publish(JointTrajectory(joint_names=["agent_x", "agent_y"]))
-    wait_for(lambda: abs(states.snapshot()[-1].position[0] - target[0]) < 10.0, 10,
-             "the move to continue past the empty trajectory", graph)
+    wait_for(
+        lambda: abs(states.snapshot()[-1].position[0] - target[0]) < 10.0,
+        10,
+        "the move to continue past the empty trajectory",
+        graph,
+    )
     nan = chunk_to_msg(Chunk(("agent_x", "agent_y"), np.array([[float("nan"), 100.0]]), np.array([0.2]), Time()))
     for _ in range(3):
         commands.publish(nan)
@@ -215,15 +247,21 @@ def test_sim_robot_follows_jtc_rules_and_survives_bad_commands(ros_node, start_n
 
 
 def test_encoder_publishes_latent_actions_between_frame_t_minus_h_and_t(ros_node, start_nodes, tmp_path):
-    from rla_wm.rla import RLAAutoencoder, RLAConfig
+    from rla_wm.models.rla import RLAAutoencoder, RLAConfig
     from rla_wm_msgs.msg import LatentAction
     from rla_wm_ros.conversions import msg_to_latent
 
     config = RLAConfig(latent_tokens=4, latent_dim=6, width=32, encoder_depth=1, decoder_depth=1, heads=2)
     RLAAutoencoder(config).save(tmp_path / "rla")
-    graph = start_nodes(NodeSpec("rla_wm_ros", "encoder", name="encoder", param_files=[config_file("encoder.yaml")],
-                                 params={"rla_checkpoint": str(tmp_path / "rla"), "rla_horizon": "2",
-                                         "rla_fps": "10.0"}))
+    graph = start_nodes(
+        NodeSpec(
+            "rla_wm_ros",
+            "encoder",
+            name="encoder",
+            param_files=[config_file("encoder.yaml")],
+            params={"rla_checkpoint": str(tmp_path / "rla"), "rla_horizon": "2", "rla_fps": "10.0"},
+        )
+    )
     latents = Inbox()
     ros_node.create_subscription(LatentAction, "latent_action", latents, 10)
     camera = ros_node.create_publisher(Image, "camera/image_raw", qos_profile_sensor_data)

@@ -4,6 +4,7 @@ MPC chunks stamped with the observation, and refusal of a world model from anoth
 Models are tiny and randomly initialised (created in the test's tmp dir); the encoder runs at
 112 px (8x8 tokens) so each test takes seconds.
 """
+
 from __future__ import annotations
 
 import threading
@@ -18,14 +19,15 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32, Header
 from trajectory_msgs.msg import JointTrajectory
 
-from conftest import Inbox, config_file, wait_for
-from rla_wm.baselines import RegressionConfig, RegressionPredictor
-from rla_wm.rla import RLAAutoencoder, RLAConfig
-from rla_wm.world_model import RLAWorldModel, WorldModelConfig
+from rla_wm.models.regression import RegressionConfig, RegressionModel
+from rla_wm.models.rla import RLAAutoencoder, RLAConfig
+from rla_wm.models.world_model import RLAWorldModel, WorldModelConfig
 from rla_wm_msgs.action import PlanToGoal
 from rla_wm_msgs.msg import FeatureMap
 from rla_wm_ros.conversions import features_to_msg, msg_to_chunk, stamp_to_nanoseconds
 from rla_wm_ros.launch_xml import NodeSpec
+
+from conftest import Inbox, config_file, wait_for
 from test_nodes import image_msg
 
 pytestmark = pytest.mark.timeout(150)
@@ -41,11 +43,23 @@ def make_checkpoints(folder, encoder_id: str = ENCODER_ID) -> dict[str, str]:
     torch.manual_seed(0)
     shared = dict(token_dim=CHANNELS, num_tokens=SIDE * SIDE, encoder_id=encoder_id)
     actions = dict(action_low=(LOW, LOW), action_high=(HIGH, HIGH), max_horizon=6)
-    autoencoder = RLAAutoencoder(RLAConfig(latent_tokens=2, latent_dim=4, width=32, encoder_depth=1, decoder_depth=1,
-                                           heads=2, **shared))
-    world_model = RLAWorldModel(WorldModelConfig(latent_tokens=2, latent_dim=4, width=32, condition_depth=1,
-                                                 flow_depth=1, heads=2, latent_scale=1.0, **shared, **actions))
-    regression = RegressionPredictor(RegressionConfig(width=32, depth=1, heads=2, **shared, **actions))
+    autoencoder = RLAAutoencoder(
+        RLAConfig(latent_tokens=2, latent_dim=4, width=32, encoder_depth=1, decoder_depth=1, heads=2, **shared)
+    )
+    world_model = RLAWorldModel(
+        WorldModelConfig(
+            latent_tokens=2,
+            latent_dim=4,
+            width=32,
+            condition_depth=1,
+            flow_depth=1,
+            heads=2,
+            latent_scale=1.0,
+            **shared,
+            **actions,
+        )
+    )
+    regression = RegressionModel(RegressionConfig(width=32, depth=1, heads=2, **shared, **actions))
     with torch.no_grad():  # zero-initialised outputs would make every plan cost the same
         for layer in (autoencoder.decoder.output, world_model.velocity, regression.output):
             layer.weight.normal_(0, 0.05)
@@ -57,9 +71,19 @@ def make_checkpoints(folder, encoder_id: str = ENCODER_ID) -> dict[str, str]:
 
 
 def planner_spec(checkpoints: dict[str, str], **params: str) -> NodeSpec:
-    values = {"resolution": str(RESOLUTION), "chunk_length": str(CHUNK), "horizon": "2", "num_samples": "8",
-              "iterations": "2", "elites": "4", "euler_steps": "2", "time_budget": "0.0",
-              "max_delta": str(MAX_DELTA), **checkpoints, **params}
+    values = {
+        "resolution": str(RESOLUTION),
+        "chunk_length": str(CHUNK),
+        "horizon": "2",
+        "num_samples": "8",
+        "iterations": "2",
+        "elites": "4",
+        "euler_steps": "2",
+        "time_budget": "0.0",
+        "max_delta": str(MAX_DELTA),
+        **checkpoints,
+        **params,
+    }
     return NodeSpec("rla_wm_ros", "planner", name="planner", param_files=[config_file("planner.yaml")], params=values)
 
 
@@ -87,9 +111,13 @@ class Observations:
             self.sent.append(stamp_to_nanoseconds(now))
             time.sleep(0.1)
 
-    def start(self, graph) -> "Observations":
-        wait_for(lambda: self.features.get_subscription_count() > 0 and self.states.get_subscription_count() > 0,
-                 60, "the planner to subscribe", graph)
+    def start(self, graph) -> Observations:
+        wait_for(
+            lambda: self.features.get_subscription_count() > 0 and self.states.get_subscription_count() > 0,
+            60,
+            "the planner to subscribe",
+            graph,
+        )
         self.thread.start()
         time.sleep(0.5)  # a few fresh observations before the first goal
         return self
@@ -106,8 +134,12 @@ def wait_future(future, timeout: float, what: str, graph):
 
 def send_goal(client, goal: PlanToGoal.Goal, graph, feedback: list | None = None):
     assert client.wait_for_server(timeout_sec=60), graph.tail_logs(30)
-    handle = wait_future(client.send_goal_async(goal, feedback_callback=feedback.append if feedback is not None
-                                                else None), 30, "the goal to be accepted", graph)
+    handle = wait_future(
+        client.send_goal_async(goal, feedback_callback=feedback.append if feedback is not None else None),
+        30,
+        "the goal to be accepted",
+        graph,
+    )
     assert handle.accepted, graph.tail_logs(30)
     return handle
 
@@ -156,15 +188,17 @@ def test_plan_to_goal_gives_feedback_and_a_bounded_plan_and_executes_it(ros_node
         bad.goal_image.encoding = "32FC1"
         response = wait_future(send_goal(client, bad, graph).get_result_async(), 30, "the abort", graph)
         assert response.status == GoalStatus.STATUS_ABORTED and "goal image" in response.result.message
-        response = wait_future(send_goal(client, goal_msg(iterations=10**6), graph).get_result_async(), 30,
-                               "the abort", graph)
+        response = wait_future(
+            send_goal(client, goal_msg(iterations=10**6), graph).get_result_async(), 30, "the abort", graph
+        )
         assert response.status == GoalStatus.STATUS_ABORTED and "iterations" in response.result.message
 
         # Feature maps from another encoder: refused.
         observations.encoder_id = "facebook/dinov2-small@224"
         time.sleep(0.5)
-        response = wait_future(send_goal(client, goal_msg(execute=True), graph).get_result_async(), 30,
-                               "the abort", graph)
+        response = wait_future(
+            send_goal(client, goal_msg(execute=True), graph).get_result_async(), 30, "the abort", graph
+        )
         assert response.status == GoalStatus.STATUS_ABORTED and "encoder" in response.result.message
         time.sleep(0.3)
         assert chunks.snapshot() == []
@@ -202,8 +236,15 @@ def test_cancel_stops_planning_between_iterations(ros_node, start_nodes, tmp_pat
 
 
 def test_mpc_publishes_chunks_stamped_with_the_observation(ros_node, start_nodes, tmp_path):
-    graph = start_nodes(planner_spec(make_checkpoints(tmp_path), world_model="regression", mpc_rate="5.0",
-                                     mpc_num_samples="8", mpc_iterations="2"))
+    graph = start_nodes(
+        planner_spec(
+            make_checkpoints(tmp_path),
+            world_model="regression",
+            mpc_rate="5.0",
+            mpc_num_samples="8",
+            mpc_iterations="2",
+        )
+    )
     chunks, costs = Inbox(), Inbox()
     ros_node.create_subscription(JointTrajectory, "planner/joint_trajectory", chunks, 10)
     ros_node.create_subscription(Float32, "planner/predicted_cost", costs, 10)
@@ -272,8 +313,9 @@ def test_feature_maps_of_another_grid_are_refused_counted_and_never_planned_from
     observations.start(graph)
     try:
         wait_for(lambda: grid_rejections() >= 3, 30, "the planner to count refused feature maps", graph)
-        response = wait_future(send_goal(client, goal_msg(execute=True), graph).get_result_async(), 30,
-                               "the abort", graph)
+        response = wait_future(
+            send_goal(client, goal_msg(execute=True), graph).get_result_async(), 30, "the abort", graph
+        )
         assert response.status == GoalStatus.STATUS_ABORTED and "grid" in response.result.message
         assert chunks.snapshot() == []
         observations.grid = (SIDE, SIDE, CHANNELS)

@@ -1,5 +1,6 @@
 """The policy node over real DDS: chunks anchored to the observation stamp, no seam jumps, one act per
 observation; feature maps it cannot take refused and counted, never fatal; a NaN checkpoint refused at start-up."""
+
 from __future__ import annotations
 
 import threading
@@ -14,10 +15,11 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Header
 from trajectory_msgs.msg import JointTrajectory
 
-from conftest import Inbox, config_file, wait_for
 from rla_wm_msgs.msg import FeatureMap
 from rla_wm_ros.conversions import features_to_msg, msg_to_chunk, stamp_to_nanoseconds, stamp_to_seconds
 from rla_wm_ros.launch_xml import NodeSpec
+
+from conftest import Inbox, config_file, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -26,18 +28,32 @@ ENCODER_ID = "builtin:dinov2-tiny-random@224"
 
 def test_policy_chunks_are_stamped_blended_and_one_per_observation(ros_node, start_nodes):
     blend_time = 0.3
-    graph = start_nodes(NodeSpec(
-        "rla_wm_ros", "policy", name="policy", param_files=[config_file("policy.yaml")],
-        # The still robot follows no chunk; blending into unfollowed chunks is switched off here (it is
-        # tested in test_chunking), so every seam must blend.
-        params={"rate": "20.0", "blend_time": str(blend_time), "min_lead_time": "0.05", "follow_tolerance_steps": "0.0"},
-    ))
+    graph = start_nodes(
+        NodeSpec(
+            "rla_wm_ros",
+            "policy",
+            name="policy",
+            param_files=[config_file("policy.yaml")],
+            # The still robot follows no chunk; blending into unfollowed chunks is switched off here (it is
+            # tested in test_chunking), so every seam must blend.
+            params={
+                "rate": "20.0",
+                "blend_time": str(blend_time),
+                "min_lead_time": "0.05",
+                "follow_tolerance_steps": "0.0",
+            },
+        )
+    )
     chunks = Inbox()
     ros_node.create_subscription(JointTrajectory, "policy/joint_trajectory", chunks, 10)
     features_pub = ros_node.create_publisher(FeatureMap, "features", 10)
     state_pub = ros_node.create_publisher(JointState, "joint_states", 10)
-    wait_for(lambda: features_pub.get_subscription_count() > 0 and state_pub.get_subscription_count() > 0,
-             60, "the policy to subscribe", graph)
+    wait_for(
+        lambda: features_pub.get_subscription_count() > 0 and state_pub.get_subscription_count() > 0,
+        60,
+        "the policy to subscribe",
+        graph,
+    )
 
     def check_seams(messages: list[JointTrajectory]) -> int:
         """Assert every seam is continuous; return how many seams there were (a new chunk starting
@@ -65,7 +81,9 @@ def test_policy_chunks_are_stamped_blended_and_one_per_observation(ros_node, sta
         state.header.stamp = now
         state_pub.publish(state)
         header = Header(stamp=now, frame_id="camera")
-        features_pub.publish(features_to_msg(rng.normal(size=(256, 192)).astype(np.float32), 16, 16, ENCODER_ID, header))
+        features_pub.publish(
+            features_to_msg(rng.normal(size=(256, 192)).astype(np.float32), 16, 16, ENCODER_ID, header)
+        )
         sent_stamps.add(stamp_to_nanoseconds(now))
         time.sleep(0.25)  # slower than the node's 20 Hz: each observation must be acted on once
     received = chunks.snapshot()
@@ -104,15 +122,26 @@ def rejections_by_reason(diagnostics: Inbox) -> Counter:
 def test_policy_refuses_feature_maps_it_cannot_take_counts_them_and_keeps_acting(ros_node, start_nodes):
     """Grids the model does not take (even 8x32 with the right token count) and a NaN payload: no command,
     no dead node, counted on /diagnostics; a valid map afterwards is acted on."""
-    graph = start_nodes(NodeSpec("rla_wm_ros", "policy", name="policy", param_files=[config_file("policy.yaml")],
-                                 params={"checkpoint": "builtin:sim-pusht-policy"}))
+    graph = start_nodes(
+        NodeSpec(
+            "rla_wm_ros",
+            "policy",
+            name="policy",
+            param_files=[config_file("policy.yaml")],
+            params={"checkpoint": "builtin:sim-pusht-policy"},
+        )
+    )
     chunks, diagnostics = Inbox(), Inbox()
     ros_node.create_subscription(JointTrajectory, "policy/joint_trajectory", chunks, 10)
     ros_node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics, 10)
     features_pub = ros_node.create_publisher(FeatureMap, "features", 10)
     state_pub = ros_node.create_publisher(JointState, "joint_states", 10)
-    wait_for(lambda: features_pub.get_subscription_count() > 0 and state_pub.get_subscription_count() > 0,
-             60, "the policy to subscribe", graph)
+    wait_for(
+        lambda: features_pub.get_subscription_count() > 0 and state_pub.get_subscription_count() > 0,
+        60,
+        "the policy to subscribe",
+        graph,
+    )
     rng = np.random.default_rng(0)
 
     def feature_map(height: int, width: int, channels: int, sec: int) -> FeatureMap:
@@ -140,15 +169,23 @@ def test_policy_refuses_feature_maps_it_cannot_take_counts_them_and_keeps_acting
     try:
         with_nan = feature_map(16, 16, 192, 104)
         with_nan.data[1000] = float("nan")
-        bad = [(feature_map(8, 8, 192, 100), "grid_mismatch"), (feature_map(16, 16, 384, 101), "grid_mismatch"),
-               (feature_map(1, 1, 1, 102), "grid_mismatch"), (feature_map(8, 32, 192, 103), "grid_mismatch"),
-               (with_nan, "malformed_features")]
+        bad = [
+            (feature_map(8, 8, 192, 100), "grid_mismatch"),
+            (feature_map(16, 16, 384, 101), "grid_mismatch"),
+            (feature_map(1, 1, 1, 102), "grid_mismatch"),
+            (feature_map(8, 32, 192, 103), "grid_mismatch"),
+            (with_nan, "malformed_features"),
+        ]
         expected: Counter = Counter()
         for msg, reason in bad:
             expected[reason] += 1
             features_pub.publish(msg)  # one at a time: the subscription keeps only the newest map
-            wait_for(lambda: rejections_by_reason(diagnostics)[reason] >= expected[reason], 15,
-                     f"the policy to count a {msg.grid_height}x{msg.grid_width}x{msg.channels} map as {reason}", graph)
+            wait_for(
+                lambda: rejections_by_reason(diagnostics)[reason] >= expected[reason],
+                15,
+                f"the policy to count a {msg.grid_height}x{msg.grid_width}x{msg.channels} map as {reason}",
+                graph,
+            )
         counts = rejections_by_reason(diagnostics)
         assert counts["grid_mismatch"] == 4 and counts["malformed_features"] == 1, counts
         status = policy_status(diagnostics)
@@ -162,8 +199,15 @@ def test_policy_refuses_feature_maps_it_cannot_take_counts_them_and_keeps_acting
         deadline = time.monotonic() + 30
         while not chunks.snapshot():
             assert time.monotonic() < deadline, graph.tail_logs(30)
-            features_pub.publish(features_to_msg(rng.normal(size=(256, 192)).astype(np.float32), 16, 16, ENCODER_ID,
-                                                 Header(stamp=ros_node.get_clock().now().to_msg())))
+            features_pub.publish(
+                features_to_msg(
+                    rng.normal(size=(256, 192)).astype(np.float32),
+                    16,
+                    16,
+                    ENCODER_ID,
+                    Header(stamp=ros_node.get_clock().now().to_msg()),
+                )
+            )
             time.sleep(0.5)
         assert all(msg.header.stamp.sec >= 1000 for msg in chunks.snapshot())  # none from a refused map (sec < 200)
         assert rejections_by_reason(diagnostics)["grid_mismatch"] == 4
@@ -179,15 +223,22 @@ def test_policy_refuses_to_start_with_non_finite_weights(start_nodes, tmp_path):
     import torch
     from safetensors.torch import load_file, save_file
 
-    from rla_wm.policy import WAMConfig, WorldActionModel
+    from rla_wm.models.policy import Policy, PolicyConfig
 
-    WorldActionModel(WAMConfig(width=32, depth=1, heads=2)).save(tmp_path / "nan_policy")
+    Policy(PolicyConfig(width=32, depth=1, heads=2)).save(tmp_path / "nan_policy")
     weights = tmp_path / "nan_policy" / "model.safetensors"
     state = load_file(str(weights))
     state["action_out.1.weight"] = torch.full_like(state["action_out.1.weight"], math.nan)
     save_file(state, str(weights))
-    graph = start_nodes(NodeSpec("rla_wm_ros", "policy", name="policy", param_files=[config_file("policy.yaml")],
-                                 params={"checkpoint": str(tmp_path / "nan_policy")}))
+    graph = start_nodes(
+        NodeSpec(
+            "rla_wm_ros",
+            "policy",
+            name="policy",
+            param_files=[config_file("policy.yaml")],
+            params={"checkpoint": str(tmp_path / "nan_policy")},
+        )
+    )
     wait_for(lambda: not graph.alive()["policy"], 60, "the policy to refuse to start")
     assert graph.returncodes()["policy"] != 0
     logs = graph.tail_logs(40)

@@ -5,6 +5,7 @@ JointTrajectory at 10 Hz. Stamps lie on an exact 1/30 s grid of the probe's cloc
 value encodes its grid index k, so a recorded frame can be traced back to the messages it
 came from. The datasets are then read back with LeRobot itself.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,11 +24,12 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from conftest import Inbox, config_file, wait_for
 from rla_wm_msgs.msg import RecorderStatus
 from rla_wm_msgs.srv import StartEpisode
 from rla_wm_ros.image_conversion import CvBridge
 from rla_wm_ros.launch_xml import NodeSpec
+
+from conftest import Inbox, config_file, wait_for
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -61,18 +63,19 @@ def seconds(stamp: Time) -> float:
     return stamp.sec + stamp.nanosec * 1e-9
 
 
-
 class Feeder:
     """Publishes stamped, k-encoded camera frames, joint states and commands from a thread."""
 
-    def __init__(self, node, cameras=CAMERAS, compressed: bool = False, action: bool = True,
-                 clock_from: float | None = None) -> None:
+    def __init__(
+        self, node, cameras=CAMERAS, compressed: bool = False, action: bool = True, clock_from: float | None = None
+    ) -> None:
         self.node = node
         self.bridge = CvBridge()
         self.compressed = compressed
         image_type = CompressedImage if compressed else Image
-        self.cameras = {name: node.create_publisher(image_type, topic, qos_profile_sensor_data)
-                        for name, topic in cameras.items()}
+        self.cameras = {
+            name: node.create_publisher(image_type, topic, qos_profile_sensor_data) for name, topic in cameras.items()
+        }
         self.state = node.create_publisher(JointState, "robot/joint_states", 10)
         self.action = node.create_publisher(JointTrajectory, "teleop/joint_trajectory", 10) if action else None
         self.clock_pub = None
@@ -159,8 +162,9 @@ def recorder_spec(root: Path, **params) -> NodeSpec:
         "action_tolerance": "0.05",  # 10 Hz commands
     }
     values.update({key: str(value) for key, value in params.items()})
-    return NodeSpec("rla_wm_ros", "recorder", name="recorder", param_files=[config_file("recorder.yaml")],
-                    params=values)
+    return NodeSpec(
+        "rla_wm_ros", "recorder", name="recorder", param_files=[config_file("recorder.yaml")], params=values
+    )
 
 
 class Recorder:
@@ -176,8 +180,12 @@ class Recorder:
         for client in (self.start_client, self.stop_client, self.discard_client):
             wait_for(lambda c=client: c.service_is_ready(), 60, f"service {client.srv_name}", graph)
         # Every stream flowing: the recorder reports no stale stream (needs DDS discovery done).
-        wait_for(lambda: self.last() is not None and self.last().stale_streams == [] and
-                 len(self.last().message) > 0, 30, "the recorder to see every stream", graph)
+        wait_for(
+            lambda: self.last() is not None and self.last().stale_streams == [] and len(self.last().message) > 0,
+            30,
+            "the recorder to see every stream",
+            graph,
+        )
 
     def last(self) -> RecorderStatus | None:
         return self.status.last()
@@ -201,8 +209,12 @@ class Recorder:
         return self.call(self.discard_client, Trigger.Request())
 
     def wait_frames(self, n: int, timeout: float = 20.0) -> None:
-        wait_for(lambda: self.last().recording and self.last().frames_recorded >= n, timeout,
-                 f"{n} recorded frames", self.graph)
+        wait_for(
+            lambda: self.last().recording and self.last().frames_recorded >= n,
+            timeout,
+            f"{n} recorded frames",
+            self.graph,
+        )
 
 
 def counts(message: str) -> tuple[int, int]:
@@ -255,8 +267,11 @@ def test_records_episodes_through_services_and_lerobot_loads_them(ros_node, star
     assert "created dataset" in idle.message
 
     # Wrong-state requests are refused with a reason, and change nothing.
-    for answer, reason in ((rec.stop(), "not recording"), (rec.discard(), "not recording"),
-                           (rec.start("  "), "non-empty")):
+    for answer, reason in (
+        (rec.stop(), "not recording"),
+        (rec.discard(), "not recording"),
+        (rec.start("  "), "non-empty"),
+    ):
         assert not answer.success and reason in answer.message
 
     answers = {}
@@ -393,8 +408,9 @@ def test_stale_camera_nan_and_wrong_size_skip_frames_never_fill_them(ros_node, s
     off = feed.k
     wait_for(lambda: "observation.images.wrist" in rec.last().stale_streams, 5, "the stale wrist camera", graph)
     frames_before, skipped_before = rec.last().frames_recorded, rec.last().frames_skipped
-    wait_for(lambda: rec.last().frames_skipped >= skipped_before + 6, 5, "frames skipped while the camera is off",
-             graph)
+    wait_for(
+        lambda: rec.last().frames_skipped >= skipped_before + 6, 5, "frames skipped while the camera is off", graph
+    )
     assert rec.last().frames_recorded == frames_before  # no frame without the wrist camera
     assert rec.last().stale_streams == ["observation.images.wrist"] and rec.last().recording
     feed.camera_on["wrist"] = True
@@ -428,11 +444,19 @@ def test_action_free_compressed_flagged_sim_time_and_save_on_shutdown(ros_node, 
     cameras = {"front": "cam/front/image_raw/compressed"}
     # use_sim_time with a simulator that publishes /clock only later: the recorder must work
     # before (status, frames) and after.
-    graph = start_nodes(recorder_spec(
-        root, action_topic='""', compressed="true", use_videos="false", stale_policy="flag",
-        save_on_shutdown="true", use_sim_time="true",
-        camera_topics=f"[{cameras['front']}]", camera_names="[front]",
-    ))
+    graph = start_nodes(
+        recorder_spec(
+            root,
+            action_topic='""',
+            compressed="true",
+            use_videos="false",
+            stale_policy="flag",
+            save_on_shutdown="true",
+            use_sim_time="true",
+            camera_topics=f"[{cameras['front']}]",
+            camera_names="[front]",
+        )
+    )
     feed = feeder(cameras=cameras, compressed=True, action=False, clock_from=12.0)
     rec = Recorder(ros_node, graph)
     assert rec.last().stale_streams == []

@@ -1,5 +1,6 @@
 """The safety gate process over real DDS: what leaves it is exactly a vetted copy or a hold, the
 e-stop engages from any publisher, and a seeded fuzz stream never puts the controller out of limits."""
+
 from __future__ import annotations
 
 import itertools
@@ -16,13 +17,14 @@ from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from conftest import Inbox, config_file, wait_for
 from rla_wm.control.jtc import jtc_rejection
 from rla_wm.control.limits import load_limits
 from rla_wm_ros.conversions import Chunk, chunk_to_msg, msg_to_trajectory
 from rla_wm_ros.gate_fuzz import run_gate_fuzz
 from rla_wm_ros.image_conversion import CvBridge
 from rla_wm_ros.launch_xml import NodeSpec
+
+from conftest import Inbox, config_file, wait_for
 from test_nodes import call, image_msg
 
 pytestmark = pytest.mark.timeout(180)
@@ -30,8 +32,13 @@ NAMES = ("agent_x", "agent_y")
 
 
 def gate_spec(**params: str) -> NodeSpec:
-    return NodeSpec("rla_wm_ros", "safety_gate", name="safety_gate", param_files=[config_file("safety_gate.yaml")],
-                    params={"limits_file": config_file("pusht_limits.yaml"), **params})
+    return NodeSpec(
+        "rla_wm_ros",
+        "safety_gate",
+        name="safety_gate",
+        param_files=[config_file("safety_gate.yaml")],
+        params={"limits_file": config_file("pusht_limits.yaml"), **params},
+    )
 
 
 def positions(msg: JointTrajectory) -> np.ndarray:
@@ -47,8 +54,9 @@ class GateHarness:
         self.out = Inbox()
         self.arrivals = Inbox()  # time.monotonic() of each output, for latency figures
         node.create_subscription(JointTrajectory, "joint_trajectory", self._on_output, 10)
-        self.camera = node.create_publisher(CompressedImage if compressed else Image, "camera/image_raw",
-                                            qos_profile_sensor_data)
+        self.camera = node.create_publisher(
+            CompressedImage if compressed else Image, "camera/image_raw", qos_profile_sensor_data
+        )
         self.state = node.create_publisher(JointState, "joint_states", 10)
         self.model = node.create_publisher(JointTrajectory, "policy/joint_trajectory", 10)
         self.position = np.array([200.0, 300.0])
@@ -59,8 +67,12 @@ class GateHarness:
         self._thread.start()
         self.diagnostics = Inbox()
         node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics, 10)
-        wait_for(lambda: self.model.get_subscription_count() > 0 and self.camera.get_subscription_count() > 0,
-                 60, "the gate to subscribe", graph)
+        wait_for(
+            lambda: self.model.get_subscription_count() > 0 and self.camera.get_subscription_count() > 0,
+            60,
+            "the gate to subscribe",
+            graph,
+        )
         wait_for(self.gate_sees_inputs, 20, "the gate to report fresh camera and state", graph)
         # DDS may drop the first samples while both ends of the model topic finish
         # matching: send valid chunks until the gate has accepted one.
@@ -139,7 +151,7 @@ class GateHarness:
 def copies_of(sent: JointTrajectory, out: list[JointTrajectory]) -> list[JointTrajectory]:
     """Outputs whose points are the tail of `sent`'s points (the gate's copy of it)."""
     tail = positions(sent)
-    return [m for m in out if m.points and np.array_equal(tail[len(tail) - len(m.points):], positions(m))]
+    return [m for m in out if m.points and np.array_equal(tail[len(tail) - len(m.points) :], positions(m))]
 
 
 def holds(out: list[JointTrajectory], sent: JointTrajectory | None = None) -> list[JointTrajectory]:
@@ -176,9 +188,9 @@ def test_the_message_leaving_the_gate_is_the_vetted_copy_and_never_the_original(
     assert sent.header.stamp.sec == 0 and sent.header.stamp.nanosec == 0  # the controller starts it on receipt
     assert list(sent.joint_names) == list(NAMES)
     assert all(not p.velocities and not p.accelerations and not p.effort for p in sent.points)
-    assert positions(sent).tolist() == positions(good)[len(positions(good)) - len(sent.points):].tolist()
+    assert positions(sent).tolist() == positions(good)[len(positions(good)) - len(sent.points) :].tolist()
     # Re-timed from the moment the gate vetted it: each point at most its original offset from the stamp.
-    original = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in good.points][-len(sent.points):]
+    original = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in good.points][-len(sent.points) :]
     retimed = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in sent.points]
     assert all(0 < r <= o for r, o in zip(retimed, original)) and np.all(np.diff(retimed) > 0)
 
@@ -238,8 +250,9 @@ def test_gate_estop_latches_until_reset(gate, ros_node):
 ESTOP_PUBLISHERS = {
     "ros2 topic pub (reliable, volatile)": QoSProfile(depth=10),
     "best effort": QoSProfile(depth=1, reliability=QoSReliabilityPolicy.BEST_EFFORT),
-    "latched": QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
-                          durability=QoSDurabilityPolicy.TRANSIENT_LOCAL),
+    "latched": QoSProfile(
+        depth=1, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL
+    ),
 }
 
 
@@ -282,8 +295,9 @@ def test_gate_dry_run_sends_nothing(ros_node, start_nodes):
 
 
 def test_gate_refuses_to_start_without_limits(start_nodes):
-    graph = start_nodes(NodeSpec("rla_wm_ros", "safety_gate", name="safety_gate",
-                                 param_files=[config_file("safety_gate.yaml")]))
+    graph = start_nodes(
+        NodeSpec("rla_wm_ros", "safety_gate", name="safety_gate", param_files=[config_file("safety_gate.yaml")])
+    )
     wait_for(lambda: not graph.alive()["safety_gate"], 30, "the gate to exit")
     assert graph.returncodes()["safety_gate"] != 0
     assert "limits_file is required" in graph.tail_logs(40)

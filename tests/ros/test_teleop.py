@@ -1,4 +1,5 @@
 """Teleop node in its own process over real rclpy + Fast DDS: joy and expert sources, keyboard refusal."""
+
 from __future__ import annotations
 
 import threading
@@ -10,21 +11,26 @@ from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import JointState, Joy
 from trajectory_msgs.msg import JointTrajectory
 
-from conftest import Inbox, config_file, wait_for
-from rla_wm.expert import PushTExpert
-from rla_wm.sim import GOAL_POSE
+from rla_wm.envs.pusht.expert import PushTExpert
+from rla_wm.envs.pusht.sim import GOAL_POSE
 from rla_wm_ros.conversions import msg_to_chunk, stamp_to_nanoseconds
 from rla_wm_ros.launch_xml import NodeSpec
+
+from conftest import Inbox, config_file, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
 START = np.array([200.0, 300.0])
 
 
-
 def teleop_spec(source: str, **params: str) -> NodeSpec:
-    return NodeSpec("rla_wm_ros", "teleop", name="teleop", param_files=[config_file("teleop.yaml")],
-                    params={"source": source, "limits_file": config_file("pusht_limits.yaml"), **params})
+    return NodeSpec(
+        "rla_wm_ros",
+        "teleop",
+        name="teleop",
+        param_files=[config_file("teleop.yaml")],
+        params={"source": source, "limits_file": config_file("pusht_limits.yaml"), **params},
+    )
 
 
 def state_msg(position: np.ndarray, stamp) -> JointState:
@@ -50,8 +56,12 @@ class JoyHarness:
         self._stop = False
         self._thread = threading.Thread(target=self._feed, daemon=True)
         self._thread.start()
-        wait_for(lambda: self.joy_pub.get_subscription_count() > 0 and self.state.get_subscription_count() > 0,
-                 60, "the teleop node to subscribe", graph)
+        wait_for(
+            lambda: self.joy_pub.get_subscription_count() > 0 and self.state.get_subscription_count() > 0,
+            60,
+            "the teleop node to subscribe",
+            graph,
+        )
         wait_for(lambda: len(self.out.snapshot()) > 2, 20, "teleop commands", graph)
 
     def _feed(self) -> None:
@@ -122,8 +132,12 @@ def test_expert_source_answers_each_object_pose_with_the_experts_target(ros_node
     ros_node.create_subscription(JointTrajectory, "teleop/joint_trajectory", out, 10)
     poses = ros_node.create_publisher(PoseStamped, "sim/object_pose", 10)
     states = ros_node.create_publisher(JointState, "joint_states", 10)
-    wait_for(lambda: poses.get_subscription_count() > 0 and states.get_subscription_count() > 0, 60,
-             "the teleop node to subscribe", graph)
+    wait_for(
+        lambda: poses.get_subscription_count() > 0 and states.get_subscription_count() > 0,
+        60,
+        "the teleop node to subscribe",
+        graph,
+    )
     block = np.array([320.0, 260.0, 0.3])
     agent = np.array([120.0, 400.0])
     expected = PushTExpert(max_lead=40.0).act(agent, block, np.asarray(GOAL_POSE))
@@ -180,8 +194,12 @@ def test_non_finite_poses_and_malformed_states_are_counted_never_acted_on(ros_no
     ros_node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics, 10)
     poses = ros_node.create_publisher(PoseStamped, "sim/object_pose", 10)
     states = ros_node.create_publisher(JointState, "joint_states", 10)
-    wait_for(lambda: poses.get_subscription_count() > 0 and states.get_subscription_count() > 0, 60,
-             "the teleop node to subscribe", graph)
+    wait_for(
+        lambda: poses.get_subscription_count() > 0 and states.get_subscription_count() > 0,
+        60,
+        "the teleop node to subscribe",
+        graph,
+    )
 
     def counts() -> dict[str, int]:
         for array in reversed(diagnostics.snapshot()):

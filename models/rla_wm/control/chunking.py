@@ -10,6 +10,7 @@ at the new chunk's first kept point the command equals where the previous chunk
 would have been, and the weight of the new chunk ramps linearly to 1 over
 `blend_time` seconds. Points beyond the previous chunk's end are the new chunk's own.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -36,8 +37,14 @@ class ChunkScheduler:
         """Forget the previous chunk (after a hold, a reset, or an e-stop): no blending into it."""
         self._previous = None
 
-    def schedule(self, times: np.ndarray, positions: np.ndarray, now: float,
-                 measured: np.ndarray | None = None, tolerance: np.ndarray | None = None) -> ScheduledChunk | None:
+    def schedule(
+        self,
+        times: np.ndarray,
+        positions: np.ndarray,
+        now: float,
+        measured: np.ndarray | None = None,
+        tolerance: np.ndarray | None = None,
+    ) -> ScheduledChunk | None:
         """Absolute `times` (T,) and `positions` (T, J) -> the points to publish at `now`; None if none is left.
 
         With `measured` (J,) and `tolerance` (J,): if the robot is further than `tolerance` from
@@ -73,8 +80,9 @@ class ChunkScheduler:
         if measured.shape != previous.positions.shape[1:] or not np.isfinite(measured).all():
             return False
         # Before its first point the robot is still heading there; after its last it holds that target.
-        expected = np.array([np.interp(now, previous.times, previous.positions[:, j])
-                             for j in range(previous.positions.shape[1])])
+        expected = np.array(
+            [np.interp(now, previous.times, previous.positions[:, j]) for j in range(previous.positions.shape[1])]
+        )
         return bool((np.abs(measured - expected) <= np.asarray(tolerance, dtype=np.float64)).all())
 
     def _blend(self, times: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -85,8 +93,9 @@ class ChunkScheduler:
         covered = (times >= previous.times[0]) & (times <= previous.times[-1])
         if not covered.any():
             return positions
-        old = np.stack([np.interp(times, previous.times, previous.positions[:, j])
-                        for j in range(positions.shape[1])], axis=1)
+        old = np.stack(
+            [np.interp(times, previous.times, previous.positions[:, j]) for j in range(positions.shape[1])], axis=1
+        )
         weight = np.clip((times - times[0]) / self.blend_time, 0.0, 1.0)
         weight = np.where(covered, weight, 1.0)[:, None]
         return weight * positions + (1.0 - weight) * old

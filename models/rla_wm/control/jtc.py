@@ -19,10 +19,11 @@ so the controller's rules live here once and both the gate and the simulated rob
 Times are integer nanoseconds on the ROS clock, as in the messages: float seconds at epoch scale
 resolve only ~0.2 us.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -50,8 +51,12 @@ class Trajectory:
 
     @classmethod
     def from_arrays(
-        cls, joint_names: Sequence[str], positions: np.ndarray, times_from_start_ns: Sequence[int], stamp_ns: int = 0,
-    ) -> "Trajectory":
+        cls,
+        joint_names: Sequence[str],
+        positions: np.ndarray,
+        times_from_start_ns: Sequence[int] | np.ndarray,
+        stamp_ns: int = 0,
+    ) -> Trajectory:
         """Position-only trajectory: positions (T, J) at integer-nanosecond times."""
         points = tuple(
             TrajectoryPoint(positions=tuple(float(v) for v in row), time_from_start_ns=int(t))
@@ -152,8 +157,13 @@ class JtcExecution:
 
 
 def execution_violations(
-    execution: JtcExecution, lower: np.ndarray, upper: np.ndarray, max_velocity: np.ndarray,
-    reference: np.ndarray | None = None, max_step: float | None = None, tolerance: float = 1e-9,
+    execution: JtcExecution,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    max_velocity: np.ndarray,
+    reference: np.ndarray | None = None,
+    max_step: float | None = None,
+    tolerance: float = 1e-9,
 ) -> list[str]:
     """Every way the executed command leaves the limits: a commanded position outside [lower, upper] or
     further than `max_step` from `reference`, or a segment (the one from the start state included)

@@ -24,14 +24,16 @@ default to 0 as the URDF spec says; ``velocity`` must be given and positive). ``
 The YAML is read strictly: a duplicated key anywhere, non-numeric, NaN or infinite values,
 unknown keys and non-mapping content are refused with a ValueError that names the file.
 """
+
 from __future__ import annotations
 
 import math
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import yaml
@@ -195,10 +197,17 @@ def urdf_joints(xml_text: str | bytes, source: str = "URDF") -> list[UrdfJoint]:
                 upper = _attr_number(limit, "upper", f"{where} <limit>")
                 lower = 0.0 if lower is None else lower
                 upper = 0.0 if upper is None else upper
-        joints.append(UrdfJoint(
-            name=name, type=kind, has_limit=limit is not None, lower=lower, upper=upper, velocity=velocity,
-            mimic=None if mimic is None else (mimic.get("joint") or "?"),
-        ))
+        joints.append(
+            UrdfJoint(
+                name=name,
+                type=kind,
+                has_limit=limit is not None,
+                lower=lower,
+                upper=upper,
+                velocity=velocity,
+                mimic=None if mimic is None else (mimic.get("joint") or "?"),
+            )
+        )
     return joints
 
 
@@ -238,8 +247,9 @@ def limits_from_urdf(
     if joints is None:
         names = candidates
         if not names:
-            raise ValueError(f"{source} has no movable, non-mimic joint to govern (joints: "
-                             f"{[(j.name, j.type) for j in parsed]})")
+            raise ValueError(
+                f"{source} has no movable, non-mimic joint to govern (joints: {[(j.name, j.type) for j in parsed]})"
+            )
     else:
         names = list(joints)
         if not names:
@@ -249,14 +259,20 @@ def limits_from_urdf(
                 raise ValueError(f"{overrides_source}: controlled_joints entries must be joint names, got {name!r}")
             joint = by_name.get(name)
             if joint is None:
-                raise ValueError(f"{overrides_source}: controlled joint {name!r} is not in {source}; "
-                                 f"its movable joints are {candidates}")
+                raise ValueError(
+                    f"{overrides_source}: controlled joint {name!r} is not in {source}; "
+                    f"its movable joints are {candidates}"
+                )
             if not joint.movable:
-                raise ValueError(f"{overrides_source}: controlled joint {name!r} is a {joint.type} joint in {source}; "
-                                 f"only {'/'.join(MOVABLE_TYPES)} joints can be governed")
+                raise ValueError(
+                    f"{overrides_source}: controlled joint {name!r} is a {joint.type} joint in {source}; "
+                    f"only {'/'.join(MOVABLE_TYPES)} joints can be governed"
+                )
             if joint.mimic is not None:
-                raise ValueError(f"{overrides_source}: controlled joint {name!r} mimics {joint.mimic!r} in {source}; "
-                                 "govern the joint it follows instead")
+                raise ValueError(
+                    f"{overrides_source}: controlled joint {name!r} mimics {joint.mimic!r} in {source}; "
+                    "govern the joint it follows instead"
+                )
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"{overrides_source}: controlled_joints lists {duplicates} more than once")
@@ -266,11 +282,14 @@ def limits_from_urdf(
         if not isinstance(name, str):
             raise ValueError(f"{overrides_source}: joint names must be strings, got {name!r}")
         if name not in by_name:
-            raise ValueError(f"{overrides_source}: joints.{name} is not a joint of {source}; "
-                             f"its movable joints are {candidates}")
+            raise ValueError(
+                f"{overrides_source}: joints.{name} is not a joint of {source}; its movable joints are {candidates}"
+            )
         if name not in names:
-            raise ValueError(f"{overrides_source}: joints.{name} is not a governed joint (governed: {names}); "
-                             "add it to controlled_joints or remove the entry")
+            raise ValueError(
+                f"{overrides_source}: joints.{name} is not a governed joint (governed: {names}); "
+                "add it to controlled_joints or remove the entry"
+            )
 
     lower, upper, velocity = [], [], []
     for name in names:
@@ -287,23 +306,30 @@ def limits_from_urdf(
             if "lower" not in entry or "upper" not in entry:
                 raise ValueError(
                     f"{where} is continuous (no position limit): give joints.{name}.lower and upper in "
-                    f"{overrides_source}, or leave it out of controlled_joints")
+                    f"{overrides_source}, or leave it out of controlled_joints"
+                )
             low, high = entry["lower"], entry["upper"]
         else:
             assert joint.lower is not None and joint.upper is not None
             if joint.lower > joint.upper:
                 raise ValueError(f"{where} has lower {joint.lower:g} above upper {joint.upper:g}")
             if "lower" in entry and entry["lower"] < joint.lower:
-                raise ValueError(f"{overrides_source}: joints.{name}.lower {entry['lower']:g} would loosen the "
-                                 f"URDF lower limit {joint.lower:g} (entries may only tighten)")
+                raise ValueError(
+                    f"{overrides_source}: joints.{name}.lower {entry['lower']:g} would loosen the "
+                    f"URDF lower limit {joint.lower:g} (entries may only tighten)"
+                )
             if "upper" in entry and entry["upper"] > joint.upper:
-                raise ValueError(f"{overrides_source}: joints.{name}.upper {entry['upper']:g} would loosen the "
-                                 f"URDF upper limit {joint.upper:g} (entries may only tighten)")
+                raise ValueError(
+                    f"{overrides_source}: joints.{name}.upper {entry['upper']:g} would loosen the "
+                    f"URDF upper limit {joint.upper:g} (entries may only tighten)"
+                )
             low = max(joint.lower, entry.get("lower", -math.inf))
             high = min(joint.upper, entry.get("upper", math.inf))
         if "max_velocity" in entry and entry["max_velocity"] > joint.velocity:
-            raise ValueError(f"{overrides_source}: joints.{name}.max_velocity {entry['max_velocity']:g} would loosen "
-                             f"the URDF velocity limit {joint.velocity:g} (entries may only tighten)")
+            raise ValueError(
+                f"{overrides_source}: joints.{name}.max_velocity {entry['max_velocity']:g} would loosen "
+                f"the URDF velocity limit {joint.velocity:g} (entries may only tighten)"
+            )
         speed = min(joint.velocity, entry.get("max_velocity", math.inf))
         if low > high:
             raise ValueError(f"{overrides_source}: joint {name!r} ends up with lower {low:g} above upper {high:g}")
@@ -317,8 +343,10 @@ def limits_from_urdf(
 
 def _limits_from_yaml_only(joints: Any, where: str) -> JointLimits:
     if joints is None:
-        raise ValueError(f"{where}: needs `joints` (every governed joint with {', '.join(JOINT_KEYS)}), "
-                         "or a URDF (`urdf:` or the robot_description parameter)")
+        raise ValueError(
+            f"{where}: needs `joints` (every governed joint with {', '.join(JOINT_KEYS)}), "
+            "or a URDF (`urdf:` or the robot_description parameter)"
+        )
     if not isinstance(joints, Mapping):
         raise ValueError(f"{where}: `joints` must be a mapping of joint name -> limits, got {joints!r}")
     if not joints:
@@ -349,16 +377,20 @@ def load_limits(limits_file: str | os.PathLike[str], robot_description: str = ""
     for a missing file) that says which file and which key.
     """
     if not limits_file:
-        raise ValueError("limits_file is required: the gate never runs without joint limits "
-                         "(it gives max_step; the joints come from it or from a URDF)")
+        raise ValueError(
+            "limits_file is required: the gate never runs without joint limits "
+            "(it gives max_step; the joints come from it or from a URDF)"
+        )
     file = Path(limits_file)
     if not file.is_file():
         raise FileNotFoundError(f"limits_file {limits_file} does not exist")
     where = str(file)
     content = load_strict_yaml(file)
     if not isinstance(content, Mapping):
-        raise ValueError(f"{where}: must be a YAML mapping with {', '.join(TOP_LEVEL_KEYS)}, got "
-                         f"{type(content).__name__} {content!r}")
+        raise ValueError(
+            f"{where}: must be a YAML mapping with {', '.join(TOP_LEVEL_KEYS)}, got "
+            f"{type(content).__name__} {content!r}"
+        )
     unknown = [key for key in content if key not in TOP_LEVEL_KEYS]
     if unknown:
         raise ValueError(f"{where}: unknown keys {unknown}; allowed: {list(TOP_LEVEL_KEYS)}")
@@ -390,8 +422,10 @@ def load_limits(limits_file: str | os.PathLike[str], robot_description: str = ""
         urdf_text, source = description, "robot_description"
     else:
         if "controlled_joints" in content:
-            raise ValueError(f"{where}: controlled_joints selects URDF joints, but there is no URDF (`urdf:` or "
-                             "robot_description); without one the keys of `joints` are the governed joints")
+            raise ValueError(
+                f"{where}: controlled_joints selects URDF joints, but there is no URDF (`urdf:` or "
+                "robot_description); without one the keys of `joints` are the governed joints"
+            )
         return _limits_from_yaml_only(joints, where), max_step
     if joints is not None and not isinstance(joints, Mapping):
         raise ValueError(f"{where}: `joints` must be a mapping of joint name -> limits, got {joints!r}")

@@ -4,15 +4,17 @@ A command chunk is accepted whole or rejected whole: clamping a learned chunk ch
 so the robot holds instead and the reason is reported. What is forwarded is a copy the gate builds
 from the vetted points (see `vet_trajectory`), never the model's message itself.
 """
+
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from rla_wm.control.joints import select_joints
 from rla_wm.control.jtc import NANOSECONDS, JtcExecution, Trajectory
 
 
@@ -42,7 +44,7 @@ class JointLimits:
             raise ValueError(f"max_velocity must be positive, got {self.max_velocity}")
 
     @classmethod
-    def from_mapping(cls, joints: Mapping[str, Mapping[str, float]]) -> "JointLimits":
+    def from_mapping(cls, joints: Mapping[str, Mapping[str, float]]) -> JointLimits:
         """Build from {"joint": {"lower": .., "upper": .., "max_velocity": ..}, ...} (the YAML layout)."""
         names = tuple(joints)
         try:
@@ -279,9 +281,16 @@ class SafetyGate:
     """
 
     def __init__(
-        self, limits: JointLimits, max_step: float, camera_timeout: float, state_timeout: float,
-        command_timeout: float, delivery_margin: float = 0.02, dry_run: bool = False,
-        tracking_tolerance: float | None = None, clock: Callable[[], float] = time.monotonic,
+        self,
+        limits: JointLimits,
+        max_step: float,
+        camera_timeout: float,
+        state_timeout: float,
+        command_timeout: float,
+        delivery_margin: float = 0.02,
+        dry_run: bool = False,
+        tracking_tolerance: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not (max_step > 0 and math.isfinite(max_step)):
             raise ValueError(f"max_step must be positive and finite, got {max_step}")
@@ -307,15 +316,12 @@ class SafetyGate:
         self.watchdog.feed(CAMERA, age)
 
     def on_state(self, names: Sequence[str], positions: Sequence[float], age: float = 0.0) -> None:
-        """Record the measured joint positions (ignored, so they go stale, if incomplete or non-finite)."""
-        names = list(names)
+        """Record the measured joint positions (ignored, so they go stale, if ragged, incomplete or non-finite)."""
         try:
-            current = np.array([positions[names.index(n)] for n in self.limits.names], dtype=np.float64)
-        except (ValueError, IndexError, TypeError):
+            self.current = select_joints(names, positions, self.limits.names)
+        except (ValueError, TypeError):
             return
-        if np.isfinite(current).all():
-            self.current = current
-            self.watchdog.feed(STATE, age)
+        self.watchdog.feed(STATE, age)
 
     def tracked_plan(self, now_ns: int) -> JtcExecution | None:
         """The gate's model of the controller's command, while the robot follows it. A measured state
@@ -345,7 +351,12 @@ class SafetyGate:
         if stale:
             return self.reject(f"stale inputs: {', '.join(stale)}", now_ns)
         vetting = vet_trajectory(
-            trajectory, self.limits, self.max_step, self.current, now_ns, self.delivery_margin_ns,
+            trajectory,
+            self.limits,
+            self.max_step,
+            self.current,
+            now_ns,
+            self.delivery_margin_ns,
             self.tracked_plan(now_ns),
         )
         if not vetting.verdict.ok or vetting.command is None:
@@ -391,7 +402,10 @@ class SafetyGate:
         if self.dry_run:
             return
         start = self.commanded(now_ns)
-        self.plan = JtcExecution(command, self.limits.names, now_ns, start if start is not None else self.current)
+        # Only vetted commands are sent, and vetting refuses any without a measured state; with one,
+        # `commanded` is never None.
+        assert start is not None, "a command was sent with no known joint position"
+        self.plan = JtcExecution(command, self.limits.names, now_ns, start)
 
     def _hold(self, reason: str, now_ns: int, force: bool = False) -> Decision:
         # A rejected command is answered with a hold every time, so a robot still executing an older

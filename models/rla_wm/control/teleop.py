@@ -10,16 +10,17 @@ The teleop node is a thin shell over these pieces:
 - `VelocityIntegrator`: velocity -> a moving target that never runs away from the
   measured position (a blocked robot does not wind up a far target) and stays inside
   the joint limits, and the short trajectory chunk to send.
-- `PlaySource`: seeded random "play" over `rla_wm.pusht_dataset.RandomWalkPolicy`.
+- `PlaySource`: seeded random "play" over `rla_wm.envs.pusht.dataset.RandomWalkPolicy`.
 
 Directions are in the Push-T image frame: +x right, +y down (w / up arrow = -y).
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Sequence
 
 import numpy as np
 
@@ -27,10 +28,30 @@ import numpy as np
 UP, DOWN, LEFT, RIGHT = "up", "down", "left", "right"
 FASTER, SLOWER, HOLD, QUIT = "faster", "slower", "hold", "quit"
 
-_ESCAPES = {b"\x1b[A": UP, b"\x1b[B": DOWN, b"\x1b[C": RIGHT, b"\x1b[D": LEFT,
-            b"\x1bOA": UP, b"\x1bOB": DOWN, b"\x1bOC": RIGHT, b"\x1bOD": LEFT}
-_CHARACTERS = {"w": UP, "s": DOWN, "a": LEFT, "d": RIGHT, "+": FASTER, "=": FASTER, "-": SLOWER, "_": SLOWER,
-               " ": HOLD, "q": QUIT, "\x03": QUIT, "\x04": QUIT}
+_ESCAPES = {
+    b"\x1b[A": UP,
+    b"\x1b[B": DOWN,
+    b"\x1b[C": RIGHT,
+    b"\x1b[D": LEFT,
+    b"\x1bOA": UP,
+    b"\x1bOB": DOWN,
+    b"\x1bOC": RIGHT,
+    b"\x1bOD": LEFT,
+}
+_CHARACTERS = {
+    "w": UP,
+    "s": DOWN,
+    "a": LEFT,
+    "d": RIGHT,
+    "+": FASTER,
+    "=": FASTER,
+    "-": SLOWER,
+    "_": SLOWER,
+    " ": HOLD,
+    "q": QUIT,
+    "\x03": QUIT,
+    "\x04": QUIT,
+}
 DIRECTIONS = {UP: (0.0, -1.0), DOWN: (0.0, 1.0), LEFT: (-1.0, 0.0), RIGHT: (1.0, 0.0)}
 
 
@@ -65,8 +86,14 @@ def parse_keys(data: bytes) -> list[str]:
 class KeyboardTeleop:
     """Key presses -> velocity (units/s). Holding two directions (alternating repeats) moves diagonally."""
 
-    def __init__(self, speed: float = 100.0, speed_factor: float = 1.25, min_speed: float = 5.0,
-                 max_speed: float = 400.0, key_timeout: float = 0.3) -> None:
+    def __init__(
+        self,
+        speed: float = 100.0,
+        speed_factor: float = 1.25,
+        min_speed: float = 5.0,
+        max_speed: float = 400.0,
+        key_timeout: float = 0.3,
+    ) -> None:
         if not (0 < min_speed <= speed <= max_speed) or speed_factor <= 1.0 or key_timeout <= 0:
             raise ValueError("need 0 < min_speed <= speed <= max_speed, speed_factor > 1 and key_timeout > 0")
         self.speed = speed
@@ -208,7 +235,7 @@ class PlaySource:
     """Random "play" for action-free data: `RandomWalkPolicy`, seeded, fed with positions only."""
 
     def __init__(self, seed: int = 0) -> None:
-        from rla_wm.pusht_dataset import RandomWalkPolicy
+        from rla_wm.envs.pusht.dataset import RandomWalkPolicy
 
         self.walker = RandomWalkPolicy()
         self.rng = np.random.default_rng(seed)

@@ -1,4 +1,5 @@
 """A simulated robot's joint_trajectory_controller: follows JointTrajectory commands by JTC's rules."""
+
 from __future__ import annotations
 
 import numpy as np

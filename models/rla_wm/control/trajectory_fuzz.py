@@ -5,9 +5,10 @@ the kinds of message an outside tester found dangerous: non-finite or absurd vel
 accelerations and effort; first points a few nanoseconds ahead of a zero stamp; past points outside
 the limits; unordered or negative times; negative or far-off stamps; ragged sizes; wrong joints.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -25,10 +26,16 @@ def _near_valid(rng: np.random.Generator, limits: JointLimits, current: np.ndarr
     speed = limits.max_velocity * rng.uniform(0.0, 1.2)
     steps = rng.uniform(-1, 1, size=(count, len(limits.names))) * speed * spacing[:, None]
     positions = current + np.cumsum(steps, axis=0)
-    stamp = int(rng.choice([0, now_ns - int(rng.uniform(0, 0.2) * NANOSECONDS), now_ns + int(rng.uniform(0, 0.05) * NANOSECONDS)]))
+    stamp = int(
+        rng.choice(
+            [0, now_ns - int(rng.uniform(0, 0.2) * NANOSECONDS), now_ns + int(rng.uniform(0, 0.05) * NANOSECONDS)]
+        )
+    )
     names = list(limits.names)
     order = rng.permutation(len(names)) if rng.random() < 0.3 else np.arange(len(names))
-    return Trajectory.from_arrays([names[i] for i in order], positions[:, order], (times * NANOSECONDS).astype(np.int64), stamp)
+    return Trajectory.from_arrays(
+        [names[i] for i in order], positions[:, order], (times * NANOSECONDS).astype(np.int64), stamp
+    )
 
 
 def _corrupt(rng: np.random.Generator, trajectory: Trajectory, limits: JointLimits, now_ns: int) -> Trajectory:
@@ -49,8 +56,10 @@ def _corrupt(rng: np.random.Generator, trajectory: Trajectory, limits: JointLimi
     elif kind == 2:  # a past point outside the limits, stamped 150 ms ago
         bad = tuple(float(v) for v in rng.choice(_WILD[:6], size=joints))
         points.insert(0, TrajectoryPoint(positions=bad, time_from_start_ns=20_000_000))
-        shifted = [TrajectoryPoint(**{**p.__dict__, "time_from_start_ns": p.time_from_start_ns + 200_000_000})
-                   for p in points[1:]]
+        shifted = [
+            TrajectoryPoint(**{**p.__dict__, "time_from_start_ns": p.time_from_start_ns + 200_000_000})
+            for p in points[1:]
+        ]
         return Trajectory(trajectory.joint_names, (points[0], *shifted), now_ns - 150_000_000)
     elif kind == 3 and len(points) > 1:  # times out of order
         a, b = rng.choice(len(points), size=2, replace=False)
@@ -67,8 +76,13 @@ def _corrupt(rng: np.random.Generator, trajectory: Trajectory, limits: JointLimi
         field = str(rng.choice(["positions", "velocities", "accelerations", "effort"]))
         points[index] = TrajectoryPoint(**{**point.__dict__, field: tuple(rng.normal(size=size).tolist())})
     elif kind == 6:  # wrong joint names
-        options = [(), ("x",) * joints, (trajectory.joint_names[0],) * joints, trajectory.joint_names[:-1],
-                   (*trajectory.joint_names, "extra")]
+        options = [
+            (),
+            ("x",) * joints,
+            (trajectory.joint_names[0],) * joints,
+            trajectory.joint_names[:-1],
+            (*trajectory.joint_names, "extra"),
+        ]
         names = options[int(rng.integers(len(options)))]
         return Trajectory(tuple(names), tuple(points), trajectory.stamp_ns)
     elif kind == 7:  # a stamp far in the past or future, or no points at all
@@ -84,7 +98,10 @@ def _corrupt(rng: np.random.Generator, trajectory: Trajectory, limits: JointLimi
 
 
 def random_trajectory(
-    rng: np.random.Generator, limits: JointLimits, current: np.ndarray, now_ns: int,
+    rng: np.random.Generator,
+    limits: JointLimits,
+    current: np.ndarray,
+    now_ns: int,
 ) -> Trajectory:
     """About a third valid-looking chunks (some too fast), the rest corrupted in one of nine ways."""
     base = _near_valid(rng, limits, np.asarray(current, dtype=np.float64), now_ns)
@@ -94,7 +111,10 @@ def random_trajectory(
 
 
 def trajectory_stream(
-    seed: int, limits: JointLimits, current: Callable[[], np.ndarray], now_ns: Callable[[], int],
+    seed: int,
+    limits: JointLimits,
+    current: Callable[[], np.ndarray],
+    now_ns: Callable[[], int],
 ):
     """An endless seeded stream of fuzz trajectories around the (changing) state and clock."""
     rng = np.random.default_rng(seed)

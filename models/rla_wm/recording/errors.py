@@ -1,4 +1,5 @@
 """The recording errors (all `RecordingError`s, so callers can catch one type)."""
+
 from __future__ import annotations
 
 

@@ -1,7 +1,9 @@
 """Dataset feature specs: normalising them and comparing requested with stored ones."""
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 
 def normalise_features(features: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:

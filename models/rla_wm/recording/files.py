@@ -1,4 +1,5 @@
 """File helpers of the journal and the repair: fsync, atomic copies, the tracked-file scan."""
+
 from __future__ import annotations
 
 import contextlib

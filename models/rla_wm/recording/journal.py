@@ -9,6 +9,7 @@ it to roll a dataset back to its last commit.
 The lock (``writer.lock``, `flock`) keeps two writers off one dataset; the kernel releases
 it when its process dies, so a crashed writer never blocks the next.
 """
+
 from __future__ import annotations
 
 import json

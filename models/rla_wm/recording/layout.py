@@ -2,6 +2,7 @@
 
 ROS-free, dependency-free: the synchronizer, the journal and the writer all import it.
 """
+
 from __future__ import annotations
 
 import re

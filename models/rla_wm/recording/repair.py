@@ -6,6 +6,7 @@ restored from the snapshot, ``images/`` and LeRobot's ``tmp*`` folders are remov
 (`RepairReport` lists what was done). A dataset written by something else (no journal) is
 adopted only if it is consistent.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -69,9 +70,11 @@ def _validate_untracked(root: Path) -> tuple[int, int]:
     rows: list[dict[str, Any]] = []
     for path in meta_files:
         try:
-            rows += pq.read_table(path).select(
-                [c for c in pq.read_schema(path).names if not c.startswith("stats/")]
-            ).to_pylist()
+            rows += (
+                pq.read_table(path)
+                .select([c for c in pq.read_schema(path).names if not c.startswith("stats/")])
+                .to_pylist()
+            )
         except Exception as err:  # noqa: BLE001 — footer-less or truncated parquet
             problems.append(f"unreadable {rel_path(root, path)} ({type(err).__name__})")
     if not problems:
@@ -186,7 +189,10 @@ def recover(root: Path, durable: bool = True) -> tuple[RepairReport, Journal]:
     if report.repaired:
         log.warning(
             "repaired dataset %s back to its last commit (%d episodes): removed %s, restored %s",
-            root, report.committed_episodes, report.removed, report.restored,
+            root,
+            report.committed_episodes,
+            report.removed,
+            report.restored,
         )
     return report, journal
 

@@ -32,14 +32,16 @@ Typical use::
         else:
             log.warn(f"skipped tick {result.tick}: {result.reasons}")
 """
+
 from __future__ import annotations
 
 import bisect
 import collections
 import math
 import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -421,7 +423,7 @@ class StreamSynchronizer:
 
     def _ready(self, t: float, now: float | None) -> bool:
         if all(
-            self._buffers[name].newest is not None and self._buffers[name].newest >= t - _EPS
+            (newest := self._buffers[name].newest) is not None and newest >= t - _EPS
             for name, spec in self._specs.items()
             if spec.required
         ):

@@ -69,6 +69,7 @@ shared by many episodes. Closing and committing costs a few milliseconds per epi
 
 See `rla_wm.recording.journal` (commits, lock) and `rla_wm.recording.repair` (rollback).
 """
+
 from __future__ import annotations
 
 import collections
@@ -80,9 +81,10 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -180,7 +182,7 @@ class EpisodeWriter:
         self._next_index = self.repair_report.committed_episodes
         self._error: BaseException | None = None
         self._closed = False
-        self._counters = collections.Counter()
+        self._counters: collections.Counter[str] = collections.Counter()
         self._last_save: dict[str, float] = {}
         self._committed = (self.repair_report.committed_episodes, self.repair_report.committed_frames)
         self._worker = threading.Thread(target=self._run, name=f"EpisodeWriter[{self.root.name}]", daemon=True)
@@ -461,7 +463,7 @@ class EpisodeWriter:
                 self._lock.release()
                 self._lock = None
 
-    def __enter__(self) -> "EpisodeWriter":
+    def __enter__(self) -> EpisodeWriter:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -481,8 +483,12 @@ class EpisodeWriter:
         """
         with self._cond:
             episode = self._episode
-            state = "closed" if self._closed else "failed" if self._error is not None else (
-                "recording" if episode is not None else "idle"
+            state = (
+                "closed"
+                if self._closed
+                else "failed"
+                if self._error is not None
+                else ("recording" if episode is not None else "idle")
             )
             return {
                 "root": str(self.root),
@@ -523,10 +529,10 @@ class EpisodeWriter:
                 if item[0] == _FRAME:
                     self._frames_in_queue -= 1
             kind, episode_index, payload = item
-            future = payload if kind in (_DISCARD, _BARRIER, _STOP) else payload[1] if kind == _SAVE else None
             if kind == _STOP:
-                self._shutdown(future)
+                self._shutdown(payload)  # a stop item's payload is its future
                 return
+            future = payload if kind in (_DISCARD, _BARRIER) else payload[1] if kind == _SAVE else None
             if self._error is not None:
                 # After a failure nothing more is written: the dataset stays at its last commit.
                 if future is not None:
@@ -536,12 +542,13 @@ class EpisodeWriter:
                 if kind == _FRAME:
                     self._dataset.add_frame(payload)
                     self._count(frames_written=1)
-                elif kind == _SAVE:
-                    future.set_result(self._save(episode_index, payload[0]))
-                elif kind == _DISCARD:
-                    future.set_result(self._discard(episode_index))
-                elif kind == _BARRIER:
-                    future.set_result(None)
+                elif future is not None:  # every other kind carries a future
+                    if kind == _SAVE:
+                        future.set_result(self._save(episode_index, payload[0]))
+                    elif kind == _DISCARD:
+                        future.set_result(self._discard(episode_index))
+                    elif kind == _BARRIER:
+                        future.set_result(None)
             except BaseException as err:  # noqa: BLE001 — kept and re-raised on the caller's side
                 log.error("recording worker failed on %s of episode %s: %s", kind, episode_index, err)
                 self._error = err

@@ -11,8 +11,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # `ros2 launch`, so refuse to build it.
 LAUNCH_FILES = sorted(glob("launch/*.launch.xml", root_dir=HERE))
 if not LAUNCH_FILES:
-    raise SystemExit(f"{PACKAGE}: no launch files in {os.path.join(HERE, 'launch')} (expected *.launch.xml); "
-                     "the package would install without them")
+    raise SystemExit(
+        f"{PACKAGE}: no launch files in {os.path.join(HERE, 'launch')} (expected *.launch.xml); "
+        "the package would install without them"
+    )
 
 setup(
     name=PACKAGE,

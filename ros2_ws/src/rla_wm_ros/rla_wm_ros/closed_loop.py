@@ -7,6 +7,7 @@ chunk's remaining points (zero stamp), so it is traced back to its chunk by thos
 points. Each stage's latency is thus measured per frame: camera -> features ->
 policy chunk -> command at the robot. A command that is no chunk's tail is a hold.
 """
+
 from __future__ import annotations
 
 import threading
@@ -59,8 +60,11 @@ class LatencyLog:
         camera = None if self.stamps_are_wall_time else self.frames
 
         def gaps(later: dict[int, int], earlier: dict[int, int] | None) -> np.ndarray:
-            values = [arrival - (earlier[stamp] if earlier is not None else stamp)
-                      for stamp, arrival in later.items() if earlier is None or stamp in earlier]
+            values = [
+                arrival - (earlier[stamp] if earlier is not None else stamp)
+                for stamp, arrival in later.items()
+                if earlier is None or stamp in earlier
+            ]
             return np.array(values, dtype=np.float64) * 1e-9
 
         return {
@@ -85,8 +89,13 @@ def percentiles_ms(values: np.ndarray) -> dict[str, float]:
 class ClosedLoopObserver(Node):
     """Resets the simulated robot, watches episodes, and logs stage latencies."""
 
-    def __init__(self, command_topic: str, model_topic: str = "/policy/joint_trajectory",
-                 reset_service: str = "/sim_robot/reset", sim_clock: bool = False) -> None:
+    def __init__(
+        self,
+        command_topic: str,
+        model_topic: str = "/policy/joint_trajectory",
+        reset_service: str = "/sim_robot/reset",
+        sim_clock: bool = False,
+    ) -> None:
         super().__init__("closed_loop_observer")
         self.latency = LatencyLog(stamps_are_wall_time=not sim_clock)
         self.status: EpisodeStatus | None = None
@@ -146,7 +155,7 @@ class ClosedLoopObserver(Node):
         for stamp, (chunk_names, positions) in chunks:
             if sorted(chunk_names) != sorted(names) or len(positions) < len(command) or positions.ndim != 2:
                 continue
-            tail = positions[len(positions) - len(command):, [chunk_names.index(n) for n in names]]
+            tail = positions[len(positions) - len(command) :, [chunk_names.index(n) for n in names]]
             if command.size and np.array_equal(tail, command):
                 return stamp
         return None
@@ -176,8 +185,9 @@ def _keep_newest(table: dict[int, object], count: int) -> None:
 class ClosedLoopRunner:
     """Owns the observer and a background executor; runs episodes one after another."""
 
-    def __init__(self, command_topic: str, model_topic: str = "/policy/joint_trajectory",
-                 sim_clock: bool = False) -> None:
+    def __init__(
+        self, command_topic: str, model_topic: str = "/policy/joint_trajectory", sim_clock: bool = False
+    ) -> None:
         self.observer = ClosedLoopObserver(command_topic, model_topic, sim_clock=sim_clock)
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.observer)
@@ -223,7 +233,7 @@ class ClosedLoopRunner:
         picture = None
         snapshot = observer.latest_frame_and_features()
         if snapshot is not None:
-            from rla_wm.visualize import feature_pca_rgb, side_by_side
+            from rla_wm.evaluation.visualize import feature_pca_rgb, side_by_side
 
             frame, tokens, grid_h, grid_w = snapshot
             picture = side_by_side(frame, feature_pca_rgb(tokens, grid_h, grid_w))

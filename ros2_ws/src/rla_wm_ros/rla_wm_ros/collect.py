@@ -9,6 +9,7 @@ time) and writes it as JSON.
   collect --episodes 20 --mode expert --dataset-root data/pusht_expert --real-time-factor 5
   collect --episodes 20 --mode play --dataset-root data/pusht_play      # action-free, task "play"
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,9 +19,9 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import rclpy
 from ament_index_python.packages import get_package_share_directory
@@ -41,19 +42,33 @@ PLAY_TASK = "play"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--episodes", type=int, default=10, help="episodes to record")
-    parser.add_argument("--mode", choices=("expert", "play"), default="expert",
-                        help="expert: scripted demonstrations with actions; play: random play, action-free")
-    parser.add_argument("--dataset-root", type=Path, required=True,
-                        help="LeRobot dataset folder (resumed if it exists)")
+    parser.add_argument(
+        "--mode",
+        choices=("expert", "play"),
+        default="expert",
+        help="expert: scripted demonstrations with actions; play: random play, action-free",
+    )
+    parser.add_argument(
+        "--dataset-root", type=Path, required=True, help="LeRobot dataset folder (resumed if it exists)"
+    )
     parser.add_argument("--repo-id", default="local/pusht_sim", help="repo id stored in the dataset")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="sim seed; recorded episode k = 1, 2, ... uses seed + k (each starts with a reset)")
-    parser.add_argument("--real-time-factor", type=float, default=3.0,
-                        help="simulated seconds per wall second (3: no frame skipped on a busy 2-core machine)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="sim seed; recorded episode k = 1, 2, ... uses seed + k (each starts with a reset)",
+    )
+    parser.add_argument(
+        "--real-time-factor",
+        type=float,
+        default=3.0,
+        help="simulated seconds per wall second (3: no frame skipped on a busy 2-core machine)",
+    )
     parser.add_argument("--max-episode-steps", type=int, default=300, help="step limit per episode (10 Hz)")
     parser.add_argument("--image-size", type=int, default=96, help="camera image side in pixels")
-    parser.add_argument("--task", default=None,
-                        help=f"task string (default: {EXPERT_TASK!r}, or {PLAY_TASK!r} for play)")
+    parser.add_argument(
+        "--task", default=None, help=f"task string (default: {EXPERT_TASK!r}, or {PLAY_TASK!r} for play)"
+    )
     parser.add_argument("--output", type=Path, default=Path("outputs/collect"), help="folder for summary.json and logs")
     parser.add_argument("--launch-file", type=Path, default=None, help="default: the package's sim_collect.launch.xml")
     parser.add_argument("--startup-timeout", type=float, default=60.0, help="seconds for the graph to come up")
@@ -142,8 +157,12 @@ def run_episode(client: CollectClient, task: str, timeout: float, alive: Callabl
         with client.lock:
             return client.status
 
-    wait_until(lambda: (s := status()) is not None and s.episode != previous and not s.done, 10.0,
-               "the reset episode to start", alive)
+    wait_until(
+        lambda: (s := status()) is not None and s.episode != previous and not s.done,
+        10.0,
+        "the reset episode to start",
+        alive,
+    )
     sim_episode = status().episode
     # Record once the gate forwards this episode's commands (camera, state and commands all fresh).
     with client.lock:
@@ -152,8 +171,12 @@ def run_episode(client: CollectClient, task: str, timeout: float, alive: Callabl
     start = client.call(client.start_client, StartEpisode.Request(task=task), 10.0, alive)
     if not start.success:
         raise RuntimeError(f"recorder refused to start an episode: {start.message}")
-    wait_until(lambda: (s := status()) is not None and (s.episode != sim_episode or s.done), timeout,
-               f"sim episode {sim_episode} to end", alive)
+    wait_until(
+        lambda: (s := status()) is not None and (s.episode != sim_episode or s.done),
+        timeout,
+        f"sim episode {sim_episode} to end",
+        alive,
+    )
     final = status()
     with client.lock:
         recorder = client.recorder
@@ -163,9 +186,15 @@ def run_episode(client: CollectClient, task: str, timeout: float, alive: Callabl
     match = re.search(r"(\d+) frames, (\d+) skipped", stop.message)
     frames = int(match.group(1)) if match else frames_seen
     return EpisodeRecord(
-        index=int(start.episode_index), sim_episode=int(sim_episode), success=bool(final.success),
-        coverage=float(final.coverage), steps=int(final.step), frames=frames if stop.success else 0,
-        saved=bool(stop.success), wall_seconds=time.monotonic() - started, message=stop.message,
+        index=int(start.episode_index),
+        sim_episode=int(sim_episode),
+        success=bool(final.success),
+        coverage=float(final.coverage),
+        steps=int(final.step),
+        frames=frames if stop.success else 0,
+        saved=bool(stop.success),
+        wall_seconds=time.monotonic() - started,
+        message=stop.message,
     )
 
 
@@ -191,8 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     output = args.output
     output.mkdir(parents=True, exist_ok=True)
     episode_timeout = args.max_episode_steps / (10.0 * args.real_time_factor) * 3.0 + 30.0
-    print(f"[collect] {args.episodes} {args.mode} episodes -> {dataset_root} ({args.repo_id}), "
-          f"real time factor {args.real_time_factor}, task {task!r}", flush=True)
+    print(
+        f"[collect] {args.episodes} {args.mode} episodes -> {dataset_root} ({args.repo_id}), "
+        f"real time factor {args.real_time_factor}, task {task!r}",
+        flush=True,
+    )
 
     records: list[EpisodeRecord] = []
     started = time.monotonic()
@@ -210,8 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             from tqdm.auto import tqdm
 
-            wait_until(lambda: client.status is not None and client.recorder is not None, args.startup_timeout,
-                       "sim and recorder status", alive)
+            wait_until(
+                lambda: client.status is not None and client.recorder is not None,
+                args.startup_timeout,
+                "sim and recorder status",
+                alive,
+            )
             print(f"[collect] graph flowing after {time.monotonic() - started:.1f} s", flush=True)
             with tqdm(total=args.episodes, unit="episode", disable=args.no_progress, desc="collect") as bar:
                 for _ in range(args.episodes):
@@ -254,9 +290,11 @@ def main(argv: list[str] | None = None) -> int:
         "episode_records": [asdict(r) for r in records],
     }
     (output / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"[collect] episodes {len(records)} (saved {len(saved)}), successes {summary['successes']}, "
-          f"frames {summary['frames']}, dataset {summary['dataset_bytes'] / 1e6:.2f} MB at {dataset_root}, "
-          f"wall {wall:.1f} s ({summary['episodes_per_minute']:.1f} episodes/min)")
+    print(
+        f"[collect] episodes {len(records)} (saved {len(saved)}), successes {summary['successes']}, "
+        f"frames {summary['frames']}, dataset {summary['dataset_bytes'] / 1e6:.2f} MB at {dataset_root}, "
+        f"wall {wall:.1f} s ({summary['episodes_per_minute']:.1f} episodes/min)"
+    )
     print(f"[collect] summary: {output / 'summary.json'}; node logs: {output / 'logs'}")
     return 1 if failure or len(saved) < args.episodes else 0
 

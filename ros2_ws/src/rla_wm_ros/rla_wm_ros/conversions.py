@@ -1,17 +1,19 @@
 """Typed-tensor and trajectory messages <-> numpy, with strict shape checks."""
+
 from __future__ import annotations
 
 import array
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
-from rla_wm_msgs.msg import FeatureMap, LatentAction
 from std_msgs.msg import Header
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from rla_wm.control.joints import select_joints
 from rla_wm.control.jtc import Trajectory, TrajectoryPoint
+from rla_wm_msgs.msg import FeatureMap, LatentAction
 
 
 class MessageShapeError(ValueError):
@@ -36,7 +38,9 @@ def _checked_payload(data, expected: int, what: str) -> np.ndarray:
     return values
 
 
-def features_to_msg(tokens: np.ndarray, grid_height: int, grid_width: int, encoder_id: str, header: Header) -> FeatureMap:
+def features_to_msg(
+    tokens: np.ndarray, grid_height: int, grid_width: int, encoder_id: str, header: Header
+) -> FeatureMap:
     """(N, C) patch tokens, N = grid_height * grid_width, row-major -> FeatureMap."""
     tokens = np.asarray(tokens)
     if tokens.ndim != 2 or tokens.shape[0] != grid_height * grid_width:
@@ -61,16 +65,16 @@ def msg_to_features(msg: FeatureMap, expected: tuple[int, int, int] | None = Non
     if msg.grid_height == 0 or msg.grid_width == 0 or msg.channels == 0:
         raise MessageShapeError(f"feature map has an empty shape {msg.grid_height}x{msg.grid_width}x{msg.channels}")
     if expected is not None and (msg.grid_height, msg.grid_width, msg.channels) != tuple(expected):
-        raise GridMismatchError(f"feature map grid is {msg.grid_height}x{msg.grid_width}x{msg.channels}, the model "
-                                f"takes {'x'.join(str(v) for v in expected)} (height x width x channels)")
+        raise GridMismatchError(
+            f"feature map grid is {msg.grid_height}x{msg.grid_width}x{msg.channels}, the model "
+            f"takes {'x'.join(str(v) for v in expected)} (height x width x channels)"
+        )
     tokens = msg.grid_height * msg.grid_width
     values = _checked_payload(msg.data, tokens * msg.channels, "FeatureMap")
     return values.reshape(tokens, msg.channels)
 
 
-def latent_to_msg(
-    z: np.ndarray, horizon: int, model_id: str, header: Header, start_stamp: Time
-) -> LatentAction:
+def latent_to_msg(z: np.ndarray, horizon: int, model_id: str, header: Header, start_stamp: Time) -> LatentAction:
     """(K, D) latent action between frame t-h (start_stamp) and frame t (header.stamp)."""
     z = np.asarray(z)
     if z.ndim != 2:
@@ -157,8 +161,9 @@ def msg_to_trajectory(msg: JointTrajectory) -> Trajectory:
             velocities=tuple(point.velocities),
             accelerations=tuple(point.accelerations),
             effort=tuple(point.effort),
-            time_from_start_ns=_nanoseconds(point.time_from_start.sec, point.time_from_start.nanosec,
-                                            f"point {index} time_from_start"),
+            time_from_start_ns=_nanoseconds(
+                point.time_from_start.sec, point.time_from_start.nanosec, f"point {index} time_from_start"
+            ),
         )
         for index, point in enumerate(msg.points)
     )
@@ -185,12 +190,9 @@ def trajectory_to_msg(trajectory: Trajectory, frame_id: str = "") -> JointTrajec
 
 
 def joint_positions(msg, joint_names: Sequence[str]) -> np.ndarray:
-    """JointState -> positions of `joint_names` in that order; MessageShapeError if one is missing or not finite."""
-    names = list(msg.name)
+    """JointState -> positions of `joint_names` in that order (`rla_wm.control.joints.select_joints`);
+    MessageShapeError if the message is ragged, repeats or lacks a joint, or holds NaN/inf."""
     try:
-        position = np.array([msg.position[names.index(name)] for name in joint_names], dtype=np.float64)
-    except (ValueError, IndexError):
-        raise MessageShapeError(f"joint state lacks joints {list(joint_names)}: {names}") from None
-    if not np.isfinite(position).all():
-        raise MessageShapeError(f"joint state has non-finite positions {position.tolist()}")
-    return position
+        return select_joints(msg.name, msg.position, joint_names)
+    except ValueError as err:
+        raise MessageShapeError(f"joint state: {err}") from None

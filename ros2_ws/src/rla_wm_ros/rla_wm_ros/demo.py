@@ -6,6 +6,7 @@ then resets the simulated robot for each episode (episode k uses seed + k) and
 reports success rate, final coverage, episode time, the control rate achieved
 and per-stage latency; pictures and metrics.json go to the output folder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,9 +31,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=Path("outputs/demo"), help="folder for pictures, metrics, logs")
     parser.add_argument("--launch-file", type=Path, default=None, help="default: the package's sim_policy.launch.xml")
     parser.add_argument("--startup-timeout", type=float, default=90.0, help="seconds for the graph to start flowing")
-    parser.add_argument("--model-topic", default="/policy/joint_trajectory",
-                        help="topic of the model's chunks (before the gate), for latency")
-    parser.add_argument("--pictures", type=int, default=10, help="save the camera/feature picture of this many episodes")
+    parser.add_argument(
+        "--model-topic",
+        default="/policy/joint_trajectory",
+        help="topic of the model's chunks (before the gate), for latency",
+    )
+    parser.add_argument(
+        "--pictures", type=int, default=10, help="save the camera/feature picture of this many episodes"
+    )
     parser.add_argument("launch_args", nargs="*", metavar="NAME:=VALUE", help="launch arguments, as for ros2 launch")
     args = parser.parse_args(argv)
     if args.episodes < 1 or args.episode_steps < 1:
@@ -73,7 +79,9 @@ def summarise(results: list) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    launch_file = args.launch_file or Path(get_package_share_directory("rla_wm_ros")) / "launch" / "sim_policy.launch.xml"
+    launch_file = (
+        args.launch_file or Path(get_package_share_directory("rla_wm_ros")) / "launch" / "sim_policy.launch.xml"
+    )
     overrides = {"max_episode_steps": str(args.episode_steps), **parse_overrides(args.launch_args)}
     description = parse_launch_file(launch_file, overrides=overrides)
     command_topic = description.args.get("command_topic", "/arm_controller/joint_trajectory")
@@ -81,8 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     output.mkdir(parents=True, exist_ok=True)
     print(f"[demo] {launch_file.name}: nodes {[node.name for node in description.nodes]}")
     if description.args.get("policy_checkpoint") == "untrained":
-        print("[demo] NOTE: the policy is UNTRAINED (random weights) and the encoder has random weights: "
-              "the loop, the timing and the safety gate are real, task success is not expected.")
+        print(
+            "[demo] NOTE: the policy is UNTRAINED (random weights) and the encoder has random weights: "
+            "the loop, the timing and the safety gate are real, task success is not expected."
+        )
 
     results = []
     with LaunchedGraph() as graph:
@@ -103,12 +113,14 @@ def main(argv: list[str] | None = None) -> int:
                 progress.set_postfix(success=f"{sum(r.success for r in results)}/{len(results)}")
                 picture = ""
                 if result.picture is not None and index < args.pictures:
-                    from rla_wm.visualize import save_png
+                    from rla_wm.evaluation.visualize import save_png
 
                     picture = str(save_png(result.picture, output / f"episode_{index:02d}_camera_features.png"))
-                progress.write(f"[demo] episode {index}: success={result.success} coverage={result.coverage:.3f} "
-                      f"steps={result.steps} time={result.wall_seconds:.1f}s commands={result.commands} "
-                      f"holds={result.holds} picture={picture}")
+                progress.write(
+                    f"[demo] episode {index}: success={result.success} coverage={result.coverage:.3f} "
+                    f"steps={result.steps} time={result.wall_seconds:.1f}s commands={result.commands} "
+                    f"holds={result.holds} picture={picture}"
+                )
         except (TimeoutError, RuntimeError) as err:
             print(f"[demo] FAILED: {err}\n{graph.tail_logs(15)}", file=sys.stderr)
             return 1
@@ -124,10 +136,12 @@ def main(argv: list[str] | None = None) -> int:
             row = latency[stage]
             print(f"  {stage:<20} {row['n']:>6} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f} {row['max_ms']:>8.1f}")
     summary = summarise(results)
-    print(f"[demo] {summary['successes']}/{summary['episodes']} episodes succeeded "
-          f"(rate {summary['success_rate']:.2f}), final coverage {summary['coverage_mean']:.3f} "
-          f"+- {summary['coverage_std']:.3f}, episode time {summary['episode_seconds_mean']:.1f} s (sim), "
-          f"control rate {summary['command_rate_hz']:.1f} Hz")
+    print(
+        f"[demo] {summary['successes']}/{summary['episodes']} episodes succeeded "
+        f"(rate {summary['success_rate']:.2f}), final coverage {summary['coverage_mean']:.3f} "
+        f"+- {summary['coverage_std']:.3f}, episode time {summary['episode_seconds_mean']:.1f} s (sim), "
+        f"control rate {summary['command_rate_hz']:.1f} Hz"
+    )
     metrics = {
         "launch_file": str(launch_file),
         "launch_args": overrides,

@@ -6,6 +6,7 @@ slower than the camera, old frames are dropped, never queued, so the features
 always describe the newest frame. Feature maps carry the source image's stamp.
 A frame that cannot be encoded is a counted rejection on /diagnostics (`rla_wm_ros.node_guard`).
 """
+
 from __future__ import annotations
 
 import time
@@ -16,8 +17,8 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
 
-from rla_wm.features import EncoderConfig, FeatureEncoder, FeatureEncoderError
-from rla_wm.latent_tracker import LatentTracker
+from rla_wm.control.latent_tracker import LatentTracker
+from rla_wm.models.encoder import EncoderConfig, FeatureEncoder, FeatureEncoderError
 from rla_wm_msgs.msg import FeatureMap, LatentAction
 from rla_wm_ros.conversions import features_to_msg, latent_to_msg, stamp_to_seconds
 from rla_wm_ros.image_conversion import CvBridgeError, image_msg_to_rgb
@@ -25,15 +26,22 @@ from rla_wm_ros.node_guard import WARN, Health, NodeGuard, Rejected
 from rla_wm_ros.params import declare
 from rla_wm_ros.qos import CAMERA_QOS, lost_sample_callbacks
 
+
 class EncoderNode(Node):
     def __init__(self) -> None:
         super().__init__("encoder")
-        model = declare(self, "model", "builtin:dinov2-tiny-random",
-                        "Encoder weights: hub id (facebook/dinov2-small), local folder, or builtin:<name>.")
+        model = declare(
+            self,
+            "model",
+            "builtin:dinov2-tiny-random",
+            "Encoder weights: hub id (facebook/dinov2-small), local folder, or builtin:<name>.",
+        )
         resolution = declare(self, "resolution", 224, "Square input size; a multiple of the patch size.", (14, 2048))
         device = declare(self, "device", "cpu", "Torch device, e.g. cpu or cuda:0.")
         dtype = declare(self, "dtype", "float32", "float32, float16 or bfloat16 (half types need a GPU).")
-        compressed = declare(self, "compressed_input", False, "Subscribe to sensor_msgs/CompressedImage instead of Image.")
+        compressed = declare(
+            self, "compressed_input", False, "Subscribe to sensor_msgs/CompressedImage instead of Image."
+        )
         threads = declare(self, "torch_threads", 0, "CPU threads for torch (0 = torch default).", (0, 256))
         if threads:
             torch.set_num_threads(threads)
@@ -64,9 +72,14 @@ class EncoderNode(Node):
         inference_group = MutuallyExclusiveCallbackGroup()
         image_type = CompressedImage if compressed else Image
         topic = "camera/image_raw/compressed" if compressed else "camera/image_raw"
-        self.create_subscription(image_type, topic, self.guard.wrap(self.on_image), CAMERA_QOS,
-                                 callback_group=inference_group,
-                                 event_callbacks=lost_sample_callbacks(self.guard.wrap(self.on_frames_lost)))
+        self.create_subscription(
+            image_type,
+            topic,
+            self.guard.wrap(self.on_image),
+            CAMERA_QOS,
+            callback_group=inference_group,
+            event_callbacks=lost_sample_callbacks(self.guard.wrap(self.on_frames_lost)),
+        )
 
     def health(self) -> Health:
         values = {
@@ -87,7 +100,9 @@ class EncoderNode(Node):
         self.get_logger().warning(
             f"{self.frames_lost} camera frames lost in transport so far: for frames of 640x480 and up, run the "
             "camera driver with the Fast DDS profile config/fastdds.xml (FASTDDS_DEFAULT_PROFILES_FILE on "
-            "Kilted, FASTRTPS_DEFAULT_PROFILES_FILE on Humble/Jazzy)", throttle_duration_sec=10.0)
+            "Kilted, FASTRTPS_DEFAULT_PROFILES_FILE on Humble/Jazzy)",
+            throttle_duration_sec=10.0,
+        )
 
     def on_image(self, msg: Image | CompressedImage) -> None:
         try:
@@ -108,7 +123,9 @@ class EncoderNode(Node):
             if result is not None:
                 start_seconds, z = result
                 start = Time(sec=int(start_seconds), nanosec=int(round((start_seconds % 1) * 1e9)) % 1_000_000_000)
-                self.latent_pub.publish(latent_to_msg(z, self.latents.horizon, self.latents.model_id, msg.header, start))
+                self.latent_pub.publish(
+                    latent_to_msg(z, self.latents.horizon, self.latents.model_id, msg.header, start)
+                )
 
 
 def main(args: list[str] | None = None) -> None:

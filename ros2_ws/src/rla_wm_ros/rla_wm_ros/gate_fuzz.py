@@ -6,6 +6,7 @@ leaves the gate through the model of joint_trajectory_controller, chained as a c
 execute them: each starts, on arrival, from wherever the previous one had brought the command.
 Used by `tests/ros/test_safety_gate.py` (a few thousand messages) and `scripts/fuzz_safety_gate.py`.
 """
+
 from __future__ import annotations
 
 import threading
@@ -33,8 +34,10 @@ class FuzzReport:
     violations: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        return (f"sent {self.sent}, controller messages {self.received} ({self.forwarded_copies} forwarded chunks, "
-                f"{self.holds} holds), violations {len(self.violations)}")
+        return (
+            f"sent {self.sent}, controller messages {self.received} ({self.forwarded_copies} forwarded chunks, "
+            f"{self.holds} holds), violations {len(self.violations)}"
+        )
 
 
 class _ControllerModel:
@@ -59,8 +62,14 @@ class _ControllerModel:
                 self.report.violations.append("the gate's message is not a zero-stamped position-only trajectory")
             start = self.execution.sample(receipt_ns) if self.execution is not None else self.state
             execution = JtcExecution(trajectory, self.limits.names, receipt_ns, start)
-            problems = execution_violations(execution, self.limits.lower, self.limits.upper, self.limits.max_velocity,
-                                            reference=self.state, max_step=self.max_step)
+            problems = execution_violations(
+                execution,
+                self.limits.lower,
+                self.limits.upper,
+                self.limits.max_velocity,
+                reference=self.state,
+                max_step=self.max_step,
+            )
             self.report.violations += problems
             self.execution = execution
             if self._is_forwarded_copy(trajectory):
@@ -71,14 +80,20 @@ class _ControllerModel:
     def _is_forwarded_copy(self, trajectory: Trajectory) -> bool:
         positions = trajectory.positions()
         for sent in reversed(self.sent_positions[-50:]):
-            if len(sent) >= len(positions) and np.array_equal(sent[len(sent) - len(positions):], positions):
+            if len(sent) >= len(positions) and np.array_equal(sent[len(sent) - len(positions) :], positions):
                 return True
         return False
 
 
 def run_gate_fuzz(
-    node: Node, limits: JointLimits, max_step: float, position: np.ndarray, messages: int, seed: int,
-    rate_hz: float = 150.0, settle: float = 1.0,
+    node: Node,
+    limits: JointLimits,
+    max_step: float,
+    position: np.ndarray,
+    messages: int,
+    seed: int,
+    rate_hz: float = 150.0,
+    settle: float = 1.0,
 ) -> FuzzReport:
     """Drive the gate reachable from `node` (spun by the caller) with `messages` fuzz trajectories.
 
@@ -87,8 +102,10 @@ def run_gate_fuzz(
     state = np.asarray(position, dtype=np.float64)
     model = _ControllerModel(limits, max_step, state)
     node.create_subscription(
-        JointTrajectory, "joint_trajectory",
-        lambda msg: model.on_message(msg, node.get_clock().now().nanoseconds), 100,
+        JointTrajectory,
+        "joint_trajectory",
+        lambda msg: model.on_message(msg, node.get_clock().now().nanoseconds),
+        100,
     )
     camera = node.create_publisher(Image, "camera/image_raw", qos_profile_sensor_data)
     joint_states = node.create_publisher(JointState, "joint_states", 10)

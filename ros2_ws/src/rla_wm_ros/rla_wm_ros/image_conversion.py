@@ -17,13 +17,14 @@ Conversions are strict where cv_bridge is lax: a message whose size, step or
 encoding does not add up raises CvBridgeError instead of producing a garbage
 array. No rclpy node code lives here, only message classes.
 """
+
 from __future__ import annotations
 
 import array
 import importlib
 import io
 import sys
-from typing import Any, Optional, Protocol, Union, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
@@ -49,11 +50,11 @@ class ImageBridge(Protocol):
 
     def imgmsg_to_cv2(self, img_msg: Image, desired_encoding: str = "passthrough") -> np.ndarray: ...
 
-    def cv2_to_imgmsg(self, cvim: np.ndarray, encoding: str = "passthrough",
-                      header: Optional[Header] = None) -> Image: ...
+    def cv2_to_imgmsg(self, cvim: np.ndarray, encoding: str = "passthrough", header: Header | None = None) -> Image: ...
 
-    def compressed_imgmsg_to_cv2(self, cmprs_img_msg: CompressedImage,
-                                 desired_encoding: str = "passthrough") -> np.ndarray: ...
+    def compressed_imgmsg_to_cv2(
+        self, cmprs_img_msg: CompressedImage, desired_encoding: str = "passthrough"
+    ) -> np.ndarray: ...
 
     def cv2_to_compressed_imgmsg(self, cvim: np.ndarray, dst_format: str = "jpg") -> CompressedImage: ...
 
@@ -76,19 +77,26 @@ _DTYPE_TO_CV_DEPTH = {dtype: name for name, dtype in _CV_DEPTHS.items()}
 
 # Colour encodings -> channel layout. "L" is luminance (mono).
 _LAYOUT: dict[str, str] = {
-    "mono8": "L", "mono16": "L",
-    "rgb8": "RGB", "rgb16": "RGB",
-    "bgr8": "BGR", "bgr16": "BGR",
-    "rgba8": "RGBA", "rgba16": "RGBA",
-    "bgra8": "BGRA", "bgra16": "BGRA",
+    "mono8": "L",
+    "mono16": "L",
+    "rgb8": "RGB",
+    "rgb16": "RGB",
+    "bgr8": "BGR",
+    "bgr16": "BGR",
+    "rgba8": "RGBA",
+    "rgba16": "RGBA",
+    "bgra8": "BGRA",
+    "bgra16": "BGRA",
 }
 
 _BAYER = tuple(f"bayer_{pattern}{bits}" for pattern in ("rggb", "bggr", "gbrg", "grbg") for bits in (8, 16))
 
 # encoding -> (numpy dtype in native byte order, channels)
 ENCODINGS: dict[str, tuple[np.dtype, int]] = {
-    **{name: (np.dtype(np.uint16 if name.endswith("16") else np.uint8), len(layout))
-       for name, layout in _LAYOUT.items()},
+    **{
+        name: (np.dtype(np.uint16 if name.endswith("16") else np.uint8), len(layout))
+        for name, layout in _LAYOUT.items()
+    },
     **{name: (np.dtype(np.uint16 if name.endswith("16") else np.uint8), 1) for name in _BAYER},
     **{f"{depth}C{channels}": (dtype, channels) for depth, dtype in _CV_DEPTHS.items() for channels in (1, 2, 3, 4)},
 }
@@ -117,6 +125,7 @@ def _cv_type_name(dtype: np.dtype, channels: int) -> str:
 # --------------------------------------------------------------------------------------------
 # Colour / depth conversion (cv_bridge's cvtColor2 rules)
 # --------------------------------------------------------------------------------------------
+
 
 def _bit_depth(encoding: str) -> int:
     return ENCODINGS[encoding][0].itemsize * 8
@@ -205,6 +214,7 @@ def _to_desired(image: np.ndarray, encoding: str, desired: str) -> np.ndarray:
 # Compression back ends: OpenCV when importable, Pillow otherwise
 # --------------------------------------------------------------------------------------------
 
+
 def _cv2() -> Any:
     """The cv2 module, or None. Looked up per call so an OpenCV installed later is picked up."""
     try:
@@ -257,7 +267,9 @@ def _decode_pillow(data: bytes) -> np.ndarray:
     if mode == "I":
         values = np.asarray(pil)
         if values.min() < 0 or values.max() > 65535:
-            raise CvBridgeError(f"decoded 32-bit integer image does not fit 16 bits (range {values.min()}..{values.max()})")
+            raise CvBridgeError(
+                f"decoded 32-bit integer image does not fit 16 bits (range {values.min()}..{values.max()})"
+            )
         return values.astype(np.uint16)
     has_alpha = mode in ("RGBA", "LA", "La", "RGBa", "PA") or (mode == "P" and "transparency" in pil.info)
     rgb = np.asarray(pil.convert("RGBA" if has_alpha else "RGB"))
@@ -268,9 +280,14 @@ def _decode_pillow(data: bytes) -> np.ndarray:
 def _decoded_encoding(image: np.ndarray) -> str:
     """The ROS encoding of what imdecode returned (BGR order for colour)."""
     channels = 1 if image.ndim == 2 else image.shape[2]
-    names = {(np.dtype(np.uint8), 1): "mono8", (np.dtype(np.uint8), 3): "bgr8", (np.dtype(np.uint8), 4): "bgra8",
-             (np.dtype(np.uint16), 1): "mono16", (np.dtype(np.uint16), 3): "bgr16",
-             (np.dtype(np.uint16), 4): "bgra16"}
+    names = {
+        (np.dtype(np.uint8), 1): "mono8",
+        (np.dtype(np.uint8), 3): "bgr8",
+        (np.dtype(np.uint8), 4): "bgra8",
+        (np.dtype(np.uint16), 1): "mono16",
+        (np.dtype(np.uint16), 3): "bgr16",
+        (np.dtype(np.uint16), 4): "bgra16",
+    }
     try:
         return names[(image.dtype, channels)]
     except KeyError:
@@ -314,6 +331,7 @@ def _encode_pillow(image: np.ndarray, fmt: str) -> bytes:
 # --------------------------------------------------------------------------------------------
 # Message helpers
 # --------------------------------------------------------------------------------------------
+
 
 def _buffer_of(data: Any) -> np.ndarray:
     """A read-only uint8 view of a message's data field (array.array, bytes, ...), no copy."""
@@ -367,8 +385,7 @@ class CvBridge:
         image = pixels.reshape(height, width, channels) if channels > 1 else pixels.reshape(height, width)
         return _to_desired(image, encoding, desired_encoding)
 
-    def cv2_to_imgmsg(self, cvim: np.ndarray, encoding: str = "passthrough",
-                      header: Optional[Header] = None) -> Image:
+    def cv2_to_imgmsg(self, cvim: np.ndarray, encoding: str = "passthrough", header: Header | None = None) -> Image:
         """(H, W) or (H, W, C) array -> sensor_msgs/Image; the array's dtype/channels must match `encoding`."""
         if not isinstance(cvim, np.ndarray):
             raise CvBridgeError(f"expected a numpy array, got {type(cvim).__name__}")
@@ -403,8 +420,9 @@ class CvBridge:
         msg.data = _as_array_field(cvim.tobytes(order="C"))  # tobytes copies: the message owns its data
         return msg
 
-    def compressed_imgmsg_to_cv2(self, cmprs_img_msg: CompressedImage,
-                                 desired_encoding: str = "passthrough") -> np.ndarray:
+    def compressed_imgmsg_to_cv2(
+        self, cmprs_img_msg: CompressedImage, desired_encoding: str = "passthrough"
+    ) -> np.ndarray:
         """sensor_msgs/CompressedImage -> array; passthrough gives BGR (colour) or (H, W) mono like cv_bridge."""
         try:
             data = cmprs_img_msg.data
@@ -468,7 +486,7 @@ def get_cv_bridge() -> ImageBridge:
         return CvBridge()
 
 
-def image_msg_to_rgb(msg: Union[Image, CompressedImage]) -> np.ndarray:
+def image_msg_to_rgb(msg: Image | CompressedImage) -> np.ndarray:
     """Image or CompressedImage -> (H, W, 3) uint8 RGB; CvBridgeError if it has no RGB meaning."""
     if isinstance(msg, CompressedImage):
         return _BRIDGE.compressed_imgmsg_to_cv2(msg, desired_encoding="rgb8")

@@ -31,6 +31,7 @@ default, so ``let``/``arg``/``push_ros_namespace`` inside them do not leak out.
 This module deliberately does not import rclpy: reading a launch file must not need
 a ROS context.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -41,10 +42,11 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Callable, Iterable, Mapping, Optional, Union
+from typing import IO
 from xml.parsers import expat
 
 __all__ = [
@@ -95,8 +97,8 @@ class NodeSpec:
 
     package: str
     executable: str
-    name: Optional[str] = None
-    namespace: Optional[str] = None
+    name: str | None = None
+    namespace: str | None = None
     param_files: list[str] = field(default_factory=list)
     params: dict[str, str] = field(default_factory=dict)
     remaps: list[tuple[str, str]] = field(default_factory=list)
@@ -116,12 +118,12 @@ class NodeSpec:
         ns = self.namespace or "/"
         return ns.rstrip("/") + "/" + self.label
 
-    def executable_path(self, prefix_finder: Optional[PackageFinder] = None) -> str:
+    def executable_path(self, prefix_finder: PackageFinder | None = None) -> str:
         """Path of the executable: ``<prefix>/lib/<package>/<executable>``."""
         prefix = _find_prefix(prefix_finder or ament_prefix_finder, self.package)
         return os.path.join(prefix, "lib", self.package, self.executable)
 
-    def command(self, prefix_finder: Optional[PackageFinder] = None) -> list[str]:
+    def command(self, prefix_finder: PackageFinder | None = None) -> list[str]:
         """The command line ``ros2 launch`` runs for this node.
 
         ``[exe, *args, ("--ros-args", *ros_args,)? "--ros-args", "-r", "__node:=NAME",
@@ -165,7 +167,7 @@ class LaunchDescription:
     args: dict[str, str]
     nodes: list[NodeSpec]
     source: str = ""
-    package_finder: Optional[PackageFinder] = field(default=None, repr=False, compare=False)
+    package_finder: PackageFinder | None = field(default=None, repr=False, compare=False)
 
 
 def ament_prefix_finder(package: str) -> str:
@@ -187,9 +189,7 @@ def _find_prefix(finder: PackageFinder, package: str) -> str:
     try:
         prefix = finder(package)
     except (LookupError, ValueError, OSError) as exc:
-        raise LookupError(
-            f"package '{package}' not found ({exc}); is ros2_ws/install/setup.bash sourced?"
-        ) from exc
+        raise LookupError(f"package '{package}' not found ({exc}); is ros2_ws/install/setup.bash sourced?") from exc
     return str(prefix)
 
 
@@ -203,7 +203,7 @@ class _Element:
     tag: str
     attrib: dict[str, str]
     line: int
-    children: list["_Element"] = field(default_factory=list)
+    children: list[_Element] = field(default_factory=list)
 
     def describe(self) -> str:
         """``<tag a="b" ...>`` -- the offending element as it appears in the file."""
@@ -229,9 +229,10 @@ def _read_xml(path: Path) -> _Element:
         # half-deleted element), so say so instead of ignoring it.
         if data.strip() and stack:
             raise LaunchFileError(
-                f"{path}:{parser.CurrentLineNumber}: {stack[-1].describe()}: "
-                f"unexpected text {data.strip()!r}",
-                str(path), parser.CurrentLineNumber, stack[-1].describe(),
+                f"{path}:{parser.CurrentLineNumber}: {stack[-1].describe()}: unexpected text {data.strip()!r}",
+                str(path),
+                parser.CurrentLineNumber,
+                stack[-1].describe(),
             )
 
     parser.StartElementHandler = start
@@ -260,10 +261,10 @@ class _Sub:
     """One ``$(name args...)``; each argument is itself a template (may nest)."""
 
     name: str
-    args: list["_Template"]
+    args: list[_Template]
 
 
-_Template = list[Union[str, _Sub]]
+_Template = list[str | _Sub]
 
 # name -> (min args, max args)
 _SUBSTITUTIONS: dict[str, tuple[int, int]] = {
@@ -345,7 +346,7 @@ def _parse_sub_arg(text: str, i: int) -> tuple[_Template, int]:
             parts.append("".join(buf))
             buf.clear()
 
-    quote: Optional[str] = None
+    quote: str | None = None
     while i < len(text):
         ch = text[i]
         if text.startswith("$(", i):
@@ -391,7 +392,7 @@ _NAMESPACE_RE = re.compile(rf"/|(/{_NS_TOKEN})+")
 _NODE_NAME_RE = re.compile(_NS_TOKEN)
 
 
-def _join_namespace(base: Optional[str], ns: Optional[str]) -> Optional[str]:
+def _join_namespace(base: str | None, ns: str | None) -> str | None:
     """launch_ros' prefix_namespace + make_namespace_absolute: absolute ``ns`` wins."""
     if ns is None or ns == "":
         joined = base
@@ -420,8 +421,9 @@ class _Rule:
     children: frozenset[str] = frozenset()
 
 
-def _rule(attrs: Iterable[str], required: Iterable[str] = (), literal: Iterable[str] = (),
-          children: Iterable[str] = ()) -> _Rule:
+def _rule(
+    attrs: Iterable[str], required: Iterable[str] = (), literal: Iterable[str] = (), children: Iterable[str] = ()
+) -> _Rule:
     return _Rule(frozenset(attrs), frozenset(required), frozenset(literal), frozenset(children))
 
 
@@ -432,11 +434,13 @@ _MAX_INCLUDE_DEPTH = 8
 _RULES: dict[str, _Rule] = {
     "launch": _rule({"version"}, literal={"version"}, children=_ACTIONS),
     # launch takes <arg name> and description verbatim (no substitutions), the default is substituted.
-    "arg": _rule({"name", "default", "description"} | _CONDITIONS, required={"name"},
-                 literal={"name", "description"}),
+    "arg": _rule({"name", "default", "description"} | _CONDITIONS, required={"name"}, literal={"name", "description"}),
     "let": _rule({"name", "value"} | _CONDITIONS, required={"name", "value"}),
-    "node": _rule({"pkg", "exec", "name", "namespace", "output", "respawn", "args", "ros_args", "ros-args"}
-                  | _CONDITIONS, required={"pkg", "exec"}, children={"param", "remap"}),
+    "node": _rule(
+        {"pkg", "exec", "name", "namespace", "output", "respawn", "args", "ros_args", "ros-args"} | _CONDITIONS,
+        required={"pkg", "exec"},
+        children={"param", "remap"},
+    ),
     # <param> and <remap> are not actions in launch_ros: no if/unless.
     "param": _rule({"name", "value", "from"}),
     "remap": _rule({"from", "to"}, required={"from", "to"}),
@@ -457,9 +461,9 @@ class _Scope:
     """Launch configurations (``$(var)`` values) plus the pushed ROS namespace."""
 
     variables: dict[str, str]
-    namespace: Optional[str] = None
+    namespace: str | None = None
 
-    def copy(self) -> "_Scope":
+    def copy(self) -> _Scope:
         return _Scope(dict(self.variables), self.namespace)
 
 
@@ -489,12 +493,15 @@ class _Interpreter:
         """
         rule = _INCLUDE_ARG_RULE if (parent, element.tag) == ("include", "arg") else _RULES.get(element.tag)
         if rule is None or element.tag not in allowed:
-            raise self.error(element, f"unknown or misplaced element <{element.tag}>"
-                                      f" (allowed here: {', '.join(sorted(allowed)) or 'none'})")
+            raise self.error(
+                element,
+                f"unknown or misplaced element <{element.tag}> (allowed here: {', '.join(sorted(allowed)) or 'none'})",
+            )
         unknown = sorted(set(element.attrib) - rule.attributes)
         if unknown:
-            raise self.error(element, f"unknown attribute(s) {', '.join(unknown)} "
-                                      f"(allowed: {', '.join(sorted(rule.attributes))})")
+            raise self.error(
+                element, f"unknown attribute(s) {', '.join(unknown)} (allowed: {', '.join(sorted(rule.attributes))})"
+            )
         missing = sorted(rule.required - set(element.attrib))
         if missing:
             raise self.error(element, f"missing required attribute(s) {', '.join(missing)}")
@@ -528,7 +535,7 @@ class _Interpreter:
         except LookupError as exc:
             raise self.error(element, f"attribute {attr}: {exc.args[0] if exc.args else exc}") from None
 
-    def opt(self, element: _Element, attr: str, scope: _Scope) -> Optional[str]:
+    def opt(self, element: _Element, attr: str, scope: _Scope) -> str | None:
         return self.subst(element, attr, scope) if attr in element.attrib else None
 
     def _evaluate(self, template: _Template, scope: _Scope) -> str:
@@ -703,8 +710,11 @@ class _Interpreter:
             included.validate(root, frozenset({"launch"}))
             unknown = sorted(set(passed) - included.declared_args)
             if unknown:
-                raise self.error(element, f"argument(s) {', '.join(unknown)} are not declared by '{path.name}' "
-                                          f"(declared: {', '.join(sorted(included.declared_args)) or 'none'})")
+                raise self.error(
+                    element,
+                    f"argument(s) {', '.join(unknown)} are not declared by '{path.name}' "
+                    f"(declared: {', '.join(sorted(included.declared_args)) or 'none'})",
+                )
             inner = scope.copy()
             inner.variables.update(passed)
             included.run(root.children, inner)
@@ -725,9 +735,9 @@ class _Interpreter:
 
 
 def parse_launch_file(
-    path: Union[str, os.PathLike],
-    overrides: Optional[Mapping[str, str]] = None,
-    package_finder: Optional[PackageFinder] = None,
+    path: str | os.PathLike,
+    overrides: Mapping[str, str] | None = None,
+    package_finder: PackageFinder | None = None,
 ) -> LaunchDescription:
     """Read a ROS 2 XML launch file into a :class:`LaunchDescription`.
 
@@ -787,6 +797,7 @@ def _die_with_parent(parent_pid: int):
     The kernel ties this to the thread that started the node: start graphs from a
     thread that lives as long as they should.
     """
+
     def hook() -> None:
         try:
             libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -795,6 +806,7 @@ def _die_with_parent(parent_pid: int):
             return
         if os.getppid() != parent_pid:  # the launcher died before prctl took effect
             os.kill(os.getpid(), signal.SIGTERM)
+
     return hook
 
 
@@ -814,14 +826,15 @@ class LaunchedGraph:
 
     def __init__(self) -> None:
         self._running: dict[str, _Running] = {}
-        self._exit_codes: Optional[dict[str, Optional[int]]] = None
-        self.log_dir: Optional[Path] = None
+        self._exit_codes: dict[str, int | None] | None = None
+        self.log_dir: Path | None = None
 
-    def __enter__(self) -> "LaunchedGraph":
+    def __enter__(self) -> LaunchedGraph:
         return self
 
-    def __exit__(self, exc_type: Optional[type[BaseException]], exc: Optional[BaseException],
-                 tb: Optional[TracebackType]) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     @staticmethod
@@ -834,10 +847,10 @@ class LaunchedGraph:
     def start(
         self,
         description: LaunchDescription,
-        env: Optional[Mapping[str, str]] = None,
-        log_dir: Optional[Union[str, os.PathLike]] = None,
-        prefix_finder: Optional[PackageFinder] = None,
-    ) -> "LaunchedGraph":
+        env: Mapping[str, str] | None = None,
+        log_dir: str | os.PathLike | None = None,
+        prefix_finder: PackageFinder | None = None,
+    ) -> LaunchedGraph:
         """Start all nodes; return self.
 
         ``env`` entries are added to (or replace) this process's environment for the
@@ -870,8 +883,13 @@ class LaunchedGraph:
                 log_file = open(log_path, "wb")
                 try:
                     process = subprocess.Popen(
-                        command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                        env=child_env, start_new_session=True, preexec_fn=_die_with_parent(os.getpid()),
+                        command,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log_file,
+                        stderr=subprocess.STDOUT,
+                        env=child_env,
+                        start_new_session=True,
+                        preexec_fn=_die_with_parent(os.getpid()),
                     )
                 except BaseException:
                     log_file.close()
@@ -899,7 +917,7 @@ class LaunchedGraph:
         """Whether each node's process is still running."""
         return {key: r.process.poll() is None for key, r in self._running.items()}
 
-    def returncodes(self) -> dict[str, Optional[int]]:
+    def returncodes(self) -> dict[str, int | None]:
         """Exit code per node (None while running; negative = killed by that signal)."""
         return {key: r.process.poll() for key, r in self._running.items()}
 
@@ -922,7 +940,7 @@ class LaunchedGraph:
                 return False
         return True
 
-    def stop(self, timeout: float = 5.0) -> dict[str, Optional[int]]:
+    def stop(self, timeout: float = 5.0) -> dict[str, int | None]:
         """Stop every node; return their exit codes (negative: killed by that signal).
 
         Like ros2 launch: SIGINT (a clean rclpy/rclcpp shutdown), then SIGTERM for those

@@ -37,6 +37,7 @@ which count vetted commands it held; a health value of the same name wins).
 The status is WARN while a rejection is recent (`warn_for` seconds), unless the node's own
 level is worse.
 """
+
 from __future__ import annotations
 
 import functools
@@ -45,8 +46,9 @@ import threading
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.clock import Clock, ClockType
@@ -84,9 +86,16 @@ def _is_service_response(value: Any) -> bool:
 
 
 class NodeGuard:
-    def __init__(self, node: Node, title: str, health: Callable[[], Health] | None = None,
-                 hardware_id: str = "rla_wm_ros", period: float = 1.0, log_period: float = 5.0,
-                 warn_for: float = 10.0) -> None:
+    def __init__(
+        self,
+        node: Node,
+        title: str,
+        health: Callable[[], Health] | None = None,
+        hardware_id: str = "rla_wm_ros",
+        period: float = 1.0,
+        log_period: float = 5.0,
+        warn_for: float = 10.0,
+    ) -> None:
         """`health` gives the node's own message, level and values for each diagnostics message;
         `period` 0 publishes no diagnostics (call `publish_diagnostics` yourself)."""
         self.node = node
@@ -104,8 +113,11 @@ class NodeGuard:
             self.diagnostics_pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
             # Steady clock: under use_sim_time the ROS clock stands still until /clock comes, and a
             # node must still say why it refuses input then.
-            node.create_timer(period, self.wrap(self.publish_diagnostics, name="diagnostics"),
-                              clock=Clock(clock_type=ClockType.STEADY_TIME))
+            node.create_timer(
+                period,
+                self.wrap(self.publish_diagnostics, name="diagnostics"),
+                clock=Clock(clock_type=ClockType.STEADY_TIME),
+            )
 
     # ------------------------------------------------------------------ counting
 
@@ -133,8 +145,9 @@ class NodeGuard:
             else:
                 frame = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
                 where = f" (raised at {frame.filename}:{frame.lineno} in {frame.name})" if frame else ""
-                logger.error(f"callback {callback} failed, input rejected: {type(error).__name__}: {error}"
-                             f"{where}{suffix}")
+                logger.error(
+                    f"callback {callback} failed, input rejected: {type(error).__name__}: {error}{where}{suffix}"
+                )
         except Exception:  # noqa: BLE001 — logging during shutdown must not take the node down
             pass
 
@@ -150,8 +163,7 @@ class NodeGuard:
 
     # ------------------------------------------------------------------ wrapping
 
-    def wrap(self, callback: Callable, name: str | None = None,
-             on_error: Callable[..., Any] | None = None) -> Callable:
+    def wrap(self, callback: Callable, name: str | None = None, on_error: Callable[..., Any] | None = None) -> Callable:
         """`callback` such that an exception in it is a counted rejection, never a dead node.
 
         Works for subscription (msg [, info]), timer, service (request, response), guard
@@ -181,6 +193,7 @@ class NodeGuard:
             return None
 
         if inspect.iscoroutinefunction(callback):
+
             @functools.wraps(callback)
             async def guarded_async(*args: Any, **kwargs: Any) -> Any:
                 try:
@@ -218,9 +231,11 @@ class NodeGuard:
             message = f"{message}; rejecting input ({last[1]})"
         status.level, status.message = level, message
         values = {key: str(value) for key, value in health.values.items()}
-        guard_values = {"rejected_inputs": str(sum(counts.values())),
-                        **{f"rejected/{key}": str(n) for key, n in counts.items()},
-                        "last_rejected_input": last[1] if last else ""}
+        guard_values = {
+            "rejected_inputs": str(sum(counts.values())),
+            **{f"rejected/{key}": str(n) for key, n in counts.items()},
+            "last_rejected_input": last[1] if last else "",
+        }
         for key, value in guard_values.items():
             values.setdefault(key, value)
         status.values = [KeyValue(key=key, value=value) for key, value in values.items()]
@@ -236,4 +251,4 @@ class NodeGuard:
 
 def rejection_counts(status: DiagnosticStatus) -> dict[str, int]:
     """{"<callback>/<reason>": count} from a status a NodeGuard published (for tests and tools)."""
-    return {kv.key[len("rejected/"):]: int(kv.value) for kv in status.values if kv.key.startswith("rejected/")}
+    return {kv.key[len("rejected/") :]: int(kv.value) for kv in status.values if kv.key.startswith("rejected/")}

@@ -1,8 +1,9 @@
 """Common entry point: init rclpy, run one node, shut down cleanly on Ctrl-C / SIGINT."""
+
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor

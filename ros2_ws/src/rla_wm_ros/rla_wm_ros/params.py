@@ -1,4 +1,5 @@
 """Declaring typed, range-checked node parameters in one line each."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -47,7 +48,9 @@ def declare(
         if kind is int:
             descriptor.integer_range = [IntegerRange(from_value=int(low), to_value=int(high), step=1)]
         elif kind is float:
-            descriptor.floating_point_range = [FloatingPointRange(from_value=float(low), to_value=float(high), step=0.0)]
+            descriptor.floating_point_range = [
+                FloatingPointRange(from_value=float(low), to_value=float(high), step=0.0)
+            ]
         else:
             raise TypeError(f"parameter {name}: ranges apply to int and float, not {kind.__name__}")
     if kind is float:

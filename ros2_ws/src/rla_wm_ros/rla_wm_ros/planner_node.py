@@ -1,4 +1,4 @@
-"""Plan to a goal image with world-model rollouts (CEM / MPPI in `rla_wm.planning`).
+"""Plan to a goal image with world-model rollouts (CEM / MPPI in `rla_wm.control.planning`).
 
 - Action `~/plan_to_goal` (rla_wm_msgs/action/PlanToGoal): goal image -> goal features with
   the node's own encoder, then a plan from the newest `features`, feedback every iteration,
@@ -17,6 +17,7 @@ or with another grid than the world model's, or a malformed one, is refused when
 while it is the newest map, no plan is made (not from an older map either). Every refusal is
 counted on /diagnostics (`rla_wm_ros.node_guard`), and no callback's exception ends the node.
 """
+
 from __future__ import annotations
 
 import threading
@@ -32,9 +33,9 @@ from std_msgs.msg import Float32
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from rla_wm.checkpoint import CheckpointError
-from rla_wm.features import EncoderConfig, FeatureEncoder, FeatureEncoderError
-from rla_wm.planning import MPCController, Planner, PlannerConfig, PlanningError, PlanResult, load_predictor
+from rla_wm.control.planning import MPCController, Planner, PlannerConfig, PlanningError, PlanResult, load_predictor
+from rla_wm.models.checkpoint import CheckpointError
+from rla_wm.models.encoder import EncoderConfig, FeatureEncoder, FeatureEncoderError
 from rla_wm_msgs.action import PlanToGoal
 from rla_wm_msgs.msg import FeatureMap
 from rla_wm_ros.conversions import (
@@ -63,9 +64,12 @@ class PlannerNode(Node):
     def __init__(self) -> None:
         super().__init__("planner")
         # -- encoder (same `model` spec as the encoder node) and world model -------------------
-        model = declare(self, "model", "builtin:dinov2-tiny-random",
-                        "Encoder weights for goal images: hub id, local folder, or builtin:<name> "
-                        "(as the encoder node).")
+        model = declare(
+            self,
+            "model",
+            "builtin:dinov2-tiny-random",
+            "Encoder weights for goal images: hub id, local folder, or builtin:<name> (as the encoder node).",
+        )
         resolution = declare(self, "resolution", 224, "Encoder input size; a multiple of the patch size.", (14, 2048))
         device = declare(self, "device", "cpu", "Torch device, e.g. cpu or cuda:0.")
         dtype = declare(self, "dtype", "float32", "Encoder dtype: float32, float16 or bfloat16.")
@@ -73,8 +77,9 @@ class PlannerNode(Node):
         kind = declare(self, "world_model", "rla-wm", "rla-wm (rla_checkpoint + wm_checkpoint) or regression.")
         rla_checkpoint = declare(self, "rla_checkpoint", "", "RLA autoencoder checkpoint folder (rla-wm).")
         wm_checkpoint = declare(self, "wm_checkpoint", "", "RLA-WM world-model checkpoint folder (rla-wm).")
-        regression_checkpoint = declare(self, "regression_checkpoint", "",
-                                        "Regression baseline checkpoint (regression).")
+        regression_checkpoint = declare(
+            self, "regression_checkpoint", "", "Regression baseline checkpoint (regression)."
+        )
         euler_steps = declare(self, "euler_steps", 10, "Euler steps per RLA-WM prediction.", (1, 1000))
         seed = declare(self, "seed", 0, "Seed of the planner's sampling and of RLA-WM's flow noise.", (0, 2**31 - 1))
         if threads:
@@ -82,45 +87,68 @@ class PlannerNode(Node):
         self.encoder = FeatureEncoder(EncoderConfig(model=model, resolution=resolution, device=device, dtype=dtype))
         self.encoder_id = self.encoder.encoder_id
         try:
-            self.loaded = load_predictor(kind, rla_checkpoint, wm_checkpoint, regression_checkpoint, euler_steps,
-                                         seed, device)
+            self.loaded = load_predictor(
+                kind, rla_checkpoint, wm_checkpoint, regression_checkpoint, euler_steps, seed, device
+            )
         except (CheckpointError, PlanningError) as err:
             raise RuntimeError(f"planner: cannot load world model {kind!r}: {err}") from err
         grid = self.encoder.grid
         if (self.loaded.encoder_id, self.loaded.num_tokens, self.loaded.token_dim) != (
-                self.encoder_id, grid.tokens, grid.channels):
-            raise RuntimeError(f"world model was trained on {self.loaded.encoder_id!r} "
-                               f"({self.loaded.num_tokens}x{self.loaded.token_dim} tokens), the encoder is "
-                               f"{self.encoder_id!r} ({grid.tokens}x{grid.channels}): set model/resolution to match")
+            self.encoder_id,
+            grid.tokens,
+            grid.channels,
+        ):
+            raise RuntimeError(
+                f"world model was trained on {self.loaded.encoder_id!r} "
+                f"({self.loaded.num_tokens}x{self.loaded.token_dim} tokens), the encoder is "
+                f"{self.encoder_id!r} ({grid.tokens}x{grid.channels}): set model/resolution to match"
+            )
         if "random" in self.encoder.model_path:
             self.get_logger().warning(f"encoder {model!r} has RANDOM weights: goal features are random projections")
 
         # -- robot interface ----------------------------------------------------------------
-        self.joint_names = declare(self, "joint_names", ["agent_x", "agent_y"], "Commanded joints, in action order.",
-                                   param_type=list)
+        self.joint_names = declare(
+            self, "joint_names", ["agent_x", "agent_y"], "Commanded joints, in action order.", param_type=list
+        )
         if len(self.joint_names) != self.loaded.action_dim:
-            raise RuntimeError(f"joint_names {self.joint_names} do not match the world model's action_dim "
-                               f"{self.loaded.action_dim}")
-        self.point_period = declare(self, "point_period", 0.1, "Seconds between actions (the training data's "
-                                    "control period).", (0.001, 10.0))
-        self.features_timeout = declare(self, "features_timeout", 1.0, "Do not plan from a feature map received "
-                                        "longer ago than this (s).", (0.01, 60.0))
-        self.state_timeout = declare(self, "state_timeout", 0.5, "Ignore joint states older than this (s).",
-                                     (0.01, 10.0))
-        self.min_lead_time = declare(self, "min_lead_time", 0.05, "Drop chunk points due sooner than this after "
-                                     "publishing (s).", (0.0, 5.0))
+            raise RuntimeError(
+                f"joint_names {self.joint_names} do not match the world model's action_dim {self.loaded.action_dim}"
+            )
+        self.point_period = declare(
+            self, "point_period", 0.1, "Seconds between actions (the training data's control period).", (0.001, 10.0)
+        )
+        self.features_timeout = declare(
+            self,
+            "features_timeout",
+            1.0,
+            "Do not plan from a feature map received longer ago than this (s).",
+            (0.01, 60.0),
+        )
+        self.state_timeout = declare(
+            self, "state_timeout", 0.5, "Ignore joint states older than this (s).", (0.01, 10.0)
+        )
+        self.min_lead_time = declare(
+            self, "min_lead_time", 0.05, "Drop chunk points due sooner than this after publishing (s).", (0.0, 5.0)
+        )
 
         # -- optimiser ------------------------------------------------------------------------
         low = declare(self, "action_low", [0.0, 0.0], "Lower action bound per joint.", param_type=list)
         high = declare(self, "action_high", [512.0, 512.0], "Upper action bound per joint.", param_type=list)
-        max_delta = declare(self, "max_delta", 40.0, "Largest target change per step, and from the measured "
-                            "state (0 = none); keep it under the gate's velocity limit x point_period.",
-                            (0.0, 1e9))
-        chunk_length = declare(self, "chunk_length", 5, "Actions per world-model prediction (the training "
-                               "horizon).", (1, 1000))
+        max_delta = declare(
+            self,
+            "max_delta",
+            40.0,
+            "Largest target change per step, and from the measured "
+            "state (0 = none); keep it under the gate's velocity limit x point_period.",
+            (0.0, 1e9),
+        )
+        chunk_length = declare(
+            self, "chunk_length", 5, "Actions per world-model prediction (the training horizon).", (1, 1000)
+        )
         if chunk_length > self.loaded.max_horizon:
-            raise RuntimeError(f"chunk_length {chunk_length} exceeds the world model's max_horizon "
-                               f"{self.loaded.max_horizon}")
+            raise RuntimeError(
+                f"chunk_length {chunk_length} exceeds the world model's max_horizon {self.loaded.max_horizon}"
+            )
         try:
             self.defaults = PlannerConfig(
                 method=declare(self, "method", "cem", "cem or mppi."),
@@ -133,11 +161,17 @@ class PlannerNode(Node):
                 action_low=tuple(float(v) for v in low),
                 action_high=tuple(float(v) for v in high),
                 max_delta=max_delta or None,
-                init_std=declare(self, "init_std", 0.25, "Initial std as a fraction of the action range.",
-                                 (1e-6, 10.0)),
+                init_std=declare(
+                    self, "init_std", 0.25, "Initial std as a fraction of the action range.", (1e-6, 10.0)
+                ),
                 cost=declare(self, "cost", "l2", "l2, l1 or cosine distance over patch tokens."),
-                intermediate_weight=declare(self, "intermediate_weight", 0.0, "Weight of the distances after "
-                                            "intermediate chunks (0 = final only).", (0.0, 1e6)),
+                intermediate_weight=declare(
+                    self,
+                    "intermediate_weight",
+                    0.0,
+                    "Weight of the distances after intermediate chunks (0 = final only).",
+                    (0.0, 1e6),
+                ),
                 time_budget=declare(self, "time_budget", 0.0, "Default seconds per plan (0 = none).", (0.0, 3600.0)),
                 batch_size=declare(self, "batch_size", 0, "Candidates per predictor call (0 = all).", (0, MAX_SAMPLES)),
                 seed=seed,
@@ -146,24 +180,36 @@ class PlannerNode(Node):
             raise RuntimeError(f"planner: bad optimiser parameters: {err}") from err
         if len(self.defaults.action_low) != self.loaded.action_dim:
             raise RuntimeError(f"action_low/high need {self.loaded.action_dim} values")
-        if any(lo < tl or hi > th for lo, hi, tl, th in zip(self.defaults.action_low, self.defaults.action_high,
-                                                            self.loaded.action_low, self.loaded.action_high)):
-            self.get_logger().warning(f"action bounds {self.defaults.action_low}..{self.defaults.action_high} exceed "
-                                      f"the world model's training range {self.loaded.action_low}.."
-                                      f"{self.loaded.action_high}: its predictions there are extrapolation")
+        if any(
+            lo < tl or hi > th
+            for lo, hi, tl, th in zip(
+                self.defaults.action_low, self.defaults.action_high, self.loaded.action_low, self.loaded.action_high
+            )
+        ):
+            self.get_logger().warning(
+                f"action bounds {self.defaults.action_low}..{self.defaults.action_high} exceed "
+                f"the world model's training range {self.loaded.action_low}.."
+                f"{self.loaded.action_high}: its predictions there are extrapolation"
+            )
         self.planner = Planner(self.loaded.predictor, self.defaults)
 
         # -- MPC ----------------------------------------------------------------------------------
-        self.mpc_rate = declare(self, "mpc_rate", 0.0, "Replanning rate (Hz) toward the current goal; 0 = no MPC.",
-                                (0.0, 1000.0))
-        mpc_horizon = declare(self, "mpc_horizon", 0, "Plan length in chunks when replanning (0 = horizon).",
-                              (0, MAX_HORIZON))
+        self.mpc_rate = declare(
+            self, "mpc_rate", 0.0, "Replanning rate (Hz) toward the current goal; 0 = no MPC.", (0.0, 1000.0)
+        )
+        mpc_horizon = declare(
+            self, "mpc_horizon", 0, "Plan length in chunks when replanning (0 = horizon).", (0, MAX_HORIZON)
+        )
         mpc_samples = declare(self, "mpc_num_samples", 64, "Samples per iteration when replanning.", (1, MAX_SAMPLES))
         mpc_iterations = declare(self, "mpc_iterations", 3, "Iterations per replan.", (1, MAX_ITERATIONS))
         mpc_budget = declare(self, "mpc_time_budget", 0.0, "Seconds per replan (0 = 0.9 / mpc_rate).", (0.0, 3600.0))
         budget = mpc_budget or (0.9 / self.mpc_rate if self.mpc_rate > 0 else 0.0)
-        self.mpc = MPCController(self.planner, self.planner.settings(
-            horizon=mpc_horizon or None, num_samples=mpc_samples, iterations=mpc_iterations, time_budget=budget))
+        self.mpc = MPCController(
+            self.planner,
+            self.planner.settings(
+                horizon=mpc_horizon or None, num_samples=mpc_samples, iterations=mpc_iterations, time_budget=budget
+            ),
+        )
 
         # -- state ------------------------------------------------------------------------------
         self.model_lock = threading.Lock()  # one planning run at a time (action or MPC)
@@ -187,23 +233,36 @@ class PlannerNode(Node):
         self.create_subscription(FeatureMap, "features", guard(self.on_features), LATEST_ONLY)
         self.create_subscription(JointState, "joint_states", guard(self.on_joint_state), 10)
         self.action_server = ActionServer(
-            self, PlanToGoal, "~/plan_to_goal",
+            self,
+            PlanToGoal,
+            "~/plan_to_goal",
             execute_callback=guard(self.execute_goal, on_error=self.goal_failed),
             goal_callback=guard(self.on_goal_request, on_error=lambda _error, _goal: GoalResponse.REJECT),
-            cancel_callback=guard(lambda _: CancelResponse.ACCEPT, name="cancel_goal",
-                                  on_error=lambda _error, _goal: CancelResponse.REJECT),
-            callback_group=ReentrantCallbackGroup())
+            cancel_callback=guard(
+                lambda _: CancelResponse.ACCEPT,
+                name="cancel_goal",
+                on_error=lambda _error, _goal: CancelResponse.REJECT,
+            ),
+            callback_group=ReentrantCallbackGroup(),
+        )
         self.create_service(Trigger, "~/clear_goal", guard(self.on_clear_goal))
         if self.mpc_rate > 0:
             # Encoding a goal image and replanning each get a group so neither stalls the inputs.
-            self.create_subscription(Image, "goal_image", guard(self.on_goal_image), LATEST_ONLY,
-                                     callback_group=MutuallyExclusiveCallbackGroup())
-            self.create_timer(1.0 / self.mpc_rate, guard(self.on_mpc_tick),
-                              callback_group=MutuallyExclusiveCallbackGroup())
+            self.create_subscription(
+                Image,
+                "goal_image",
+                guard(self.on_goal_image),
+                LATEST_ONLY,
+                callback_group=MutuallyExclusiveCallbackGroup(),
+            )
+            self.create_timer(
+                1.0 / self.mpc_rate, guard(self.on_mpc_tick), callback_group=MutuallyExclusiveCallbackGroup()
+            )
         self.get_logger().info(
             f"planner: {self.loaded.predictor.name} on {self.encoder_id}, {self.defaults.method} "
             f"{self.defaults.num_samples}x{self.defaults.iterations}, horizon {self.defaults.horizon}x"
-            f"{chunk_length}; MPC {'at %.1f Hz' % self.mpc_rate if self.mpc_rate > 0 else 'off'}")
+            f"{chunk_length}; MPC {f'at {self.mpc_rate:.1f} Hz' if self.mpc_rate > 0 else 'off'}"
+        )
 
     # -- inputs -------------------------------------------------------------------------------------
     def on_features(self, msg: FeatureMap) -> None:
@@ -219,8 +278,10 @@ class PlannerNode(Node):
     def tokens_of(self, msg: FeatureMap) -> np.ndarray:
         """The map's (N, C) tokens if the world model can take them; Rejected otherwise."""
         if msg.encoder_id != self.encoder_id:
-            raise Rejected("encoder_mismatch", f"features come from encoder {msg.encoder_id!r}, the world model "
-                           f"needs {self.encoder_id!r}")
+            raise Rejected(
+                "encoder_mismatch",
+                f"features come from encoder {msg.encoder_id!r}, the world model needs {self.encoder_id!r}",
+            )
         grid = self.encoder.grid  # checked against the world model's tokens at start-up
         try:
             return msg_to_features(msg, expected=(grid.height, grid.width, grid.channels))
@@ -269,16 +330,22 @@ class PlannerNode(Node):
         return GoalResponse.ACCEPT
 
     def goal_settings(self, goal: PlanToGoal.Goal) -> PlannerConfig:
-        for name, value, limit in (("horizon", goal.horizon, MAX_HORIZON), ("num_samples", goal.num_samples,
-                                   MAX_SAMPLES), ("iterations", goal.iterations, MAX_ITERATIONS)):
+        for name, value, limit in (
+            ("horizon", goal.horizon, MAX_HORIZON),
+            ("num_samples", goal.num_samples, MAX_SAMPLES),
+            ("iterations", goal.iterations, MAX_ITERATIONS),
+        ):
             if value > limit:
                 raise PlanningError(f"{name} {value} exceeds {limit}")
         if not np.isfinite(goal.time_budget) or goal.time_budget < 0:
             raise PlanningError(f"time_budget must be >= 0, got {goal.time_budget}")
         # 0 means "node default" for every field.
-        return self.planner.settings(horizon=goal.horizon or None, num_samples=goal.num_samples or None,
-                                     iterations=goal.iterations or None,
-                                     time_budget=float(goal.time_budget) or None)
+        return self.planner.settings(
+            horizon=goal.horizon or None,
+            num_samples=goal.num_samples or None,
+            iterations=goal.iterations or None,
+            time_budget=float(goal.time_budget) or None,
+        )
 
     def execute_goal(self, goal_handle) -> PlanToGoal.Result:
         try:
@@ -323,15 +390,15 @@ class PlannerNode(Node):
             return abort("no_fresh_state", "execute needs a fresh joint state: none received within state_timeout")
 
         def on_iteration(stats) -> bool:
-            feedback = PlanToGoal.Feedback(iteration=stats.iteration, best_cost=stats.best_cost,
-                                           elapsed=stats.elapsed)
+            feedback = PlanToGoal.Feedback(iteration=stats.iteration, best_cost=stats.best_cost, elapsed=stats.elapsed)
             goal_handle.publish_feedback(feedback)
             return goal_handle.is_cancel_requested
 
         with self.model_lock:
             try:
-                plan = self.planner.plan(current, goal_features, start_action=state, callback=on_iteration,
-                                         config=settings)
+                plan = self.planner.plan(
+                    current, goal_features, start_action=state, callback=on_iteration, config=settings
+                )
             except (PlanningError, ValueError, RuntimeError) as err:  # the models raise ValueError on bad input
                 return abort("planning_failed", f"planning failed: {err}")
         self.record(plan)
@@ -354,8 +421,9 @@ class PlannerNode(Node):
                 self.mpc.set_goal(goal_features, warm_start=plan.actions)
         goal_handle.succeed()
         result.success = True
-        result.message = (f"{len(plan.stats)} iterations in {plan.elapsed:.2f} s (stopped: {plan.stopped})"
-                          + ("; first chunk sent" if goal.execute else ""))
+        result.message = f"{len(plan.stats)} iterations in {plan.elapsed:.2f} s (stopped: {plan.stopped})" + (
+            "; first chunk sent" if goal.execute else ""
+        )
         return result
 
     # -- MPC -----------------------------------------------------------------------------------------
@@ -437,14 +505,17 @@ class PlannerNode(Node):
         self.last_cost = plan.cost
 
     def health(self) -> Health:
-        health = Health("ready", values={
-            "world_model": self.loaded.predictor.name,
-            "plans": self.plans,
-            "last_plan_ms": f"{self.last_plan_seconds * 1e3:.1f}",
-            "last_plan_delay_ms": f"{self.last_plan_delay * 1e3:.1f}",
-            "last_cost": f"{self.last_cost:.6g}",
-            "mpc_goal": self.mpc.goal is not None,
-        })
+        health = Health(
+            "ready",
+            values={
+                "world_model": self.loaded.predictor.name,
+                "plans": self.plans,
+                "last_plan_ms": f"{self.last_plan_seconds * 1e3:.1f}",
+                "last_plan_delay_ms": f"{self.last_plan_delay * 1e3:.1f}",
+                "last_cost": f"{self.last_cost:.6g}",
+                "mpc_goal": self.mpc.goal is not None,
+            },
+        )
         if self.last_error:
             health.level, health.message = WARN, f"last error: {self.last_error}"
         return health

@@ -12,6 +12,7 @@ non-finite payload), a missing or stale joint state, or a non-finite model outpu
 counted rejection (`rla_wm_ros.node_guard`, reported on /diagnostics): nothing is published
 for it, and the node carries on.
 """
+
 from __future__ import annotations
 
 import time
@@ -23,9 +24,9 @@ from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from trajectory_msgs.msg import JointTrajectory
 
-from rla_wm.checkpoint import CheckpointError
 from rla_wm.control.chunking import ChunkScheduler
-from rla_wm.policy import WAMConfig, WorldActionModel
+from rla_wm.models.checkpoint import CheckpointError
+from rla_wm.models.policy import Policy, PolicyConfig
 from rla_wm_msgs.msg import FeatureMap
 from rla_wm_ros.conversions import (
     Chunk,
@@ -46,25 +47,47 @@ UNTRAINED = "untrained"
 class PolicyNode(Node):
     def __init__(self) -> None:
         super().__init__("policy")
-        checkpoint = declare(self, "checkpoint", UNTRAINED,
-                             f"Policy checkpoint folder or builtin:<name>; '{UNTRAINED}' = random initialisation.")
+        checkpoint = declare(
+            self,
+            "checkpoint",
+            UNTRAINED,
+            f"Policy checkpoint folder or builtin:<name>; '{UNTRAINED}' = random initialisation.",
+        )
         seed = declare(self, "seed", 0, "Initialisation seed of an untrained policy.", (0, 2**31 - 1))
-        self.joint_names = declare(self, "joint_names", ["agent_x", "agent_y"], "Joints the policy commands, in order.",
-                                   param_type=list)
+        self.joint_names = declare(
+            self, "joint_names", ["agent_x", "agent_y"], "Joints the policy commands, in order.", param_type=list
+        )
         self.point_period = declare(self, "point_period", 0.1, "Seconds between chunk points.", (0.001, 10.0))
-        self.state_timeout = declare(self, "state_timeout", 0.5, "Ignore joint states older than this (s).", (0.01, 10.0))
-        self.min_lead_time = declare(self, "min_lead_time", 0.05,
-                                     "Drop points due sooner than this after publishing (s): the robot "
-                                     "could only reach them with a velocity spike.", (0.0, 5.0))
-        self.rate = declare(self, "rate", 0.0, "Inference rate (Hz) on the newest features; 0 = on every "
-                            "feature map.", (0.0, 1000.0))
-        blend_time = declare(self, "blend_time", 0.2, "Seconds over which a new chunk fades in over the "
-                             "previous one (0 = no blending).", (0.0, 10.0))
+        self.state_timeout = declare(
+            self, "state_timeout", 0.5, "Ignore joint states older than this (s).", (0.01, 10.0)
+        )
+        self.min_lead_time = declare(
+            self,
+            "min_lead_time",
+            0.05,
+            "Drop points due sooner than this after publishing (s): the robot "
+            "could only reach them with a velocity spike.",
+            (0.0, 5.0),
+        )
+        self.rate = declare(
+            self, "rate", 0.0, "Inference rate (Hz) on the newest features; 0 = on every feature map.", (0.0, 1000.0)
+        )
+        blend_time = declare(
+            self,
+            "blend_time",
+            0.2,
+            "Seconds over which a new chunk fades in over the previous one (0 = no blending).",
+            (0.0, 10.0),
+        )
         self.scheduler = ChunkScheduler(blend_time=blend_time, min_lead_time=self.min_lead_time)
         self.follow_tolerance_steps = declare(
-            self, "follow_tolerance_steps", 2.0,
+            self,
+            "follow_tolerance_steps",
+            2.0,
             "Blend only into a previous chunk the robot follows: within this many of the policy's largest "
-            "per-point moves (max_delta) of where that chunk has it now; 0 = always blend.", (0.0, 100.0))
+            "per-point moves (max_delta) of where that chunk has it now; 0 = always blend.",
+            (0.0, 100.0),
+        )
         device = declare(self, "device", "cpu", "Torch device.")
         threads = declare(self, "torch_threads", 0, "CPU threads for torch (0 = torch default).", (0, 256))
         if threads:
@@ -72,27 +95,31 @@ class PolicyNode(Node):
         self.device = torch.device(device)
         if checkpoint != UNTRAINED:
             try:
-                self.policy, _ = WorldActionModel.load(checkpoint)
+                self.policy, _ = Policy.load(checkpoint)
             except CheckpointError as err:  # missing, corrupt, mismatched or non-finite: refuse to start
                 self.get_logger().fatal(f"cannot load policy checkpoint {checkpoint!r}: {err}")
                 raise RuntimeError(f"policy: cannot load checkpoint {checkpoint!r}: {err}") from err
             self.get_logger().info(f"policy loaded from {checkpoint}")
         else:
             torch.manual_seed(seed)
-            self.policy = WorldActionModel(WAMConfig()).eval()
-            self.get_logger().warning(f"no checkpoint given: running an UNTRAINED policy (seed {seed}); "
-                                   "its commands are arbitrary but still pass the safety gate")
+            self.policy = Policy(PolicyConfig()).eval()
+            self.get_logger().warning(
+                f"no checkpoint given: running an UNTRAINED policy (seed {seed}); "
+                "its commands are arbitrary but still pass the safety gate"
+            )
         self.policy.to(self.device)
         if len(self.joint_names) != self.policy.config.action_dim:
-            raise ValueError(f"joint_names {self.joint_names} do not match the policy's action_dim "
-                             f"{self.policy.config.action_dim}")
+            raise ValueError(
+                f"joint_names {self.joint_names} do not match the policy's action_dim {self.policy.config.action_dim}"
+            )
         self.latest_state: tuple[float, np.ndarray] | None = None
         self.latest_features: tuple[FeatureMap, np.ndarray] | None = None  # checked, with its tokens
         self.acted_on: FeatureMap | None = None
         self.chunks_published = 0
         self.last_inference_seconds = 0.0
-        self.guard = NodeGuard(self, "world action model", health=self.health,
-                               hardware_id=self.policy.config.encoder_id)
+        self.guard = NodeGuard(
+            self, "world action model", health=self.health, hardware_id=self.policy.config.encoder_id
+        )
         self.trajectory_pub = self.create_publisher(JointTrajectory, "policy/joint_trajectory", 10)
         inference_group = MutuallyExclusiveCallbackGroup()
         guard = self.guard.wrap
@@ -101,15 +128,19 @@ class PolicyNode(Node):
             self.create_subscription(FeatureMap, "features", guard(self.on_features), LATEST_ONLY)
             self.create_timer(1.0 / self.rate, guard(self.on_inference_tick), callback_group=inference_group)
         else:
-            self.create_subscription(FeatureMap, "features", guard(self.act), LATEST_ONLY,
-                                     callback_group=inference_group)
+            self.create_subscription(
+                FeatureMap, "features", guard(self.act), LATEST_ONLY, callback_group=inference_group
+            )
 
     def health(self) -> Health:
-        return Health("acting" if self.chunks_published else "waiting for features and joint states", values={
-            "chunks_published": self.chunks_published,
-            "inference_ms": f"{self.last_inference_seconds * 1e3:.1f}",
-            "feature_grid": "x".join(map(str, self.policy.feature_grid or ("?",))),
-        })
+        return Health(
+            "acting" if self.chunks_published else "waiting for features and joint states",
+            values={
+                "chunks_published": self.chunks_published,
+                "inference_ms": f"{self.last_inference_seconds * 1e3:.1f}",
+                "feature_grid": "x".join(map(str, self.policy.feature_grid or ("?",))),
+            },
+        )
 
     def on_joint_state(self, msg: JointState) -> None:
         try:
@@ -121,8 +152,10 @@ class PolicyNode(Node):
         """The map's (N, C) tokens if the model can take them; Rejected otherwise (before any inference)."""
         config = self.policy.config
         if msg.encoder_id != config.encoder_id:
-            raise Rejected("encoder_mismatch", f"features from encoder {msg.encoder_id!r}, the policy was "
-                           f"trained on {config.encoder_id!r}")
+            raise Rejected(
+                "encoder_mismatch",
+                f"features from encoder {msg.encoder_id!r}, the policy was trained on {config.encoder_id!r}",
+            )
         try:
             tokens = msg_to_features(msg, expected=self.policy.feature_grid)
         except GridMismatchError as err:
@@ -130,8 +163,11 @@ class PolicyNode(Node):
         except MessageShapeError as err:
             raise Rejected("malformed_features", str(err)) from err
         if tokens.shape != (config.num_tokens, config.token_dim):  # a model whose grid is not square
-            raise Rejected("grid_mismatch", f"feature map has {tokens.shape[0]}x{tokens.shape[1]} tokens, the "
-                           f"model takes {config.num_tokens}x{config.token_dim}")
+            raise Rejected(
+                "grid_mismatch",
+                f"feature map has {tokens.shape[0]}x{tokens.shape[1]} tokens, the "
+                f"model takes {config.num_tokens}x{config.token_dim}",
+            )
         return tokens
 
     def on_features(self, msg: FeatureMap) -> None:
@@ -153,10 +189,14 @@ class PolicyNode(Node):
         state = self.latest_state[1]
         start = time.perf_counter()
         with torch.inference_mode():
-            actions = self.policy(
-                torch.from_numpy(tokens)[None].to(self.device),
-                torch.from_numpy(state).float()[None].to(self.device),
-            )[0].cpu().numpy()
+            actions = (
+                self.policy(
+                    torch.from_numpy(tokens)[None].to(self.device),
+                    torch.from_numpy(state).float()[None].to(self.device),
+                )[0]
+                .cpu()
+                .numpy()
+            )
         self.last_inference_seconds = time.perf_counter() - start
         if not np.isfinite(actions).all():
             raise Rejected("non_finite_actions", "the policy produced NaN/inf: chunk dropped")
@@ -165,8 +205,9 @@ class PolicyNode(Node):
         tolerance = None
         if self.follow_tolerance_steps > 0:  # after a refused chunk or a hold the robot is not on the old path
             tolerance = self.follow_tolerance_steps * np.asarray(config.max_delta, dtype=np.float64)
-        scheduled = self.scheduler.schedule(times, actions, now=self.get_clock().now().nanoseconds * 1e-9,
-                                            measured=state, tolerance=tolerance)
+        scheduled = self.scheduler.schedule(
+            times, actions, now=self.get_clock().now().nanoseconds * 1e-9, measured=state, tolerance=tolerance
+        )
         if scheduled is None:
             raise Rejected("chunk_too_late", "every point of the chunk is in the past")
         chunk = Chunk(tuple(self.joint_names), scheduled.positions, scheduled.times - stamp, msg.header.stamp)

@@ -1,5 +1,6 @@
 """QoS profiles shared by the nodes."""
-from typing import Callable
+
+from collections.abc import Callable
 
 from rclpy.qos import (
     QoSDurabilityPolicy,

@@ -5,6 +5,7 @@ QoS a publisher may use). Out: the gate's own vetted copy of each accepted chunk
 on the controller topic, plus diagnostics that say why commands are held. The vetting itself is the
 ROS-free `rla_wm.control.safety`; this node converts messages and keeps time.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,32 +29,54 @@ from rla_wm_ros.qos import CAMERA_QOS, ESTOP_QOS
 class SafetyGateNode(Node):
     def __init__(self) -> None:
         super().__init__("safety_gate")
-        limits_file = declare(self, "limits_file", "", "YAML with max_step and the joint limits (or `urdf:`, or tightening of robot_description's limits).")
-        robot_description = declare(self, "robot_description", "",
-                                    "URDF XML; joint limits are read from it (limits_file still gives max_step).")
-        camera_timeout = declare(self, "camera_timeout", 0.5, "Hold if no camera frame for this long (s).", (0.01, 60.0))
+        limits_file = declare(
+            self,
+            "limits_file",
+            "",
+            "YAML with max_step and the joint limits (or `urdf:`, or tightening of robot_description's limits).",
+        )
+        robot_description = declare(
+            self, "robot_description", "", "URDF XML; joint limits are read from it (limits_file still gives max_step)."
+        )
+        camera_timeout = declare(
+            self, "camera_timeout", 0.5, "Hold if no camera frame for this long (s).", (0.01, 60.0)
+        )
         state_timeout = declare(self, "state_timeout", 0.5, "Hold if no joint state for this long (s).", (0.01, 60.0))
-        command_timeout = declare(self, "command_timeout", 1.0, "Hold if the model is silent this long (s).", (0.01, 60.0))
+        command_timeout = declare(
+            self, "command_timeout", 1.0, "Hold if the model is silent this long (s).", (0.01, 60.0)
+        )
         self.dry_run = declare(self, "dry_run", False, "Log vetted commands but send nothing to the robot.")
         check_rate = declare(self, "check_rate", 50.0, "Watchdog checks per second.", (1.0, 1000.0))
         delivery_margin = declare(
-            self, "delivery_margin", 0.02,
+            self,
+            "delivery_margin",
+            0.02,
             "Seconds allowed for a command to reach the controller: points due sooner are dropped, and the "
             "first executed segment must respect the speed limits from anywhere the robot can be by then.",
             (0.001, 0.5),
         )
         tracking_tolerance = declare(
-            self, "tracking_tolerance", 0.0,
+            self,
+            "tracking_tolerance",
+            0.0,
             "How far (joint units) the measured state may be from the gate's last command before the gate "
             "assumes something else moved the robot and holds it where it is; 0 = max_step / 4.",
             (0.0, 1e6),
         )
-        compressed_camera = declare(self, "compressed_camera", False,
-                                    "The camera topic carries sensor_msgs/CompressedImage (liveness only).")
+        compressed_camera = declare(
+            self, "compressed_camera", False, "The camera topic carries sensor_msgs/CompressedImage (liveness only)."
+        )
         limits, max_step = load_limits(limits_file, robot_description)
-        self.gate = SafetyGate(limits, max_step, camera_timeout, state_timeout, command_timeout,
-                               delivery_margin=delivery_margin, dry_run=self.dry_run,
-                               tracking_tolerance=tracking_tolerance or None)
+        self.gate = SafetyGate(
+            limits,
+            max_step,
+            camera_timeout,
+            state_timeout,
+            command_timeout,
+            delivery_margin=delivery_margin,
+            dry_run=self.dry_run,
+            tracking_tolerance=tracking_tolerance or None,
+        )
         self.last_rejection = ""
         self.last_log = -math.inf
 
@@ -61,11 +84,13 @@ class SafetyGateNode(Node):
         self.guard = NodeGuard(self, "safety gate", health=self.health)
         guard = self.guard.wrap
         # An unexpected error while vetting a command still answers it with a hold.
-        self.create_subscription(JointTrajectory, "policy/joint_trajectory",
-                                 guard(self.on_command, on_error=self.hold_on_error), 10)
+        self.create_subscription(
+            JointTrajectory, "policy/joint_trajectory", guard(self.on_command, on_error=self.hold_on_error), 10
+        )
         self.create_subscription(JointState, "joint_states", guard(self.on_state), 10)
-        self.create_subscription(CompressedImage if compressed_camera else Image, "camera/image_raw",
-                                 guard(self.on_camera), CAMERA_QOS)
+        self.create_subscription(
+            CompressedImage if compressed_camera else Image, "camera/image_raw", guard(self.on_camera), CAMERA_QOS
+        )
         # One subscription per kind of publisher, so any of them engages the e-stop: reliable or best
         # effort, volatile (`ros2 topic pub`, a default rclpy publisher) or latched.
         for qos in ESTOP_QOS:
@@ -151,14 +176,18 @@ class SafetyGateNode(Node):
         else:
             level, message = OK, "forwarding commands"
         ages = {name: gate.watchdog.age(name) for name in gate.watchdog.timeouts}
-        return Health(message=message, level=level, values={
-            "dry_run": str(self.dry_run),
-            "forwarded": gate.forwarded,
-            "rejected": gate.rejected,
-            "last_rejection": self.last_rejection,
-            "delivery_margin_s": f"{gate.delivery_margin_ns * 1e-9:.3f}",
-            **{f"age_{name}_s": f"{age:.3f}" if np.isfinite(age) else "never" for name, age in ages.items()},
-        })
+        return Health(
+            message=message,
+            level=level,
+            values={
+                "dry_run": str(self.dry_run),
+                "forwarded": gate.forwarded,
+                "rejected": gate.rejected,
+                "last_rejection": self.last_rejection,
+                "delivery_margin_s": f"{gate.delivery_margin_ns * 1e-9:.3f}",
+                **{f"age_{name}_s": f"{age:.3f}" if np.isfinite(age) else "never" for name, age in ages.items()},
+            },
+        )
 
 
 def main(args: list[str] | None = None) -> None:

@@ -12,6 +12,7 @@ message is stamped with it, and steps run `real_time_factor` times faster than r
 time (or as fast as the CPU allows); once an episode is done, time stands still until the
 next reset. The other nodes run with `use_sim_time:=true`.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,7 +29,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from rla_wm.control.trajectory import TrajectoryFollower
-from rla_wm.sim import CONTROL_HZ, JOINT_NAMES, PushTSim
+from rla_wm.envs.pusht.sim import CONTROL_HZ, JOINT_NAMES, PushTSim
 from rla_wm_msgs.msg import EpisodeStatus
 from rla_wm_ros.conversions import MessageShapeError, msg_to_trajectory
 from rla_wm_ros.image_conversion import CvBridge
@@ -61,7 +62,9 @@ class SimRobotNode(Node):
             self, "real_time_factor", 1.0, "Simulated seconds per wall second (1 = real time).", (0.1, 100.0)
         )
         self.publish_clock = declare(
-            self, "publish_clock", False,
+            self,
+            "publish_clock",
+            False,
             "Be the time source: publish /clock, advancing 1/CONTROL_HZ s per step, and stamp everything with it; "
             "time stands still while an episode is done (until reset).",
         )
@@ -87,7 +90,8 @@ class SimRobotNode(Node):
         self.goal_image = self.sim.goal_image()
         self.clock_pub = (
             self.create_publisher(ClockMsg, "/clock", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
-            if self.publish_clock else None
+            if self.publish_clock
+            else None
         )
         self.rejected_commands = 0
         self.guard = NodeGuard(self, "simulated robot", health=self.health)
@@ -96,8 +100,9 @@ class SimRobotNode(Node):
         self.create_service(Trigger, "~/reset", guard(self.on_reset))
         # Paced on a steady clock: under use_sim_time a ROS-clock timer would wait for the /clock
         # this node itself publishes.
-        self.create_timer(1.0 / (CONTROL_HZ * self.rate_scale), guard(self.on_tick),
-                          clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self.create_timer(
+            1.0 / (CONTROL_HZ * self.rate_scale), guard(self.on_tick), clock=Clock(clock_type=ClockType.STEADY_TIME)
+        )
         self.publish_goal()
         # Latched for late joiners that ask for it, and repeated for volatile subscribers
         # (a planner started after the sim) that cannot receive latched history.
@@ -123,8 +128,10 @@ class SimRobotNode(Node):
         self.goal_image_pub.publish(image)
 
     def health(self) -> Health:
-        return Health(message=f"episode {self.episode}, step {self.frame.step}",
-                      values={"rejected_commands": self.rejected_commands, "episode": self.episode})
+        return Health(
+            message=f"episode {self.episode}, step {self.frame.step}",
+            values={"rejected_commands": self.rejected_commands, "episode": self.episode},
+        )
 
     def on_trajectory(self, msg: JointTrajectory) -> None:
         # As joint_trajectory_controller: a refused message (an empty one too) is logged and the
@@ -168,8 +175,9 @@ class SimRobotNode(Node):
                 # JTC forwards whatever numbers it was given; the drive (this sim) refuses non-finite
                 # targets and holds instead of dying.
                 self.rejected_commands += 1
-                self.get_logger().error(f"non-finite joint target {target.tolist()}; holding",
-                                        throttle_duration_sec=1.0)
+                self.get_logger().error(
+                    f"non-finite joint target {target.tolist()}; holding", throttle_duration_sec=1.0
+                )
                 target = self.frame.position
             self.frame = self.sim.step(target)
         self.publish_frame()

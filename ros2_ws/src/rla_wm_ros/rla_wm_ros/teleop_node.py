@@ -4,15 +4,16 @@ Sources (parameter `source`):
 - keyboard: raw terminal on stdin (WASD / arrow keys, +/- speed, space = hold, q = quit);
   refuses to start when stdin is not a terminal (e.g. under a launch file).
 - joy: sensor_msgs/Joy on `joy` (gamepad axes -> velocity while the deadman button is held).
-- expert: the scripted Push-T expert (`rla_wm.expert`) on the privileged `sim/object_pose`
+- expert: the scripted Push-T expert (`rla_wm.envs.pusht.expert`) on the privileged `sim/object_pose`
   (+ `sim/goal_pose`), acting once per simulator step.
-- play: seeded random play (`rla_wm.pusht_dataset.RandomWalkPolicy`).
+- play: seeded random play (`rla_wm.envs.pusht.dataset.RandomWalkPolicy`).
 
 Commands go to the robot only through the safety gate (the launch file routes this topic
 into it). The input mapping lives in `rla_wm.control.teleop`; this node only moves messages.
 Every callback is guarded (`rla_wm_ros.node_guard`): a malformed or non-finite joint state or
 pose is a counted rejection on /diagnostics, and no exception ends the node.
 """
+
 from __future__ import annotations
 
 import collections
@@ -38,7 +39,7 @@ from rla_wm.control.teleop import (
     limit_lead,
     parse_keys,
 )
-from rla_wm.sim import GOAL_POSE, JOINT_NAMES
+from rla_wm.envs.pusht.sim import GOAL_POSE, JOINT_NAMES
 from rla_wm_msgs.msg import EpisodeStatus
 from rla_wm_ros.conversions import Chunk, MessageShapeError, chunk_to_msg, joint_positions, stamp_to_nanoseconds
 from rla_wm_ros.node_guard import Health, NodeGuard, Rejected
@@ -51,8 +52,10 @@ SOURCES = ("keyboard", "joy", "expert", "play")
 # point would come out randomly "just ahead" (an impossible speed: the gate holds) or past. A
 # margin makes it unambiguously past, and the next point (same or continued target) takes over.
 TICK_MARGIN = 1e-4
-KEY_HELP = ("teleop keys: w/a/s/d or arrows = move, + / - = speed, space = hold, q = quit "
-            "(a key moves the robot while it is held down)")
+KEY_HELP = (
+    "teleop keys: w/a/s/d or arrows = move, + / - = speed, space = hold, q = quit "
+    "(a key moves the robot while it is held down)"
+)
 
 
 def remember(table: collections.OrderedDict, stamp: int, value: np.ndarray, size: int = 10) -> None:
@@ -82,18 +85,26 @@ class TeleopNode(Node):
         if self.source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
         self.joint_names = tuple(declare(self, "joint_names", list(JOINT_NAMES), "Joints commanded.", param_type=list))
-        limits_file = declare(self, "limits_file", "", "Joint limits YAML (the gate's); targets stay inside. "
-                                                       "Empty = no clamping here (the gate still vets).")
-        robot_description = declare(self, "robot_description", "",
-                                    "URDF XML; joint limits are read from it (limits_file still gives max_step)")
-        rate = declare(self, "rate", 10.0, "Command rate (Hz) of keyboard, joy and play, on the node clock.",
-                       (1.0, 200.0))
+        limits_file = declare(
+            self,
+            "limits_file",
+            "",
+            "Joint limits YAML (the gate's); targets stay inside. Empty = no clamping here (the gate still vets).",
+        )
+        robot_description = declare(
+            self, "robot_description", "", "URDF XML; joint limits are read from it (limits_file still gives max_step)"
+        )
+        rate = declare(
+            self, "rate", 10.0, "Command rate (Hz) of keyboard, joy and play, on the node clock.", (1.0, 200.0)
+        )
         self.points = declare(self, "horizon_points", 3, "Points per chunk (a late chunk is still valid).", (1, 50))
         self.period = declare(self, "point_period", 0.1, "Seconds between chunk points.", (0.01, 1.0))
-        self.max_lead = declare(self, "max_lead", 40.0, "Max distance of a target from the measured position.",
-                                (1.0, 1000.0))
-        self.state_timeout = declare(self, "state_timeout", 0.5, "No commands if joint states are older (s, steady).",
-                                     (0.01, 60.0))
+        self.max_lead = declare(
+            self, "max_lead", 40.0, "Max distance of a target from the measured position.", (1.0, 1000.0)
+        )
+        self.state_timeout = declare(
+            self, "state_timeout", 0.5, "No commands if joint states are older (s, steady).", (0.01, 60.0)
+        )
 
         low, high = np.full(len(self.joint_names), -np.inf), np.full(len(self.joint_names), np.inf)
         if limits_file or robot_description:
@@ -125,8 +136,9 @@ class TeleopNode(Node):
             speed=declare(self, "speed", 100.0, "Initial keyboard speed (units/s).", (1.0, 5000.0)),
             speed_factor=declare(self, "speed_factor", 1.25, "+/- multiply / divide the speed by this.", (1.01, 10.0)),
             max_speed=declare(self, "max_speed", 400.0, "Highest keyboard speed (units/s).", (1.0, 5000.0)),
-            key_timeout=declare(self, "key_timeout", 0.3, "A key moves the robot this long after its last repeat (s).",
-                                (0.05, 5.0)),
+            key_timeout=declare(
+                self, "key_timeout", 0.3, "A key moves the robot this long after its last repeat (s).", (0.05, 5.0)
+            ),
         )
         self.joy = JoyMapping(
             axis_x=declare(self, "axis_x", 0, "Joy axis for +x.", (0, 63)),
@@ -137,11 +149,16 @@ class TeleopNode(Node):
             max_speed=declare(self, "joy_max_speed", 150.0, "Speed at full deflection (units/s).", (1.0, 5000.0)),
             deadman_button=declare(self, "deadman_button", 4, "Button that must be held (-1 = none).", (-1, 63)),
         )
-        self.joy_timeout = declare(self, "joy_timeout", 0.5, "Hold if no Joy message for this long (s, steady).",
-                                   (0.01, 10.0))
-        self.sync_tolerance = declare(self, "sync_tolerance", 0.01,
-                                      "Expert: act when object pose and joint state stamps agree this closely (s).",
-                                      (0.0, 1.0))
+        self.joy_timeout = declare(
+            self, "joy_timeout", 0.5, "Hold if no Joy message for this long (s, steady).", (0.01, 10.0)
+        )
+        self.sync_tolerance = declare(
+            self,
+            "sync_tolerance",
+            0.01,
+            "Expert: act when object pose and joint state stamps agree this closely (s).",
+            (0.0, 1.0),
+        )
         play_seed = declare(self, "seed", 0, "Seed of the random play.", (0, 2**31 - 1))
 
         if self.source == "keyboard":
@@ -151,7 +168,7 @@ class TeleopNode(Node):
             self.joy_seen = -np.inf
             self.create_subscription(Joy, "joy", guard(self.on_joy), 10)
         elif self.source == "expert":
-            from rla_wm.expert import PushTExpert
+            from rla_wm.envs.pusht.expert import PushTExpert
 
             self.expert = PushTExpert(max_lead=self.max_lead)
             self.goal = np.asarray(GOAL_POSE, dtype=np.float64)  # gym-pusht's fixed goal until one is published
@@ -164,16 +181,19 @@ class TeleopNode(Node):
             self.play_reset = True
         if self.source != "expert":
             self.create_timer(1.0 / rate, guard(self.on_tick))
-        self.get_logger().info(f"teleop source {self.source!r}: {self.points} points every {self.period} s on "
-                               f"{self.command_pub.topic_name}")
+        self.get_logger().info(
+            f"teleop source {self.source!r}: {self.points} points every {self.period} s on "
+            f"{self.command_pub.topic_name}"
+        )
 
     # ------------------------------------------------------------------ inputs
 
     def health(self) -> Health:
         fresh = self.state_fresh()
-        return Health(f"source {self.source}" + ("" if fresh else ": no fresh joint state, not commanding"),
-                      values={"source": self.source, "state_fresh": fresh,
-                              "commands_published": self.commands_published})
+        return Health(
+            f"source {self.source}" + ("" if fresh else ": no fresh joint state, not commanding"),
+            values={"source": self.source, "state_fresh": fresh, "commands_published": self.commands_published},
+        )
 
     def on_state(self, msg: JointState) -> None:
         try:
@@ -272,9 +292,11 @@ class TeleopNode(Node):
 
     def setup_keyboard(self) -> None:
         if not sys.stdin.isatty():
-            message = ("source 'keyboard' needs an interactive terminal on stdin (it is not a TTY here, e.g. under a "
-                       "launch file): run `ros2 run rla_wm_ros teleop --ros-args -p source:=keyboard` in a terminal, "
-                       "or use source 'joy'")
+            message = (
+                "source 'keyboard' needs an interactive terminal on stdin (it is not a TTY here, e.g. under a "
+                "launch file): run `ros2 run rla_wm_ros teleop --ros-args -p source:=keyboard` in a terminal, "
+                "or use source 'joy'"
+            )
             self.get_logger().fatal(message)
             raise SystemExit(f"teleop: {message}")
         import termios

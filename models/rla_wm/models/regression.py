@@ -4,6 +4,7 @@
 - DINO-WM-style direct regression: a ViT over the tokens of s_t, conditioned on the
   action sequence by adaLN, regresses s_{t+h} (as a residual on s_t).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rla_wm.checkpoint import Checkpointable
-from rla_wm.layers import Block
-from rla_wm.rla import check_features
-from rla_wm.world_model import ActionEncoder
+from rla_wm.models.checkpoint import Checkpointable
+from rla_wm.models.layers import Block
+from rla_wm.models.rla import check_features
+from rla_wm.models.world_model import ActionEncoder
 
 CHECKPOINT_KIND = "regression_predictor"
 
@@ -35,25 +36,26 @@ class RegressionConfig:
     encoder_id: str = "builtin:dinov2-tiny-random@224"
 
 
-class RegressionPredictor(Checkpointable, nn.Module):
+class RegressionModel(Checkpointable[RegressionConfig]):
     checkpoint_kind = CHECKPOINT_KIND
     config_type = RegressionConfig
 
     def __init__(self, config: RegressionConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.actions = ActionEncoder.from_config(config)
         self.input = nn.Linear(config.token_dim, config.width)
         self.position = nn.Parameter(torch.randn(1, config.num_tokens, config.width) * 0.02)
-        self.blocks = nn.ModuleList(Block(config.width, config.heads, config.mlp_ratio, condition_dim=config.width)
-                                    for _ in range(config.depth))
+        self.blocks = nn.ModuleList(
+            Block(config.width, config.heads, config.mlp_ratio, condition_dim=config.width) for _ in range(config.depth)
+        )
         self.norm = nn.LayerNorm(config.width)
         self.output = nn.Linear(config.width, config.token_dim)
         nn.init.zeros_(self.output.weight)
         nn.init.zeros_(self.output.bias)
 
-    def forward(self, current: torch.Tensor, actions: torch.Tensor, lengths: torch.Tensor | None = None
-                ) -> torch.Tensor:
+    def forward(
+        self, current: torch.Tensor, actions: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> torch.Tensor:
         check_features(current, self.config, "current features")
         if actions.shape[0] != current.shape[0]:
             raise ValueError(f"{actions.shape[0]} action sequences for {current.shape[0]} feature maps")
@@ -63,8 +65,9 @@ class RegressionPredictor(Checkpointable, nn.Module):
             x = block(x, condition=condition)
         return current + self.output(self.norm(x))
 
-    def loss(self, current: torch.Tensor, actions: torch.Tensor, future: torch.Tensor,
-             lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, current: torch.Tensor, actions: torch.Tensor, future: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         predicted = self(current, actions, lengths)
         l1 = F.l1_loss(predicted, future)
         mse = F.mse_loss(predicted, future)

@@ -15,6 +15,7 @@ Action convention (LeRobot's): row t holds the observation at frame t and the ac
 commanded at frame t, which moves the scene from frame t to frame t+1. So the actions
 that take frame t to frame t+h are rows t .. t+h-1.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -25,19 +26,20 @@ import re
 import shutil
 import warnings
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from rla_wm.features import FeatureGrid
+from rla_wm.models.encoder import FeatureGrid
 
 if TYPE_CHECKING:  # the encoder pulls in transformers; only needed for type hints here
-    from rla_wm.features import FeatureEncoder
+    from rla_wm.models.encoder import FeatureEncoder
 
 CACHE_FORMAT_VERSION = 1
 FEATURES_FILE = "features.npy"
@@ -46,6 +48,21 @@ META_FILE = "meta.json"
 ACTION_KEY = "action"
 STATE_KEY = "observation.state"
 DEFAULT_IMAGE_KEY = "observation.image"
+
+
+class _IndexRows(TypedDict):
+    """Per-row arrays of INDEX_FILE that every cache has."""
+
+    episode_index: np.ndarray
+    frame_index: np.ndarray
+    timestamps: np.ndarray
+
+
+class _IndexArrays(_IndexRows, total=False):
+    """Everything INDEX_FILE holds: states and actions only where the dataset records them."""
+
+    states: np.ndarray
+    actions: np.ndarray
 
 
 class DataError(ValueError):
@@ -58,7 +75,7 @@ def safe_name(text: str) -> str:
     return cleaned or "_"
 
 
-def encoder_key(encoder: "FeatureEncoder") -> str:
+def encoder_key(encoder: FeatureEncoder) -> str:
     """The id that names an encoder's feature space, resolution included.
 
     FeatureEncoder.encoder_id already ends in "@<resolution>"; the suffix is added for
@@ -97,7 +114,8 @@ class _Source:
 
 def _describe(err: BaseException) -> str:
     """`Type: message` of an exception and its causes (`datasets` wraps the useful parquet error)."""
-    parts, seen = [], set()
+    parts: list[str] = []
+    seen: set[int] = set()
     current: BaseException | None = err
     while current is not None and id(current) not in seen and len(parts) < 4:
         seen.add(id(current))
@@ -153,7 +171,9 @@ def _open_source(dataset_root: str | Path, repo_id: str, image_key: str | None =
         try:
             pq.read_metadata(path)
         except Exception as err:  # noqa: BLE001
-            raise DataError(f"LeRobot dataset {root} is corrupt: unreadable parquet file {path}: {_describe(err)}") from err
+            raise DataError(
+                f"LeRobot dataset {root} is corrupt: unreadable parquet file {path}: {_describe(err)}"
+            ) from err
 
     if image_key is None:
         cameras = list(meta.camera_keys)
@@ -287,8 +307,7 @@ def _episode_frames(
         return decode_video_frames(video_path, query, dataset.tolerance_s, dataset.video_backend)
     except Exception as err:  # noqa: BLE001
         raise DataError(
-            f"cannot decode frames {start}..{stop - 1} of episode {episode} from {video_path}: "
-            f"{_describe(err)}"
+            f"cannot decode frames {start}..{stop - 1} of episode {episode} from {video_path}: {_describe(err)}"
         ) from err
 
 
@@ -345,13 +364,13 @@ class FeatureCache:
         cls,
         dataset_root: str | Path,
         repo_id: str,
-        encoder: "FeatureEncoder",
+        encoder: FeatureEncoder,
         cache_root: str | Path,
         batch_size: int = 32,
         *,
         image_key: str | None = None,
         progress: bool = True,
-    ) -> "FeatureCache":
+    ) -> FeatureCache:
         """Encode every frame of every episode once and write the cache; replaces an old one."""
         source = _open_source(dataset_root, repo_id, image_key)
         return cls._build(source, encoder, cache_root, batch_size, progress)
@@ -361,13 +380,13 @@ class FeatureCache:
         cls,
         dataset_root: str | Path,
         repo_id: str,
-        encoder: "FeatureEncoder",
+        encoder: FeatureEncoder,
         cache_root: str | Path,
         batch_size: int = 32,
         *,
         image_key: str | None = None,
         progress: bool = True,
-    ) -> "FeatureCache":
+    ) -> FeatureCache:
         """Reuse the cache for this encoder and dataset if it is intact and up to date, else build it.
 
         "Up to date" means the dataset's fingerprint (frame counts, tabular data hash,
@@ -393,8 +412,8 @@ class FeatureCache:
 
     @classmethod
     def _build(
-        cls, source: _Source, encoder: "FeatureEncoder", cache_root: str | Path, batch_size: int, progress: bool
-    ) -> "FeatureCache":
+        cls, source: _Source, encoder: FeatureEncoder, cache_root: str | Path, batch_size: int, progress: bool
+    ) -> FeatureCache:
         from lerobot.datasets.video_utils import VideoDecoderCache
         from tqdm.auto import tqdm
 
@@ -443,7 +462,7 @@ class FeatureCache:
             features.flush()
             del features  # close the memmap before renaming the file
 
-            index: dict[str, np.ndarray] = {
+            index: _IndexArrays = {
                 "episode_index": source.episode_index,
                 "frame_index": source.frame_index,
                 "timestamps": source.timestamps,
@@ -472,7 +491,7 @@ class FeatureCache:
                 "has_actions": source.actions is not None,
                 "action_dim": int(source.actions.shape[1]) if source.actions is not None else None,
                 "fingerprint": source.fingerprint,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
             }
             # meta.json last: its presence marks a complete cache.
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
@@ -487,7 +506,7 @@ class FeatureCache:
         return cls.open(path, expected_encoder_id=encoder_id)
 
     @classmethod
-    def open(cls, path: str | Path, expected_encoder_id: str | None = None) -> "FeatureCache":
+    def open(cls, path: str | Path, expected_encoder_id: str | None = None) -> FeatureCache:
         """Memory-map an existing cache, checking that it is complete and (optionally) whose it is."""
         path = Path(path)
         meta_path = path / META_FILE
@@ -499,13 +518,24 @@ class FeatureCache:
             meta = json.loads(meta_path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise DataError(f"feature cache {path}: unreadable {META_FILE}: {err}") from err
-        required = ("format_version", "encoder_id", "total_frames", "tokens", "channels", "episodes",
-                    "episode_lengths", "has_actions", "fps", "repo_id")
+        required = (
+            "format_version",
+            "encoder_id",
+            "total_frames",
+            "tokens",
+            "channels",
+            "episodes",
+            "episode_lengths",
+            "has_actions",
+            "fps",
+            "repo_id",
+        )
         if not isinstance(meta, dict) or any(k not in meta for k in required):
             raise DataError(f"feature cache {path}: {META_FILE} lacks some of {required}")
         if meta["format_version"] != CACHE_FORMAT_VERSION:
             raise DataError(
-                f"feature cache {path} has format {meta['format_version']}, this code reads {CACHE_FORMAT_VERSION}; rebuild it"
+                f"feature cache {path} has format {meta['format_version']}, "
+                f"this code reads {CACHE_FORMAT_VERSION}; rebuild it"
             )
         if expected_encoder_id is not None and meta["encoder_id"] != expected_encoder_id:
             raise DataError(
@@ -527,7 +557,8 @@ class FeatureCache:
             raise DataError(f"feature cache {path} is corrupt: bad header in {features_path}: {err}") from err
         if shape != expected_shape or dtype != np.float16:
             raise DataError(
-                f"feature cache {path} is corrupt: {FEATURES_FILE} holds {dtype} {shape}, expected float16 {expected_shape}"
+                f"feature cache {path} is corrupt: {FEATURES_FILE} holds {dtype} {shape}, "
+                f"expected float16 {expected_shape}"
             )
         expected_size = offset + math.prod(shape) * dtype.itemsize
         actual_size = features_path.stat().st_size
@@ -694,7 +725,9 @@ def split_episodes(
     return train, held_out
 
 
-def _usable_episodes(cache: FeatureCache, episodes: Sequence[int], needed: int, what: str, skip_short: bool) -> list[int]:
+def _usable_episodes(
+    cache: FeatureCache, episodes: Sequence[int], needed: int, what: str, skip_short: bool
+) -> list[int]:
     """Episodes longer than `needed` frames; short ones raise DataError, or are skipped with a warning."""
     chosen = [int(e) for e in episodes]
     if not chosen:
@@ -713,7 +746,7 @@ def _usable_episodes(cache: FeatureCache, episodes: Sequence[int], needed: int, 
     return usable
 
 
-class FramePairDataset(Dataset):
+class FramePairDataset(Dataset[tuple[torch.Tensor, torch.Tensor, int]]):
     """Pairs (s_t, s_{t+h}, h) of cached features from one episode; needs no actions.
 
     There is one item per start frame that admits the smallest gap (t + min_gap < len),
@@ -777,7 +810,7 @@ class FramePairDataset(Dataset):
         )
 
 
-class ChunkDataset(Dataset):
+class ChunkDataset(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
     """Action chunks (s_t, a_{t:t+h}, s_{t+h}) for every valid start t of every episode.
 
     a_{t:t+h} are the h actions commanded at frames t .. t+h-1 — the ones that move the

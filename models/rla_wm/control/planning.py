@@ -18,17 +18,18 @@ by softmax(-cost / (temperature * cost std)).
 The returned plan is the lowest-cost candidate of the last iteration; the population of
 every iteration includes the current mean, so a converged mean is always considered.
 """
+
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from rla_wm.prediction import Predictor
+from rla_wm.models.prediction import Predictor, Reseedable
 
 METHODS = ("cem", "mppi")
 COSTS = ("l2", "l1", "cosine")
@@ -79,15 +80,22 @@ class PlannerConfig:
             raise PlanningError(f"elites must be >= 1, got {self.elites}")
         if len(self.action_low) != len(self.action_high) or not self.action_low:
             raise PlanningError(f"action_low {self.action_low} and action_high {self.action_high} differ in length")
-        if not all(math.isfinite(lo) and math.isfinite(hi) and lo < hi
-                   for lo, hi in zip(self.action_low, self.action_high)):
+        if not all(
+            math.isfinite(lo) and math.isfinite(hi) and lo < hi for lo, hi in zip(self.action_low, self.action_high)
+        ):
             raise PlanningError(f"action bounds must be finite with low < high: {self.action_low}, {self.action_high}")
         if self.max_delta is not None and not (math.isfinite(self.max_delta) and self.max_delta > 0):
             raise PlanningError(f"max_delta must be positive or None, got {self.max_delta}")
-        checks = {"temperature": self.temperature > 0, "init_std": self.init_std > 0, "min_std": self.min_std >= 0,
-                  "momentum": 0 <= self.momentum < 1, "intermediate_weight": self.intermediate_weight >= 0,
-                  "time_budget": self.time_budget >= 0 and math.isfinite(self.time_budget),
-                  "batch_size": self.batch_size >= 0, "shift": self.shift >= 0}
+        checks = {
+            "temperature": self.temperature > 0,
+            "init_std": self.init_std > 0,
+            "min_std": self.min_std >= 0,
+            "momentum": 0 <= self.momentum < 1,
+            "intermediate_weight": self.intermediate_weight >= 0,
+            "time_budget": self.time_budget >= 0 and math.isfinite(self.time_budget),
+            "batch_size": self.batch_size >= 0,
+            "shift": self.shift >= 0,
+        }
         for name, ok in checks.items():
             if not ok:
                 raise PlanningError(f"{name} out of range: {getattr(self, name)}")
@@ -139,8 +147,15 @@ def feature_distance(predicted: torch.Tensor, goal: torch.Tensor, kind: str = "l
 
 
 @torch.no_grad()
-def rollout_costs(predictor: Predictor, current: torch.Tensor, goal: torch.Tensor, action_chunks: torch.Tensor,
-                  cost: str = "l2", intermediate_weight: float = 0.0, batch_size: int = 0) -> torch.Tensor:
+def rollout_costs(
+    predictor: Predictor,
+    current: torch.Tensor,
+    goal: torch.Tensor,
+    action_chunks: torch.Tensor,
+    cost: str = "l2",
+    intermediate_weight: float = 0.0,
+    batch_size: int = 0,
+) -> torch.Tensor:
     """Cost of each of B candidate plans (B, M, h, A) from one observation (1, N, C) -> (B,).
 
     Chunks are rolled out autoregressively on the predicted features, as `prediction.rollout`
@@ -154,7 +169,7 @@ def rollout_costs(predictor: Predictor, current: torch.Tensor, goal: torch.Tenso
     action_chunks = action_chunks.to(current.device, current.dtype)
     costs = []
     for begin in range(0, count, step):
-        part = action_chunks[begin: begin + step]
+        part = action_chunks[begin : begin + step]
         features = current.expand(part.shape[0], -1, -1)
         intermediate = torch.zeros(part.shape[0], device=current.device, dtype=torch.float32)
         for index in range(chunks):
@@ -169,8 +184,13 @@ def rollout_costs(predictor: Predictor, current: torch.Tensor, goal: torch.Tenso
     return torch.where(torch.isfinite(result), result, torch.full_like(result, math.inf))
 
 
-def project_actions(actions: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
-                    start: torch.Tensor | None = None, max_delta: float | None = None) -> torch.Tensor:
+def project_actions(
+    actions: torch.Tensor,
+    low: torch.Tensor,
+    high: torch.Tensor,
+    start: torch.Tensor | None = None,
+    max_delta: float | None = None,
+) -> torch.Tensor:
     """Clamp (B, T, A) action sequences into [low, high] and, with max_delta, into steps of at
     most max_delta from the previous target (the first step from `start`).
 
@@ -223,9 +243,15 @@ def _as_vector(value: torch.Tensor | Sequence[float] | None, dim: int, name: str
     return vector
 
 
-def plan(predictor: Predictor, current: torch.Tensor, goal: torch.Tensor, config: PlannerConfig,
-         start_action: torch.Tensor | Sequence[float] | None = None, warm_start: torch.Tensor | None = None,
-         callback: IterationCallback | None = None) -> PlanResult:
+def plan(
+    predictor: Predictor,
+    current: torch.Tensor,
+    goal: torch.Tensor,
+    config: PlannerConfig,
+    start_action: torch.Tensor | Sequence[float] | None = None,
+    warm_start: torch.Tensor | None = None,
+    callback: IterationCallback | None = None,
+) -> PlanResult:
     """Optimise an action plan that drives `current` features (N, C) to `goal` features (N, C).
 
     start_action: the measured robot state (A,); the first target stays within max_delta of
@@ -243,7 +269,7 @@ def plan(predictor: Predictor, current: torch.Tensor, goal: torch.Tensor, config
     start = _as_vector(start_action, dim, "start_action")
     steps, span = config.steps, high - low
     generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
-    if config.seed is not None and callable(getattr(predictor, "reseed", None)):
+    if config.seed is not None and isinstance(predictor, Reseedable):
         predictor.reseed(config.seed)  # RLA-WM's flow noise: the same inputs give the same plan
 
     if warm_start is not None:
@@ -273,9 +299,15 @@ def plan(predictor: Predictor, current: torch.Tensor, goal: torch.Tensor, config
         # (already clamped) projections would shrink the std every iteration and stall the
         # search at max_delta per step.
         samples = project_actions(proposals, low, high, start, config.max_delta)
-        costs = rollout_costs(predictor, current, goal,
-                              samples.view(config.num_samples, config.horizon, config.chunk_length, dim),
-                              config.cost, config.intermediate_weight, config.batch_size)
+        costs = rollout_costs(
+            predictor,
+            current,
+            goal,
+            samples.view(config.num_samples, config.horizon, config.chunk_length, dim),
+            config.cost,
+            config.intermediate_weight,
+            config.batch_size,
+        )
         finite = torch.isfinite(costs)
         if not finite.any():
             raise PlanningError("every candidate's predicted cost is NaN/inf: the world model output is not finite")
@@ -299,9 +331,13 @@ def plan(predictor: Predictor, current: torch.Tensor, goal: torch.Tensor, config
         mean = config.momentum * mean + (1 - config.momentum) * fitted_mean
         std = torch.maximum(fitted_std, min_std)
         now = time.perf_counter()
-        record = IterationStats(iteration=iteration, best_cost=best_cost,
-                                mean_cost=float(costs[finite].mean()), std=float(std.mean()),
-                                elapsed=now - started)
+        record = IterationStats(
+            iteration=iteration,
+            best_cost=best_cost,
+            mean_cost=float(costs[finite].mean()),
+            std=float(std.mean()),
+            elapsed=now - started,
+        )
         stats.append(record)
         if callback is not None and callback(record):
             stopped = "cancelled"
@@ -314,8 +350,9 @@ def plan(predictor: Predictor, current: torch.Tensor, goal: torch.Tensor, config
     actions = best_actions.reshape(config.horizon, config.chunk_length, dim).clone()
     if not torch.isfinite(actions).all() or not math.isfinite(best_cost):
         raise PlanningError("planner produced a non-finite plan")
-    return PlanResult(actions=actions, cost=best_cost, stats=stats, stopped=stopped,
-                      elapsed=time.perf_counter() - started)
+    return PlanResult(
+        actions=actions, cost=best_cost, stats=stats, stopped=stopped, elapsed=time.perf_counter() - started
+    )
 
 
 class Planner:
@@ -330,9 +367,15 @@ class Planner:
         values = {key: value for key, value in overrides.items() if value is not None}
         return replace(self.config, **values) if values else self.config
 
-    def plan(self, current: torch.Tensor, goal: torch.Tensor,
-             start_action: torch.Tensor | Sequence[float] | None = None, warm_start: torch.Tensor | None = None,
-             callback: IterationCallback | None = None, config: PlannerConfig | None = None) -> PlanResult:
+    def plan(
+        self,
+        current: torch.Tensor,
+        goal: torch.Tensor,
+        start_action: torch.Tensor | Sequence[float] | None = None,
+        warm_start: torch.Tensor | None = None,
+        callback: IterationCallback | None = None,
+        config: PlannerConfig | None = None,
+    ) -> PlanResult:
         return plan(self.predictor, current, goal, config or self.config, start_action, warm_start, callback)
 
 
@@ -369,8 +412,12 @@ class MPCController:
         self.goal = None
         self.previous = None
 
-    def step(self, current: torch.Tensor, start_action: torch.Tensor | Sequence[float] | None = None,
-             callback: IterationCallback | None = None) -> MPCStep:
+    def step(
+        self,
+        current: torch.Tensor,
+        start_action: torch.Tensor | Sequence[float] | None = None,
+        callback: IterationCallback | None = None,
+    ) -> MPCStep:
         if self.goal is None:
             raise PlanningError("no goal set")
         warm = None
@@ -398,17 +445,24 @@ class LoadedPredictor:
     action_high: tuple[float, ...]
 
 
-def load_predictor(kind: str, rla_checkpoint: str = "", wm_checkpoint: str = "", regression_checkpoint: str = "",
-                   euler_steps: int = 10, seed: int | None = 0, device: str = "cpu") -> LoadedPredictor:
+def load_predictor(
+    kind: str,
+    rla_checkpoint: str = "",
+    wm_checkpoint: str = "",
+    regression_checkpoint: str = "",
+    euler_steps: int = 10,
+    seed: int | None = 0,
+    device: str = "cpu",
+) -> LoadedPredictor:
     """Load "rla-wm" (RLA autoencoder + world model checkpoints) or "regression" for planning.
 
     Raises CheckpointError for a missing or mismatched checkpoint and PlanningError when the
     autoencoder and world model do not belong together.
     """
-    from rla_wm.baselines import RegressionPredictor
-    from rla_wm.prediction import RegressionBaseline, RLAWMPredictor
-    from rla_wm.rla import RLAAutoencoder
-    from rla_wm.world_model import RLAWorldModel
+    from rla_wm.models.prediction import RegressionPredictor, RLAWMPredictor
+    from rla_wm.models.regression import RegressionConfig, RegressionModel
+    from rla_wm.models.rla import RLAAutoencoder
+    from rla_wm.models.world_model import RLAWorldModel, WorldModelConfig
 
     if kind == "rla-wm":
         if not rla_checkpoint or not wm_checkpoint:
@@ -417,24 +471,34 @@ def load_predictor(kind: str, rla_checkpoint: str = "", wm_checkpoint: str = "",
         world_model, _ = RLAWorldModel.load(wm_checkpoint)
         a, w = autoencoder.config, world_model.config
         if (a.latent_tokens, a.latent_dim) != (w.latent_tokens, w.latent_dim):
-            raise PlanningError(f"world model predicts {w.latent_tokens}x{w.latent_dim} latents, the autoencoder "
-                                f"decodes {a.latent_tokens}x{a.latent_dim}: they were not trained together")
+            raise PlanningError(
+                f"world model predicts {w.latent_tokens}x{w.latent_dim} latents, the autoencoder "
+                f"decodes {a.latent_tokens}x{a.latent_dim}: they were not trained together"
+            )
         if (a.num_tokens, a.token_dim, a.encoder_id) != (w.num_tokens, w.token_dim, w.encoder_id):
-            raise PlanningError(f"autoencoder features {a.encoder_id} {a.num_tokens}x{a.token_dim} differ from the "
-                                f"world model's {w.encoder_id} {w.num_tokens}x{w.token_dim}")
+            raise PlanningError(
+                f"autoencoder features {a.encoder_id} {a.num_tokens}x{a.token_dim} differ from the "
+                f"world model's {w.encoder_id} {w.num_tokens}x{w.token_dim}"
+            )
         autoencoder.to(device)
         world_model.to(device)
         predictor: Predictor = RLAWMPredictor(world_model, autoencoder, steps=euler_steps, seed=seed)
-        config = w
+        config: WorldModelConfig | RegressionConfig = w
     elif kind == "regression":
         if not regression_checkpoint:
             raise PlanningError("world model 'regression' needs a regression checkpoint")
-        model, _ = RegressionPredictor.load(regression_checkpoint)
-        predictor = RegressionBaseline(model.to(device))
+        model, _ = RegressionModel.load(regression_checkpoint)
+        predictor = RegressionPredictor(model.to(device))
         config = model.config
     else:
         raise PlanningError(f"world model must be one of {PREDICTOR_KINDS}, got {kind!r}")
-    return LoadedPredictor(predictor=predictor, encoder_id=config.encoder_id, num_tokens=config.num_tokens,
-                           token_dim=config.token_dim, action_dim=config.action_dim,
-                           max_horizon=config.max_horizon, action_low=tuple(config.action_low),
-                           action_high=tuple(config.action_high))
+    return LoadedPredictor(
+        predictor=predictor,
+        encoder_id=config.encoder_id,
+        num_tokens=config.num_tokens,
+        token_dim=config.token_dim,
+        action_dim=config.action_dim,
+        max_horizon=config.max_horizon,
+        action_low=tuple(config.action_low),
+        action_high=tuple(config.action_high),
+    )

@@ -3,15 +3,16 @@
 Evaluation and planning take any `Predictor`, so RLA-WM and the baselines are
 measured and swapped through the same code.
 """
+
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
-from rla_wm.baselines import RegressionPredictor
-from rla_wm.rla import RLAAutoencoder
-from rla_wm.world_model import RLAWorldModel
+from rla_wm.models.regression import RegressionModel
+from rla_wm.models.rla import RLAAutoencoder
+from rla_wm.models.world_model import RLAWorldModel
 
 
 class Predictor(Protocol):
@@ -21,6 +22,18 @@ class Predictor(Protocol):
         """(B, N, C) features and (B, h, A) actions -> (B, N, C) predicted features h steps later."""
 
 
+@runtime_checkable
+class Reseedable(Protocol):
+    """A predictor that samples (RLA-WM's flow noise): `reseed` restarts its random stream.
+
+    Not part of `Predictor`: deterministic predictors (copy-last, regression, test doubles)
+    have nothing to reseed.
+    """
+
+    def reseed(self, seed: int | None = None) -> None:
+        """Restart the random stream, from `seed` if given, else from the current seed."""
+
+
 class CopyLastPredictor:
     name = "copy-last"
 
@@ -28,10 +41,10 @@ class CopyLastPredictor:
         return current.clone()
 
 
-class RegressionBaseline:
+class RegressionPredictor:
     name = "regression"
 
-    def __init__(self, model: RegressionPredictor) -> None:
+    def __init__(self, model: RegressionModel) -> None:
         self.model = model.eval()
 
     @torch.no_grad()
@@ -44,8 +57,9 @@ class RLAWMPredictor:
 
     name = "rla-wm"
 
-    def __init__(self, world_model: RLAWorldModel, autoencoder: RLAAutoencoder, steps: int = 30,
-                 seed: int | None = 0) -> None:
+    def __init__(
+        self, world_model: RLAWorldModel, autoencoder: RLAAutoencoder, steps: int = 30, seed: int | None = 0
+    ) -> None:
         self.world_model = world_model.eval()
         self.autoencoder = autoencoder.eval()
         self.steps = steps
@@ -61,8 +75,7 @@ class RLAWMPredictor:
     def predict(self, current: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         if self.seed is not None and self._generator is None:
             self._generator = torch.Generator(device=current.device).manual_seed(self.seed)
-        return self.world_model.predict(self.autoencoder, current, actions, steps=self.steps,
-                                        generator=self._generator)
+        return self.world_model.predict(self.autoencoder, current, actions, steps=self.steps, generator=self._generator)
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
 """Compare closed-loop evaluations: a Markdown table and a figure from several demo runs.
 
-    python -m rla_wm.closed_loop_report --run "BC=outputs/eval/bc" --run "BC + RLA=outputs/eval/bc_rla" \
+    python -m rla_wm.evaluation.closed_loop_report --run "BC=outputs/eval/bc" --run "BC + RLA=outputs/eval/bc_rla" \
         --out outputs/eval
 
 Each run folder holds the `metrics.json` that `python -m rla_wm_ros.demo` writes (summary,
@@ -8,6 +8,7 @@ per-episode results, per-stage latency). The table goes to stdout and `<out>/res
 figure (success rate, final-coverage distribution, control rate, camera-to-command latency) to
 `<out>/closed_loop.png`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,10 @@ def load_evaluation(name: str, folder: Path) -> Evaluation:
 
 
 def markdown_table(evaluations: list[Evaluation]) -> str:
-    header = ("| method | episodes | success rate | final coverage (mean ± std) | episode time (s) "
-              "| control rate (Hz) | camera→command p50 / p99 (ms) |")
+    header = (
+        "| method | episodes | success rate | final coverage (mean ± std) | episode time (s) "
+        "| control rate (Hz) | camera→command p50 / p99 (ms) |"
+    )
     rows = [header, "|" + "---|" * 7]
     for ev in evaluations:
         rows.append(

@@ -1,4 +1,5 @@
 """Transformer building blocks shared by the RLA autoencoder, the world model and the baselines."""
+
 from __future__ import annotations
 
 import math
@@ -29,7 +30,9 @@ class Attention(nn.Module):
         return self._split(keys), self._split(values)
 
     def forward(
-        self, x: torch.Tensor, context: torch.Tensor | None = None,
+        self,
+        x: torch.Tensor,
+        context: torch.Tensor | None = None,
         cached: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         keys, values = cached if cached is not None else self.keys_values(x if context is None else context)
@@ -59,8 +62,14 @@ class Block(nn.Module):
     block starts as the identity), as in DiT.
     """
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, cross_attention: bool = False,
-                 condition_dim: int | None = None) -> None:
+    def __init__(
+        self,
+        width: int,
+        heads: int,
+        mlp_ratio: float = 4.0,
+        cross_attention: bool = False,
+        condition_dim: int | None = None,
+    ) -> None:
         super().__init__()
         adaptive = condition_dim is not None
         self.norm_self = nn.LayerNorm(width, elementwise_affine=not adaptive)
@@ -69,14 +78,18 @@ class Block(nn.Module):
         self.norm_cross = nn.LayerNorm(width) if cross_attention else None
         self.norm_mlp = nn.LayerNorm(width, elementwise_affine=not adaptive)
         self.mlp = Mlp(width, mlp_ratio)
-        self.modulation = None
-        if adaptive:
-            self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(condition_dim, 6 * width))
-            nn.init.zeros_(self.modulation[1].weight)
-            nn.init.zeros_(self.modulation[1].bias)
+        self.modulation: nn.Sequential | None = None
+        if condition_dim is not None:
+            projection = nn.Linear(condition_dim, 6 * width)
+            nn.init.zeros_(projection.weight)
+            nn.init.zeros_(projection.bias)
+            self.modulation = nn.Sequential(nn.SiLU(), projection)
 
     def forward(
-        self, x: torch.Tensor, condition: torch.Tensor | None = None, context: torch.Tensor | None = None,
+        self,
+        x: torch.Tensor,
+        condition: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
         cached_context: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         if self.modulation is not None:
@@ -86,7 +99,7 @@ class Block(nn.Module):
             x = x + gate1.unsqueeze(1) * self.self_attention(modulate(self.norm_self(x), shift1, scale1))
         else:
             x = x + self.self_attention(self.norm_self(x))
-        if self.cross_attention is not None:
+        if self.cross_attention is not None and self.norm_cross is not None:  # set together in __init__
             if context is None and cached_context is None:
                 raise ValueError("this block cross-attends: pass context or cached_context")
             x = x + self.cross_attention(self.norm_cross(x), context=context, cached=cached_context)

@@ -4,6 +4,7 @@ Loads DINOv2 / DINOv2-with-registers / DINOv3 through Hugging Face `transformers
 from a hub id or a local folder. Class and register tokens are dropped so the
 output is exactly the patch grid the world model works on.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -113,7 +114,9 @@ class FeatureEncoder:
         if images.ndim == 3:
             images = images.unsqueeze(0)
         if images.ndim != 4:
-            raise FeatureEncoderError(f"expected frames of shape (B, H, W, 3) or (B, 3, H, W), got {tuple(images.shape)}")
+            raise FeatureEncoderError(
+                f"expected frames of shape (B, H, W, 3) or (B, 3, H, W), got {tuple(images.shape)}"
+            )
         if images.dtype == torch.uint8:
             if images.shape[-1] != 3:
                 raise FeatureEncoderError(f"uint8 frames must be (B, H, W, 3) RGB, got {tuple(images.shape)}")

@@ -5,6 +5,7 @@ and are projected to z (K x D, continuous, deterministic). Decoder: reads z and
 s_t and predicts s_{t+h}. The decoder's output projection is zero-initialised on
 top of s_t, so an untrained decoder starts as the copy-last-frame predictor.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rla_wm.checkpoint import Checkpointable
-from rla_wm.layers import Block
+from rla_wm.models.checkpoint import Checkpointable
+from rla_wm.models.layers import Block
 
 CHECKPOINT_KIND = "rla_autoencoder"
 
@@ -39,9 +40,18 @@ class RLAConfig:
     encoder_id: str = "builtin:dinov2-tiny-random@224"
 
     @classmethod
-    def paper(cls, token_dim: int = 1024, num_tokens: int = 1024, encoder_id: str = "") -> "RLAConfig":
-        return cls(token_dim=token_dim, num_tokens=num_tokens, latent_tokens=32, latent_dim=64, width=1024,
-                   encoder_depth=12, decoder_depth=12, heads=16, encoder_id=encoder_id)
+    def paper(cls, token_dim: int = 1024, num_tokens: int = 1024, encoder_id: str = "") -> RLAConfig:
+        return cls(
+            token_dim=token_dim,
+            num_tokens=num_tokens,
+            latent_tokens=32,
+            latent_dim=64,
+            width=1024,
+            encoder_depth=12,
+            decoder_depth=12,
+            heads=16,
+            encoder_id=encoder_id,
+        )
 
 
 def check_features(features: torch.Tensor, config, name: str) -> None:
@@ -60,8 +70,9 @@ class RLAEncoder(nn.Module):
         self.input = nn.Linear(config.token_dim, config.width)
         self.position = nn.Parameter(torch.randn(1, config.num_tokens, config.width) * 0.02)
         self.queries = nn.Parameter(torch.randn(1, config.latent_tokens, config.width) * 0.02)
-        self.blocks = nn.ModuleList(Block(config.width, config.heads, config.mlp_ratio)
-                                    for _ in range(config.encoder_depth))
+        self.blocks = nn.ModuleList(
+            Block(config.width, config.heads, config.mlp_ratio) for _ in range(config.encoder_depth)
+        )
         self.norm = nn.LayerNorm(config.width)
         self.output = nn.Linear(config.width, config.latent_dim)
 
@@ -81,8 +92,9 @@ class RLADecoder(nn.Module):
         self.latent_position = nn.Parameter(torch.randn(1, config.latent_tokens, config.width) * 0.02)
         self.feature_input = nn.Linear(config.token_dim, config.width)
         self.feature_position = nn.Parameter(torch.randn(1, config.num_tokens, config.width) * 0.02)
-        self.blocks = nn.ModuleList(Block(config.width, config.heads, config.mlp_ratio)
-                                    for _ in range(config.decoder_depth))
+        self.blocks = nn.ModuleList(
+            Block(config.width, config.heads, config.mlp_ratio) for _ in range(config.decoder_depth)
+        )
         self.norm = nn.LayerNorm(config.width)
         self.output = nn.Linear(config.width, config.token_dim)
         nn.init.zeros_(self.output.weight)
@@ -99,15 +111,14 @@ class RLADecoder(nn.Module):
         return current + self.config.residual_scale * change
 
 
-class RLAAutoencoder(Checkpointable, nn.Module):
+class RLAAutoencoder(Checkpointable[RLAConfig]):
     """z = encode(s_t, s_{t+h});  s_{t+h} ~= decode(z, s_t)."""
 
     checkpoint_kind = CHECKPOINT_KIND
     config_type = RLAConfig
 
     def __init__(self, config: RLAConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.encoder = RLAEncoder(config)
         self.decoder = RLADecoder(config)
 
@@ -120,7 +131,9 @@ class RLAAutoencoder(Checkpointable, nn.Module):
         check_features(current, self.config, "current features")
         expected = (self.config.latent_tokens, self.config.latent_dim)
         if z.ndim != 3 or tuple(z.shape[1:]) != expected or z.shape[0] != current.shape[0]:
-            raise ValueError(f"z has shape {tuple(z.shape)}, expected ({current.shape[0]}, {expected[0]}, {expected[1]})")
+            raise ValueError(
+                f"z has shape {tuple(z.shape)}, expected ({current.shape[0]}, {expected[0]}, {expected[1]})"
+            )
         return self.decoder(z, current)
 
     def forward(self, current: torch.Tensor, future: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,5 +155,9 @@ class RLAAutoencoder(Checkpointable, nn.Module):
             # Feature-unit errors, and copy-last on the same batch: does z carry the change?
             feature_l1 = F.l1_loss(reconstruction, future)
             copy_last_l1 = F.l1_loss(current, future)
-        return l1 + mse, {"l1": float(feature_l1), "copy_last_l1": float(copy_last_l1),
-                          "scaled_l1": float(l1.detach()), "scaled_mse": float(mse.detach())}
+        return l1 + mse, {
+            "l1": float(feature_l1),
+            "copy_last_l1": float(copy_last_l1),
+            "scaled_l1": float(l1.detach()),
+            "scaled_mse": float(mse.detach()),
+        }

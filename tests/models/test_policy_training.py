@@ -1,4 +1,5 @@
 """World action model data and commands: windows, cached RLA targets, mixed batches, train/evaluate CLI."""
+
 import json
 
 import numpy as np
@@ -6,9 +7,8 @@ import pytest
 import torch
 import yaml
 
-from rla_wm.data import DataError, FeatureCache
-from rla_wm.policy_data import (MixedBatchSampler, MixedWindows, PolicyWindowDataset, policy_statistics,
-                                rla_targets)
+from rla_wm.data.datasets import DataError, FeatureCache
+from rla_wm.data.policy_data import MixedBatchSampler, MixedWindows, PolicyWindowDataset, policy_statistics, rla_targets
 
 LENGTHS = [12, 9]
 
@@ -27,9 +27,19 @@ def fake_cache(folder, labelled: bool, lengths=LENGTHS) -> FeatureCache:
     if labelled:
         index["states"] = np.stack([episode_index * 100 + frame_index, frame_index], axis=1).astype(np.float32)
         index["actions"] = index["states"] + np.float32(0.5)
-    meta = {"episodes": list(range(len(lengths))), "episode_lengths": lengths, "encoder_id": "fake@8",
-            "repo_id": f"t/{folder.name}", "tokens": 4, "channels": 3, "total_frames": total, "fps": 10,
-            "has_actions": labelled, "grid": {"height": 2, "width": 2, "channels": 3}, "created": "now"}
+    meta = {
+        "episodes": list(range(len(lengths))),
+        "episode_lengths": lengths,
+        "encoder_id": "fake@8",
+        "repo_id": f"t/{folder.name}",
+        "tokens": 4,
+        "channels": 3,
+        "total_frames": total,
+        "fps": 10,
+        "has_actions": labelled,
+        "grid": {"height": 2, "width": 2, "channels": 3},
+        "created": "now",
+    }
     return FeatureCache(folder, meta, index)
 
 
@@ -68,8 +78,9 @@ def test_windows_pair_state_actions_and_rla_targets(tmp_path):
         assert labelled.item() is True
 
     video = fake_cache(tmp_path / "video", labelled=False)
-    free = PolicyWindowDataset(video, [0, 1], 3, 4, labelled=False, targets=rla_targets(video, stub, "d" * 64, 4,
-                                                                                       progress=False))
+    free = PolicyWindowDataset(
+        video, [0, 1], 3, 4, labelled=False, targets=rla_targets(video, stub, "d" * 64, 4, progress=False)
+    )
     mixed = MixedWindows(dataset, [free])
     assert (mixed.labelled_count, mixed.action_free_count) == (13, 13)
     current, z, state, actions, labelled = mixed[13]
@@ -134,8 +145,10 @@ def _write_dataset(root, repo_id: str, episodes: int, steps: int, with_actions: 
     """A LeRobot dataset of a bright square moving along a random walk (state = its position)."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    features = {"observation.image": {"dtype": "video", "shape": (32, 32, 3), "names": ["height", "width", "channel"]},
-                "observation.state": {"dtype": "float32", "shape": (2,), "names": ["x", "y"]}}
+    features = {
+        "observation.image": {"dtype": "video", "shape": (32, 32, 3), "names": ["height", "width", "channel"]},
+        "observation.state": {"dtype": "float32", "shape": (2,), "names": ["x", "y"]},
+    }
     if with_actions:
         features["action"] = {"dtype": "float32", "shape": (2,), "names": ["x", "y"]}
     dataset = LeRobotDataset.create(repo_id, fps=10, features=features, root=root, use_videos=True)
@@ -146,7 +159,7 @@ def _write_dataset(root, repo_id: str, episodes: int, steps: int, with_actions: 
             target = np.clip(position + rng.normal(0, 2, 2), 4, 28)
             image = np.zeros((32, 32, 3), dtype=np.uint8)
             x, y = position.round().astype(int)
-            image[y - 3: y + 3, x - 3: x + 3] = 255
+            image[y - 3 : y + 3, x - 3 : x + 3] = 255
             frame = {"observation.image": image, "observation.state": position.astype(np.float32), "task": "move"}
             if with_actions:
                 frame["action"] = target.astype(np.float32)
@@ -158,8 +171,8 @@ def _write_dataset(root, repo_id: str, episodes: int, steps: int, with_actions: 
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
-    from rla_wm.features import make_random_dinov2
-    from rla_wm.rla import RLAAutoencoder, RLAConfig
+    from rla_wm.models.encoder import make_random_dinov2
+    from rla_wm.models.rla import RLAAutoencoder, RLAConfig
 
     root = tmp_path_factory.mktemp("wam")
     _write_dataset(root / "labelled", "t/labelled", episodes=5, steps=16, with_actions=True, seed=0)
@@ -167,11 +180,27 @@ def experiment(tmp_path_factory):
     encoder = make_random_dinov2(root / "encoder", hidden_size=32, layers=1, heads=2, patch_size=14, image_size=56)
     # An untrained autoencoder gives z just as well: the commands, not its quality, are under test.
     torch.manual_seed(0)
-    RLAAutoencoder(RLAConfig(token_dim=32, num_tokens=16, latent_tokens=2, latent_dim=4, width=32, heads=2,
-                             encoder_depth=1, decoder_depth=1, encoder_id="encoder@56")).save(root / "rla")
+    RLAAutoencoder(
+        RLAConfig(
+            token_dim=32,
+            num_tokens=16,
+            latent_tokens=2,
+            latent_dim=4,
+            width=32,
+            heads=2,
+            encoder_depth=1,
+            decoder_depth=1,
+            encoder_id="encoder@56",
+        )
+    ).save(root / "rla")
     config = {
-        "data": {"dataset_root": "labelled", "repo_id": "t/labelled", "cache_root": "cache",
-                 "action_free": [{"dataset_root": "video", "repo_id": "t/video"}], "held_out_fraction": 0.4},
+        "data": {
+            "dataset_root": "labelled",
+            "repo_id": "t/labelled",
+            "cache_root": "cache",
+            "action_free": [{"dataset_root": "video", "repo_id": "t/video"}],
+            "held_out_fraction": 0.4,
+        },
         "encoder": {"model": str(encoder), "resolution": 56},
         "policy": {"chunk_length": 4, "rla_horizon": 5, "width": 32, "depth": 1, "heads": 2, "mlp_ratio": 2.0},
         "policy_training": {"labelled_fraction": 0.5, "state_dropout": 0.25},
@@ -185,7 +214,7 @@ def experiment(tmp_path_factory):
 
 def test_train_policy_and_evaluate_policy_commands(experiment, capsys):
     from rla_wm.cli import main
-    from rla_wm.policy import WorldActionModel
+    from rla_wm.models.policy import Policy
 
     root = experiment.parent
     rla = str(root / "rla")
@@ -193,9 +222,23 @@ def test_train_policy_and_evaluate_policy_commands(experiment, capsys):
     targets = sorted((root / "cache").glob("*/*/rla_targets/*_h5.npy"))
     assert len(targets) == 2  # labelled and action-free caches
     stamps = [p.stat().st_mtime_ns for p in targets]
-    main(["train-policy", "--config", str(experiment), "--rla", rla, "--out", str(root / "bc"),
-          "--set", "policy_training.use_action_free=false", "--set", "policy.action_reads_rla=false",
-          "--set", "policy_training.max_labelled_episodes=2"])
+    main(
+        [
+            "train-policy",
+            "--config",
+            str(experiment),
+            "--rla",
+            rla,
+            "--out",
+            str(root / "bc"),
+            "--set",
+            "policy_training.use_action_free=false",
+            "--set",
+            "policy.action_reads_rla=false",
+            "--set",
+            "policy_training.max_labelled_episodes=2",
+        ]
+    )
     assert [p.stat().st_mtime_ns for p in targets] == stamps  # targets reused, not recomputed
 
     for run, free, reads in (("wam", True, True), ("bc", False, False)):
@@ -212,12 +255,23 @@ def test_train_policy_and_evaluate_policy_commands(experiment, capsys):
         assert [e["step"] for e in log] == [0, 3, 6, 9]
         assert all(e["labelled_fraction"] == (0.5 if free else 1.0) for e in log)
         assert (root / run / "loss.png").stat().st_size > 1000
-        policy, _ = WorldActionModel.load(root / run / "checkpoint")
+        policy, _ = Policy.load(root / run / "checkpoint")
         assert policy(torch.randn(1, 16, 32), torch.tensor([[16.0, 16.0]])).shape == (1, 4, 2)
 
     capsys.readouterr()
-    main(["evaluate-policy", "--config", str(experiment), "--policy", str(root / "wam" / "checkpoint"),
-          "--policy", str(root / "bc" / "checkpoint"), "--out", str(root / "eval")])
+    main(
+        [
+            "evaluate-policy",
+            "--config",
+            str(experiment),
+            "--policy",
+            str(root / "wam" / "checkpoint"),
+            "--policy",
+            str(root / "bc" / "checkpoint"),
+            "--out",
+            str(root / "eval"),
+        ]
+    )
     table = capsys.readouterr().out
     for row in ("| wam |", "| bc |", "| hold (state repeated) |", "RLA cos centred"):
         assert row in table
@@ -225,29 +279,70 @@ def test_train_policy_and_evaluate_policy_commands(experiment, capsys):
     assert set(results["policies"]) == {"wam", "bc"}
     for metrics in results["policies"].values():
         assert metrics["windows"] == 20 and len(metrics["action_l1_per_step"]) == 4
-        assert np.isfinite([metrics["action_mse"], metrics["no_state_action_l1"], metrics["rla_cosine"],
-                            metrics["rla_cosine_centred"], metrics["rla_mse_mean_z"]]).all()
+        assert np.isfinite(
+            [
+                metrics["action_mse"],
+                metrics["no_state_action_l1"],
+                metrics["rla_cosine"],
+                metrics["rla_cosine_centred"],
+                metrics["rla_mse_mean_z"],
+            ]
+        ).all()
     assert len({line.count("|") for line in table.splitlines()[:5]}) == 1  # header, rule, 2 policies, hold
     assert (root / "eval" / "policy_chunks.png").stat().st_size > 1000
 
 
 def test_policy_commands_refuse_bad_input(experiment, tmp_path):
     from rla_wm.cli import main
-    from rla_wm.experiment import ConfigError
-    from rla_wm.rla import RLAAutoencoder, RLAConfig
+    from rla_wm.models.rla import RLAAutoencoder, RLAConfig
+    from rla_wm.training.config import ConfigError
 
-    RLAAutoencoder(RLAConfig(token_dim=32, num_tokens=16, encoder_id="other@56", width=32, heads=2,
-                             encoder_depth=1, decoder_depth=1)).save(tmp_path / "foreign")
+    RLAAutoencoder(
+        RLAConfig(
+            token_dim=32, num_tokens=16, encoder_id="other@56", width=32, heads=2, encoder_depth=1, decoder_depth=1
+        )
+    ).save(tmp_path / "foreign")
     with pytest.raises(ValueError, match="other@56"):
         main(["train-policy", "--config", str(experiment), "--rla", str(tmp_path / "foreign"), "--out", str(tmp_path)])
     with pytest.raises(ConfigError, match="SECTION.FIELD=VALUE"):
-        main(["train-policy", "--config", str(experiment), "--rla", str(tmp_path / "foreign"), "--out", str(tmp_path),
-              "--set", "width=3"])
+        main(
+            [
+                "train-policy",
+                "--config",
+                str(experiment),
+                "--rla",
+                str(tmp_path / "foreign"),
+                "--out",
+                str(tmp_path),
+                "--set",
+                "width=3",
+            ]
+        )
     with pytest.raises(ConfigError, match="unknown keys"):
-        main(["train-policy", "--config", str(experiment), "--rla", str(tmp_path / "foreign"), "--out", str(tmp_path),
-              "--set", "policy_training.ratio=3"])
-    from rla_wm.checkpoint import CheckpointError
+        main(
+            [
+                "train-policy",
+                "--config",
+                str(experiment),
+                "--rla",
+                str(tmp_path / "foreign"),
+                "--out",
+                str(tmp_path),
+                "--set",
+                "policy_training.ratio=3",
+            ]
+        )
+    from rla_wm.models.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match="not a checkpoint"):
-        main(["evaluate-policy", "--config", str(experiment), "--policy", str(tmp_path / "none"),
-              "--out", str(tmp_path / "eval")])
+        main(
+            [
+                "evaluate-policy",
+                "--config",
+                str(experiment),
+                "--policy",
+                str(tmp_path / "none"),
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )

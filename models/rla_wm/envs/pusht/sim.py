@@ -3,6 +3,7 @@
 The agent's (x, y) target position in pixels is the robot's "joint" command,
 as in Diffusion Policy and DINO-WM's Push-T.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -87,15 +88,22 @@ class PushTSim:
         """
         import gymnasium as gym
 
-        env = gym.make("gym_pusht/PushT-v0", obs_type="pixels_agent_pos", render_mode="rgb_array",
-                       observation_width=self._image_size, observation_height=self._image_size)
+        env = gym.make(
+            "gym_pusht/PushT-v0",
+            obs_type="pixels_agent_pos",
+            render_mode="rgb_array",
+            observation_width=self._image_size,
+            observation_height=self._image_size,
+        )
         try:
             goal = np.asarray(GOAL_POSE, dtype=np.float64)
             # gym-pusht sets the block position before its angle, and the rotation about the
             # centre of mass moves the block: measure that shift once and start from goal - shift.
             _, info = env.reset(seed=0, options={"reset_to_state": [*agent_position, *goal]})
             shift = np.asarray(info["block_pose"][:2]) - goal[:2]
-            observation, info = env.reset(seed=0, options={"reset_to_state": [*agent_position, *(goal[:2] - shift), goal[2]]})
+            observation, info = env.reset(
+                seed=0, options={"reset_to_state": [*agent_position, *(goal[:2] - shift), goal[2]]}
+            )
             if not np.allclose(info["block_pose"], goal, atol=1e-3):
                 raise RuntimeError(f"could not place the block at the goal pose: {info['block_pose']}")
             return np.ascontiguousarray(observation["pixels"], dtype=np.uint8)

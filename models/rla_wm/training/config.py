@@ -11,14 +11,20 @@ Layout (see models/configs/pusht_small.yaml):
     train:   {rla: TrainConfig fields, world_model: ..., regression: ...}
     evaluate: {chunks: [1, 2, 3], max_windows: 64, euler_steps: 30, seed: 0}
 """
+
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+DataclassT = TypeVar("DataclassT", bound="DataclassInstance")
 
 
 class ConfigError(ValueError):
@@ -71,7 +77,7 @@ class Experiment:
         return candidate if candidate.is_absolute() else (self.path.parent / candidate).resolve()
 
 
-def build_dataclass(kind: type, values: dict[str, Any], where: str) -> Any:
+def build_dataclass(kind: type[DataclassT], values: dict[str, Any], where: str) -> DataclassT:
     known = {f.name for f in dataclasses.fields(kind)}
     unknown = set(values) - known
     if unknown:
@@ -90,8 +96,10 @@ def load_experiment(path: str | Path) -> Experiment:
     except KeyError as err:
         raise ConfigError(f"{path}: data.{err.args[0]} is required") from err
     action_free = tuple(DatasetRef(str(d["dataset_root"]), str(d["repo_id"])) for d in data.get("action_free", []))
-    train = {name: build_dataclass(TrainConfig, values or {}, f"{path}: train.{name}")
-             for name, values in (raw.get("train") or {}).items()}
+    train = {
+        name: build_dataclass(TrainConfig, values or {}, f"{path}: train.{name}")
+        for name, values in (raw.get("train") or {}).items()
+    }
     return Experiment(
         path=path,
         data=main,

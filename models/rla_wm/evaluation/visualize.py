@@ -1,4 +1,5 @@
 """Pictures of feature maps: PCA of patch tokens as RGB, side by side with the camera frame."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,7 +34,7 @@ def side_by_side(frame_rgb: np.ndarray, feature_rgb: np.ndarray, height: int = 2
         pil = Image.fromarray(np.asarray(image, dtype=np.uint8))
         width = max(1, round(pil.width * height / pil.height))
         # Nearest keeps patch boundaries visible in the feature image.
-        panels.append(np.asarray(pil.resize((width, height), Image.NEAREST)))
+        panels.append(np.asarray(pil.resize((width, height), Image.Resampling.NEAREST)))
     gap = np.full((height, 8, 3), 255, dtype=np.uint8)
     return np.concatenate([panels[0], gap, panels[1]], axis=1)
 

@@ -1,17 +1,23 @@
 """Checkpoints as a folder: model.safetensors + config.json (the config the model was built with)."""
+
 from __future__ import annotations
 
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from rla_wm.assets import resolve_model_path
 
-ConfigT = TypeVar("ConfigT")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+ConfigT = TypeVar("ConfigT", bound="DataclassInstance")
+ModelT = TypeVar("ModelT", bound="Checkpointable[Any]")
 
 
 class CheckpointError(RuntimeError):
@@ -22,8 +28,9 @@ class CheckpointConfigError(CheckpointError, ValueError):
     """A checkpoint's config.json lacks a section it must have, or has one of the wrong type."""
 
 
-def first_non_finite(state: dict[str, torch.Tensor], order: list[str] | None = None,
-                     skip_inf: set[str] | frozenset = frozenset()) -> str | None:
+def first_non_finite(
+    state: dict[str, torch.Tensor], order: list[str] | None = None, skip_inf: set[str] | frozenset = frozenset()
+) -> str | None:
     """Describe the first floating-point tensor of `state` holding NaN or inf, or None if all are finite.
 
     `order` is the order to look in (e.g. the model's state_dict order; default: the dict's).
@@ -36,14 +43,16 @@ def first_non_finite(state: dict[str, torch.Tensor], order: list[str] | None = N
         bad = torch.isnan(value) if name in skip_inf else ~torch.isfinite(value)
         count = int(bad.sum())
         if count:
-            kinds = [kind for kind, mask in (("NaN", torch.isnan(value)), ("inf", torch.isinf(value)))
-                     if bool(mask.any())]
-            return (f"tensor {name!r} {tuple(value.shape)} has {count} of {value.numel()} values "
-                    f"{' / '.join(kinds)}")
+            kinds = [
+                kind for kind, mask in (("NaN", torch.isnan(value)), ("inf", torch.isinf(value))) if bool(mask.any())
+            ]
+            return f"tensor {name!r} {tuple(value.shape)} has {count} of {value.numel()} values {' / '.join(kinds)}"
     return None
 
 
-def save_checkpoint(folder: str | Path, model: torch.nn.Module, kind: str, config: Any, extra: dict | None = None) -> Path:
+def save_checkpoint(
+    folder: str | Path, model: torch.nn.Module, kind: str, config: DataclassInstance, extra: dict | None = None
+) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()}
@@ -63,16 +72,21 @@ def read_checkpoint_meta(spec: str | Path, kind: str) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{meta_path}: corrupt config ({err})") from err
     if not isinstance(meta, dict):
-        raise CheckpointConfigError(f"{meta_path}: expected a JSON object with 'kind' and 'config', "
-                                    f"got a {type(meta).__name__}")
+        raise CheckpointConfigError(
+            f"{meta_path}: expected a JSON object with 'kind' and 'config', got a {type(meta).__name__}"
+        )
     if meta.get("kind") != kind:
         raise CheckpointError(f"{spec}: holds a {meta.get('kind')!r} model, expected {kind!r} ({meta_path})")
     if "config" not in meta:
-        raise CheckpointConfigError(f"{meta_path}: no 'config' section (the {kind} model's configuration, "
-                                    f"written by save_checkpoint); the file has only {sorted(meta)}")
+        raise CheckpointConfigError(
+            f"{meta_path}: no 'config' section (the {kind} model's configuration, "
+            f"written by save_checkpoint); the file has only {sorted(meta)}"
+        )
     if not isinstance(meta["config"], dict):
-        raise CheckpointConfigError(f"{meta_path}: the 'config' section must be an object of config fields, "
-                                    f"got a {type(meta['config']).__name__}")
+        raise CheckpointConfigError(
+            f"{meta_path}: the 'config' section must be an object of config fields, "
+            f"got a {type(meta['config']).__name__}"
+        )
     return meta
 
 
@@ -91,8 +105,7 @@ def load_state_into(spec: str | Path, model: torch.nn.Module) -> None:
     buffers = {name for name, _ in model.named_buffers()}
     bad = first_non_finite(state, order, skip_inf=buffers)
     if bad is not None:
-        raise CheckpointError(f"{weights}: non-finite weights, refusing to load: {bad} "
-                              "(a diverged training run?)")
+        raise CheckpointError(f"{weights}: non-finite weights, refusing to load: {bad} (a diverged training run?)")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -113,25 +126,33 @@ def config_from_dict(config_type: type[ConfigT], values: dict) -> ConfigT:
     return config_type(**fields)
 
 
-class Checkpointable:
-    """Mixin for nn.Modules built from one config dataclass: save/load as a checkpoint folder."""
+class Checkpointable(nn.Module, Generic[ConfigT]):
+    """Base of the nn.Modules built from one config dataclass: save/load as a checkpoint folder.
+
+    A subclass sets `checkpoint_kind` and `config_type` and passes its config to `__init__`.
+    """
 
     checkpoint_kind: str
-    config_type: type
+    config_type: type[ConfigT]
+
+    def __init__(self, config: ConfigT) -> None:
+        super().__init__()
+        self.config = config
 
     def save(self, folder: str | Path, extra: dict | None = None) -> Path:
         return save_checkpoint(folder, self, self.checkpoint_kind, self.config, extra)
 
     @classmethod
-    def load(cls, spec: str | Path) -> tuple[Any, dict]:
+    def load(cls: type[ModelT], spec: str | Path) -> tuple[ModelT, dict]:
         """Load a checkpoint folder: the model in eval mode and the checkpoint's metadata."""
         meta = read_checkpoint_meta(spec, cls.checkpoint_kind)
         try:
             model = cls(config_from_dict(cls.config_type, meta["config"]))
         except (CheckpointError, TypeError, ValueError) as err:  # unknown keys; values the model refuses
             meta_path = Path(resolve_model_path(str(spec))) / "config.json"
-            raise CheckpointConfigError(f"{meta_path}: its 'config' section does not build a "
-                                        f"{cls.__name__}: {err}") from err
+            raise CheckpointConfigError(
+                f"{meta_path}: its 'config' section does not build a {cls.__name__}: {err}"
+            ) from err
         load_state_into(spec, model)
         return model.eval(), meta
 

@@ -6,21 +6,24 @@ compared with the true features at t + k*h (DINO-token L1 and cosine distance).
 Also: the autoencoder's reconstruction error, and per-prediction wall time and
 FLOPs of each model at batch 1.
 """
+
 from __future__ import annotations
 
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from rla_wm.data import FeatureCache
-from rla_wm.prediction import Predictor, RLAWMPredictor, rollout
-from rla_wm.rla import RLAAutoencoder
+from rla_wm.data.datasets import FeatureCache
+from rla_wm.models.policy import Policy
+from rla_wm.models.prediction import Predictor, RLAWMPredictor, rollout
+from rla_wm.models.rla import RLAAutoencoder
 
 
 @dataclass(frozen=True)
@@ -33,22 +36,23 @@ class Windows:
     horizon: int
 
 
-def collect_windows(cache: FeatureCache, episodes: list[int], horizon: int, chunks: int, max_windows: int,
-                    seed: int = 0) -> Windows:
+def collect_windows(
+    cache: FeatureCache, episodes: list[int], horizon: int, chunks: int, max_windows: int, seed: int = 0
+) -> Windows:
     span = horizon * chunks
-    candidates = [(episode, t) for episode in episodes
-                  for t in range(0, cache.episode_length(episode) - span)]
+    candidates = [(episode, t) for episode in episodes for t in range(0, cache.episode_length(episode) - span)]
     if not candidates:
         lengths = {e: cache.episode_length(e) for e in episodes}
         raise ValueError(f"no held-out episode is longer than {span} frames ({chunks} chunks of {horizon}): {lengths}")
     rng = np.random.default_rng(seed)
-    chosen = [candidates[i] for i in sorted(rng.choice(len(candidates), min(max_windows, len(candidates)),
-                                                       replace=False))]
+    chosen = [
+        candidates[i] for i in sorted(rng.choice(len(candidates), min(max_windows, len(candidates)), replace=False))
+    ]
     start, actions, truth = [], [], []
     for episode, t in chosen:
         episode_actions = cache.actions(episode)
         start.append(cache.features(episode, t))
-        actions.append(episode_actions[t: t + span].reshape(chunks, horizon, -1))
+        actions.append(episode_actions[t : t + span].reshape(chunks, horizon, -1))
         truth.append(np.stack([cache.features(episode, t + k * horizon) for k in range(1, chunks + 1)]))
     as_tensor = lambda items: torch.from_numpy(np.stack(items)).float()  # noqa: E731
     return Windows(as_tensor(start), as_tensor(actions), as_tensor(truth), horizon)
@@ -61,15 +65,18 @@ def feature_errors(predicted: torch.Tensor, truth: torch.Tensor) -> dict[str, fl
     return {"l1": float(l1), "cosine": float(cosine)}
 
 
-def evaluate_predictors(predictors: list[Predictor], windows: Windows, batch_size: int = 16
-                        ) -> dict[str, dict[int, dict[str, float]]]:
+def evaluate_predictors(
+    predictors: list[Predictor], windows: Windows, batch_size: int = 16
+) -> dict[str, dict[int, dict[str, float]]]:
     """{predictor name: {horizon in frames: {"l1", "cosine"}}}."""
     results: dict[str, dict[int, dict[str, float]]] = {}
     for predictor in predictors:
         if isinstance(predictor, RLAWMPredictor):
             predictor.reseed()
-        outputs = [rollout(predictor, windows.start[i: i + batch_size], windows.actions[i: i + batch_size])
-                   for i in range(0, len(windows.start), batch_size)]
+        outputs = [
+            rollout(predictor, windows.start[i : i + batch_size], windows.actions[i : i + batch_size])
+            for i in range(0, len(windows.start), batch_size)
+        ]
         predicted = torch.cat(outputs)
         results[predictor.name] = {
             (k + 1) * windows.horizon: feature_errors(predicted[:, k], windows.truth[:, k])
@@ -98,37 +105,57 @@ def cost_per_prediction(predictor: Predictor, windows: Windows, repeats: int = 5
     return {"ms": float(np.median(times) * 1e3), "gflops": counter.get_total_flops() / 1e9}
 
 
-def markdown_table(results: dict[str, dict[int, dict[str, float]]], costs: dict[str, dict[str, float]],
-                   reconstruction: dict[str, float] | None) -> str:
+def markdown_table(
+    results: dict[str, dict[int, dict[str, float]]],
+    costs: dict[str, dict[str, float]],
+    reconstruction: dict[str, float] | None,
+) -> str:
     horizons = sorted(next(iter(results.values())))
-    header = "| model | " + " | ".join(f"L1 @{h}" for h in horizons) + " | " + \
-        " | ".join(f"cos-dist @{h}" for h in horizons) + " | ms / pred | GFLOPs / pred |"
+    header = (
+        "| model | "
+        + " | ".join(f"L1 @{h}" for h in horizons)
+        + " | "
+        + " | ".join(f"cos-dist @{h}" for h in horizons)
+        + " | ms / pred | GFLOPs / pred |"
+    )
     lines = [header, "|" + "---|" * (2 * len(horizons) + 3)]
     for name, by_horizon in results.items():
         l1 = " | ".join(f"{by_horizon[h]['l1']:.4f}" for h in horizons)
         cosine = " | ".join(f"{by_horizon[h]['cosine']:.4f}" for h in horizons)
         cost = costs.get(name, {})
-        lines.append(f"| {name} | {l1} | {cosine} | {cost.get('ms', float('nan')):.1f} | "
-                     f"{cost.get('gflops', float('nan')):.3f} |")
+        lines.append(
+            f"| {name} | {l1} | {cosine} | {cost.get('ms', float('nan')):.1f} | "
+            f"{cost.get('gflops', float('nan')):.3f} |"
+        )
     if reconstruction is not None:
-        lines.append(f"\nRLA autoencoder reconstruction at h={horizons[0]}: L1 {reconstruction['l1']:.4f}, "
-                     f"cosine distance {reconstruction['cosine']:.4f}")
+        lines.append(
+            f"\nRLA autoencoder reconstruction at h={horizons[0]}: L1 {reconstruction['l1']:.4f}, "
+            f"cosine distance {reconstruction['cosine']:.4f}"
+        )
     return "\n".join(lines)
 
 
 def save_report(out: Path, results: dict, costs: dict, reconstruction: dict | None, meta: dict) -> str:
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(results, costs, reconstruction)
-    (out / "results.json").write_text(json.dumps(
-        {"results": {name: {str(h): v for h, v in by_h.items()} for name, by_h in results.items()},
-         "costs": costs, "reconstruction": reconstruction, **meta}, indent=2))
+    (out / "results.json").write_text(
+        json.dumps(
+            {
+                "results": {name: {str(h): v for h, v in by_h.items()} for name, by_h in results.items()},
+                "costs": costs,
+                "reconstruction": reconstruction,
+                **meta,
+            },
+            indent=2,
+        )
+    )
     (out / "results.md").write_text(table + "\n")
     return table
 
 
 def plot_predictions(out: Path, predictors: list[Predictor], windows: Windows, grid: tuple[int, int]) -> Path:
     """Feature PCA images of the truth and of each model's rollout for one window, per horizon."""
-    from rla_wm.visualize import _pyplot, feature_pca_rgb
+    from rla_wm.evaluation.visualize import _pyplot, feature_pca_rgb
 
     plt = _pyplot()
     rows = {"truth": [windows.truth[0, k].numpy() for k in range(windows.truth.shape[1])]}
@@ -176,13 +203,20 @@ class PolicyWindows:
     rla_horizon: int
 
 
-def collect_policy_windows(cache: FeatureCache, episodes: list[int], chunk_length: int, rla_horizon: int,
-                           targets: np.ndarray, max_windows: int, seed: int = 0) -> PolicyWindows:
+def collect_policy_windows(
+    cache: FeatureCache,
+    episodes: list[int],
+    chunk_length: int,
+    rla_horizon: int,
+    targets: np.ndarray,
+    max_windows: int,
+    seed: int = 0,
+) -> PolicyWindows:
     """Up to `max_windows` windows drawn without replacement (seeded) from the given labelled episodes.
 
     `targets`: the cache's `rla_targets` for H = rla_horizon.
     """
-    from rla_wm.policy_data import PolicyWindowDataset
+    from rla_wm.data.policy_data import PolicyWindowDataset
 
     dataset = PolicyWindowDataset(cache, episodes, chunk_length, rla_horizon, labelled=True, targets=targets)
     rng = np.random.default_rng(seed)
@@ -192,19 +226,48 @@ def collect_policy_windows(cache: FeatureCache, episodes: list[int], chunk_lengt
     return PolicyWindows(stack(0), stack(1), stack(2), stack(3), chunk_length, rla_horizon)
 
 
-def _chunk_errors(predicted: torch.Tensor, truth: torch.Tensor) -> dict[str, object]:
+class ChunkErrors(TypedDict):
+    """Errors of action chunks against the recorded ones, in the action's units."""
+
+    action_l1: float
+    action_mse: float
+    action_l1_per_step: list[float]
+
+
+class _PolicyMetricsRequired(ChunkErrors):
+    no_state_action_l1: float
+    no_state_action_mse: float
+    no_state_state_l1: float
+    rla_cosine: float
+    rla_mse: float
+    rla_mse_mean_z: float
+    rla_cosine_mean_z: float
+    rla_cosine_centred: float
+    windows: int
+
+
+class PolicyMetrics(_PolicyMetricsRequired, total=False):
+    """What `evaluate_policy` measures; `checkpoint` is added by the caller that names the policy."""
+
+    checkpoint: str
+
+
+def _chunk_errors(predicted: torch.Tensor, truth: torch.Tensor) -> ChunkErrors:
     error = predicted - truth
-    return {"action_l1": float(error.abs().mean()), "action_mse": float(error.pow(2).mean()),
-            "action_l1_per_step": [float(v) for v in error.abs().mean(dim=(0, 2))]}
+    return {
+        "action_l1": float(error.abs().mean()),
+        "action_mse": float(error.pow(2).mean()),
+        "action_l1_per_step": [float(v) for v in error.abs().mean(dim=(0, 2))],
+    }
 
 
-def hold_baseline(windows: PolicyWindows) -> dict[str, object]:
+def hold_baseline(windows: PolicyWindows) -> ChunkErrors:
     """Errors of the chunk that stays at the measured state: the floor any policy must beat."""
     hold = windows.state[:, None].expand_as(windows.actions)
     return _chunk_errors(hold, windows.actions)
 
 
-def evaluate_policy(policy, windows: PolicyWindows, batch_size: int = 64) -> tuple[dict[str, object], torch.Tensor]:
+def evaluate_policy(policy: Policy, windows: PolicyWindows, batch_size: int = 64) -> tuple[PolicyMetrics, torch.Tensor]:
     """Offline metrics of a world action model on held-out windows, and its chunks (W, T, A).
 
     Action errors are in the action's units (pixels for Push-T), on the clipped chunk the
@@ -216,26 +279,29 @@ def evaluate_policy(policy, windows: PolicyWindows, batch_size: int = 64) -> tup
     """
     config = policy.config
     if (config.chunk_length, config.rla_horizon) != (windows.chunk_length, windows.rla_horizon):
-        raise ValueError(f"windows are for chunk {windows.chunk_length} / rla horizon {windows.rla_horizon}, the "
-                         f"policy predicts {config.chunk_length} / {config.rla_horizon}")
+        raise ValueError(
+            f"windows are for chunk {windows.chunk_length} / rla horizon {windows.rla_horizon}, the "
+            f"policy predicts {config.chunk_length} / {config.rla_horizon}"
+        )
     chunks, blind_chunks, blind_states, predicted_z, true_z = [], [], [], [], []
     with torch.no_grad():
         for i in range(0, len(windows.current), batch_size):
-            current, state = windows.current[i: i + batch_size], windows.state[i: i + batch_size]
+            current, state = windows.current[i : i + batch_size], windows.state[i : i + batch_size]
             output = policy.predict(current, state)
             blind = policy.predict(current, None)
             chunks.append(policy.clip_actions(output.actions))
             blind_chunks.append(policy.clip_actions(blind.actions))
             blind_states.append(blind.state)
             predicted_z.append(output.rla.flatten(1))
-            true_z.append(windows.z[i: i + batch_size].flatten(1) / config.latent_scale)
+            true_z.append(windows.z[i : i + batch_size].flatten(1) / config.latent_scale)
     chunk, blind_chunk = torch.cat(chunks), torch.cat(blind_chunks)
     predicted, truth = torch.cat(predicted_z), torch.cat(true_z)
     no_state = _chunk_errors(blind_chunk, windows.actions)
     mean_z = truth.mean(dim=0, keepdim=True)
-    metrics = {
+    metrics: PolicyMetrics = {
         **_chunk_errors(chunk, windows.actions),
-        **{f"no_state_{k}": v for k, v in no_state.items() if k != "action_l1_per_step"},
+        "no_state_action_l1": no_state["action_l1"],
+        "no_state_action_mse": no_state["action_mse"],
         "no_state_state_l1": float((torch.cat(blind_states) - windows.state).abs().mean()),
         "rla_cosine": float(F.cosine_similarity(predicted, truth, dim=1).mean()),
         "rla_mse": float((predicted - truth).pow(2).mean()),
@@ -248,26 +314,32 @@ def evaluate_policy(policy, windows: PolicyWindows, batch_size: int = 64) -> tup
     return metrics, chunk
 
 
-def policy_table(results: dict[str, dict[str, object]], hold: dict[str, object]) -> str:
+def policy_table(results: dict[str, PolicyMetrics], hold: ChunkErrors) -> str:
     """Markdown: action errors (action units), the same without a state, RLA head against the mean z."""
-    header = ("| policy | action L1 | action MSE | L1 first point | L1 last point | L1 no state | state est. L1 "
-              "| RLA cos | RLA cos (mean z) | RLA cos centred | RLA MSE | RLA MSE (mean z) |")
+    header = (
+        "| policy | action L1 | action MSE | L1 first point | L1 last point | L1 no state | state est. L1 "
+        "| RLA cos | RLA cos (mean z) | RLA cos centred | RLA MSE | RLA MSE (mean z) |"
+    )
     lines = [header, "|" + "---|" * 12]
     for name, m in results.items():
         steps = m["action_l1_per_step"]
-        lines.append(f"| {name} | {m['action_l1']:.2f} | {m['action_mse']:.1f} | {steps[0]:.2f} | {steps[-1]:.2f} | "
-                     f"{m['no_state_action_l1']:.2f} | {m['no_state_state_l1']:.2f} | {m['rla_cosine']:.3f} | "
-                     f"{m['rla_cosine_mean_z']:.3f} | {m['rla_cosine_centred']:.3f} | {m['rla_mse']:.3f} | "
-                     f"{m['rla_mse_mean_z']:.3f} |")
+        lines.append(
+            f"| {name} | {m['action_l1']:.2f} | {m['action_mse']:.1f} | {steps[0]:.2f} | {steps[-1]:.2f} | "
+            f"{m['no_state_action_l1']:.2f} | {m['no_state_state_l1']:.2f} | {m['rla_cosine']:.3f} | "
+            f"{m['rla_cosine_mean_z']:.3f} | {m['rla_cosine_centred']:.3f} | {m['rla_mse']:.3f} | "
+            f"{m['rla_mse_mean_z']:.3f} |"
+        )
     steps = hold["action_l1_per_step"]
-    lines.append(f"| hold (state repeated) | {hold['action_l1']:.2f} | {hold['action_mse']:.1f} | {steps[0]:.2f} | "
-                 f"{steps[-1]:.2f} |" + " - |" * 7)
+    lines.append(
+        f"| hold (state repeated) | {hold['action_l1']:.2f} | {hold['action_mse']:.1f} | {steps[0]:.2f} | "
+        f"{steps[-1]:.2f} |" + " - |" * 7
+    )
     return "\n".join(lines)
 
 
 def plot_policy_chunks(path: Path, windows: PolicyWindows, chunks: dict[str, torch.Tensor], count: int = 4) -> Path:
     """Predicted vs recorded chunks of `count` windows spread over the set, one panel per window and joint."""
-    from rla_wm.visualize import _pyplot
+    from rla_wm.evaluation.visualize import _pyplot
 
     plt = _pyplot()
     count = min(count, len(windows.current))
@@ -283,8 +355,9 @@ def plot_policy_chunks(path: Path, windows: PolicyWindows, chunks: dict[str, tor
             truth = np.concatenate([[state[dim]], windows.actions[window, :, dim].numpy()])
             axis.plot(steps, truth, "k-o", markersize=3, label="recorded")
             for name, chunk in chunks.items():
-                axis.plot(steps, np.concatenate([[state[dim]], chunk[window, :, dim].numpy()]), "-x", markersize=3,
-                          label=name)
+                axis.plot(
+                    steps, np.concatenate([[state[dim]], chunk[window, :, dim].numpy()]), "-x", markersize=3, label=name
+                )
             axis.grid(True, alpha=0.3)
             if row == 0:
                 axis.set_title(f"joint {dim}")

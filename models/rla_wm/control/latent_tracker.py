@@ -1,4 +1,5 @@
 """Online residual latent actions: z between the frame h steps ago and the newest frame."""
+
 from __future__ import annotations
 
 from collections import deque
@@ -6,7 +7,7 @@ from collections import deque
 import numpy as np
 import torch
 
-from rla_wm.rla import RLAAutoencoder
+from rla_wm.models.rla import RLAAutoencoder
 
 
 class LatentTracker:
@@ -18,8 +19,9 @@ class LatentTracker:
     than pairing the wrong frames).
     """
 
-    def __init__(self, autoencoder: RLAAutoencoder, model_id: str, horizon: int, fps: float,
-                 device: str = "cpu") -> None:
+    def __init__(
+        self, autoencoder: RLAAutoencoder, model_id: str, horizon: int, fps: float, device: str = "cpu"
+    ) -> None:
         if horizon < 1 or fps <= 0:
             raise ValueError(f"horizon must be >= 1 and fps > 0, got {horizon}, {fps}")
         self.autoencoder = autoencoder.to(device).eval()
@@ -31,12 +33,15 @@ class LatentTracker:
         self._frames: deque[tuple[float, np.ndarray]] = deque()
 
     @classmethod
-    def from_checkpoint(cls, spec: str, encoder_id: str, horizon: int, fps: float, device: str = "cpu"
-                        ) -> "LatentTracker":
+    def from_checkpoint(
+        cls, spec: str, encoder_id: str, horizon: int, fps: float, device: str = "cpu"
+    ) -> LatentTracker:
         autoencoder, _ = RLAAutoencoder.load(spec)
         if autoencoder.config.encoder_id != encoder_id:
-            raise ValueError(f"RLA checkpoint {spec} was trained on features of {autoencoder.config.encoder_id!r}, "
-                             f"the encoder produces {encoder_id!r}")
+            raise ValueError(
+                f"RLA checkpoint {spec} was trained on features of {autoencoder.config.encoder_id!r}, "
+                f"the encoder produces {encoder_id!r}"
+            )
         return cls(autoencoder, spec, horizon, fps, device)
 
     def push(self, stamp: float, tokens: np.ndarray) -> tuple[float, np.ndarray] | None:

@@ -13,23 +13,25 @@ pair once and stores the result in the feature cache folder (memory-mapped, keye
 autoencoder's weights and H), instead of re-running the encoder on every training step.
 A rebuilt feature cache replaces its folder, and the targets with it.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
 from rla_wm.assets import resolve_model_path
-from rla_wm.data import DataError, FeatureCache, _usable_episodes
+from rla_wm.data.datasets import DataError, FeatureCache, _usable_episodes
 
 if TYPE_CHECKING:
-    from rla_wm.rla import RLAAutoencoder
+    from rla_wm.models.rla import RLAAutoencoder
 
 TARGETS_DIR = "rla_targets"
 
@@ -46,8 +48,14 @@ def checkpoint_digest(spec: str | Path) -> str:
     return digest.hexdigest()
 
 
-def rla_targets(cache: FeatureCache, autoencoder: "RLAAutoencoder", digest: str, horizon: int,
-                batch_size: int = 64, progress: bool = True) -> np.ndarray:
+def rla_targets(
+    cache: FeatureCache,
+    autoencoder: RLAAutoencoder,
+    digest: str,
+    horizon: int,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> np.ndarray:
     """z(s_t, s_{t+H}) for every row of the cache, (total_frames, K, D) float32, memory-mapped.
 
     Rows whose frame t + H lies past the end of their episode hold NaN. Computed once for
@@ -58,33 +66,50 @@ def rla_targets(cache: FeatureCache, autoencoder: "RLAAutoencoder", digest: str,
     if horizon < 1:
         raise ValueError(f"horizon must be >= 1, got {horizon}")
     if autoencoder.config.encoder_id != cache.encoder_id:
-        raise ValueError(f"autoencoder was trained on {autoencoder.config.encoder_id!r}, the feature cache "
-                         f"{cache.path} holds {cache.encoder_id!r}")
+        raise ValueError(
+            f"autoencoder was trained on {autoencoder.config.encoder_id!r}, the feature cache "
+            f"{cache.path} holds {cache.encoder_id!r}"
+        )
     folder = cache.path / TARGETS_DIR
     name = f"{digest[:16]}_h{horizon}"
     path, meta_path = folder / f"{name}.npy", folder / f"{name}.json"
-    identity = {"digest": digest, "horizon": int(horizon), "cache_created": cache.meta.get("created"),
-                "fingerprint": cache.meta.get("fingerprint"),
-                "shape": [cache.total_frames, autoencoder.config.latent_tokens, autoencoder.config.latent_dim]}
+    shape = (cache.total_frames, autoencoder.config.latent_tokens, autoencoder.config.latent_dim)
+    identity = {
+        "digest": digest,
+        "horizon": int(horizon),
+        "cache_created": cache.meta.get("created"),
+        "fingerprint": cache.meta.get("fingerprint"),
+        "shape": list(shape),
+    }
     if path.is_file() and meta_path.is_file():
         try:
             if json.loads(meta_path.read_text()) == identity:
                 targets = np.load(path, mmap_mode="r")
-                if list(targets.shape) == identity["shape"]:
+                if list(targets.shape) == list(shape):
                     return targets
         except (OSError, ValueError):
             pass  # unreadable or stale: recompute below
     folder.mkdir(exist_ok=True)
     tmp = folder / f".{name}.tmp-{os.getpid()}.npy"
-    targets = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=tuple(identity["shape"]))
+    targets = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
     targets[:] = np.nan
-    pairs = [(cache.row(e, t), cache.row(e, t + horizon)) for e in cache.episodes
-             for t in range(cache.episode_length(e) - horizon)]
+    pairs = [
+        (cache.row(e, t), cache.row(e, t + horizon))
+        for e in cache.episodes
+        for t in range(cache.episode_length(e) - horizon)
+    ]
     try:
-        with torch.no_grad(), tqdm(total=len(pairs), desc=f"RLA targets h={horizon} {cache.meta['repo_id']}",
-                                   unit="pair", disable=not progress) as bar:
+        with (
+            torch.no_grad(),
+            tqdm(
+                total=len(pairs),
+                desc=f"RLA targets h={horizon} {cache.meta['repo_id']}",
+                unit="pair",
+                disable=not progress,
+            ) as bar,
+        ):
             for start in range(0, len(pairs), batch_size):
-                rows = np.array(pairs[start: start + batch_size])
+                rows = np.array(pairs[start : start + batch_size])
                 current = torch.from_numpy(np.asarray(cache.array[rows[:, 0]], dtype=np.float32))
                 future = torch.from_numpy(np.asarray(cache.array[rows[:, 1]], dtype=np.float32))
                 targets[rows[:, 0]] = autoencoder.encode(current, future).numpy()
@@ -99,7 +124,7 @@ def rla_targets(cache: FeatureCache, autoencoder: "RLAAutoencoder", digest: str,
     return np.load(path, mmap_mode="r")
 
 
-class PolicyWindowDataset(Dataset):
+class PolicyWindowDataset(Dataset[tuple[torch.Tensor, ...]]):
     """Windows (s_t, z, state_t, a_{t:t+T}, labelled) of one feature cache.
 
     `targets` is the cache's `rla_targets` array for H = rla_horizon.
@@ -109,8 +134,16 @@ class PolicyWindowDataset(Dataset):
     video (e.g. from the web) has neither.
     """
 
-    def __init__(self, cache: FeatureCache, episodes: Sequence[int], chunk_length: int, rla_horizon: int,
-                 labelled: bool, targets: np.ndarray, skip_short: bool = True) -> None:
+    def __init__(
+        self,
+        cache: FeatureCache,
+        episodes: Sequence[int],
+        chunk_length: int,
+        rla_horizon: int,
+        labelled: bool,
+        targets: np.ndarray,
+        skip_short: bool = True,
+    ) -> None:
         if chunk_length < 1 or rla_horizon < 1:
             raise ValueError(f"chunk_length and rla_horizon must be >= 1, got {chunk_length}, {rla_horizon}")
         if labelled and not cache.has_actions:
@@ -134,8 +167,10 @@ class PolicyWindowDataset(Dataset):
         starts = [(e, t) for e in self.episodes for t in range(cache.episode_length(e) - span)]
         self._starts = np.array(starts, dtype=np.int64).reshape(-1, 2)
         if targets.ndim != 3 or targets.shape[0] != cache.total_frames:
-            raise DataError(f"RLA targets of shape {targets.shape} do not cover the {cache.total_frames} frames "
-                            f"of feature cache {cache.path}")
+            raise DataError(
+                f"RLA targets of shape {targets.shape} do not cover the {cache.total_frames} frames "
+                f"of feature cache {cache.path}"
+            )
         self.targets = targets
 
     def __len__(self) -> int:
@@ -152,11 +187,13 @@ class PolicyWindowDataset(Dataset):
         current = torch.from_numpy(self.cache.features(episode, t))
         z = torch.from_numpy(np.array(self.targets[self.cache.row(episode, t)], dtype=np.float32))
         if not torch.isfinite(z).all():
-            raise DataError(f"no RLA target for episode {episode} frame {t} in {self.cache.path}: the targets were "
-                            f"computed for another horizon than {self.rla_horizon}")
+            raise DataError(
+                f"no RLA target for episode {episode} frame {t} in {self.cache.path}: the targets were "
+                f"computed for another horizon than {self.rla_horizon}"
+            )
         if self.labelled:
             state = self._states[episode][t].clone()
-            actions = self._actions[episode][t: t + self.chunk_length].clone()
+            actions = self._actions[episode][t : t + self.chunk_length].clone()
         else:
             state = torch.zeros(state_dim)
             actions = torch.zeros(self.chunk_length, action_dim)
@@ -168,7 +205,7 @@ class PolicyWindowDataset(Dataset):
         return self.item(index, self.state_dim, self.action_dim)
 
 
-class MixedWindows(Dataset):
+class MixedWindows(Dataset[tuple[torch.Tensor, ...]]):
     """Labelled windows (indices 0 .. L-1) followed by action-free windows (L .. L+F-1)."""
 
     def __init__(self, labelled: PolicyWindowDataset, action_free: Sequence[PolicyWindowDataset] = ()) -> None:
@@ -205,8 +242,9 @@ class MixedBatchSampler(Sampler[list[int]]):
     reproducible.
     """
 
-    def __init__(self, labelled_count: int, action_free_count: int, batch_size: int, labelled_fraction: float,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, labelled_count: int, action_free_count: int, batch_size: int, labelled_fraction: float, seed: int = 0
+    ) -> None:
         if labelled_count < 1:
             raise DataError("no labelled windows: the action head has nothing to learn from")
         if batch_size < 1:
@@ -230,18 +268,20 @@ class MixedBatchSampler(Sampler[list[int]]):
         self._passes += 1
         labelled = rng.permutation(self.labelled_count)
         free_needed = len(self) * self.action_free_per_batch
-        free = np.concatenate([rng.permutation(self.action_free_count)
-                               for _ in range(-(-free_needed // max(self.action_free_count, 1)))]
-                              or [np.zeros(0, dtype=np.int64)])
+        free = np.concatenate(
+            [rng.permutation(self.action_free_count) for _ in range(-(-free_needed // max(self.action_free_count, 1)))]
+            or [np.zeros(0, dtype=np.int64)]
+        )
         for b in range(len(self)):
-            batch = labelled[b * self.labelled_per_batch:(b + 1) * self.labelled_per_batch].tolist()
-            chosen = free[b * self.action_free_per_batch:(b + 1) * self.action_free_per_batch]
+            batch = labelled[b * self.labelled_per_batch : (b + 1) * self.labelled_per_batch].tolist()
+            chosen = free[b * self.action_free_per_batch : (b + 1) * self.action_free_per_batch]
             batch += (chosen + self.labelled_count).tolist()
             yield [int(i) for i in batch]
 
 
-def policy_statistics(cache: FeatureCache, episodes: Sequence[int], margin: float = 1.1
-                      ) -> dict[str, tuple[float, ...]]:
+def policy_statistics(
+    cache: FeatureCache, episodes: Sequence[int], margin: float = 1.1
+) -> dict[str, tuple[float, ...]]:
     """Normalisation of the labelled training episodes: state and action ranges, increment bound.
 
     max_delta bounds every step of a chunk, the first one (from the measured state to the
@@ -250,8 +290,10 @@ def policy_statistics(cache: FeatureCache, episodes: Sequence[int], margin: floa
     """
     states = [cache.states(e) for e in episodes]
     actions = [cache.actions(e) for e in episodes]
-    steps = np.concatenate([np.abs(np.diff(np.concatenate([s[:1], a]), axis=0)) for s, a in zip(states, actions)]
-                           + [np.abs(a - s) for s, a in zip(states, actions)])
+    steps = np.concatenate(
+        [np.abs(np.diff(np.concatenate([s[:1], a]), axis=0)) for s, a in zip(states, actions)]
+        + [np.abs(a - s) for s, a in zip(states, actions)]
+    )
     all_states, all_actions = np.concatenate(states), np.concatenate(actions)
     if not (np.isfinite(all_states).all() and np.isfinite(all_actions).all()):
         raise DataError(f"feature cache {cache.path}: states or actions contain NaN or inf")
@@ -263,5 +305,10 @@ def policy_statistics(cache: FeatureCache, episodes: Sequence[int], margin: floa
 
     action_low, action_high = span(all_actions)
     state_low, state_high = span(all_states)
-    return {"max_delta": tuple(float(v) for v in max_delta), "action_low": action_low, "action_high": action_high,
-            "state_low": state_low, "state_high": state_high}
+    return {
+        "max_delta": tuple(float(v) for v in max_delta),
+        "action_low": action_low,
+        "action_high": action_high,
+        "state_low": state_low,
+        "state_high": state_high,
+    }

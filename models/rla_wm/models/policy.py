@@ -1,4 +1,5 @@
-"""World action model (WAM): a visuomotor policy over patch features with an action head and an RLA head.
+"""The policy (the paper's "world action model", WAM): a visuomotor policy over patch features with an
+action head and an RLA head. In this codebase it is called the policy everywhere.
 
     patch tokens s_t (B, N, C), merged ──┐
     state token: the measured state, or  ├─ trunk ─┬─ RLA head:    K queries -> z_hat (s_t -> s_{t+H})
@@ -22,6 +23,7 @@ older than its `state_timeout` (or there is none) it does not act at all, and pu
 nothing for that feature map. A chunk anchored on an estimate from the image could start
 away from where the arm is, which the safety gate would refuse anyway.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,15 +33,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rla_wm.checkpoint import Checkpointable
-from rla_wm.layers import Block
-from rla_wm.rla import check_features
+from rla_wm.models.checkpoint import Checkpointable
+from rla_wm.models.layers import Block
+from rla_wm.models.rla import check_features
 
 CHECKPOINT_KIND = "world_action_model"
 
 
 @dataclass(frozen=True)
-class WAMConfig:
+class PolicyConfig:
     token_dim: int = 192
     num_tokens: int = 256
     state_dim: int = 2
@@ -71,7 +73,7 @@ class WAMConfig:
 
 
 @dataclass(frozen=True)
-class WAMLossWeights:
+class PolicyLossWeights:
     action: float = 1.0
     rla: float = 1.0
     # The state head only anchors chunks when no state is measured; a small weight keeps it
@@ -80,7 +82,7 @@ class WAMLossWeights:
 
 
 @dataclass
-class WAMOutput:
+class PolicyOutput:
     """Everything one pass predicts; `actions` are not clipped (the loss needs their gradient)."""
 
     actions: torch.Tensor  # (B, T, A) absolute targets, anchor + cumulative increments
@@ -90,24 +92,34 @@ class WAMOutput:
     anchor: torch.Tensor  # (B, S) measured state where visible, else the estimate
 
 
-def _check_tuple(config: WAMConfig, name: str, length: int) -> None:
+def _check_tuple(config: PolicyConfig, name: str, length: int) -> None:
     if len(getattr(config, name)) != length:
         raise ValueError(f"{name} has {len(getattr(config, name))} entries, expected {length}")
 
 
-class WorldActionModel(Checkpointable, nn.Module):
+class Policy(Checkpointable[PolicyConfig]):
     """Visuomotor transformer with an action-chunk head, an RLA head and a state head."""
 
     checkpoint_kind = CHECKPOINT_KIND
-    config_type = WAMConfig
+    config_type = PolicyConfig
+    # Buffers (registered in __init__), declared for type checkers.
+    action_low: torch.Tensor
+    action_high: torch.Tensor
+    max_delta: torch.Tensor
+    state_low: torch.Tensor
+    state_high: torch.Tensor
 
-    def __init__(self, config: WAMConfig) -> None:
-        super().__init__()
+    def __init__(self, config: PolicyConfig) -> None:
+        super().__init__(config)
         if config.state_dim != config.action_dim:
             raise ValueError("actions are increments on the state: state_dim and action_dim must agree")
-        for name, length in (("max_delta", config.action_dim), ("action_low", config.action_dim),
-                             ("action_high", config.action_dim), ("state_low", config.state_dim),
-                             ("state_high", config.state_dim)):
+        for name, length in (
+            ("max_delta", config.action_dim),
+            ("action_low", config.action_dim),
+            ("action_high", config.action_dim),
+            ("state_low", config.state_dim),
+            ("state_high", config.state_dim),
+        ):
             _check_tuple(config, name, length)
         if min(config.chunk_length, config.rla_horizon, config.token_merge, config.depth, config.head_depth) < 1:
             raise ValueError("chunk_length, rla_horizon, token_merge, depth and head_depth must be >= 1")
@@ -117,9 +129,10 @@ class WorldActionModel(Checkpointable, nn.Module):
             raise ValueError(f"max_delta must be positive, got {config.max_delta}")
         grid = math.isqrt(config.num_tokens)
         if config.token_merge > 1 and (grid * grid != config.num_tokens or grid % config.token_merge):
-            raise ValueError(f"token_merge {config.token_merge} needs a square grid whose side it divides; "
-                             f"num_tokens is {config.num_tokens}")
-        self.config = config
+            raise ValueError(
+                f"token_merge {config.token_merge} needs a square grid whose side it divides; "
+                f"num_tokens is {config.num_tokens}"
+            )
         self.grid = grid
         merged_tokens = config.num_tokens // config.token_merge**2
         merged_dim = config.token_dim * config.token_merge**2
@@ -133,13 +146,15 @@ class WorldActionModel(Checkpointable, nn.Module):
         self.trunk_norm = nn.LayerNorm(width)
 
         self.rla_queries = nn.Parameter(torch.randn(1, config.latent_tokens, width) * 0.02)
-        self.rla_blocks = nn.ModuleList(Block(width, config.heads, config.mlp_ratio, cross_attention=True)
-                                        for _ in range(config.head_depth))
+        self.rla_blocks = nn.ModuleList(
+            Block(width, config.heads, config.mlp_ratio, cross_attention=True) for _ in range(config.head_depth)
+        )
         self.rla_out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, config.latent_dim))
 
         self.action_queries = nn.Parameter(torch.randn(1, config.chunk_length, width) * 0.02)
-        self.action_blocks = nn.ModuleList(Block(width, config.heads, config.mlp_ratio, cross_attention=True)
-                                           for _ in range(config.head_depth))
+        self.action_blocks = nn.ModuleList(
+            Block(width, config.heads, config.mlp_ratio, cross_attention=True) for _ in range(config.head_depth)
+        )
         self.action_out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, config.action_dim))
         if config.action_reads_rla:
             self.rla_in = nn.Linear(config.latent_dim, width)
@@ -183,8 +198,9 @@ class WorldActionModel(Checkpointable, nn.Module):
         x = tokens.reshape(batch, side, s, side, s, channels).permute(0, 1, 3, 2, 4, 5)
         return x.reshape(batch, side * side, s * s * channels)
 
-    def _check_inputs(self, tokens: torch.Tensor, state: torch.Tensor | None,
-                      state_visible: torch.Tensor | None) -> torch.Tensor:
+    def _check_inputs(
+        self, tokens: torch.Tensor, state: torch.Tensor | None, state_visible: torch.Tensor | None
+    ) -> torch.Tensor:
         """Validate; returns the (B,) bool mask of samples whose state token is the measured state."""
         check_features(tokens, self.config, "tokens")
         batch = tokens.shape[0]
@@ -200,12 +216,14 @@ class WorldActionModel(Checkpointable, nn.Module):
             raise ValueError(f"state_visible {tuple(state_visible.shape)} != ({batch},)")
         state_visible = state_visible.bool()
         if not torch.isfinite(state[state_visible]).all():
-            raise ValueError("state contains NaN or inf; pass state=None (or state_visible=False) when "
-                             "the state is unknown")
+            raise ValueError(
+                "state contains NaN or inf; pass state=None (or state_visible=False) when the state is unknown"
+            )
         return state_visible
 
-    def predict(self, tokens: torch.Tensor, state: torch.Tensor | None = None,
-                state_visible: torch.Tensor | None = None) -> WAMOutput:
+    def predict(
+        self, tokens: torch.Tensor, state: torch.Tensor | None = None, state_visible: torch.Tensor | None = None
+    ) -> PolicyOutput:
         """All heads. `state` None, or `state_visible` False for a sample, uses the missing-state token."""
         visible = self._check_inputs(tokens, state, state_visible)
         config = self.config
@@ -240,7 +258,7 @@ class WorldActionModel(Checkpointable, nn.Module):
         estimated_state = self.denormalise_state(self.state_out(context[:, 0]))
         anchor = estimated_state if state is None else torch.where(visible[:, None], state, estimated_state)
         actions = anchor[:, None] + torch.cumsum(increments * self.max_delta, dim=1)
-        return WAMOutput(actions=actions, increments=increments, rla=rla, state=estimated_state, anchor=anchor)
+        return PolicyOutput(actions=actions, increments=increments, rla=rla, state=estimated_state, anchor=anchor)
 
     def clip_actions(self, actions: torch.Tensor) -> torch.Tensor:
         return torch.maximum(torch.minimum(actions, self.action_high), self.action_low)
@@ -255,9 +273,16 @@ class WorldActionModel(Checkpointable, nn.Module):
 
     # -- training
 
-    def loss(self, tokens: torch.Tensor, z: torch.Tensor, state: torch.Tensor, actions: torch.Tensor,
-             labelled: torch.Tensor, state_visible: torch.Tensor,
-             weights: WAMLossWeights = WAMLossWeights()) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self,
+        tokens: torch.Tensor,
+        z: torch.Tensor,
+        state: torch.Tensor,
+        actions: torch.Tensor,
+        labelled: torch.Tensor,
+        state_visible: torch.Tensor,
+        weights: PolicyLossWeights = PolicyLossWeights(),
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """Masked multi-task loss over a batch that mixes labelled and action-free windows.
 
         tokens (B, N, C): s_t.  z (B, K, D): the frozen autoencoder's z(s_t, s_{t+H}).
@@ -273,8 +298,9 @@ class WorldActionModel(Checkpointable, nn.Module):
         if tuple(z.shape) != expected_z:
             raise ValueError(f"z {tuple(z.shape)} != {expected_z}")
         if tuple(actions.shape) != (tokens.shape[0], config.chunk_length, config.action_dim):
-            raise ValueError(f"actions {tuple(actions.shape)} != ({tokens.shape[0]}, {config.chunk_length}, "
-                             f"{config.action_dim})")
+            raise ValueError(
+                f"actions {tuple(actions.shape)} != ({tokens.shape[0]}, {config.chunk_length}, {config.action_dim})"
+            )
         labelled = labelled.bool()
         if not torch.isfinite(z).all():
             raise ValueError("z targets contain NaN or inf")
@@ -306,8 +332,10 @@ class WorldActionModel(Checkpointable, nn.Module):
             pixel_error = (output.actions - action_target).abs().mean(dim=(1, 2))
             cosine = F.cosine_similarity(output.rla.flatten(1), target_z.flatten(1), dim=1).mean()
         return total, {
-            "action_loss": float(action_loss.detach()), "rla_loss": float(rla_loss.detach()),
+            "action_loss": float(action_loss.detach()),
+            "rla_loss": float(rla_loss.detach()),
             "state_loss": float(state_loss.detach()),
-            "action_l1": float((pixel_error * mask).sum() / count), "rla_cosine": float(cosine),
+            "action_l1": float((pixel_error * mask).sum() / count),
+            "rla_cosine": float(cosine),
             "labelled_fraction": float(mask.mean()),
         }

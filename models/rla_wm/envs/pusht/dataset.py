@@ -8,16 +8,17 @@ feature at all rather than a zero-filled one that could be mistaken for real lab
 Row t holds the observation at frame t and the action commanded *at* frame t, i.e.
 the target that moves the scene from frame t to frame t+1 (LeRobot's convention).
 """
+
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from rla_wm.sim import CONTROL_HZ, JOINT_NAMES, PushTSim, SimFrame
+from rla_wm.envs.pusht.sim import CONTROL_HZ, JOINT_NAMES, PushTSim, SimFrame
 
 # Keep the random walk away from the walls: targets on the border pin the agent there.
 TARGET_LOW = 20.0
@@ -27,7 +28,7 @@ IMAGE_KEY = "observation.image"
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
 
-Policy = Callable[[SimFrame, np.random.Generator], np.ndarray]
+ActionSource = Callable[[SimFrame, np.random.Generator], np.ndarray]
 
 
 class RandomWalkPolicy:
@@ -51,7 +52,7 @@ class RandomWalkPolicy:
         self.max_step_px = max_step_px
         self.center_pull = center_pull
         self._target: np.ndarray | None = None
-        self._velocity = np.zeros(2)
+        self._velocity: np.ndarray = np.zeros(2)
 
     def reset(self, frame: SimFrame) -> None:
         self._target = np.clip(np.asarray(frame.position, dtype=np.float64), TARGET_LOW, TARGET_HIGH)
@@ -100,7 +101,7 @@ def record_pusht_dataset(
     episodes: int = 10,
     steps_per_episode: int = 100,
     seed: int = 0,
-    policy: str | Policy = "random",
+    policy: str | ActionSource = "random",
     with_actions: bool = True,
     task: str = "Push the T block onto the target",
     image_size: int = 96,
@@ -147,7 +148,7 @@ def record_pusht_dataset(
         for episode in tqdm(range(episodes), desc="recording Push-T", unit="episode", disable=not progress):
             frame = sim.reset(seed=seed + episode)
             rng = np.random.default_rng([seed, episode])
-            act: Policy
+            act: ActionSource
             if policy == "random":
                 walker = RandomWalkPolicy()
                 walker.reset(frame)

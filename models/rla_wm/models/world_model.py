@@ -6,10 +6,12 @@ Flow (once per Euler step): blocks over the K noisy latent tokens with
 self-attention, cross-attention to the conditioning tokens (keys/values cached
 across steps) and adaLN on the flow time.
 
-Training target is z / latent_scale (10 in the paper) on the path x_tau = (1 - tau) z + (sigma_min + (1 - sigma_min) tau) eps,
+Training target is z / latent_scale (10 in the paper) on the path
+x_tau = (1 - tau) z + (sigma_min + (1 - sigma_min) tau) eps,
 tau ~ logit-normal(0, 1), velocity v = (1 - sigma_min) eps - z; loss MSE + L1.
 Sampling integrates from noise at tau = 1 to tau = 0.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rla_wm.checkpoint import Checkpointable
-from rla_wm.layers import Block, timestep_embedding
-from rla_wm.rla import RLAAutoencoder, check_features
+from rla_wm.models.checkpoint import Checkpointable
+from rla_wm.models.layers import Block, timestep_embedding
+from rla_wm.models.rla import RLAAutoencoder, check_features
 
 CHECKPOINT_KIND = "rla_world_model"
 SIGMA_MIN = 1e-5
@@ -53,8 +55,18 @@ class WorldModelConfig:
 class ActionEncoder(nn.Module):
     """Per-step MLP then a GRU over the (variable-length) action sequence -> one vector."""
 
-    def __init__(self, action_dim: int, width: int, max_horizon: int, action_low: tuple[float, ...],
-                 action_high: tuple[float, ...]) -> None:
+    # Buffers (registered in __init__), declared for type checkers.
+    low: torch.Tensor
+    high: torch.Tensor
+
+    def __init__(
+        self,
+        action_dim: int,
+        width: int,
+        max_horizon: int,
+        action_low: tuple[float, ...],
+        action_high: tuple[float, ...],
+    ) -> None:
         super().__init__()
         if len(action_low) != action_dim or len(action_high) != action_dim:
             raise ValueError(f"action_low/high need {action_dim} entries")
@@ -66,7 +78,7 @@ class ActionEncoder(nn.Module):
         self.register_buffer("high", torch.tensor(action_high, dtype=torch.float32))
 
     @classmethod
-    def from_config(cls, config) -> "ActionEncoder":
+    def from_config(cls, config) -> ActionEncoder:
         return cls(config.action_dim, config.width, config.max_horizon, config.action_low, config.action_high)
 
     def forward(self, actions: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -98,19 +110,19 @@ class Conditioning:
     cached_context: list[tuple[torch.Tensor, torch.Tensor]]
 
 
-class RLAWorldModel(Checkpointable, nn.Module):
+class RLAWorldModel(Checkpointable[WorldModelConfig]):
     checkpoint_kind = CHECKPOINT_KIND
     config_type = WorldModelConfig
 
     def __init__(self, config: WorldModelConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         width = config.width
         self.actions = ActionEncoder.from_config(config)
         self.feature_input = nn.Linear(config.token_dim, width)
         self.feature_position = nn.Parameter(torch.randn(1, config.num_tokens, width) * 0.02)
-        self.condition_blocks = nn.ModuleList(Block(width, config.heads, config.mlp_ratio, condition_dim=width)
-                                              for _ in range(config.condition_depth))
+        self.condition_blocks = nn.ModuleList(
+            Block(width, config.heads, config.mlp_ratio, condition_dim=width) for _ in range(config.condition_depth)
+        )
         self.condition_norm = nn.LayerNorm(width)
         self.latent_input = nn.Linear(config.latent_dim, width)
         self.latent_position = nn.Parameter(torch.randn(1, config.latent_tokens, width) * 0.02)
@@ -125,8 +137,9 @@ class RLAWorldModel(Checkpointable, nn.Module):
         nn.init.zeros_(self.velocity.bias)
 
     # -- conditioning stage -------------------------------------------------------------
-    def condition(self, current: torch.Tensor, actions: torch.Tensor, lengths: torch.Tensor | None = None
-                  ) -> Conditioning:
+    def condition(
+        self, current: torch.Tensor, actions: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> Conditioning:
         check_features(current, self.config, "current features")
         if actions.shape[0] != current.shape[0]:
             raise ValueError(f"{actions.shape[0]} action sequences for {current.shape[0]} feature maps")
@@ -135,7 +148,10 @@ class RLAWorldModel(Checkpointable, nn.Module):
         for block in self.condition_blocks:
             x = block(x, condition=action_vector)
         context = self.condition_norm(x)
-        cached = [block.cross_attention.keys_values(context) for block in self.flow_blocks]
+        cached = []
+        for block in self.flow_blocks:
+            assert isinstance(block, Block) and block.cross_attention is not None  # flow blocks cross-attend
+            cached.append(block.cross_attention.keys_values(context))
         return Conditioning(current=current, cached_context=cached)
 
     # -- flow stage ---------------------------------------------------------------------
@@ -146,8 +162,9 @@ class RLAWorldModel(Checkpointable, nn.Module):
             h = block(h, condition=time, cached_context=cached)
         return self.velocity(self.flow_norm(h))
 
-    def loss(self, current: torch.Tensor, actions: torch.Tensor, z: torch.Tensor,
-             lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, current: torch.Tensor, actions: torch.Tensor, z: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """Flow-matching loss for target latents z (from the frozen RLA encoder)."""
         target = z / self.config.latent_scale
         conditioning = self.condition(current, actions, lengths)
@@ -162,8 +179,14 @@ class RLAWorldModel(Checkpointable, nn.Module):
         return mse + l1, {"mse": float(mse.detach()), "l1": float(l1.detach())}
 
     @torch.no_grad()
-    def sample(self, current: torch.Tensor, actions: torch.Tensor, lengths: torch.Tensor | None = None,
-               steps: int = 30, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        current: torch.Tensor,
+        actions: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        steps: int = 30,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Predict z (B, K, D) with `steps` Euler steps from Gaussian noise; seeded via `generator`."""
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
@@ -177,8 +200,14 @@ class RLAWorldModel(Checkpointable, nn.Module):
         return x * self.config.latent_scale
 
     @torch.no_grad()
-    def predict(self, autoencoder: RLAAutoencoder, current: torch.Tensor, actions: torch.Tensor,
-                lengths: torch.Tensor | None = None, steps: int = 30,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+    def predict(
+        self,
+        autoencoder: RLAAutoencoder,
+        current: torch.Tensor,
+        actions: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        steps: int = 30,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """s_hat_{t+h} = Dec(z_hat, s_t)."""
         return autoencoder.decode(self.sample(current, actions, lengths, steps, generator), current)

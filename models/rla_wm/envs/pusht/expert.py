@@ -13,8 +13,9 @@ the goal.
 Inputs: agent position, block pose, goal pose (all pixels / radians, gym-pusht's frame).
 Output: the next absolute agent target (x, y), the sim's action space.
 
-`python -m rla_wm.expert --episodes 50` measures the success rate in `PushTSim`.
+`python -m rla_wm.envs.pusht.expert --episodes 50` measures the success rate in `PushTSim`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,15 +25,15 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
-from rla_wm.sim import CONTROL_HZ, GOAL_POSE, PushTSim, SimFrame
+from rla_wm.envs.pusht.sim import CONTROL_HZ, GOAL_POSE, PushTSim, SimFrame
 
 # gym-pusht geometry (PushTEnv.add_tee with scale 30, length 4; add_circle radius 15), in the
 # block's body frame: a 120x30 bar on top of a 30x90 stem.
 AGENT_RADIUS = 15.0
 T_OUTLINE = np.array(
-    [(-60.0, 0.0), (60.0, 0.0), (60.0, 30.0), (15.0, 30.0), (15.0, 120.0), (-15.0, 120.0), (-15.0, 30.0),
-     (-60.0, 30.0)]
+    [(-60.0, 0.0), (60.0, 0.0), (60.0, 30.0), (15.0, 30.0), (15.0, 120.0), (-15.0, 120.0), (-15.0, 30.0), (-60.0, 30.0)]
 )
 T_COG = np.array([0.0, 45.0])  # pymunk's centre of gravity: mean of the two boxes' centroids
 T_MASS = 1.0
@@ -69,10 +70,14 @@ def _segments_clearance(p0: np.ndarray, p1: np.ndarray) -> np.ndarray:
     a = T_OUTLINE[None, :, :]
     b = np.roll(T_OUTLINE, -1, axis=0)[None, :, :]
     q0, q1 = p0[:, None, :], p1[:, None, :]
-    d = np.minimum.reduce([
-        _point_segment_distance(q0, a, b), _point_segment_distance(q1, a, b),
-        _point_segment_distance(a, q0, q1), _point_segment_distance(b, q0, q1),
-    ])
+    d = np.minimum.reduce(
+        [
+            _point_segment_distance(q0, a, b),
+            _point_segment_distance(q1, a, b),
+            _point_segment_distance(a, q0, q1),
+            _point_segment_distance(b, q0, q1),
+        ]
+    )
     # Proper crossings: each segment's ends lie on opposite sides of the other.
     d1, d2 = _cross(b - a, q0 - a), _cross(b - a, q1 - a)
     d3, d4 = _cross(q1 - q0, a - q0), _cross(q1 - q0, b - q0)
@@ -168,7 +173,7 @@ def _waypoints(offset: float) -> np.ndarray:
 
 class PushTExpert:
     """Deterministic scripted expert; call with a `SimFrame` (the `Policy` signature of
-    `rla_wm.pusht_dataset`) or use `act` with the poses directly.
+    `rla_wm.envs.pusht.dataset`) or use `act` with the poses directly.
 
     max_lead: the target is never farther than this from the agent (px): at 10 Hz, 40 px
         is 400 px/s, inside the safety gate's 600 px/s limit even with some lag.
@@ -242,7 +247,8 @@ class PushTExpert:
         w = self.waypoints
         to_w = np.where(
             (_segments_clearance(np.repeat(agent[None], len(w), 0), w) >= self.clearance) & waypoints_ok,
-            np.linalg.norm(w - agent, axis=1), np.inf,
+            np.linalg.norm(w - agent, axis=1),
+            np.inf,
         )
         to_w = np.min(to_w[:, None] + self._paths(waypoints_ok), axis=0)
         via = np.where(self._visible, to_w[:, None] + np.linalg.norm(w[:, None] - q[None], axis=-1), np.inf)
@@ -268,7 +274,9 @@ class PushTExpert:
 
     # ------------------------------------------------------------------ the policy
 
-    def act(self, agent_position: np.ndarray, block_pose: np.ndarray, goal_pose: np.ndarray = GOAL_POSE) -> np.ndarray:
+    def act(
+        self, agent_position: np.ndarray, block_pose: np.ndarray, goal_pose: npt.ArrayLike = GOAL_POSE
+    ) -> np.ndarray:
         """Next agent target (x, y) in pixels, float32."""
         agent_world = np.asarray(agent_position, dtype=np.float64)
         block_pose = np.asarray(block_pose, dtype=np.float64)
@@ -298,7 +306,8 @@ class PushTExpert:
         approach_world = to_world(self.contacts.approach)
         reachable = ((approach_world >= AGENT_LOW) & (approach_world <= AGENT_HIGH)).all(axis=1)
         waypoints_world = to_world(self.waypoints)
-        waypoints_ok = ((waypoints_world >= AGENT_LOW) & (waypoints_world <= AGENT_HIGH)).all(axis=1)
+        # np.asarray: numpy's stubs type .all(axis=1) as "bool or array"; here it is always the array.
+        waypoints_ok = np.asarray(((waypoints_world >= AGENT_LOW) & (waypoints_world <= AGENT_HIGH)).all(axis=1))
 
         distance = float(_outline_distance(agent[None])[0])
         start = agent
@@ -329,8 +338,10 @@ class PushTExpert:
             # Push along the inward normal by the distance that best cancels the error.
             depth = float(np.clip(twist_world[choice] @ error / twist_norm[choice] ** 2, 1.0, self.max_push))
             target = touching_world - normal_world * depth
-        elif np.isfinite(travel[choice]) and distance >= self.clearance and bool(
-            _segments_clearance(agent[None], self.contacts.approach[choice][None])[0] >= self.clearance
+        elif (
+            np.isfinite(travel[choice])
+            and distance >= self.clearance
+            and bool(_segments_clearance(agent[None], self.contacts.approach[choice][None])[0] >= self.clearance)
         ):
             target = approach_world[choice]
         elif distance < self.clearance:
@@ -391,8 +402,10 @@ def main(argv: list[str] | None = None) -> int:
         for k in range(args.episodes):
             result = run_episode(sim, expert, args.seed + k)
             results.append(result)
-            print(f"seed {result.seed}: success={result.success} steps={result.steps} coverage={result.coverage:.3f}",
-                  flush=True)
+            print(
+                f"seed {result.seed}: success={result.success} steps={result.steps} coverage={result.coverage:.3f}",
+                flush=True,
+            )
     finally:
         sim.close()
     successes = [r for r in results if r.success]

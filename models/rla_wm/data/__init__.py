@@ -1,0 +1,1 @@
+"""Training data: LeRobot datasets, the feature cache, frame pairs and policy windows."""

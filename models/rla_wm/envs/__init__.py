@@ -1,0 +1,1 @@
+"""Simulated environments (no ROS): their physics, scripted experts and dataset builders."""

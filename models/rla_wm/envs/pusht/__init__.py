@@ -1,0 +1,1 @@
+"""Push-T: the gym-pusht simulator wrapper, the scripted expert, and demonstration datasets."""

@@ -1,0 +1,1 @@
+"""Evaluation: open-loop metrics, closed-loop reports and pictures."""

@@ -1,0 +1,1 @@
+"""Training: the experiment configuration and the training loops of every model."""

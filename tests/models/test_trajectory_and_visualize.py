@@ -64,3 +64,12 @@ def test_side_by_side_height_and_layout():
     picture = side_by_side(np.zeros((96, 96, 3), np.uint8), np.full((16, 16, 3), 255, np.uint8), height=128)
     assert picture.shape == (128, 128 + 8 + 128, 3)
     assert picture[:, :128].max() == 0 and picture[:, -128:].min() == 255
+
+
+def test_is_tail_of_matches_exactly_the_last_points():
+    from rla_wm.control.jtc import is_tail_of
+
+    chunk = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    assert is_tail_of(chunk[1:], chunk) and is_tail_of(chunk, chunk)
+    assert not is_tail_of(chunk[:2], chunk)  # the head, not the tail
+    assert not is_tail_of(np.empty((0, 2)), chunk) and not is_tail_of(np.vstack([chunk, chunk]), chunk)

@@ -17,7 +17,7 @@ from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from rla_wm.control.jtc import jtc_rejection
+from rla_wm.control.jtc import is_tail_of, jtc_rejection
 from rla_wm.control.limits import load_limits
 from rla_wm_ros.conversions import Chunk, chunk_to_msg, msg_to_trajectory
 from rla_wm_ros.gate_fuzz import run_gate_fuzz
@@ -150,8 +150,7 @@ class GateHarness:
 
 def copies_of(sent: JointTrajectory, out: list[JointTrajectory]) -> list[JointTrajectory]:
     """Outputs whose points are the tail of `sent`'s points (the gate's copy of it)."""
-    tail = positions(sent)
-    return [m for m in out if m.points and np.array_equal(tail[len(tail) - len(m.points) :], positions(m))]
+    return [m for m in out if is_tail_of(positions(m), positions(sent))]
 
 
 def holds(out: list[JointTrajectory], sent: JointTrajectory | None = None) -> list[JointTrajectory]:

@@ -72,6 +72,15 @@ class Trajectory:
         return np.array([p.time_from_start_ns for p in self.points], dtype=np.int64)
 
 
+def is_tail_of(points: np.ndarray, chunk: np.ndarray) -> bool:
+    """Whether `points` (K, J) are exactly the last K points of `chunk` (T, J): how a gated command,
+    the gate's copy of a chunk's remaining points, is traced back to that chunk."""
+    points, chunk = np.asarray(points), np.asarray(chunk)
+    if points.ndim != 2 or chunk.ndim != 2 or points.size == 0 or len(points) > len(chunk):
+        return False
+    return bool(np.array_equal(chunk[len(chunk) - len(points) :], points))
+
+
 def jtc_rejection(trajectory: Trajectory, controller_joints: Sequence[str], now_ns: int) -> str:
     """Why JTC (allow_partial_joints_goal false) would refuse `trajectory` at `now_ns`; "" if it accepts it."""
     names = list(trajectory.joint_names)

@@ -21,6 +21,7 @@ from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from rla_wm.control.jtc import is_tail_of
 from rla_wm_msgs.msg import EpisodeStatus, FeatureMap
 from rla_wm_ros.conversions import MessageShapeError, msg_to_features, stamp_to_nanoseconds
 from rla_wm_ros.image_conversion import CvBridgeError, image_msg_to_rgb
@@ -153,10 +154,9 @@ class ClosedLoopObserver(Node):
         with self._lock:
             chunks = sorted(self._chunks.items(), reverse=True)
         for stamp, (chunk_names, positions) in chunks:
-            if sorted(chunk_names) != sorted(names) or len(positions) < len(command) or positions.ndim != 2:
+            if sorted(chunk_names) != sorted(names) or positions.ndim != 2:
                 continue
-            tail = positions[len(positions) - len(command) :, [chunk_names.index(n) for n in names]]
-            if command.size and np.array_equal(tail, command):
+            if is_tail_of(command, positions[:, [chunk_names.index(n) for n in names]]):
                 return stamp
         return None
 

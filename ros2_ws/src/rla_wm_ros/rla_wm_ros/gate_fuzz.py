@@ -19,7 +19,7 @@ from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory
 
-from rla_wm.control.jtc import JtcExecution, Trajectory, execution_violations, jtc_rejection
+from rla_wm.control.jtc import JtcExecution, Trajectory, execution_violations, is_tail_of, jtc_rejection
 from rla_wm.control.safety import JointLimits
 from rla_wm.control.trajectory_fuzz import random_trajectory
 from rla_wm_ros.conversions import msg_to_trajectory, trajectory_to_msg
@@ -79,10 +79,7 @@ class _ControllerModel:
 
     def _is_forwarded_copy(self, trajectory: Trajectory) -> bool:
         positions = trajectory.positions()
-        for sent in reversed(self.sent_positions[-50:]):
-            if len(sent) >= len(positions) and np.array_equal(sent[len(sent) - len(positions) :], positions):
-                return True
-        return False
+        return any(is_tail_of(positions, sent) for sent in reversed(self.sent_positions[-50:]))
 
 
 def run_gate_fuzz(

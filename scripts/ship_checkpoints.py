@@ -1,6 +1,6 @@
 """Ship trained sim models: float16 copies under models/rla_wm/checkpoints/ with a model card each.
 
-    python scripts/ship_checkpoints.py --run runs/sim_pusht --config models/configs/sim_pusht.yaml
+    python scripts/ship_checkpoints.py --run=runs/sim_pusht --config_path=models/configs/sim_pusht.yaml
 
 Reads the standard run layout (`<run>/<model>/checkpoint`, `metrics.jsonl`, the evaluation
 results of `rla-wm evaluate` / `evaluate-policy`) and writes, per model present,
@@ -24,35 +24,35 @@ MODELS = {
     "rla": (
         "sim-pusht-rla",
         "RLA autoencoder: z = E(s_t, s_t+h), s_t+h ~ D(z, s_t)",
-        "rla-wm train-rla --config {config} --out {run}/rla",
+        "rla-wm train-rla --config_path={config} --out={run}/rla",
     ),
     "wm": (
         "sim-pusht-rla-wm",
         "RLA-WM: flow matching of z from (s_t, a_t:t+h); decode with sim-pusht-rla",
-        "rla-wm train-wm --config {config} --rla {run}/rla/checkpoint --out {run}/wm",
+        "rla-wm train-wm --config_path={config} --rla_checkpoint={run}/rla/checkpoint --out={run}/wm",
     ),
     "regression": (
         "sim-pusht-regression",
         "Regression baseline: s_t+h = f(s_t, a_t:t+h) directly",
-        "rla-wm train-regression --config {config} --out {run}/regression",
+        "rla-wm train-regression --config_path={config} --out={run}/regression",
     ),
     "policy": (
         "sim-pusht-policy",
         "World action model (action chunk + RLA heads), labelled + action-free episodes",
-        "rla-wm train-policy --config {config} --rla {run}/rla/checkpoint --out {run}/policy",
+        "rla-wm train-policy --config_path={config} --rla_checkpoint={run}/rla/checkpoint --out={run}/policy",
     ),
     "policy_bc": (
         "sim-pusht-policy-bc",
         "Behaviour cloning: the same network on labelled episodes only",
-        "rla-wm train-policy --config {config} --rla {run}/rla/checkpoint --out {run}/policy_bc "
-        "--set policy_training.use_action_free=false --set train.policy.batch_size=32",
+        "rla-wm train-policy --config_path={config} --rla_checkpoint={run}/rla/checkpoint --out={run}/policy_bc "
+        "--policy_training.use_action_free=false --train.policy.batch_size=32",
     ),
     "policy_direct": (
         "sim-pusht-policy-direct",
         "World action model whose action head does not read the RLA "
         "prediction (variant), labelled + action-free episodes",
-        "rla-wm train-policy --config {config} --rla {run}/rla/checkpoint --out {run}/policy_direct "
-        "--set policy.action_reads_rla=false",
+        "rla-wm train-policy --config_path={config} --rla_checkpoint={run}/rla/checkpoint --out={run}/policy_direct "
+        "--policy.action_reads_rla=false",
     ),
 }
 
@@ -160,9 +160,13 @@ def write_card(folder: Path, model: str, title: str, command: str, run: Path, co
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # No abbreviations: the old `--config` must not pass for `--config_path`.
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     parser.add_argument("--run", type=Path, required=True)
-    parser.add_argument("--config", type=Path, required=True)
+    # The run's experiment, under the name rla-wm gives it.
+    parser.add_argument("--config_path", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=CHECKPOINT_DIR)
     args = parser.parse_args(argv)
     shipped = []
@@ -172,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"skip {model}: no {source}")
             continue
         folder = export_checkpoint(source, args.out / name)
-        write_card(folder, model, title, command, args.run, args.config)
+        write_card(folder, model, title, command, args.run, args.config_path)
         shipped.append(folder)
         print(f"shipped {folder} ({(folder / 'model.safetensors').stat().st_size / 1e6:.1f} MB)")
     total = sum((f / "model.safetensors").stat().st_size for f in shipped) / 1e6

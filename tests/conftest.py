@@ -100,17 +100,88 @@ class Inbox:
             self.items.clear()
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str, graph=None) -> None:
-    """Poll `predicate` until true; on time-out fail with `what` and the nodes' logs."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def _describe(what: str | Callable[[], str]) -> str:
+    return what() if callable(what) else what
+
+
+def _poll(predicate: Callable[[], bool], until: float, what: str | Callable[[], str], graph) -> bool:
+    """Poll `predicate` until true (True) or `until` on the monotonic clock passes (False)."""
+    while True:
         if predicate():
-            return
+            return True
         if graph is not None and not all(graph.alive().values()):
-            pytest.fail(f"a node died while waiting for {what}:\n{graph.tail_logs(30)}")
-        time.sleep(0.05)
-    logs = f"\n{graph.tail_logs(30)}" if graph is not None else ""
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}{logs}")
+            pytest.fail(f"a node died while waiting for {_describe(what)}:\n{graph.tail_logs(30)}")
+        if time.monotonic() >= until:
+            return False
+        time.sleep(0.02)  # the poll interval, not a wait for anything
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
+    """Wait until `predicate` holds (True) or `timeout` s pass (False), for when either is a valid outcome."""
+    return _poll(predicate, time.monotonic() + timeout, "", None)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str | Callable[[], str], graph=None) -> None:
+    """Wait until `predicate` holds; on time-out fail with `what` (a text, or a function giving it)
+    and the nodes' logs. With `graph`, a node that dies fails the wait at once."""
+    if not _poll(predicate, time.monotonic() + timeout, what, graph):
+        logs = f"\n{graph.tail_logs(30)}" if graph is not None else ""
+        pytest.fail(f"timed out after {timeout:.0f}s waiting for {_describe(what)}{logs}")
+
+
+def publish_until(
+    publish: Callable[[], object],
+    predicate: Callable[[], bool],
+    timeout: float,
+    what: str | Callable[[], str],
+    graph=None,
+    every: float = 0.3,
+) -> int:
+    """Call `publish` until `predicate` holds, again every `every` s while it does not (the first samples
+    on a new DDS connection, or best-effort ones, may be lost). Returns how many times it published."""
+    deadline = time.monotonic() + timeout
+    published = 0
+    while True:
+        publish()
+        published += 1
+        if _poll(predicate, min(deadline, time.monotonic() + every), what, graph):
+            return published
+        if time.monotonic() >= deadline:
+            logs = f"\n{graph.tail_logs(30)}" if graph is not None else ""
+            pytest.fail(f"timed out after {timeout:.0f}s ({published} sends) waiting for {_describe(what)}{logs}")
+
+
+def call_service(client, request=None, timeout: float = 10.0, graph=None):
+    """Call a service from a node spun in the background (the `ros_node` fixture); return its answer."""
+    if request is None:
+        from std_srvs.srv import Trigger
+
+        request = Trigger.Request()
+    wait_for(client.service_is_ready, timeout, f"service {client.srv_name}", graph)
+    future = client.call_async(request)
+    wait_for(future.done, timeout, f"an answer from {client.srv_name}", graph)
+    return future.result()
+
+
+def tiny_policy_config(**overrides):
+    """A PolicyConfig small enough to train in seconds on 2 CPU cores: a 4x4 patch grid of width 16,
+    merged 2x2 into 4 tokens; `overrides` replace single fields."""
+    from rla_wm.models.policy import PolicyConfig
+
+    fields = dict(
+        token_dim=16,
+        num_tokens=16,
+        width=32,
+        depth=1,
+        head_depth=1,
+        heads=2,
+        mlp_ratio=2.0,
+        chunk_length=5,
+        latent_tokens=2,
+        latent_dim=4,
+        max_delta=(10.0, 10.0),
+    )
+    return PolicyConfig(**{**fields, **overrides})
 
 
 @pytest.fixture

@@ -1,112 +1,187 @@
 """`rla-wm`: record sim data, cache features, train, evaluate.
 
-    rla-wm record-pusht  --root data/pusht_random --episodes 40 --steps 100
-    rla-wm cache-features   --config models/configs/pusht_small.yaml
-    rla-wm train-rla        --config ... --out runs/rla
-    rla-wm train-wm         --config ... --rla runs/rla/checkpoint --out runs/wm
-    rla-wm train-regression --config ... --out runs/regression
-    rla-wm evaluate         --config ... --rla runs/rla/checkpoint --wm runs/wm/checkpoint \\
-                            --regression runs/regression/checkpoint --out runs/eval
-    rla-wm train-policy     --config ... --rla runs/rla/checkpoint --out runs/policy \\
-                            [--set policy.action_reads_rla=false --set policy_training.use_action_free=false]
-    rla-wm evaluate-policy  --config ... --policy runs/policy/checkpoint [--policy ...] --out runs/policy_eval
+    rla-wm record-pusht      --root=data/pusht_random --episodes=40 --steps=100
+    rla-wm cache-features    --config_path=models/configs/pusht_small.yaml
+    rla-wm train-rla         --config_path=... --out=runs/rla
+    rla-wm train-wm          --config_path=... --rla_checkpoint=runs/rla/checkpoint --out=runs/wm
+    rla-wm train-regression  --config_path=... --out=runs/regression
+    rla-wm evaluate          --config_path=... --rla_checkpoint=runs/rla/checkpoint \\
+                             --wm_checkpoint=runs/wm/checkpoint --regression_checkpoint=runs/regression/checkpoint \\
+                             --out=runs/eval
+    rla-wm train-policy      --config_path=... --rla_checkpoint=runs/rla/checkpoint --out=runs/policy \\
+                             [--policy.action_reads_rla=false --policy_training.use_action_free=false]
+    rla-wm evaluate-policy   --config_path=... --policy_checkpoints='[runs/policy/checkpoint, runs/bc/checkpoint]' \\
+                             --out=runs/policy_eval
+    rla-wm collect-frames    --out=runs/frames.npz --episodes=300      (sim frames + logged state)
+    rla-wm pretrain-encoder  --frames=runs/frames.npz --out=runs/encoder --steps=5000
+    rla-wm probe             --encoder=builtin:NAME [--frames=runs/probe_frames.npz]
 
-Multi-GPU: `accelerate launch -m rla_wm.cli train-wm ...` (or torchrun) runs the same
-training with DDP.
+Every command takes draccus-style `--field=value` arguments; those that read an experiment
+take `--config_path=FILE.yaml` and override any of its fields, e.g. `--train.world_model.steps=300`
+(see rla_wm.training.config). `rla-wm COMMAND --help` lists a command's fields.
+
+Several processes: `accelerate launch -m rla_wm.cli train-wm ...` (or
+`torchrun --nproc-per-node N -m rla_wm.cli ...`) trains with DDP; batch_size stays the global
+batch, split across the processes.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from rla_wm.envs.pusht.frames import FRAMES_SEED_BASE, StateFrames, collect_state_frames
+from rla_wm.training.config import ConfigError, Experiment, parse_config
+from rla_wm.training.pretrain_encoder import PretrainConfig
 
-def command_record_pusht(args: argparse.Namespace) -> None:
+
+@dataclass(frozen=True, kw_only=True)
+class RecordPushT:
+    """Record a Push-T LeRobot dataset with random play."""
+
+    # Folder of the new dataset.
+    root: str
+    repo_id: str = "local/pusht_random"
+    episodes: int = 20
+    steps: int = 100
+    seed: int = 0
+    # Store video and state only, no actions.
+    action_free: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainRun(Experiment):
+    """A training command: the experiment and where the run goes."""
+
+    # Run folder: checkpoint/, metrics.jsonl, loss.png.
+    out: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainOnAutoencoderRun(TrainRun):
+    """A training command that reads a frozen RLA autoencoder (train-wm, train-policy)."""
+
+    # RLA autoencoder checkpoint folder.
+    rla_checkpoint: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateRun(Experiment):
+    """`rla-wm evaluate`: world models on held-out episodes."""
+
+    rla_checkpoint: str
+    wm_checkpoint: str
+    regression_checkpoint: str | None = None
+    # Frames per chunk (default: the world model's training horizon).
+    horizon: int | None = None
+    # Report folder.
+    out: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluatePolicyRun(Experiment):
+    """`rla-wm evaluate-policy`: policies on held-out labelled episodes."""
+
+    # Policy checkpoint folders, a YAML list: '[runs/policy/checkpoint, runs/bc/checkpoint]'.
+    policy_checkpoints: tuple[str, ...]
+    # RLA autoencoder (default: the one each policy trained with).
+    rla_checkpoint: str | None = None
+    # Report folder.
+    out: str
+
+
+def command_record_pusht(config: RecordPushT) -> None:
     from rla_wm.envs.pusht.dataset import record_pusht_dataset
 
     path = record_pusht_dataset(
-        args.root,
-        repo_id=args.repo_id,
-        episodes=args.episodes,
-        steps_per_episode=args.steps,
-        seed=args.seed,
-        with_actions=not args.action_free,
+        config.root,
+        repo_id=config.repo_id,
+        episodes=config.episodes,
+        steps_per_episode=config.steps,
+        seed=config.seed,
+        with_actions=not config.action_free,
     )
     print(f"dataset written to {path}")
 
 
-def command_cache_features(args: argparse.Namespace) -> None:
-    from rla_wm.training.config import load_experiment
+def command_cache_features(experiment: Experiment) -> None:
     from rla_wm.training.train import open_caches
 
-    for cache in open_caches(load_experiment(args.config), include_action_free=True):
+    for cache in open_caches(experiment, include_action_free=True):
         print(f"{cache.path}: {len(cache.episodes)} episodes, encoder {cache.encoder_id}")
 
 
-def command_train(args: argparse.Namespace) -> None:
-    from rla_wm.training import train as train
-    from rla_wm.training.config import load_experiment
-
-    experiment = load_experiment(args.config)
-    out = Path(args.out)
-    if args.command == "train-rla":
-        checkpoint = train.train_autoencoder(experiment, out)
-    elif args.command == "train-wm":
-        checkpoint = train.train_world_model(experiment, args.rla, out)
-    else:
-        checkpoint = train.train_regression(experiment, out)
+def _report_run(checkpoint: Path, out: Path) -> None:
     print(f"checkpoint: {checkpoint}\nmetrics: {out / 'metrics.jsonl'}\nloss curve: {out / 'loss.png'}")
 
 
-def command_evaluate(args: argparse.Namespace) -> None:
+def command_train_rla(config: TrainRun) -> None:
+    from rla_wm.training.train import train_autoencoder
+
+    _report_run(train_autoencoder(config, Path(config.out)), Path(config.out))
+
+
+def command_train_wm(config: TrainOnAutoencoderRun) -> None:
+    from rla_wm.training.train import train_world_model
+
+    _report_run(train_world_model(config, config.rla_checkpoint, Path(config.out)), Path(config.out))
+
+
+def command_train_regression(config: TrainRun) -> None:
+    from rla_wm.training.train import train_regression
+
+    _report_run(train_regression(config, Path(config.out)), Path(config.out))
+
+
+def command_evaluate(config: EvaluateRun) -> None:
+    import draccus
+
     from rla_wm.evaluation import evaluate as evaluate
     from rla_wm.evaluation.visualize import plot_error_vs_horizon
     from rla_wm.models.prediction import CopyLastPredictor, Predictor, RegressionPredictor, RLAWMPredictor
     from rla_wm.models.regression import RegressionModel
     from rla_wm.models.rla import RLAAutoencoder
     from rla_wm.models.world_model import RLAWorldModel
-    from rla_wm.training.config import load_experiment
     from rla_wm.training.train import open_caches, train_split
 
-    experiment = load_experiment(args.config)
-    settings = {"chunks": 3, "max_windows": 64, "euler_steps": 30, "seed": 0, **experiment.evaluate}
-    cache = open_caches(experiment, include_action_free=False)[0]
-    held_out = train_split(experiment, cache)[1]
-    autoencoder, _ = RLAAutoencoder.load(args.rla)
-    world_model, wm_meta = RLAWorldModel.load(args.wm)
-    horizon = args.horizon or int(wm_meta.get("train", {}).get("horizon", 5))
+    settings = config.evaluate
+    cache = open_caches(config, include_action_free=False)[0]
+    held_out = train_split(config, cache)[1]
+    autoencoder, _ = RLAAutoencoder.load(config.rla_checkpoint)
+    world_model, wm_meta = RLAWorldModel.load(config.wm_checkpoint)
+    horizon = config.horizon or int(wm_meta.get("train", {}).get("horizon", 5))
     predictors: list[Predictor] = [
         CopyLastPredictor(),
-        RLAWMPredictor(world_model, autoencoder, steps=settings["euler_steps"], seed=settings["seed"]),
+        RLAWMPredictor(world_model, autoencoder, steps=settings.euler_steps, seed=settings.seed),
     ]
-    if args.regression:
-        predictors.append(RegressionPredictor(RegressionModel.load(args.regression)[0]))
+    if config.regression_checkpoint:
+        predictors.append(RegressionPredictor(RegressionModel.load(config.regression_checkpoint)[0]))
     for model in (autoencoder, world_model):
         if model.config.encoder_id != cache.encoder_id:
             raise SystemExit(
                 f"{type(model).__name__} was trained on {model.config.encoder_id!r}, the data is {cache.encoder_id!r}"
             )
-    windows = evaluate.collect_windows(
-        cache, held_out, horizon, settings["chunks"], settings["max_windows"], settings["seed"]
-    )
+    windows = evaluate.collect_windows(cache, held_out, horizon, settings.chunks, settings.max_windows, settings.seed)
     results = evaluate.evaluate_predictors(predictors, windows)
     costs = {p.name: evaluate.cost_per_prediction(p, windows) for p in predictors}
     reconstruction = evaluate.reconstruction_errors(autoencoder, windows)
-    out = Path(args.out)
+    out = Path(config.out)
     table = evaluate.save_report(
         out,
         results,
         costs,
         reconstruction,
         {
-            "config": str(experiment.path),
+            "config": draccus.encode(config),
             "held_out_episodes": held_out,
             "windows": len(windows.start),
             "horizon": horizon,
-            "euler_steps": settings["euler_steps"],
+            "euler_steps": settings.euler_steps,
             "device": "cpu",
             "torch_threads": torch.get_num_threads(),
         },
@@ -122,13 +197,10 @@ def command_evaluate(args: argparse.Namespace) -> None:
     print(f"\nreport, plots and results.json in {out}/")
 
 
-def command_train_policy(args: argparse.Namespace) -> None:
-    from rla_wm.training import train as train
-    from rla_wm.training.config import load_experiment
+def command_train_policy(config: TrainOnAutoencoderRun) -> None:
+    from rla_wm.training.train import train_policy
 
-    out = Path(args.out)
-    checkpoint = train.train_policy(load_experiment(args.config), args.rla, out, args.overrides)
-    print(f"checkpoint: {checkpoint}\nmetrics: {out / 'metrics.jsonl'}\nloss curve: {out / 'loss.png'}")
+    _report_run(train_policy(config, config.rla_checkpoint, Path(config.out)), Path(config.out))
 
 
 def _policy_name(path: str, taken: set[str]) -> str:
@@ -141,35 +213,37 @@ def _policy_name(path: str, taken: set[str]) -> str:
     return unique
 
 
-def command_evaluate_policy(args: argparse.Namespace) -> None:
+def command_evaluate_policy(config: EvaluatePolicyRun) -> None:
     import json
+
+    import draccus
 
     from rla_wm.data.policy_data import checkpoint_digest, rla_targets
     from rla_wm.evaluation import evaluate as evaluate
     from rla_wm.models.policy import Policy
-    from rla_wm.training.config import load_experiment
     from rla_wm.training.train import load_frozen_autoencoder, open_caches, train_split
 
-    experiment = load_experiment(args.config)
-    settings = {"policy_max_windows": 512, "seed": 0, **experiment.evaluate}
-    cache = open_caches(experiment, include_action_free=False)[0]
-    held_out = train_split(experiment, cache)[1]
+    if not config.policy_checkpoints:
+        raise ConfigError("policy_checkpoints is empty: name at least one policy checkpoint folder")
+    settings = config.evaluate
+    cache = open_caches(config, include_action_free=False)[0]
+    held_out = train_split(config, cache)[1]
     if not held_out:
-        raise SystemExit(f"{experiment.path}: the labelled dataset has no held-out episodes to evaluate on")
+        raise SystemExit(f"{config.data.dataset_root}: the labelled dataset has no held-out episodes to evaluate on")
     results: dict[str, evaluate.PolicyMetrics] = {}
     chunks: dict[str, torch.Tensor] = {}
     windows_by_shape: dict[tuple[int, int, str], evaluate.PolicyWindows] = {}
     window_of: dict[str, evaluate.PolicyWindows] = {}
     hold: evaluate.ChunkErrors | None = None
-    for path in args.policy:
+    for path in config.policy_checkpoints:
         policy, meta = Policy.load(path)
         if policy.config.encoder_id != cache.encoder_id:
             raise SystemExit(
                 f"policy {path} was trained on {policy.config.encoder_id!r}, the data is {cache.encoder_id!r}"
             )
-        rla_path = args.rla or meta.get("rla_checkpoint")
+        rla_path = config.rla_checkpoint or meta.get("rla_checkpoint")
         if not rla_path:
-            raise SystemExit(f"policy {path} does not name its RLA autoencoder: pass --rla")
+            raise SystemExit(f"policy {path} does not name its RLA autoencoder: pass --rla_checkpoint")
         autoencoder, _ = load_frozen_autoencoder(rla_path, cache.encoder_id)
         digest = checkpoint_digest(rla_path)
         if meta.get("rla_digest", digest) != digest:
@@ -178,7 +252,7 @@ def command_evaluate_policy(args: argparse.Namespace) -> None:
         if key not in windows_by_shape:
             targets = rla_targets(cache, autoencoder, digest, policy.config.rla_horizon)
             windows_by_shape[key] = evaluate.collect_policy_windows(
-                cache, held_out, key[0], key[1], targets, settings["policy_max_windows"], settings["seed"]
+                cache, held_out, key[0], key[1], targets, settings.policy_max_windows, settings.seed
             )
         windows = windows_by_shape[key]
         name = _policy_name(path, set(results))
@@ -186,15 +260,16 @@ def command_evaluate_policy(args: argparse.Namespace) -> None:
         results[name]["checkpoint"] = str(path)
         window_of[name] = windows
         hold = hold or evaluate.hold_baseline(windows)
-    if hold is None:  # argparse requires at least one --policy
-        raise SystemExit("no policy to evaluate: pass --policy")
-    out = Path(args.out)
+    if hold is None:  # unreachable: policy_checkpoints is not empty
+        raise SystemExit("no policy to evaluate: pass --policy_checkpoints")
+    out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     table = evaluate.policy_table(results, hold)
     (out / "results.md").write_text(table + "\n")
     (out / "results.json").write_text(
         json.dumps(
-            {"policies": results, "hold": hold, "config": str(experiment.path), "held_out_episodes": held_out}, indent=2
+            {"policies": results, "hold": hold, "config": draccus.encode(config), "held_out_episodes": held_out},
+            indent=2,
         )
     )
     # One figure per set of windows; usually every policy shares one.
@@ -207,78 +282,152 @@ def command_evaluate_policy(args: argparse.Namespace) -> None:
     print(f"\nreport, policy_chunks.png and results.json in {out}/")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rla-wm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+@dataclass(frozen=True, kw_only=True)
+class CollectFrames:
+    """Push-T frames with the sim state logged next to each (for encoder pretraining and probes)."""
+
+    # The .npz to write.
+    out: str
+    episodes: int = 300
+    steps: int = 150
+    # Episode k uses seed + k; the default keeps clear of evaluation seeds.
+    seed: int = FRAMES_SEED_BASE
+    # Share of episodes driven by the scripted expert (the rest: random-walk play).
+    expert_fraction: float = 0.5
+    # Keep every n-th frame.
+    every: int = 2
+    image_size: int = 96
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainEncoderRun(PretrainConfig):
+    """Masked-autoencoder pretraining of a DINOv2-architecture ViT on collected frames."""
+
+    # State-frames .npz from collect-frames.
+    frames: str
+    # Run folder: encoder/ (a transformers folder, float16), log.jsonl, loss.png, config.json.
+    out: str
+    # torch CPU threads (0: torch's default).
+    threads: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeRun:
+    """Linear probe from an encoder's features to the Push-T sim state."""
+
+    # Hub id, local folder or builtin:NAME.
+    encoder: str = "builtin:dinov2-tiny-random"
+    # Encoder input size (0: the model's own image_size).
+    resolution: int = 0
+    # State-frames .npz; empty: collect `episodes` episodes first.
+    frames: str = ""
+    episodes: int = 40
+    seed: int = FRAMES_SEED_BASE + 50_000
+    # Also write the result here (JSON).
+    json: str = ""
+
+
+def command_collect_frames(config: CollectFrames) -> None:
+    frames = collect_state_frames(
+        config.episodes, config.steps, config.seed, config.expert_fraction, config.image_size, config.every
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    print(f"{len(frames)} frames from {config.episodes} episodes -> {frames.save(config.out)}")
 
-    record = commands.add_parser("record-pusht", help="record a Push-T LeRobot dataset with random play")
-    record.add_argument("--root", required=True)
-    record.add_argument("--repo-id", default="local/pusht_random")
-    record.add_argument("--episodes", type=int, default=20)
-    record.add_argument("--steps", type=int, default=100)
-    record.add_argument("--seed", type=int, default=0)
-    record.add_argument("--action-free", action="store_true", help="store video and state only, no actions")
-    record.set_defaults(run=command_record_pusht)
 
-    cache = commands.add_parser("cache-features", help="encode every frame once into the feature cache")
-    cache.add_argument("--config", required=True)
-    cache.set_defaults(run=command_cache_features)
+def command_pretrain_encoder(config: PretrainEncoderRun) -> None:
+    import dataclasses
+    import json
 
-    for name, help_text in (
-        ("train-rla", "train the RLA autoencoder"),
-        ("train-wm", "train RLA-WM (flow matching over z)"),
-        ("train-regression", "train the DINO-WM-style regression baseline"),
-    ):
-        sub = commands.add_parser(name, help=help_text)
-        sub.add_argument("--config", required=True)
-        sub.add_argument("--out", required=True)
-        if name == "train-wm":
-            sub.add_argument("--rla", required=True, help="RLA autoencoder checkpoint folder")
-        sub.set_defaults(run=command_train)
+    from rla_wm.evaluation.visualize import plot_loss_curves
+    from rla_wm.training.pretrain_encoder import pretrain
 
-    evaluation = commands.add_parser("evaluate", help="held-out L1 / cosine at several horizons, cost per prediction")
-    evaluation.add_argument("--config", required=True)
-    evaluation.add_argument("--rla", required=True)
-    evaluation.add_argument("--wm", required=True)
-    evaluation.add_argument("--regression", default=None)
-    evaluation.add_argument(
-        "--horizon", type=int, default=None, help="frames per chunk (default: the WM's training horizon)"
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    frames = StateFrames.load(config.frames)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {field.name: getattr(config, field.name) for field in dataclasses.fields(PretrainConfig)}
+    (out / "config.json").write_text(
+        json.dumps({**settings, "frames": config.frames, "n_frames": len(frames)}, indent=2)
     )
-    evaluation.add_argument("--out", required=True)
-    evaluation.set_defaults(run=command_evaluate)
+    _, log = pretrain(frames, PretrainConfig(**settings), out)
+    plot_loss_curves({"masked-autoencoder reconstruction": log}, out / "loss.png")
+    print(f"final loss {log[-1]['loss']:.4f} after {log[-1]['step'] + 1} steps; encoder in {out / 'encoder'}")
 
-    policy = commands.add_parser(
-        "train-policy", help="train the world action model (action + RLA heads) on labelled and action-free episodes"
+
+def command_probe(config: ProbeRun) -> None:
+    import json
+
+    from rla_wm.evaluation.probe import model_image_size, probe_encoder
+    from rla_wm.models.encoder import EncoderConfig, FeatureEncoder
+
+    frames = (
+        StateFrames.load(config.frames)
+        if config.frames
+        else collect_state_frames(config.episodes, steps=150, seed=config.seed, every=1)
     )
-    policy.add_argument("--config", required=True)
-    policy.add_argument("--rla", required=True, help="frozen RLA autoencoder checkpoint (gives the RLA head's target)")
-    policy.add_argument("--out", required=True)
-    policy.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.FIELD=VALUE",
-        help="override policy.*, policy_training.* or train.policy.* (repeatable), e.g. policy.action_reads_rla=false",
-    )
-    policy.set_defaults(run=command_train_policy)
-
-    policy_eval = commands.add_parser(
-        "evaluate-policy", help="offline action error and RLA-head cosine of policies on held-out labelled episodes"
-    )
-    policy_eval.add_argument("--config", required=True)
-    policy_eval.add_argument("--policy", required=True, action="append", help="policy checkpoint (repeatable)")
-    policy_eval.add_argument("--rla", default=None, help="RLA autoencoder (default: the one each policy trained with)")
-    policy_eval.add_argument("--out", required=True)
-    policy_eval.set_defaults(run=command_evaluate_policy)
-    return parser
+    resolution = config.resolution or model_image_size(config.encoder)
+    encoder = FeatureEncoder(EncoderConfig(model=config.encoder, resolution=resolution))
+    result = probe_encoder(encoder, frames)
+    grid = encoder.grid
+    print(f"encoder {encoder.encoder_id}, grid {grid.height}x{grid.width}x{grid.channels}")
+    print(result.table())
+    if config.json:
+        Path(config.json).write_text(json.dumps({"encoder": encoder.encoder_id, **result.as_dict()}, indent=2))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    args.run(args)
+@dataclass(frozen=True)
+class Command:
+    config: type
+    run: Callable[[Any], None]
+    help: str
+
+
+COMMANDS: dict[str, Command] = {
+    "record-pusht": Command(RecordPushT, command_record_pusht, "record a Push-T LeRobot dataset with random play"),
+    "cache-features": Command(Experiment, command_cache_features, "encode every frame once into the feature cache"),
+    "train-rla": Command(TrainRun, command_train_rla, "train the RLA autoencoder"),
+    "train-wm": Command(TrainOnAutoencoderRun, command_train_wm, "train RLA-WM (flow matching over z)"),
+    "train-regression": Command(TrainRun, command_train_regression, "train the DINO-WM-style regression baseline"),
+    "evaluate": Command(EvaluateRun, command_evaluate, "held-out L1 / cosine at several horizons, cost per prediction"),
+    "train-policy": Command(
+        TrainOnAutoencoderRun,
+        command_train_policy,
+        "train the world action model (action + RLA heads) on labelled and action-free episodes",
+    ),
+    "evaluate-policy": Command(
+        EvaluatePolicyRun,
+        command_evaluate_policy,
+        "offline action error and RLA-head cosine of policies on held-out labelled episodes",
+    ),
+    "collect-frames": Command(
+        CollectFrames, command_collect_frames, "Push-T frames with the sim state logged (pretraining, probes)"
+    ),
+    "pretrain-encoder": Command(
+        PretrainEncoderRun, command_pretrain_encoder, "self-supervised (masked autoencoder) ViT encoder pretraining"
+    ),
+    "probe": Command(ProbeRun, command_probe, "linear probe from encoder features to the sim state, per variable"),
+}
+
+
+def usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = [f"  {name:<{width}}  {command.help}" for name, command in COMMANDS.items()]
+    return "usage: rla-wm COMMAND [--field=value ...]\n\ncommands:\n" + "\n".join(lines) + "\n\n" + (__doc__ or "")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a bad configuration raises ConfigError naming the key."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    command = COMMANDS.get(name)
+    if command is None:
+        print(f"rla-wm: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    command.run(parse_config(command.config, rest, prog=f"rla-wm {name}"))
     return 0
 
 

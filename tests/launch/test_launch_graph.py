@@ -9,7 +9,6 @@ misses the name a node really uses (e.g. the encoder's camera/image_raw/compress
 from __future__ import annotations
 
 import contextlib
-import time
 from pathlib import Path
 
 import pytest
@@ -58,21 +57,18 @@ def wait_for_endpoints(probe, graph, expected: dict[str, tuple[set, set]]) -> di
         actual.update({name: endpoints(probe, name) for name in expected})
         return all(subs <= actual[name][0] and pubs <= actual[name][1] for name, (subs, pubs) in expected.items())
 
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline and not complete():
-        if not all(graph.alive().values()):
-            pytest.fail(f"a node died during start-up:\n{graph.tail_logs(30)}")
-        time.sleep(0.2)
-    if not complete():
+    def what_is_missing() -> str:
         missing = {
             name: (sorted(subs - actual[name][0]), sorted(pubs - actual[name][1]))
             for name, (subs, pubs) in expected.items()
         }
-        pytest.fail(
-            "nodes are not on the expected topics after "
-            f"{STARTUP_TIMEOUT:.0f}s.\nmissing (subscriptions, publishers): {missing}\n"
-            f"actual subscriptions: { {n: sorted(a[0]) for n, a in actual.items()} }\n{graph.tail_logs(20)}"
+        return (
+            "the nodes to be on the expected topics.\n"
+            f"missing (subscriptions, publishers): {missing}\n"
+            f"actual subscriptions: { {n: sorted(a[0]) for n, a in actual.items()} }"
         )
+
+    wait_for(complete, STARTUP_TIMEOUT, what_is_missing, graph)
     return actual
 
 

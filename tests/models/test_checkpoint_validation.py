@@ -15,19 +15,9 @@ from rla_wm.models.checkpoint import CheckpointConfigError, CheckpointError, exp
 from rla_wm.models.policy import Policy, PolicyConfig
 from rla_wm.models.rla import RLAAutoencoder, RLAConfig
 
-CONFIG = PolicyConfig(
-    token_dim=16,
-    num_tokens=16,
-    width=32,
-    depth=1,
-    head_depth=1,
-    heads=2,
-    mlp_ratio=2.0,
-    chunk_length=5,
-    latent_tokens=2,
-    latent_dim=4,
-    max_delta=(10.0, 10.0),
-)
+from conftest import tiny_policy_config
+
+CONFIG = tiny_policy_config()
 
 
 def saved(tmp_path, name: str = "ckpt", config: PolicyConfig = CONFIG):
@@ -65,9 +55,7 @@ def test_the_first_bad_tensor_in_model_order_is_named(tmp_path):
 
 
 def test_buffers_may_hold_inf_bounds_but_never_nan(tmp_path):
-    unbounded = PolicyConfig(
-        **{**CONFIG.__dict__, "action_low": (-math.inf, -math.inf), "action_high": (math.inf, math.inf)}
-    )
+    unbounded = tiny_policy_config(action_low=(-math.inf, -math.inf), action_high=(math.inf, math.inf))
     folder = saved(tmp_path, "unbounded", unbounded)
     policy, _ = Policy.load(folder)  # config-derived ranges: +-inf is a valid bound
     assert torch.isinf(policy.action_low).all()

@@ -14,33 +14,16 @@ pytestmark = pytest.mark.timeout(600)
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
+    main(["record-pusht", f"--root={root / 'labelled'}", "--repo_id=t/labelled", "--episodes=5", "--steps=24"])
     main(
         [
             "record-pusht",
-            "--root",
-            str(root / "labelled"),
-            "--repo-id",
-            "t/labelled",
-            "--episodes",
-            "5",
-            "--steps",
-            "24",
-        ]
-    )
-    main(
-        [
-            "record-pusht",
-            "--root",
-            str(root / "video"),
-            "--repo-id",
-            "t/video",
-            "--episodes",
-            "2",
-            "--steps",
-            "24",
-            "--seed",
-            "100",
-            "--action-free",
+            f"--root={root / 'video'}",
+            "--repo_id=t/video",
+            "--episodes=2",
+            "--steps=24",
+            "--seed=100",
+            "--action_free=true",
         ]
     )
     encoder = make_random_dinov2(root / "encoder", hidden_size=32, layers=1, heads=2, patch_size=14, image_size=56)
@@ -71,18 +54,18 @@ def experiment(tmp_path_factory):
 
 def test_pipeline_trains_and_evaluates_every_model(experiment, capsys):
     root = experiment.parent
-    main(["cache-features", "--config", str(experiment)])
+    config = f"--config_path={experiment}"
+    main(["cache-features", config])
     assert "2 episodes" in capsys.readouterr().out  # the action-free cache is built too
-    main(["train-rla", "--config", str(experiment), "--out", str(root / "rla")])
-    main(
-        ["train-wm", "--config", str(experiment), "--rla", str(root / "rla" / "checkpoint"), "--out", str(root / "wm")]
-    )
-    main(["train-regression", "--config", str(experiment), "--out", str(root / "reg")])
+    main(["train-rla", config, f"--out={root / 'rla'}"])
+    main(["train-wm", config, f"--rla_checkpoint={root / 'rla' / 'checkpoint'}", f"--out={root / 'wm'}"])
+    # A command-line override wins over the file: 9 steps instead of 12.
+    main(["train-regression", config, f"--out={root / 'reg'}", "--train.regression.steps=9"])
     for run in ("rla", "wm", "reg"):
         assert (root / run / "checkpoint" / "model.safetensors").is_file()
         assert (root / run / "loss.png").stat().st_size > 1000
         log = [json.loads(line) for line in (root / run / "metrics.jsonl").read_text().splitlines()]
-        assert log[0]["step"] == 0 and log[-1]["step"] == 11
+        assert log[0]["step"] == 0 and log[-1]["step"] == (8 if run == "reg" else 11)
     rla_meta = json.loads((root / "rla" / "checkpoint" / "config.json").read_text())
     assert 0 < rla_meta["config"]["residual_scale"] != 1.0  # measured on the training pairs
     wm_meta = json.loads((root / "wm" / "checkpoint" / "config.json").read_text())
@@ -93,16 +76,11 @@ def test_pipeline_trains_and_evaluates_every_model(experiment, capsys):
     main(
         [
             "evaluate",
-            "--config",
-            str(experiment),
-            "--rla",
-            str(root / "rla" / "checkpoint"),
-            "--wm",
-            str(root / "wm" / "checkpoint"),
-            "--regression",
-            str(root / "reg" / "checkpoint"),
-            "--out",
-            str(root / "eval"),
+            config,
+            f"--rla_checkpoint={root / 'rla' / 'checkpoint'}",
+            f"--wm_checkpoint={root / 'wm' / 'checkpoint'}",
+            f"--regression_checkpoint={root / 'reg' / 'checkpoint'}",
+            f"--out={root / 'eval'}",
         ]
     )
     table = capsys.readouterr().out
@@ -125,5 +103,24 @@ def test_world_model_refuses_an_autoencoder_of_another_encoder(experiment, tmp_p
     ).save(tmp_path / "foreign")
     with pytest.raises(ValueError, match="other@56"):
         main(
-            ["train-wm", "--config", str(experiment), "--rla", str(tmp_path / "foreign"), "--out", str(tmp_path / "x")]
+            [
+                "train-wm",
+                f"--config_path={experiment}",
+                f"--rla_checkpoint={tmp_path / 'foreign'}",
+                f"--out={tmp_path / 'x'}",
+            ]
         )
+
+
+def test_commands_refuse_unknown_fields_and_missing_arguments(experiment, tmp_path, capsys):
+    from rla_wm.training.config import ConfigError
+
+    with pytest.raises(ConfigError, match="--rla is the `rla:` section"):  # the flag is --rla_checkpoint
+        main(["train-wm", f"--config_path={experiment}", "--rla=x", f"--out={tmp_path}"])
+    with pytest.raises(ConfigError, match="rla_checkpoint"):
+        main(["train-wm", f"--config_path={experiment}", f"--out={tmp_path}"])
+    with pytest.raises(ConfigError, match="root"):
+        main(["record-pusht", "--episodes=2"])
+    assert main(["no-such-command"]) == 2
+    assert "train-policy" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing ran

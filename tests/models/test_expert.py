@@ -41,16 +41,20 @@ def test_actions_stay_in_the_workspace_and_within_the_lead_limit(sim):
     expert = PushTExpert(max_lead=40.0)
     frame = sim.reset(3)
     expert.reset()
+    leads = []
     for _ in range(120):
         target = expert(frame)
         assert target.dtype == np.float32 and target.shape == (2,)
         assert np.isfinite(target).all()
         assert (target >= max(AGENT_LOW, WORKSPACE_LOW)).all() and (target <= min(AGENT_HIGH, WORKSPACE_HIGH)).all()
-        # 40 px per 0.1 s step = 400 px/s, under the safety gate's 600 px/s.
-        assert np.linalg.norm(target - frame.position) <= 40.0 + 1e-4
+        # 40 px per 0.1 s step = 400 px/s, under the safety gate's 1000 px/s.
+        leads.append(float(np.linalg.norm(target - frame.position)))
+        assert leads[-1] <= 40.0 + 1e-4
         frame = sim.step(target)
         if frame.done:
             break
+    # The limit was reached (about a quarter of the steps of this episode), so it was tested, not idle.
+    assert sum(lead > 40.0 - 1e-3 for lead in leads) >= 5, max(leads)
 
 
 def test_expert_is_deterministic(sim):

@@ -55,7 +55,10 @@ def assert_matches_urdf(limits, attributes: dict[str, dict[str, str]]) -> None:
 def test_shipped_pusht_limits_still_load():
     limits, max_step = load_limits(str(REPO / "ros2_ws/src/rla_wm_ros/config/pusht_limits.yaml"))
     assert limits.names == ("agent_x", "agent_y")
-    assert max_step > 0 and np.isfinite(limits.upper).all()
+    # The file's numbers: the 512 px workspace, 1000 px/s, and a 200 px step.
+    assert max_step == 200.0
+    assert limits.lower.tolist() == [0.0, 0.0] and limits.upper.tolist() == [512.0, 512.0]
+    assert limits.max_velocity.tolist() == [1000.0, 1000.0]
 
 
 def test_empty_joints_is_refused(tmp_path):

@@ -3,8 +3,6 @@ constraints, stopping (cancel, time budget), warm start, MPC, and the real predi
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
@@ -29,21 +27,39 @@ from rla_wm.models.world_model import RLAWorldModel, WorldModelConfig
 TOKENS, CHANNELS = 4, 8
 
 
+class SimulatedClock:
+    """Seconds that pass only when a simulated model says it computed for that long."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class LinearWorld:
     """Features linear in a 2-D position: s = W p + b (b keeps cosine distances meaningful).
 
     mode "sum": each chunk moves the position by the sum of its actions (increments).
     mode "target": the position after a chunk is the chunk's last action (an absolute target
     that the agent reaches, as in Push-T).
+    clock: with it, every prediction advances it by `seconds_per_call` (a slow model, no waiting).
     """
 
     name = "linear-toy"
 
-    def __init__(self, mode: str = "sum", delay: float = 0.0, record: bool = False) -> None:
+    def __init__(
+        self,
+        mode: str = "sum",
+        record: bool = False,
+        clock: SimulatedClock | None = None,
+        seconds_per_call: float = 0.0,
+    ) -> None:
         generator = torch.Generator().manual_seed(1)
         self.weights = torch.randn(TOKENS * CHANNELS, 2, generator=generator)
         self.bias = torch.randn(TOKENS * CHANNELS, generator=generator) * 3
-        self.mode, self.delay = mode, delay
+        self.mode = mode
+        self.clock, self.seconds_per_call = clock, seconds_per_call
         self.seen: list[torch.Tensor] = [] if record else None
         self.calls = 0
 
@@ -57,8 +73,8 @@ class LinearWorld:
 
     def predict(self, current: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         self.calls += 1
-        if self.delay:
-            time.sleep(self.delay)
+        if self.clock is not None:
+            self.clock.now += self.seconds_per_call
         if self.seen is not None:
             self.seen.append(actions.clone())
         if self.mode == "sum":
@@ -181,18 +197,32 @@ def test_callback_cancels_between_iterations():
     assert torch.isfinite(result.actions).all()
 
 
-def test_time_budget_stops_planning():
-    world = LinearWorld("sum", delay=0.02)  # 3 chunks -> ~0.06 s per iteration
-    started = time.perf_counter()
+def test_time_budget_stops_before_an_iteration_would_overrun_it():
+    clock = SimulatedClock()
+    # 3 chunks of 1/64 s: 3/64 s per iteration (binary fractions, so the arithmetic is exact).
+    world = LinearWorld("sum", clock=clock, seconds_per_call=1 / 64)
     result = plan(
         world,
         world.features([0, 0])[0],
         world.features([1, 1])[0],
-        toy_config(iterations=1000, num_samples=16, time_budget=0.3),
+        toy_config(iterations=1000, num_samples=16, time_budget=0.25),
+        clock=clock,
     )
+    # After 5 iterations (15/64 s) a 6th would end at 18/64 s > 0.25 s: planning stops there.
     assert result.stopped == "time_budget"
-    assert 1 <= len(result.stats) < 1000
-    assert time.perf_counter() - started < 5.0
+    assert [s.iteration for s in result.stats] == [1, 2, 3, 4, 5]
+    assert [s.elapsed for s in result.stats] == [3 / 64 * k for k in range(1, 6)]
+    assert result.elapsed == 15 / 64 and world.calls == 15
+    # A budget shorter than one iteration still gives one iteration's plan.
+    short = plan(
+        world,
+        world.features([0, 0])[0],
+        world.features([1, 1])[0],
+        toy_config(iterations=1000, num_samples=16, time_budget=0.01),
+        clock=clock,
+    )
+    assert short.stopped == "time_budget" and len(short.stats) == 1
+    assert torch.isfinite(short.actions).all()
 
 
 def test_shift_plan_drops_executed_chunks_and_holds_the_last_target():
@@ -338,20 +368,21 @@ REG = RegressionConfig(
 )
 
 
-def real_predictors(perturb: bool = True):
+@pytest.fixture(scope="module")
+def real_predictors() -> tuple[RLAWMPredictor, RegressionPredictor]:
+    """Tiny RLA-WM and regression predictors, built once for the module (planning only reads them)."""
     torch.manual_seed(0)
     autoencoder, world_model, regression = RLAAutoencoder(RLA), RLAWorldModel(WM), RegressionModel(REG)
-    if perturb:  # zero-initialised outputs would make every candidate cost the same
-        with torch.no_grad():
-            for model in (autoencoder.decoder.output, world_model.velocity, regression.output):
-                model.weight.normal_(0, 0.05)
+    with torch.no_grad():  # zero-initialised outputs would make every candidate cost the same
+        for model in (autoencoder.decoder.output, world_model.velocity, regression.output):
+            model.weight.normal_(0, 0.05)
     return RLAWMPredictor(world_model, autoencoder, steps=2, seed=0), RegressionPredictor(regression)
 
 
 @pytest.mark.parametrize("which", [0, 1], ids=["rla-wm", "regression"])
 @pytest.mark.parametrize("method", ["cem", "mppi"])
-def test_plans_with_real_predictors(which, method):
-    predictor = real_predictors()[which]
+def test_plans_with_real_predictors(real_predictors, which, method):
+    predictor = real_predictors[which]
     generator = torch.Generator().manual_seed(0)
     current = torch.randn(REAL_TOKENS, REAL_CHANNELS, generator=generator)
     goal = torch.randn(REAL_TOKENS, REAL_CHANNELS, generator=generator)
@@ -377,8 +408,8 @@ def test_plans_with_real_predictors(which, method):
     assert torch.equal(result.actions, again.actions)  # seeded, RLA-WM's flow noise included
 
 
-def test_load_predictor_from_checkpoints(tmp_path):
-    rla_wm, regression = real_predictors(perturb=False)
+def test_load_predictor_from_checkpoints(real_predictors, tmp_path):
+    rla_wm, regression = real_predictors
     rla_wm.autoencoder.save(tmp_path / "rla")
     rla_wm.world_model.save(tmp_path / "wm")
     regression.model.save(tmp_path / "reg")

@@ -8,20 +8,9 @@ import torch
 from rla_wm.models.checkpoint import CheckpointError
 from rla_wm.models.policy import Policy, PolicyConfig, PolicyLossWeights
 
-# 4x4 patch grid of width 16, merged 2x2 -> 4 tokens: tiny and fast on 2 CPU cores.
-CONFIG = PolicyConfig(
-    token_dim=16,
-    num_tokens=16,
-    width=32,
-    depth=1,
-    head_depth=1,
-    heads=2,
-    mlp_ratio=2.0,
-    chunk_length=5,
-    latent_tokens=2,
-    latent_dim=4,
-    max_delta=(10.0, 10.0),
-)
+from conftest import tiny_policy_config
+
+CONFIG = tiny_policy_config()
 STATE_RANGE = 512.0
 
 
@@ -45,16 +34,25 @@ def make_batch(batch: int, seed: int = 0, config: PolicyConfig = CONFIG):
     return tokens, z, state, actions
 
 
-def test_chunk_shape_and_increment_bound():
+def test_chunk_steps_never_exceed_max_delta_and_points_stay_in_the_action_range():
     torch.manual_seed(0)
     policy = Policy(CONFIG).eval()
     state = torch.tensor([[100.0, 200.0], [5.0, 500.0]])
     chunk = policy(torch.randn(2, 16, 16), state)
     assert chunk.shape == (2, 5, 2)
-    steps = torch.diff(torch.cat([state[:, None], chunk], dim=1), dim=1).abs()
-    assert (steps <= torch.tensor(CONFIG.max_delta) + 1e-4).all()
-    assert (chunk >= 0).all() and (chunk <= 512).all()
     assert policy.predict_rla(torch.randn(2, 16, 16), state).shape == (2, 2, 4)
+    # An untrained head stays far inside its bounds, so they would hold by chance: saturate it
+    # (increments of -1 in x and +1 in y, in units of max_delta) so that both bounds must act.
+    with torch.no_grad():
+        policy.action_out[1].weight.zero_()
+        policy.action_out[1].bias.copy_(torch.tensor([-50.0, 50.0]))
+        chunk = policy(torch.randn(2, 16, 16), state)
+    steps = torch.arange(1, 6, dtype=torch.float32)
+    # Full steps of max_delta (10), never more...
+    torch.testing.assert_close(chunk[0], torch.stack([100.0 - 10 * steps, 200.0 + 10 * steps], dim=1))
+    # ...and clamped at the action range [0, 512] where a full step would leave it.
+    torch.testing.assert_close(chunk[1, :, 0], torch.zeros(5))
+    torch.testing.assert_close(chunk[1, :, 1], torch.tensor([510.0, 512.0, 512.0, 512.0, 512.0]))
 
 
 def test_node_facing_names_are_the_world_action_model():
@@ -161,7 +159,7 @@ def test_action_free_windows_send_no_action_gradient():
 @pytest.mark.parametrize("action_reads_rla", [True, False])
 def test_overfits_a_tiny_dataset(action_reads_rla, one_thread):
     torch.manual_seed(0)
-    config = PolicyConfig(**{**CONFIG.__dict__, "action_reads_rla": action_reads_rla, "width": 48})
+    config = tiny_policy_config(action_reads_rla=action_reads_rla, width=48)
     policy = Policy(config)
     assert hasattr(policy, "rla_in") == action_reads_rla
     tokens, z, state, actions = make_batch(8, seed=1, config=config)
@@ -182,11 +180,12 @@ def test_overfits_a_tiny_dataset(action_reads_rla, one_thread):
     with torch.no_grad():
         chunk = policy(tokens[labelled], state[labelled])
         rla = policy.predict(tokens, state).rla
-    # The recorded chunks, next to holding still (what an untrained policy does): a tenth of its
+    # The recorded chunks, next to holding still (what an untrained policy does): a fifth of its
     # error on average, nowhere half its worst. And z of every window, the action-free ones too.
+    # Measured with 1 and 2 threads: mean 0.07-0.08, worst 0.23-0.26 of holding still; cosine >= 0.96.
     error = (chunk - actions[labelled]).abs()
     hold_error = (state[labelled, None] - actions[labelled]).abs()
-    assert error.mean() < 0.1 * hold_error.mean() and error.max() < 0.5 * hold_error.max()
+    assert error.mean() < 0.2 * hold_error.mean() and error.max() < 0.5 * hold_error.max()
     assert torch.nn.functional.cosine_similarity(rla.flatten(1), z.flatten(1)).min() > 0.9
     assert metrics["labelled_fraction"] == pytest.approx(0.75)
 
@@ -195,7 +194,7 @@ def test_action_head_reads_the_predicted_rla_only_when_configured():
     torch.manual_seed(0)
     tokens, _, state, _ = make_batch(2)
     for reads in (True, False):
-        policy = Policy(PolicyConfig(**{**CONFIG.__dict__, "action_reads_rla": reads})).eval()
+        policy = Policy(tiny_policy_config(action_reads_rla=reads)).eval()
         # Perturb the RLA head's output layer: the chunk changes only if the action head reads z.
         with torch.no_grad():
             before = policy(tokens, state)
@@ -221,18 +220,14 @@ def test_wrong_inputs_raise():
     with pytest.raises(ValueError, match="labelled windows"):
         policy.loss(tokens, z, state, actions, torch.ones(2, dtype=torch.bool), torch.ones(2, dtype=torch.bool))
     with pytest.raises(ValueError, match="token_merge"):
-        Policy(PolicyConfig(**{**CONFIG.__dict__, "token_merge": 3}))
+        Policy(tiny_policy_config(token_merge=3))
     with pytest.raises(ValueError, match="max_delta"):
-        Policy(PolicyConfig(**{**CONFIG.__dict__, "max_delta": (1.0,)}))
+        Policy(tiny_policy_config(max_delta=(1.0,)))
 
 
 def test_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
-    policy = Policy(
-        PolicyConfig(
-            **{**CONFIG.__dict__, "latent_scale": 2.5, "state_low": (10.0, 20.0), "state_high": (400.0, 410.0)}
-        )
-    ).eval()
+    policy = Policy(tiny_policy_config(latent_scale=2.5, state_low=(10.0, 20.0), state_high=(400.0, 410.0))).eval()
     policy.save(tmp_path / "ckpt", extra={"rla_checkpoint": "somewhere"})
     loaded, meta = Policy.load(tmp_path / "ckpt")
     tokens, state = torch.randn(2, 16, 16), torch.tensor([[10.0, 20.0], [300.0, 100.0]])

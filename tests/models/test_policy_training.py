@@ -218,25 +218,20 @@ def test_train_policy_and_evaluate_policy_commands(experiment, capsys):
 
     root = experiment.parent
     rla = str(root / "rla")
-    main(["train-policy", "--config", str(experiment), "--rla", rla, "--out", str(root / "wam")])
+    config = f"--config_path={experiment}"
+    main(["train-policy", config, f"--rla_checkpoint={rla}", f"--out={root / 'wam'}"])
     targets = sorted((root / "cache").glob("*/*/rla_targets/*_h5.npy"))
     assert len(targets) == 2  # labelled and action-free caches
     stamps = [p.stat().st_mtime_ns for p in targets]
     main(
         [
             "train-policy",
-            "--config",
-            str(experiment),
-            "--rla",
-            rla,
-            "--out",
-            str(root / "bc"),
-            "--set",
-            "policy_training.use_action_free=false",
-            "--set",
-            "policy.action_reads_rla=false",
-            "--set",
-            "policy_training.max_labelled_episodes=2",
+            config,
+            f"--rla_checkpoint={rla}",
+            f"--out={root / 'bc'}",
+            "--policy_training.use_action_free=false",
+            "--policy.action_reads_rla=false",
+            "--policy_training.max_labelled_episodes=2",
         ]
     )
     assert [p.stat().st_mtime_ns for p in targets] == stamps  # targets reused, not recomputed
@@ -262,14 +257,9 @@ def test_train_policy_and_evaluate_policy_commands(experiment, capsys):
     main(
         [
             "evaluate-policy",
-            "--config",
-            str(experiment),
-            "--policy",
-            str(root / "wam" / "checkpoint"),
-            "--policy",
-            str(root / "bc" / "checkpoint"),
-            "--out",
-            str(root / "eval"),
+            config,
+            f"--policy_checkpoints=[{root / 'wam' / 'checkpoint'}, {root / 'bc' / 'checkpoint'}]",
+            f"--out={root / 'eval'}",
         ]
     )
     table = capsys.readouterr().out
@@ -302,47 +292,22 @@ def test_policy_commands_refuse_bad_input(experiment, tmp_path):
             token_dim=32, num_tokens=16, encoder_id="other@56", width=32, heads=2, encoder_depth=1, decoder_depth=1
         )
     ).save(tmp_path / "foreign")
+    config, foreign, out = (
+        f"--config_path={experiment}",
+        f"--rla_checkpoint={tmp_path / 'foreign'}",
+        f"--out={tmp_path}",
+    )
     with pytest.raises(ValueError, match="other@56"):
-        main(["train-policy", "--config", str(experiment), "--rla", str(tmp_path / "foreign"), "--out", str(tmp_path)])
-    with pytest.raises(ConfigError, match="SECTION.FIELD=VALUE"):
-        main(
-            [
-                "train-policy",
-                "--config",
-                str(experiment),
-                "--rla",
-                str(tmp_path / "foreign"),
-                "--out",
-                str(tmp_path),
-                "--set",
-                "width=3",
-            ]
-        )
-    with pytest.raises(ConfigError, match="unknown keys"):
-        main(
-            [
-                "train-policy",
-                "--config",
-                str(experiment),
-                "--rla",
-                str(tmp_path / "foreign"),
-                "--out",
-                str(tmp_path),
-                "--set",
-                "policy_training.ratio=3",
-            ]
-        )
+        main(["train-policy", config, foreign, out])
+    with pytest.raises(ConfigError, match="width=3"):  # a field needs its section
+        main(["train-policy", config, foreign, out, "--width=3"])
+    with pytest.raises(ConfigError, match="ratio"):
+        main(["train-policy", config, foreign, out, "--policy_training.ratio=3"])
+    with pytest.raises(ConfigError, match="labelled_fraction must be in"):
+        main(["train-policy", config, foreign, out, "--policy_training.labelled_fraction=1.5"])
+    with pytest.raises(ConfigError, match="policy_checkpoints is empty"):
+        main(["evaluate-policy", config, "--policy_checkpoints=[]", f"--out={tmp_path / 'eval'}"])
     from rla_wm.models.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match="not a checkpoint"):
-        main(
-            [
-                "evaluate-policy",
-                "--config",
-                str(experiment),
-                "--policy",
-                str(tmp_path / "none"),
-                "--out",
-                str(tmp_path / "eval"),
-            ]
-        )
+        main(["evaluate-policy", config, f"--policy_checkpoints=[{tmp_path / 'none'}]", f"--out={tmp_path / 'eval'}"])

@@ -2,7 +2,7 @@
 session's frames, stale streams, unusable samples, clock model and start/stop/discard/close.
 
 Samples are fed as plain values with float stamps on an exact 1/30 s grid, and every value
-encodes its grid index k, as in tests/ros/test_recorder.py; the writer is a real EpisodeWriter
+encodes its grid index k, as in tests/ros/recorder_harness.py; the writer is a real EpisodeWriter
 on tmp_path (PNG images, no video, so saves are fast).
 """
 

@@ -313,7 +313,9 @@ def test_a_robot_moved_by_something_else_is_held_where_it_is_not_sent_back():
     # so the hold is the measured state instead of a jump back toward the old command.
     gate.on_state(["a", "b"], [1.0, 0.5])
     hold = gate.trigger_estop("button", NOW + 100_000_000).command
-    assert hold.points[0].positions == (1.0, 0.5) and gate.plan is not None
+    assert hold.points[0].positions == (1.0, 0.5)
+    # The hold is now the gate's model of the controller's command: it stays at the measured state.
+    assert gate.commanded(NOW + 1_000_000_000).tolist() == [1.0, 0.5]
     gate.reset_estop()
     # A chunk from the new position is vetted from there, not refused as a jump from the old command.
     assert gate.review(chunk([[1.2, 0.5]], [0.1], stamp_ns=NOW + 200_000_000), NOW + 200_000_000).forward

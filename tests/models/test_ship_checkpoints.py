@@ -2,14 +2,21 @@
 
 import importlib.util
 import json
+import re
+import shlex
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
+from rla_wm import cli
 from rla_wm.models.rla import RLAAutoencoder, RLAConfig
+from rla_wm.training.config import ConfigError, parse_config
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "ship_checkpoints.py"
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "scripts" / "ship_checkpoints.py"
+SHIPPED_CARDS = sorted((REPO / "models" / "rla_wm" / "checkpoints").glob("sim-pusht-*/README.md"))
 
 
 def load_script():
@@ -61,7 +68,7 @@ def make_run(tmp_path: Path) -> tuple[Path, Path]:
 def test_ships_present_models_as_float16_with_a_card(tmp_path, capsys):
     run, config = make_run(tmp_path)
     out = tmp_path / "shipped"
-    load_script().main(["--run", str(run), "--config", str(config), "--out", str(out)])
+    load_script().main([f"--run={run}", f"--config_path={config}", f"--out={out}"])
     printed = capsys.readouterr().out
     assert "skip policy: no" in printed  # models the run lacks are reported, not invented
     assert sorted(p.name for p in out.iterdir()) == ["sim-pusht-rla"]
@@ -76,4 +83,39 @@ def test_ships_present_models_as_float16_with_a_card(tmp_path, capsys):
     assert "`local/sim_expert` (action-labelled): 100 episodes, 11037 frames at 10 fps" in card
     assert "400 steps in 21.8 min" in card and "final loss 0.9800" in card
     assert "reconstruction at h=5: L1 0.0178" in card and "copy-last L1 0.0194" in card
-    assert f"rla-wm train-rla --config {config} --out {run}/rla" in card
+    assert f"- command: `rla-wm train-rla --config_path={config} --out={run}/rla`" in card
+
+
+def parse_rla_wm(line: str) -> object:
+    """The configuration `rla-wm` builds from a command line, with its real parser (nothing runs)."""
+    program, name, *args = shlex.split(line)
+    assert program == "rla-wm", line
+    return parse_config(cli.COMMANDS[name].config, args, prog=f"rla-wm {name}")
+
+
+def test_the_old_config_flag_is_refused(tmp_path):
+    run, config = make_run(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        load_script().main([f"--run={run}", f"--config={config}", f"--out={tmp_path / 'shipped'}"])
+    assert exit_info.value.code == 2
+    assert not (tmp_path / "shipped").exists()
+
+
+def test_every_card_command_is_one_rla_wm_accepts(tmp_path):
+    run, config = make_run(tmp_path)
+    for model, (_, _, command) in load_script().MODELS.items():
+        parsed = parse_rla_wm(command.format(config=config, run=run))
+        assert parsed.out == f"{run}/{model}"
+        assert parsed.data.repo_id == "local/sim_expert"  # read from the config file
+    bc = parse_rla_wm(load_script().MODELS["policy_bc"][2].format(config=config, run=run))
+    assert (bc.policy_training.use_action_free, bc.train.policy.batch_size) == (False, 32)
+    with pytest.raises(ConfigError, match="unrecognized arguments"):
+        parse_rla_wm(f"rla-wm train-rla --config_path={config} --out={run}/rla --train.rla.stepz=3")
+
+
+@pytest.mark.parametrize("card", SHIPPED_CARDS, ids=[c.parent.name for c in SHIPPED_CARDS])
+def test_shipped_cards_name_commands_rla_wm_accepts(card, monkeypatch):
+    (line,) = re.findall(r"^- command: `(.*)`$", card.read_text(), flags=re.MULTILINE)
+    monkeypatch.chdir(REPO)  # the card's paths are relative to the repository root
+    parsed = parse_rla_wm(line)
+    assert parsed.data.repo_id == "local/sim_expert"

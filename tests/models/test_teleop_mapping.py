@@ -61,10 +61,11 @@ def test_keyboard_velocity_direction_speed_hold_and_timeout():
     keys.press(HOLD, now=1.1)
     assert np.all(keys.velocity(now=1.1) == 0.0)
     for _ in range(20):
-        keys.press(SLOWER)
+        keys.press(SLOWER, now=1.2)
     assert keys.speed == keys.min_speed
-    keys.press(QUIT)
-    assert keys.quit
+    keys.press(DOWN, now=1.3)
+    keys.press(QUIT, now=1.3)
+    assert keys.quit and np.all(keys.velocity(now=1.3) == 0.0), "quit also stops the robot"
 
 
 def test_joy_mapping_axes_deadzone_and_deadman():

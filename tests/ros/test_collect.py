@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
-import time
 
 import numpy as np
 import pandas as pd
@@ -20,29 +18,13 @@ from rla_wm_msgs.msg import EpisodeStatus
 from rla_wm_ros.conversions import stamp_to_nanoseconds
 from rla_wm_ros.launch_xml import NodeSpec
 
-from conftest import config_file, wait_for
+from conftest import Inbox, config_file, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 STEP_NS = 100_000_000
 
 
-class Inbox:
-    def __init__(self) -> None:
-        self.items: list = []
-        self.arrivals: list[float] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, msg) -> None:
-        with self.lock:
-            self.items.append(msg)
-            self.arrivals.append(time.monotonic())
-
-    def snapshot(self) -> list:
-        with self.lock:
-            return list(self.items)
-
-
-def test_sim_publishes_clock_stamps_with_it_runs_faster_than_real_time_and_pauses_when_done(ros_node, start_nodes):
+def test_sim_publishes_clock_in_whole_steps_stamps_with_it_and_pauses_when_done(ros_node, start_nodes):
     params = {"publish_clock": "true", "real_time_factor": "4.0", "max_episode_steps": "30", "seed": "2"}
     graph = start_nodes(
         NodeSpec(
@@ -73,25 +55,20 @@ def test_sim_publishes_clock_stamps_with_it_runs_faster_than_real_time_and_pause
         "the 30-step episode to end",
         graph,
     )
-    time.sleep(0.5)  # paused: time must not move any more
+    final = [s for s in statuses.snapshot() if s.done][-1]
+    assert final.step == 30
+    done_at = stamp_to_nanoseconds(final.header.stamp)
+    # Paused once done: the sim goes on re-sending its last frame (ten more joint states), and time
+    # stands still: every one of them carries the last step's stamp, and /clock got no further.
+    seen = len(states.snapshot())
+    wait_for(lambda: len(states.snapshot()) >= seen + 10, 30, "joint states re-sent while paused", graph)
+    assert {stamp_to_nanoseconds(m.header.stamp) for m in states.snapshot()[-8:]} == {done_at}
 
     ticks = [stamp_to_nanoseconds(c.clock) for c in clocks.snapshot()]
     steps = np.diff(ticks)
     assert (steps > 0).all() and (steps % STEP_NS == 0).all(), "sim time moves in whole 0.1 s steps"
     assert (steps == STEP_NS).mean() > 0.9, "a best-effort /clock may drop a few, but not many"
-    final = [s for s in statuses.snapshot() if s.done][-1]
-    assert final.step == 30
-    # The episode's steps took 30 x 0.1 s of sim time in about a quarter of that in wall time.
-    done_at = stamp_to_nanoseconds(final.header.stamp)
-    start_at = done_at - 30 * STEP_NS
-    in_episode = [
-        a for c, a in zip(clocks.snapshot(), clocks.arrivals) if start_at <= stamp_to_nanoseconds(c.clock) <= done_at
-    ]
-    wall = in_episode[-1] - in_episode[0]
-    assert 0.3 < wall < 2.5, f"3 s of sim time took {wall:.2f} s at real_time_factor 4 ({episode})"
-    # Paused once done: time stands still, the last frame is re-sent with its stamp.
-    assert max(ticks) == done_at
-    assert stamp_to_nanoseconds(states.snapshot()[-1].header.stamp) == done_at
+    assert max(ticks) == done_at, episode
 
     # Every message of a step carries the step's sim time.
     tick_set = set(ticks)
@@ -154,7 +131,9 @@ def test_collect_expert_and_play_episodes_into_lerobot_datasets(ros_domain, tmp_
     steps = 40
     _, summary, dataset = run_collect(tmp_path, "expert", 2, steps)
     assert (summary["episodes"], summary["episodes_saved"]) == (2, 2)
-    assert summary["dataset_bytes"] > 0 and summary["wall_seconds"] > 0
+    on_disk = sum(path.stat().st_size for path in dataset.root.rglob("*") if path.is_file())
+    assert summary["dataset_bytes"] == on_disk > 0
+    assert summary["wall_seconds"] >= sum(r["wall_seconds"] for r in summary["episode_records"]) > 0
     assert [r["steps"] for r in summary["episode_records"]] == [steps, steps]  # short: the step limit ends them
     assert dataset.num_episodes == 2 and dataset.num_frames == summary["frames"]
     assert {"observation.images.front", "observation.state", "action"} <= set(dataset.meta.features)

@@ -134,3 +134,60 @@ def test_feature_map_of_another_grid_is_refused_even_with_the_right_token_count(
         with pytest.raises(GridMismatchError, match=f"{height}x{width}x{channels}, the model takes 16x16x192"):
             msg_to_features(msg, expected=(16, 16, 192))
     assert issubclass(GridMismatchError, MessageShapeError)
+
+
+def test_model_features_checks_the_encoder_before_the_grid_and_the_payload():
+    from rla_wm_ros.conversions import EncoderMismatchError, GridMismatchError, model_features
+
+    tokens = np.arange(4 * 6, dtype=np.float32).reshape(4, 6)
+    good = features_to_msg(tokens, 2, 2, "enc@224", HEADER)
+    np.testing.assert_array_equal(model_features(good, "enc@224", expected=(2, 2, 6)), tokens)
+    np.testing.assert_array_equal(model_features(good, "enc@224"), tokens)  # no grid expected: any grid
+
+    # Another encoder is named as such even when its grid and payload are wrong too.
+    foreign = features_to_msg(np.zeros((9, 3), np.float32), 3, 3, "other@518", HEADER)
+    foreign.data[0] = float("nan")
+    with pytest.raises(EncoderMismatchError, match=r"'other@518', the model was trained on 'enc@224'"):
+        model_features(foreign, "enc@224", expected=(2, 2, 6))
+    # The right encoder on another grid: a grid mismatch, before the payload is read.
+    foreign.encoder_id = "enc@224"
+    with pytest.raises(GridMismatchError, match="3x3x3, the model takes 2x2x6"):
+        model_features(foreign, "enc@224", expected=(2, 2, 6))
+    # The right encoder and grid with a NaN: malformed, neither of the mismatches.
+    good.data[5] = float("nan")
+    with pytest.raises(MessageShapeError, match="NaN") as caught:
+        model_features(good, "enc@224", expected=(2, 2, 6))
+    assert not isinstance(caught.value, (EncoderMismatchError, GridMismatchError))
+
+
+def test_feature_refusal_gives_each_kind_of_refused_map_its_own_reason():
+    from rla_wm_ros.conversions import EncoderMismatchError, GridMismatchError, feature_refusal
+
+    assert feature_refusal(EncoderMismatchError("x")) == "encoder_mismatch"
+    assert feature_refusal(GridMismatchError("x")) == "grid_mismatch"
+    assert feature_refusal(MessageShapeError("x")) == "malformed_features"
+
+
+def test_or_reject_readers_refuse_with_the_reason_nodes_count():
+    from sensor_msgs.msg import JointState
+
+    from rla_wm_ros.conversions import joint_positions_or_reject, model_features_or_reject
+    from rla_wm_ros.node_guard import Rejected
+
+    assert joint_positions_or_reject(JointState(name=["b", "a"], position=[2.0, 1.0]), ["a"]).tolist() == [1.0]
+    with pytest.raises(Rejected) as caught:
+        joint_positions_or_reject(JointState(name=["a"], position=[1.0]), ["a", "d"])
+    assert caught.value.reason == "malformed_joint_state" and "['d'] missing" in caught.value.detail
+
+    msg = features_to_msg(np.ones((4, 2), np.float32), 2, 2, "enc", HEADER)
+    assert model_features_or_reject(msg, "enc", (2, 2, 2)).shape == (4, 2)
+    for encoder, grid, reason in (
+        ("other", (2, 2, 2), "encoder_mismatch"),
+        ("enc", (4, 4, 2), "grid_mismatch"),
+    ):
+        with pytest.raises(Rejected) as caught:
+            model_features_or_reject(msg, encoder, grid)
+        assert caught.value.reason == reason and caught.value.detail
+    msg.data[0] = float("inf")
+    with pytest.raises(Rejected, match="malformed_features: FeatureMap: data contains NaN or inf"):
+        model_features_or_reject(msg, "enc", (2, 2, 2))

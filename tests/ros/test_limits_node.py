@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import threading
-import time
 
 import pytest
 import yaml
@@ -16,7 +14,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from rla_wm_ros.launch_xml import NodeSpec
 
-from conftest import Inbox, config_file, so101_urdf, wait_for
+from conftest import Inbox, config_file, publish_until, so101_urdf, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -66,16 +64,12 @@ def test_gate_governs_the_joints_of_its_robot_description(ros_node, start_nodes,
     camera = ros_node.create_publisher(Image, "camera/image_raw", qos_profile_sensor_data)
     state = ros_node.create_publisher(JointState, "joint_states", 10)
     model = ros_node.create_publisher(JointTrajectory, "policy/joint_trajectory", 10)
-    stop = threading.Event()
 
-    def feed() -> None:
-        while not stop.is_set():
-            camera.publish(Image(height=2, width=2, encoding="rgb8", step=6, data=bytes(12)))
-            state.publish(JointState(name=names, position=[0.0] * len(names)))
-            time.sleep(0.05)
+    def feed() -> None:  # a live robot at 20 Hz
+        camera.publish(Image(height=2, width=2, encoding="rgb8", step=6, data=bytes(12)))
+        state.publish(JointState(name=names, position=[0.0] * len(names)))
 
-    feeder = threading.Thread(target=feed, daemon=True)
-    feeder.start()
+    feeder = ros_node.create_timer(0.05, feed)
     try:
         wait_for(
             lambda: (
@@ -96,15 +90,35 @@ def test_gate_governs_the_joints_of_its_robot_description(ros_node, start_nodes,
                 ),
             ],
         )
-        deadline = time.monotonic() + 20
-        while "joint shoulder_pan" not in gate_values(diagnostics).get("last_rejection", ""):
-            assert time.monotonic() < deadline, f"{gate_values(diagnostics)}\n{graph.tail_logs(20)}"
-            model.publish(chunk)
-            time.sleep(0.3)
+        publish_until(
+            lambda: model.publish(chunk),
+            lambda: "joint shoulder_pan" in gate_values(diagnostics).get("last_rejection", ""),
+            20,
+            lambda: f"the gate to refuse shoulder_pan past its URDF limit: {gate_values(diagnostics)}",
+            graph,
+        )
         assert "outside" in gate_values(diagnostics)["last_rejection"]
+        # The same chunk just inside the limit is forwarded: the bound is the URDF's, not a stricter one.
+        inside = JointTrajectory(
+            joint_names=names,
+            points=[
+                JointTrajectoryPoint(
+                    positions=[beyond - 0.02 if name == "shoulder_pan" else 0.0 for name in names],
+                    time_from_start=Duration(sec=2),
+                )
+            ],
+        )
+        forwarded = int(gate_values(diagnostics)["forwarded"])
+        publish_until(
+            lambda: model.publish(inside),
+            lambda: int(gate_values(diagnostics)["forwarded"]) > forwarded,
+            20,
+            "the gate to forward shoulder_pan just inside its URDF limit",
+            graph,
+            every=1.0,
+        )
     finally:
-        stop.set()
-        feeder.join(timeout=5)
+        feeder.cancel()
     assert graph.alive() == {"safety_gate": True}
 
 

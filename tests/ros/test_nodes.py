@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from builtin_interfaces.msg import Time
@@ -18,7 +16,7 @@ from rla_wm_ros.conversions import Chunk, chunk_to_msg, msg_to_features, stamp_t
 from rla_wm_ros.image_conversion import CvBridge
 from rla_wm_ros.launch_xml import NodeSpec
 
-from conftest import Inbox, config_file, wait_for
+from conftest import Inbox, call_service, config_file, publish_until, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -31,58 +29,72 @@ def image_msg(value: int, stamp: Time, height: int = 96, width: int = 96) -> Ima
     return msg
 
 
-def call(node, client, timeout: float = 10.0):
-    assert client.wait_for_service(timeout_sec=timeout), f"service {client.srv_name} not available"
-    future = client.call_async(Trigger.Request())
-    deadline = time.monotonic() + timeout
-    while not future.done():
-        assert time.monotonic() < deadline, f"{client.srv_name} did not answer"
-        time.sleep(0.01)
-    return future.result()
-
-
-def test_encoder_turns_images_into_feature_maps_with_source_stamp(ros_node, start_nodes):
-    graph = start_nodes(NodeSpec("rla_wm_ros", "encoder", name="encoder", param_files=[config_file("encoder.yaml")]))
-    features = Inbox()
-    ros_node.create_subscription(FeatureMap, "features", features, 10)
-    camera = ros_node.create_publisher(Image, "camera/image_raw", qos_profile_sensor_data)
-    wait_for(lambda: camera.get_subscription_count() > 0, 60, "the encoder to subscribe to the camera", graph)
-
-    sent: list[Time] = []
-    bad = image_msg(0, Time(sec=99, nanosec=1))
-    bad.data = bytes(bad.data)[:-5]  # length disagrees with height * step
-
-    def publish_until_features():
-        for index in range(200):
-            if len(features.snapshot()) >= 3:
-                return
-            if index == 2:
-                camera.publish(bad)
-            stamp = Time(sec=1000 + index, nanosec=index * 1000)
-            sent.append(stamp)
-            camera.publish(image_msg(index % 200, stamp))
-            time.sleep(0.2)
-
-    publish_until_features()
-    received = features.snapshot()
-    assert len(received) >= 3, graph.tail_logs(30)
-    sent_stamps = {stamp_to_nanoseconds(s) for s in sent}
-    for msg in received:
-        assert stamp_to_nanoseconds(msg.header.stamp) in sent_stamps  # the source image's stamp, not "now"
-        assert (msg.grid_height, msg.grid_width, msg.channels) == (16, 16, 192)
-        assert msg.encoder_id == "builtin:dinov2-tiny-random@224"
-        tokens = msg_to_features(msg)
-        assert tokens.shape == (256, 192) and np.isfinite(tokens).all()
-    assert all(msg.header.stamp.sec != 99 for msg in received), "a malformed image produced features"
-    assert graph.alive() == {"encoder": True}
-
-
 def encoder_status(diagnostics: Inbox):
     for array in reversed(diagnostics.snapshot()):
         for status in array.status:
             if status.name.startswith("encoder:"):
                 return {kv.key: kv.value for kv in status.values}
     return {}
+
+
+def feature_stamps(features: Inbox) -> set[int]:
+    return {stamp_to_nanoseconds(msg.header.stamp) for msg in features.snapshot()}
+
+
+def test_encoder_turns_images_into_feature_maps_with_source_stamp(ros_node, start_nodes):
+    graph = start_nodes(NodeSpec("rla_wm_ros", "encoder", name="encoder", param_files=[config_file("encoder.yaml")]))
+    features, diagnostics = Inbox(), Inbox()
+    ros_node.create_subscription(FeatureMap, "features", features, 10)
+    ros_node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics, 10)
+    camera = ros_node.create_publisher(Image, "camera/image_raw", qos_profile_sensor_data)
+    wait_for(lambda: camera.get_subscription_count() > 0, 60, "the encoder to subscribe to the camera", graph)
+
+    sent: list[Time] = []
+    for index in range(3):
+        stamp = Time(sec=1000 + index, nanosec=index * 1000)
+        sent.append(stamp)
+        # One frame at a time (sent again if best effort lost it), each waited for by its stamp.
+        publish_until(
+            lambda stamp=stamp, index=index: camera.publish(image_msg(index, stamp)),
+            lambda stamp=stamp: stamp_to_nanoseconds(stamp) in feature_stamps(features),
+            60,
+            f"the feature map of frame {index}",
+            graph,
+            every=3.0,
+        )
+    # A malformed frame: the encoder counts it as refused (so it did arrive) and publishes nothing for it.
+    bad = image_msg(0, Time(sec=99, nanosec=1))
+    bad.data = bytes(bad.data)[:-5]  # length disagrees with height * step
+    publish_until(
+        lambda: camera.publish(bad),
+        lambda: int(encoder_status(diagnostics).get("rejected/on_image/bad_image", 0)) >= 1,
+        30,
+        "the encoder to count the malformed frame",
+        graph,
+        every=3.0,
+    )
+    # A good frame after it is encoded; the feature maps arrive in order, so none for the bad one can follow.
+    last = Time(sec=2000)
+    sent.append(last)
+    publish_until(
+        lambda: camera.publish(image_msg(50, last)),
+        lambda: stamp_to_nanoseconds(last) in feature_stamps(features),
+        30,
+        "the feature map of the frame after the malformed one",
+        graph,
+        every=3.0,
+    )
+    received = features.snapshot()
+    assert feature_stamps(features) == {stamp_to_nanoseconds(s) for s in sent}  # the source stamps, not "now"
+    assert all(msg.header.stamp.sec != 99 for msg in received), "a malformed image produced features"
+    for msg in received:
+        assert (msg.grid_height, msg.grid_width, msg.channels) == (16, 16, 192)
+        assert msg.encoder_id == "builtin:dinov2-tiny-random@224"
+        tokens = msg_to_features(msg)
+        assert tokens.shape == (256, 192) and np.isfinite(tokens).all()
+    # Different frames give different features (not a constant output).
+    assert not np.allclose(msg_to_features(received[0]), msg_to_features(received[-1]))
+    assert graph.alive() == {"encoder": True}
 
 
 def test_encoder_counts_malformed_images_on_diagnostics_and_keeps_encoding(ros_node, start_nodes):
@@ -112,27 +124,21 @@ def test_encoder_counts_malformed_images_on_diagnostics_and_keeps_encoding(ros_n
     for count, msg in enumerate(malformed, start=1):
         msg.header.stamp = Time(sec=99)
 
-        def counted(count: int = count) -> bool:
-            return encoder_status(diagnostics).get("rejected/on_image/bad_image") == str(count)
-
-        deadline = time.monotonic() + 20
-        while not counted():
-            assert time.monotonic() < deadline, f"image {count} was not counted\n{graph.tail_logs(30)}"
-            camera.publish(msg)
-            retry = time.monotonic() + 3.0  # best effort: sent again only if it never arrived
-            while not counted() and time.monotonic() < retry:
-                time.sleep(0.05)
+        # Best effort: sent again only if it was never counted.
+        publish_until(
+            lambda msg=msg: camera.publish(msg),
+            lambda count=count: int(encoder_status(diagnostics).get("rejected/on_image/bad_image", 0)) >= count,
+            30,
+            f"malformed image {count} to be counted",
+            graph,
+            every=5.0,
+        )
     values = encoder_status(diagnostics)
-    assert (
-        values["frames_rejected"] == values["rejected_inputs"] == str(len(malformed))
-        and values["frames_encoded"] == "0"
-    )
+    # Every one counted (one sent again because its count came late counts twice) and none encoded.
+    assert int(values["frames_rejected"]) == int(values["rejected_inputs"]) >= len(malformed)
+    assert values["frames_encoded"] == "0"
     assert graph.alive() == {"encoder": True}
-    deadline = time.monotonic() + 30
-    while not features.snapshot():
-        assert time.monotonic() < deadline, graph.tail_logs(30)
-        camera.publish(image_msg(7, Time(sec=1234)))
-        time.sleep(0.3)
+    publish_until(lambda: camera.publish(image_msg(7, Time(sec=1234))), features.snapshot, 30, "a feature map", graph)
     assert all(msg.header.stamp.sec == 1234 for msg in features.snapshot())
 
 
@@ -144,20 +150,24 @@ def test_encoder_drops_a_backlog_instead_of_queueing_it(ros_node, start_nodes):
     wait_for(lambda: camera.get_subscription_count() > 0, 60, "the encoder to subscribe", graph)
     # Warm up until the first feature map comes back, then burst 60 frames far faster
     # than the encoder can run.
-    deadline = time.monotonic() + 60
-    while not features.snapshot():
-        assert time.monotonic() < deadline, graph.tail_logs(20)
-        camera.publish(image_msg(1, Time(sec=1)))
-        time.sleep(0.2)
-    time.sleep(0.5)
-    features.clear()
-    for index in range(60):
+    publish_until(
+        lambda: camera.publish(image_msg(1, Time(sec=1))), features.snapshot, 60, "a first feature map", graph
+    )
+    for index in range(59):
         camera.publish(image_msg(index, Time(sec=2000 + index)))
-    time.sleep(3.0)
-    received = [m.header.stamp.sec for m in features.snapshot()]
-    assert received, graph.tail_logs(20)
-    assert len(received) < 60, "every frame of the burst was encoded: the camera queue is not depth 1"
-    assert max(received) == 2059, "the newest frame must always be encoded"
+    # The newest frame is always encoded (a depth-1 queue keeps it), and it is encoded last: once its
+    # feature map is here, every feature map of the burst is. (Sent again only if best effort lost it.)
+    publish_until(
+        lambda: camera.publish(image_msg(59, Time(sec=2059))),
+        lambda: 2059 in {m.header.stamp.sec for m in features.snapshot()},
+        60,
+        "the burst's last frame",
+        graph,
+        every=5.0,
+    )
+    burst = [m.header.stamp.sec for m in features.snapshot() if m.header.stamp.sec >= 2000]
+    assert burst[-1] == 2059 and burst == sorted(burst)
+    assert len(burst) < 60, "every frame of the burst was encoded: the camera queue is not depth 1"
 
 
 def test_sim_robot_executes_trajectory_and_resets(ros_node, start_nodes):
@@ -179,28 +189,41 @@ def test_sim_robot_executes_trajectory_and_resets(ros_node, start_nodes):
 
     image = images.snapshot()[-1]
     assert (image.encoding, image.height, image.width) == ("rgb8", 96, 96)
-    assert image.header.stamp.sec > 0
+    # A step's camera frame and joint state carry one stamp.
+    wait_for(
+        lambda: (
+            {stamp_to_nanoseconds(m.header.stamp) for m in images.snapshot()}
+            & {stamp_to_nanoseconds(m.header.stamp) for m in states.snapshot()}
+        ),
+        10,
+        "a camera frame and a joint state with the same stamp",
+        graph,
+    )
     start = np.array(states.snapshot()[-1].position)
     assert list(states.snapshot()[-1].name) == ["agent_x", "agent_y"]
     target = np.clip(start + np.array([60.0, -40.0]), 20, 490)
     wait_for(lambda: commands.get_subscription_count() > 0, 20, "the robot to subscribe to commands", graph)
-    # Re-sent with a fresh stamp until executed: the first samples on a new DDS
-    # connection may be lost while discovery completes.
-    deadline = time.monotonic() + 15
-    while np.linalg.norm(np.array(states.snapshot()[-1].position) - target) >= 8.0:
-        assert time.monotonic() < deadline, f"agent did not reach {target}:\n{graph.tail_logs(20)}"
+
+    def command_towards_target() -> None:
         current = np.array(states.snapshot()[-1].position)
         steps = np.linspace(current, target, 6)[1:]
-        commands.publish(
-            chunk_to_msg(
-                Chunk(("agent_x", "agent_y"), steps, np.linspace(0.2, 1.0, 5), ros_node.get_clock().now().to_msg())
-            )
-        )
-        time.sleep(0.5)
+        stamp = ros_node.get_clock().now().to_msg()
+        commands.publish(chunk_to_msg(Chunk(("agent_x", "agent_y"), steps, np.linspace(0.2, 1.0, 5), stamp)))
+
+    # Re-sent with a fresh stamp until executed: the first samples on a new DDS
+    # connection may be lost while discovery completes.
+    publish_until(
+        command_towards_target,
+        lambda: np.linalg.norm(np.array(states.snapshot()[-1].position) - target) < 8.0,
+        30,
+        f"the agent to reach {target}",
+        graph,
+        every=0.5,
+    )
 
     reset = ros_node.create_client(Trigger, "sim_robot/reset")
     episode_before = statuses.snapshot()[-1].episode
-    response = call(ros_node, reset)
+    response = call_service(reset, graph=graph)
     assert response.success and "seed 4" in response.message
     wait_for(lambda: statuses.snapshot()[-1].episode == episode_before + 1, 5, "the next episode", graph)
 
@@ -222,28 +245,49 @@ def test_sim_robot_follows_jtc_rules_and_survives_bad_commands(ros_node, start_n
     ros_node.create_subscription(JointState, "joint_states", states, 10)
     commands = ros_node.create_publisher(JointTrajectory, "joint_trajectory", 10)
     wait_for(lambda: len(states.snapshot()) > 2 and commands.get_subscription_count() > 0, 60, "the sim", graph)
-    time.sleep(0.5)  # discovery settles both ways before the commands that must not be lost
     start = np.array(states.snapshot()[-1].position)
-    target = np.clip(start + np.array([80.0, 0.0]), 20, 490)
-    # A slow 3 s move, then at once an empty trajectory: a real JTC refuses it and keeps moving.
-    commands.publish(chunk_to_msg(Chunk(("agent_x", "agent_y"), target[None, :], np.array([3.0]), Time())))
-    time.sleep(0.3)
-    commands.publish(JointTrajectory(joint_names=["agent_x", "agent_y"]))
+    target = start + np.array([80.0 if start[0] < 256 else -80.0, 0.0])
+    toward_target = np.sign(target[0] - start[0])
+
+    def moved() -> float:
+        return (states.snapshot()[-1].position[0] - start[0]) * toward_target
+
+    # A slow 6 s move, sent until the agent is seen moving (the first samples on a new DDS connection
+    # may be lost); then at once an empty trajectory: a real JTC refuses it and keeps moving.
+    slow_move = chunk_to_msg(Chunk(("agent_x", "agent_y"), target[None, :], np.array([6.0]), Time()))
+    publish_until(lambda: commands.publish(slow_move), lambda: moved() > 2.0, 20, "the slow move to start", graph)
+    empty = JointTrajectory(joint_names=["agent_x", "agent_y"])
+    at_refusal: list[float] = []
+
+    def refused() -> bool:
+        if "rejected trajectory (empty trajectory" not in graph.tail_logs(60):
+            return False
+        at_refusal.append(moved())
+        return True
+
+    publish_until(lambda: commands.publish(empty), refused, 20, "the sim to refuse the empty trajectory", graph)
+    # It was refused mid-move (80 px in 6 s)...
+    assert at_refusal[0] < 70.0, f"the empty trajectory arrived after the move ended ({at_refusal[0]:.0f} px)"
+    # ...and the move went on to its target.
     wait_for(
         lambda: abs(states.snapshot()[-1].position[0] - target[0]) < 10.0,
-        10,
+        20,
         "the move to continue past the empty trajectory",
         graph,
     )
     nan = chunk_to_msg(Chunk(("agent_x", "agent_y"), np.array([[float("nan"), 100.0]]), np.array([0.2]), Time()))
-    for _ in range(3):
-        commands.publish(nan)
-        time.sleep(0.2)
-    wait_for(lambda: "non-finite joint target" in graph.tail_logs(40), 5, "the sim to refuse NaN targets", graph)
-    time.sleep(0.5)
+    publish_until(
+        lambda: commands.publish(nan),
+        lambda: "non-finite joint target" in graph.tail_logs(40),
+        20,
+        "the sim to refuse NaN targets",
+        graph,
+    )
+    # The sim lives on after the NaN targets: ten more joint states, all finite.
+    seen = len(states.snapshot())
+    wait_for(lambda: len(states.snapshot()) >= seen + 10, 20, "joint states after the NaN targets", graph)
     assert all(graph.alive().values()), graph.tail_logs(20)
-    assert np.isfinite(states.snapshot()[-1].position).all()
-    assert "rejected trajectory (empty trajectory" in graph.tail_logs(60)
+    assert all(np.isfinite(msg.position).all() for msg in states.snapshot()[seen:])
 
 
 def test_encoder_publishes_latent_actions_between_frame_t_minus_h_and_t(ros_node, start_nodes, tmp_path):
@@ -262,18 +306,29 @@ def test_encoder_publishes_latent_actions_between_frame_t_minus_h_and_t(ros_node
             params={"rla_checkpoint": str(tmp_path / "rla"), "rla_horizon": "2", "rla_fps": "10.0"},
         )
     )
-    latents = Inbox()
+    latents, features = Inbox(), Inbox()
     ros_node.create_subscription(LatentAction, "latent_action", latents, 10)
+    ros_node.create_subscription(FeatureMap, "features", features, 10)
     camera = ros_node.create_publisher(Image, "camera/image_raw", qos_profile_sensor_data)
     wait_for(lambda: camera.get_subscription_count() > 0, 60, "the encoder to subscribe", graph)
-    for index in range(60):
-        if len(latents.snapshot()) >= 2:
-            break
-        # Camera stamps 0.1 s apart, published slowly enough that no frame is dropped.
-        camera.publish(image_msg(index, Time(sec=500 + index // 10, nanosec=(index % 10) * 100_000_000)))
-        time.sleep(0.25)
+    for index in range(6):
+        # Camera stamps 0.1 s apart, each frame sent once the previous one is encoded, so none is dropped.
+        stamp = Time(sec=500 + index // 10, nanosec=(index % 10) * 100_000_000)
+        publish_until(
+            lambda stamp=stamp, index=index: camera.publish(image_msg(index, stamp)),
+            lambda stamp=stamp: stamp_to_nanoseconds(stamp) in feature_stamps(features),
+            60,
+            f"the feature map of frame {index}",
+            graph,
+            every=3.0,
+        )
+    # Frames 2..5 each have the frame two before them (h = 2 at 10 fps): four latent actions, the last
+    # published with the last frame's feature map or just after it.
+    wait_for(lambda: len(latents.snapshot()) >= 4, 10, "four latent actions", graph)
     received = latents.snapshot()
-    assert len(received) >= 2, graph.tail_logs(30)
+    assert sorted({stamp_to_nanoseconds(msg.header.stamp) for msg in received}) == [
+        500_000_000_000 + k * 100_000_000 for k in range(2, 6)
+    ]
     for msg in received:
         gap = stamp_to_nanoseconds(msg.header.stamp) - stamp_to_nanoseconds(msg.start_stamp)
         assert abs(gap - 200_000_000) < 1_000, f"latent spans {gap} ns, expected 0.2 s"

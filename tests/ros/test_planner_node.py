@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 import torch
 from action_msgs.msg import GoalStatus
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.action import ActionClient
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32, Header
+from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from rla_wm.models.regression import RegressionConfig, RegressionModel
@@ -26,6 +28,7 @@ from rla_wm_msgs.action import PlanToGoal
 from rla_wm_msgs.msg import FeatureMap
 from rla_wm_ros.conversions import features_to_msg, msg_to_chunk, stamp_to_nanoseconds
 from rla_wm_ros.launch_xml import NodeSpec
+from rla_wm_ros.node_guard import rejection_counts
 
 from conftest import Inbox, config_file, wait_for
 from test_nodes import image_msg
@@ -109,7 +112,7 @@ class Observations:
             tokens = self.rng.normal(size=(height * width, channels)).astype(np.float32)
             self.features.publish(features_to_msg(tokens, height, width, self.encoder_id, Header(stamp=now)))
             self.sent.append(stamp_to_nanoseconds(now))
-            time.sleep(0.1)
+            self.stop.wait(0.1)  # a 10 Hz camera
 
     def start(self, graph) -> Observations:
         wait_for(
@@ -119,7 +122,8 @@ class Observations:
             graph,
         )
         self.thread.start()
-        time.sleep(0.5)  # a few fresh observations before the first goal
+        # Reliable and matched: what is sent now arrives, so a few fresh observations precede the first goal.
+        wait_for(lambda: len(self.sent) >= 3, 30, "observations to be sent", graph)
         return self
 
     def close(self) -> None:
@@ -144,6 +148,48 @@ def send_goal(client, goal: PlanToGoal.Goal, graph, feedback: list | None = None
     return handle
 
 
+def plan_when_ready(client, goal: PlanToGoal.Goal, graph, refused_for: str):
+    """Send `goal` until it is not aborted for `refused_for`: the planner plans from the newest map
+    it received, and after the test switched back to good maps one may still be in flight."""
+    deadline = time.monotonic() + 60
+    while True:
+        response = wait_future(send_goal(client, goal, graph).get_result_async(), 60, "the plan", graph)
+        if response.status != GoalStatus.STATUS_ABORTED or refused_for not in response.result.message:
+            return response
+        assert time.monotonic() < deadline, f"still refused: {response.result.message}\n{graph.tail_logs(30)}"
+
+
+def assert_only_chunk_is_the_plans(chunks: Inbox, plan: JointTrajectory, graph) -> None:
+    """Wait for the first chunk of `plan`, then check that no other chunk came: the chunk topic is
+    in order, so one from an earlier goal would have arrived first."""
+    first = msg_to_chunk(plan).positions[:CHUNK]
+    wait_for(
+        lambda: any(np.allclose(msg_to_chunk(m).positions, first) for m in chunks.snapshot()),
+        10,
+        "the executed first chunk",
+        graph,
+    )
+    assert len(chunks.snapshot()) == 1, [msg_to_chunk(m).positions for m in chunks.snapshot()]
+
+
+class PlannerReports:
+    """The planner's /diagnostics statuses, in arrival order (one a second, on a steady clock)."""
+
+    def __init__(self, node) -> None:
+        self.inbox = Inbox()
+        node.create_subscription(DiagnosticArray, "/diagnostics", self.inbox, 10)
+
+    def statuses(self) -> list[DiagnosticStatus]:
+        return [s for array in self.inbox.snapshot() for s in array.status if s.name.startswith("planner:")]
+
+    def values(self, index: int) -> dict[str, str]:
+        return {kv.key: kv.value for kv in self.statuses()[index].values}
+
+    def rejections(self, key: str) -> int:
+        statuses = self.statuses()
+        return rejection_counts(statuses[-1]).get(key, 0) if statuses else 0
+
+
 def goal_msg(**fields) -> PlanToGoal.Goal:
     goal = PlanToGoal.Goal(goal_image=image_msg(120, Header().stamp))
     for key, value in fields.items():
@@ -155,6 +201,7 @@ def test_plan_to_goal_gives_feedback_and_a_bounded_plan_and_executes_it(ros_node
     graph = start_nodes(planner_spec(make_checkpoints(tmp_path), world_model="rla-wm"))
     chunks = Inbox()
     ros_node.create_subscription(JointTrajectory, "planner/joint_trajectory", chunks, 10)
+    reports = PlannerReports(ros_node)
     client = ActionClient(ros_node, PlanToGoal, "/planner/plan_to_goal")
     observations = Observations(ros_node).start(graph)
     try:
@@ -173,11 +220,9 @@ def test_plan_to_goal_gives_feedback_and_a_bounded_plan_and_executes_it(ros_node
         assert np.allclose(plan.times_from_start, 0.1 * np.arange(1, 3 * CHUNK + 1))
         assert stamp_to_nanoseconds(plan.stamp) in observations.sent  # planned from a real observation
         assert np.isfinite(result.predicted_cost) and result.predicted_cost >= 0
-        wait_for(lambda: chunks.snapshot(), 10, "the executed first chunk", graph)
-        executed = msg_to_chunk(chunks.snapshot()[0])
-        assert np.allclose(executed.positions, plan.positions[:CHUNK])
+        assert_only_chunk_is_the_plans(chunks, result.plan, graph)
 
-        # Malformed goal image: aborted with the reason, and no command.
+        # Malformed goal image: aborted with the reason, and no command (checked after the next plan).
         chunks.clear()
         bad = goal_msg(execute=True)
         bad.goal_image.data = bytes(bad.goal_image.data)[:-7]
@@ -193,15 +238,19 @@ def test_plan_to_goal_gives_feedback_and_a_bounded_plan_and_executes_it(ros_node
         )
         assert response.status == GoalStatus.STATUS_ABORTED and "iterations" in response.result.message
 
-        # Feature maps from another encoder: refused.
+        # Feature maps from another encoder: refused when they come, and no plan while they are the newest.
         observations.encoder_id = "facebook/dinov2-small@224"
-        time.sleep(0.5)
+        wait_for(lambda: reports.rejections("on_features/encoder_mismatch") >= 1, 30, "refused maps", graph)
         response = wait_future(
             send_goal(client, goal_msg(execute=True), graph).get_result_async(), 30, "the abort", graph
         )
         assert response.status == GoalStatus.STATUS_ABORTED and "encoder" in response.result.message
-        time.sleep(0.3)
-        assert chunks.snapshot() == []
+        # Good maps again: the next executing goal sends its first chunk, and it is the only chunk
+        # since the aborted goals (one topic, in order: any chunk of theirs would have come first).
+        observations.encoder_id = ENCODER_ID
+        response = plan_when_ready(client, goal_msg(execute=True), graph, refused_for="encoder")
+        assert response.status == GoalStatus.STATUS_SUCCEEDED, response.result.message
+        assert_only_chunk_is_the_plans(chunks, response.result.plan, graph)
     finally:
         observations.close()
     assert graph.alive() == {"planner": True}
@@ -226,10 +275,13 @@ def test_cancel_stops_planning_between_iterations(ros_node, start_nodes, tmp_pat
         assert response.status == GoalStatus.STATUS_CANCELED, response.result.message
         assert not response.result.success and "cancelled" in response.result.message
         assert len(feedback) < iterations
-        assert chunks.snapshot() == []  # a cancelled plan is never executed
-        # The node takes the next goal.
-        response = wait_future(send_goal(client, goal_msg(), graph).get_result_async(), 30, "the next plan", graph)
+        # The node takes the next goal, and its first chunk is the only one: a cancelled plan is
+        # never executed (one topic, in order: a chunk of the cancelled goal would have come first).
+        response = wait_future(
+            send_goal(client, goal_msg(execute=True), graph).get_result_async(), 30, "the next plan", graph
+        )
         assert response.status == GoalStatus.STATUS_SUCCEEDED, response.result.message
+        assert_only_chunk_is_the_plans(chunks, response.result.plan, graph)
     finally:
         observations.close()
     assert graph.alive() == {"planner": True}
@@ -248,11 +300,16 @@ def test_mpc_publishes_chunks_stamped_with_the_observation(ros_node, start_nodes
     chunks, costs = Inbox(), Inbox()
     ros_node.create_subscription(JointTrajectory, "planner/joint_trajectory", chunks, 10)
     ros_node.create_subscription(Float32, "planner/predicted_cost", costs, 10)
+    reports = PlannerReports(ros_node)
     goal_pub = ros_node.create_publisher(Image, "goal_image", 10)
     observations = Observations(ros_node).start(graph)
     try:
-        time.sleep(1.0)
-        assert chunks.snapshot() == []  # no goal, no commands
+        # No goal, no commands: two status reports (a second or more of 5 Hz ticks on flowing
+        # observations) and not one plan.
+        first = len(reports.statuses())
+        wait_for(lambda: len(reports.statuses()) >= first + 2, 30, "two planner status reports", graph)
+        assert reports.values(-1)["plans"] == "0" and reports.values(-1)["mpc_goal"] == "False"
+        assert chunks.snapshot() == []
         wait_for(lambda: goal_pub.get_subscription_count() > 0, 30, "the goal_image subscription", graph)
         goal_pub.publish(image_msg(90, Header().stamp))
         wait_for(lambda: len(chunks.snapshot()) >= 4 and len(costs.snapshot()) >= 4, 60, "MPC chunks", graph)
@@ -268,16 +325,19 @@ def test_mpc_publishes_chunks_stamped_with_the_observation(ros_node, start_nodes
             assert chunk.times_from_start[0] >= 0.1 - 1e-6
             np.testing.assert_allclose(np.diff(chunk.times_from_start), 0.1, atol=1e-6)
         assert all(np.isfinite(c.data) for c in costs.snapshot())
-        # Clearing the goal stops the commands.
-        from std_srvs.srv import Trigger
-
+        # Clearing the goal stops the commands: over the two status reports after the first one
+        # that says so (a replan running during the clear may still finish before that), the
+        # plan count and the chunks stand still while observations keep coming.
         clear = ros_node.create_client(Trigger, "/planner/clear_goal")
         assert clear.wait_for_service(timeout_sec=30)
         assert wait_future(clear.call_async(Trigger.Request()), 30, "clear_goal", graph).success
-        time.sleep(0.5)
-        count = len(chunks.snapshot())
-        time.sleep(1.0)
-        assert len(chunks.snapshot()) == count
+        wait_for(lambda: reports.values(-1)["mpc_goal"] == "False", 30, "a report without a goal", graph)
+        cleared = len(reports.statuses()) - 1
+        wait_for(lambda: len(reports.statuses()) > cleared + 1, 30, "a status report", graph)
+        plans, count, sent = reports.values(cleared + 1)["plans"], len(chunks.snapshot()), len(observations.sent)
+        wait_for(lambda: len(reports.statuses()) > cleared + 2, 30, "a status report", graph)
+        assert reports.values(cleared + 2)["plans"] == plans and len(chunks.snapshot()) == count
+        assert len(observations.sent) > sent
     finally:
         observations.close()
     assert graph.alive() == {"planner": True}
@@ -291,37 +351,29 @@ def test_refuses_a_world_model_from_another_feature_space(start_nodes, tmp_path)
 
 
 def test_feature_maps_of_another_grid_are_refused_counted_and_never_planned_from(ros_node, start_nodes, tmp_path):
-    from diagnostic_msgs.msg import DiagnosticArray
-
-    from rla_wm_ros.node_guard import rejection_counts
-
     graph = start_nodes(planner_spec(make_checkpoints(tmp_path), world_model="regression"))
-    chunks, diagnostics = Inbox(), Inbox()
+    chunks = Inbox()
     ros_node.create_subscription(JointTrajectory, "planner/joint_trajectory", chunks, 10)
-    ros_node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics, 10)
+    reports = PlannerReports(ros_node)
     client = ActionClient(ros_node, PlanToGoal, "/planner/plan_to_goal")
-
-    def grid_rejections() -> int:
-        for array in reversed(diagnostics.snapshot()):
-            for status in array.status:
-                if status.name.startswith("planner:"):
-                    return rejection_counts(status).get("on_features/grid_mismatch", 0)
-        return 0
-
     observations = Observations(ros_node)
     observations.grid = (4, 16, CHANNELS)  # as many tokens as 8x8, but not the world model's grid
     observations.start(graph)
     try:
-        wait_for(lambda: grid_rejections() >= 3, 30, "the planner to count refused feature maps", graph)
+        wait_for(
+            lambda: reports.rejections("on_features/grid_mismatch") >= 3,
+            30,
+            "the planner to count refused feature maps",
+            graph,
+        )
         response = wait_future(
             send_goal(client, goal_msg(execute=True), graph).get_result_async(), 30, "the abort", graph
         )
         assert response.status == GoalStatus.STATUS_ABORTED and "grid" in response.result.message
-        assert chunks.snapshot() == []
         observations.grid = (SIDE, SIDE, CHANNELS)
-        time.sleep(0.5)
-        response = wait_future(send_goal(client, goal_msg(), graph).get_result_async(), 60, "the plan", graph)
+        response = plan_when_ready(client, goal_msg(execute=True), graph, refused_for="grid")
         assert response.status == GoalStatus.STATUS_SUCCEEDED, response.result.message
+        assert_only_chunk_is_the_plans(chunks, response.result.plan, graph)
     finally:
         observations.close()
     assert graph.alive() == {"planner": True}

@@ -3,7 +3,6 @@ observation; feature maps it cannot take refused and counted, never fatal; a NaN
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 
@@ -19,7 +18,7 @@ from rla_wm_msgs.msg import FeatureMap
 from rla_wm_ros.conversions import features_to_msg, msg_to_chunk, stamp_to_nanoseconds, stamp_to_seconds
 from rla_wm_ros.launch_xml import NodeSpec
 
-from conftest import Inbox, config_file, wait_for
+from conftest import Inbox, config_file, publish_until, wait_for, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -74,6 +73,10 @@ def test_policy_chunks_are_stamped_blended_and_one_per_observation(ros_node, sta
 
     rng = np.random.default_rng(0)
     sent_stamps: set[int] = set()
+
+    def chunk_stamps() -> set[int]:
+        return {stamp_to_nanoseconds(msg.header.stamp) for msg in chunks.snapshot()}
+
     deadline = time.monotonic() + 90
     while (len(chunks.snapshot()) < 6 or check_seams(chunks.snapshot()) < 3) and time.monotonic() < deadline:
         now = ros_node.get_clock().now().to_msg()
@@ -85,7 +88,11 @@ def test_policy_chunks_are_stamped_blended_and_one_per_observation(ros_node, sta
             features_to_msg(rng.normal(size=(256, 192)).astype(np.float32), 16, 16, ENCODER_ID, header)
         )
         sent_stamps.add(stamp_to_nanoseconds(now))
-        time.sleep(0.25)  # slower than the node's 20 Hz: each observation must be acted on once
+        # Acted on: its chunk is here (a map the node refused, e.g. one that beat its joint state, is
+        # simply followed by the next). Then the node's 20 Hz timer runs a few times with nothing new:
+        # each observation must still be acted on once. This pause is the behaviour under test.
+        wait_until(lambda now=now: stamp_to_nanoseconds(now) in chunk_stamps(), 10)
+        time.sleep(0.25)
     received = chunks.snapshot()
     assert len(received) >= 6, graph.tail_logs(30)
 
@@ -149,23 +156,21 @@ def test_policy_refuses_feature_maps_it_cannot_take_counts_them_and_keeps_acting
         return features_to_msg(tokens, height, width, ENCODER_ID, Header(stamp=Time(sec=sec), frame_id="camera"))
 
     # The link is up once a map is counted: with no joint state yet, a valid map is refused for that.
-    deadline = time.monotonic() + 30
-    while rejections_by_reason(diagnostics)["no_fresh_state"] == 0:
-        assert time.monotonic() < deadline, graph.tail_logs(30)
-        features_pub.publish(feature_map(16, 16, 192, 1))
-        time.sleep(0.5)
+    publish_until(
+        lambda: features_pub.publish(feature_map(16, 16, 192, 1)),
+        lambda: rejections_by_reason(diagnostics)["no_fresh_state"] > 0,
+        30,
+        "the policy to count a map without a joint state",
+        graph,
+        every=0.5,
+    )
 
-    stop = threading.Event()
+    def stream_state() -> None:  # a live robot at 20 Hz
+        state = JointState(name=["agent_x", "agent_y"], position=[250.0, 260.0])
+        state.header.stamp = ros_node.get_clock().now().to_msg()
+        state_pub.publish(state)
 
-    def stream_states() -> None:
-        while not stop.is_set():
-            state = JointState(name=["agent_x", "agent_y"], position=[250.0, 260.0])
-            state.header.stamp = ros_node.get_clock().now().to_msg()
-            state_pub.publish(state)
-            time.sleep(0.05)
-
-    streamer = threading.Thread(target=stream_states, daemon=True)
-    streamer.start()
+    streamer = ros_node.create_timer(0.05, stream_state)
     try:
         with_nan = feature_map(16, 16, 192, 104)
         with_nan.data[1000] = float("nan")
@@ -195,11 +200,10 @@ def test_policy_refuses_feature_maps_it_cannot_take_counts_them_and_keeps_acting
         assert chunks.snapshot() == [], "a refused feature map produced a command"
         assert graph.alive() == {"policy": True}
 
-        # A valid map is still acted on, with its own stamp.
-        deadline = time.monotonic() + 30
-        while not chunks.snapshot():
-            assert time.monotonic() < deadline, graph.tail_logs(30)
-            features_pub.publish(
+        # A valid map is still acted on, with its own stamp. Chunks arrive in the order the maps were
+        # handled, so a chunk from a refused map (sec < 200) would be here before this one.
+        publish_until(
+            lambda: features_pub.publish(
                 features_to_msg(
                     rng.normal(size=(256, 192)).astype(np.float32),
                     16,
@@ -207,13 +211,17 @@ def test_policy_refuses_feature_maps_it_cannot_take_counts_them_and_keeps_acting
                     ENCODER_ID,
                     Header(stamp=ros_node.get_clock().now().to_msg()),
                 )
-            )
-            time.sleep(0.5)
-        assert all(msg.header.stamp.sec >= 1000 for msg in chunks.snapshot())  # none from a refused map (sec < 200)
+            ),
+            chunks.snapshot,
+            30,
+            "a chunk from a valid map",
+            graph,
+            every=0.5,
+        )
+        assert all(msg.header.stamp.sec >= 1000 for msg in chunks.snapshot())  # none from a refused map
         assert rejections_by_reason(diagnostics)["grid_mismatch"] == 4
     finally:
-        stop.set()
-        streamer.join(timeout=5)
+        streamer.cancel()
     assert graph.alive() == {"policy": True}
 
 

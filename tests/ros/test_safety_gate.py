@@ -3,8 +3,6 @@ e-stop engages from any publisher, and a seeded fuzz stream never puts the contr
 
 from __future__ import annotations
 
-import itertools
-import threading
 import time
 
 import numpy as np
@@ -24,11 +22,14 @@ from rla_wm_ros.gate_fuzz import run_gate_fuzz
 from rla_wm_ros.image_conversion import CvBridge
 from rla_wm_ros.launch_xml import NodeSpec
 
-from conftest import Inbox, config_file, wait_for
-from test_nodes import call, image_msg
+from conftest import Inbox, call_service, config_file, publish_until, wait_for
+from test_nodes import image_msg
 
 pytestmark = pytest.mark.timeout(180)
 NAMES = ("agent_x", "agent_y")
+# The harness's model is silent between a test's steps: a model-timeout hold would be taken for the
+# gate's answer to the next chunk, so that timeout is set out of the way (camera and state keep theirs).
+QUIET_MODEL = {"command_timeout": "60.0"}
 
 
 def gate_spec(**params: str) -> NodeSpec:
@@ -45,14 +46,33 @@ def positions(msg: JointTrajectory) -> np.ndarray:
     return np.array([p.positions for p in msg.points], dtype=np.float64).reshape(len(msg.points), -1)
 
 
-class GateHarness:
-    """Feeds the gate camera frames and joint states like a live robot; collects its output."""
+def copies_of(sent: JointTrajectory, out: list[JointTrajectory]) -> list[JointTrajectory]:
+    """Outputs whose points are the tail of `sent`'s points (the gate's copy of it)."""
+    return [m for m in out if is_tail_of(positions(m), positions(sent))]
 
-    def __init__(self, node, graph, compressed: bool = False) -> None:
+
+def holds(out: list[JointTrajectory], sent: JointTrajectory | None = None) -> list[JointTrajectory]:
+    """One-point trajectories that are not a copy of `sent` (a hold: joint_trajectory_controller refuses
+    an empty trajectory, so the gate never sends one)."""
+    copies = copies_of(sent, out) if sent is not None else []
+    return [m for m in out if len(m.points) == 1 and m not in copies]
+
+
+class GateHarness:
+    """Feeds the gate camera frames and joint states like a live robot (a 20 Hz timer on the test's
+    node); collects its output.
+
+    The gate answers every model chunk with exactly one message (its copy or a hold), in order, from
+    one thread; ticks add a hold only when an input goes stale. So once the copy of a chunk sent last
+    has arrived, every answer to the chunks before it has too: `sync` uses that instead of waiting a
+    while for stragglers.
+    """
+
+    def __init__(self, node, graph, compressed: bool = False, dry_run: bool = False) -> None:
         self.node, self.graph = node, graph
         self.compressed = compressed
         self.out = Inbox()
-        self.arrivals = Inbox()  # time.monotonic() of each output, for latency figures
+        self.arrivals = Inbox()  # time.monotonic() of each output, for the printed latency only
         node.create_subscription(JointTrajectory, "joint_trajectory", self._on_output, 10)
         self.camera = node.create_publisher(
             CompressedImage if compressed else Image, "camera/image_raw", qos_profile_sensor_data
@@ -62,11 +82,14 @@ class GateHarness:
         self.position = np.array([200.0, 300.0])
         self.camera_on = True
         self.streaming_chunks = False  # publish a chunk every other cycle (10 Hz), as a policy does
-        self._stop = False
-        self._thread = threading.Thread(target=self._feed, daemon=True)
-        self._thread.start()
+        self.cycles = 0  # feed cycles completed
+        self.markers = 0
+        self.frame = image_msg(10, Time(), 8, 8)
+        if compressed:
+            self.frame = CvBridge().cv2_to_compressed_imgmsg(np.full((8, 8, 3), 10, np.uint8), dst_format="jpg")
         self.diagnostics = Inbox()
         node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics, 10)
+        self.timer = node.create_timer(0.05, self._feed)
         wait_for(
             lambda: self.model.get_subscription_count() > 0 and self.camera.get_subscription_count() > 0,
             60,
@@ -75,14 +98,16 @@ class GateHarness:
         )
         wait_for(self.gate_sees_inputs, 20, "the gate to report fresh camera and state", graph)
         # DDS may drop the first samples while both ends of the model topic finish
-        # matching: send valid chunks until the gate has accepted one.
-        deadline = time.monotonic() + 20
-        while self.gate_value("forwarded") in (None, "0"):
-            assert time.monotonic() < deadline, graph.tail_logs(20)
-            self.model.publish(self.chunk([[1.0, 1.0]]))
-            time.sleep(0.3)
-        time.sleep(0.2)
-        self.out.clear()
+        # matching: send valid chunks until the gate has vetted one.
+        publish_until(
+            lambda: self.model.publish(self.chunk([[1.0, 1.0]])),
+            lambda: self.gate_value("forwarded") not in (None, "0"),
+            30,
+            "the gate to vet a first chunk",
+            graph,
+        )
+        if not dry_run:
+            self.sync()
 
     def gate_value(self, key: str) -> str | None:
         for array in reversed(self.diagnostics.snapshot()):
@@ -111,67 +136,71 @@ class GateHarness:
         return False
 
     def _feed(self) -> None:
-        frame = image_msg(10, Time(), 8, 8)
-        if self.compressed:
-            frame = CvBridge().cv2_to_compressed_imgmsg(np.full((8, 8, 3), 10, np.uint8), dst_format="jpg")
-        for cycle in itertools.count():
-            if self._stop:
-                return
-            stamp = self.node.get_clock().now().to_msg()
-            if self.camera_on:
-                frame.header.stamp = stamp
-                self.camera.publish(frame)
-            state = JointState(name=list(NAMES), position=self.position.tolist())
-            state.header.stamp = stamp
-            self.state.publish(state)
-            if self.streaming_chunks and cycle % 2 == 0:
-                self.model.publish(self.chunk([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]))
-            time.sleep(0.05)
+        stamp = self.node.get_clock().now().to_msg()
+        if self.camera_on:
+            self.frame.header.stamp = stamp
+            self.camera.publish(self.frame)
+        state = JointState(name=list(NAMES), position=self.position.tolist())
+        state.header.stamp = stamp
+        self.state.publish(state)
+        if self.streaming_chunks and self.cycles % 2 == 0:
+            self.model.publish(self.stream_chunk())
+        self.cycles += 1
+
+    def wait_cycles(self, count: int) -> None:
+        """Wait until `count` more feed cycles have completed (so one under way when asked has ended)."""
+        target = self.cycles + count
+        wait_for(lambda: self.cycles >= target, 10, f"{count} feed cycles", self.graph)
 
     def chunk(self, offsets, period: float = 0.1) -> JointTrajectory:
         points = self.position + np.asarray(offsets, dtype=np.float64)
         times = period * np.arange(1, len(points) + 1)
         return chunk_to_msg(Chunk(NAMES, points, times, self.node.get_clock().now().to_msg()))
 
-    def send_and_collect(self, msg: JointTrajectory, settle: float = 0.6) -> list[JointTrajectory]:
-        """Publish `msg`; return what the gate sent in the next `settle` seconds (once something came)."""
+    def stream_chunk(self) -> JointTrajectory:
+        return self.chunk([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]])
+
+    def sync(self) -> list[JointTrajectory]:
+        """Send a marker chunk the gate forwards and wait for its copy. Returns what came before it (every
+        answer to what was sent before it) and empties the inbox."""
+        self.markers += 1
+        marker = self.chunk([[0.37 * self.markers, -0.29 * self.markers]])
+        self.model.publish(marker)
+        wait_for(lambda: copies_of(marker, self.out.snapshot()), 10, "the gate's copy of a marker chunk", self.graph)
+        out = self.out.snapshot()
+        self.out.clear()
+        return out[: out.index(copies_of(marker, out)[0])]
+
+    def send_and_collect(self, msg: JointTrajectory) -> list[JointTrajectory]:
+        """Publish `msg`; return every message the gate sent in answer (through a `sync`)."""
         self.out.clear()
         self.model.publish(msg)
-        deadline = time.monotonic() + 5.0
-        while not self.out.snapshot() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(settle)
-        return self.out.snapshot()
+        return self.sync()
+
+    def send_and_answer(self, msg: JointTrajectory) -> JointTrajectory:
+        """Publish `msg` and return the gate's one answer to it (for when a marker would not be forwarded)."""
+        self.out.clear()
+        self.model.publish(msg)
+        wait_for(lambda: self.out.snapshot(), 10, "the gate's answer", self.graph)
+        return self.out.snapshot()[0]
 
     def close(self) -> None:
-        self._stop = True
-        self._thread.join(timeout=2)
-
-
-def copies_of(sent: JointTrajectory, out: list[JointTrajectory]) -> list[JointTrajectory]:
-    """Outputs whose points are the tail of `sent`'s points (the gate's copy of it)."""
-    return [m for m in out if is_tail_of(positions(m), positions(sent))]
-
-
-def holds(out: list[JointTrajectory], sent: JointTrajectory | None = None) -> list[JointTrajectory]:
-    """One-point trajectories that are not a copy of `sent` (a hold: joint_trajectory_controller refuses
-    an empty trajectory, so the gate never sends one)."""
-    copies = copies_of(sent, out) if sent is not None else []
-    return [m for m in out if len(m.points) == 1 and m not in copies]
+        self.timer.cancel()
 
 
 @pytest.fixture(params=[False, True], ids=["image", "compressed"])
 def camera_gate(request, ros_node, start_nodes):
     """The gate watching a raw or a compressed camera stream."""
     compressed = request.param
-    harness = GateHarness(ros_node, start_nodes(gate_spec(compressed_camera=str(compressed).lower())), compressed)
+    graph = start_nodes(gate_spec(compressed_camera=str(compressed).lower(), **QUIET_MODEL))
+    harness = GateHarness(ros_node, graph, compressed)
     yield harness
     harness.close()
 
 
 @pytest.fixture
 def gate(ros_node, start_nodes):
-    harness = GateHarness(ros_node, start_nodes(gate_spec()))
+    harness = GateHarness(ros_node, start_nodes(gate_spec(**QUIET_MODEL)))
     yield harness
     harness.close()
 
@@ -198,37 +227,55 @@ def test_gate_blocks_nan_out_of_limit_too_fast_and_ragged_chunks_with_a_one_poin
     bad = [
         gate.chunk([[5.0, 5.0], [float("nan"), 10.0]]),
         gate.chunk([[1.0, 1.0], [2.0, 2.0]]),
-        gate.chunk([[150.0, 0.0]]),  # 150 px in 0.1 s = 1500 px/s > 600 px/s
+        gate.chunk([[150.0, 0.0]]),  # 150 px in 0.1 s = 1500 px/s > 1000 px/s
         gate.chunk([[1.0, 1.0]]),
     ]
     bad[1].points[0].velocities = [float("nan"), 0.0]
     bad[3].points[0].positions = [201.0]
     for msg in bad:
         out = gate.send_and_collect(msg)
-        assert not copies_of(msg, [m for m in out if len(m.points[0].positions) == 2]) and holds(out, msg), out
-        hold = holds(out, msg)[0]
-        assert positions(hold)[0] == pytest.approx(gate.position, abs=20.0)  # where the robot is, not a jump
-    # Only the LAST point leaves the workspace: the whole chunk must be refused.
+        # Exactly one answer, a hold, and no copy (the ragged chunk's copy would have one-joint points).
+        assert len(out) == 1 and holds(out, msg), out
+        assert not copies_of(msg, [m for m in out if len(m.points[0].positions) == 2]), out
+        assert positions(out[0])[0] == pytest.approx(gate.position, abs=20.0)  # where the robot is, not a jump
+    # Only the LAST point leaves the workspace: the whole chunk must be refused. First the gate must
+    # know the robot is at the edge: a step from there is forwarded only then (from 200 px it is a 300 px
+    # jump, refused whatever the edge check does).
     gate.position = np.array([500.0, 300.0])
-    time.sleep(0.2)
+    probe = gate.chunk([[-1.0, 0.0]])
+    publish_until(
+        lambda: gate.model.publish(gate.chunk([[-1.0, 0.0]])),  # freshly stamped each time
+        lambda: copies_of(probe, gate.out.snapshot()),
+        10,
+        "the gate to forward a step from the workspace's edge",
+        gate.graph,
+        every=0.5,
+    )
+    gate.sync()
     edge = gate.chunk([[2.0, 0.0], [6.0, 0.0], [14.0, 0.0]])
     out = gate.send_and_collect(edge)
-    assert not copies_of(edge, out) and holds(out, edge)
+    assert len(out) == 1 and holds(out, edge) and not copies_of(edge, out), out
     assert all(gate.graph.alive().values())
 
 
 def test_gate_holds_when_camera_stops_and_refuses_until_it_returns(camera_gate):
     gate = camera_gate
     gate.streaming_chunks = True
-    wait_for(lambda: len(gate.out.snapshot()) >= 3, 5, "chunks to flow through the gate", gate.graph)
+    wait_for(lambda: len(copies_of(gate.stream_chunk(), gate.out.snapshot())) >= 3, 10, "chunks to pass", gate.graph)
     gate.camera_on = False
     wait_for(lambda: "camera" in (gate.gate_value("last_rejection") or ""), 5, "a camera hold", gate.graph)
-    # The policy keeps streaming: nothing may get through while the camera is silent.
+    # The policy keeps streaming: the gate keeps receiving (and refusing) chunks, and none gets through.
     before = gate.fresh_values()
-    time.sleep(0.5)
-    after = gate.fresh_values()
-    assert after["forwarded"] == before["forwarded"] and int(after["rejected"]) >= int(before["rejected"]) + 3
-    count = int(after["forwarded"])
+    gate.out.clear()
+    wait_for(
+        lambda: int(gate.gate_value("rejected")) >= int(before["rejected"]) + 3,
+        10,
+        "three streamed chunks refused while the camera is silent",
+        gate.graph,
+    )
+    assert gate.gate_value("forwarded") == before["forwarded"] and "camera" in gate.gate_value("last_rejection")
+    assert not copies_of(gate.stream_chunk(), gate.out.snapshot())
+    count = int(before["forwarded"])
     gate.camera_on = True
     wait_for(lambda: int(gate.gate_value("forwarded")) > count, 5, "commands to flow again", gate.graph)
 
@@ -236,14 +283,14 @@ def test_gate_holds_when_camera_stops_and_refuses_until_it_returns(camera_gate):
 def test_gate_estop_latches_until_reset(gate, ros_node):
     estop = ros_node.create_client(Trigger, "safety_gate/estop")
     reset = ros_node.create_client(Trigger, "safety_gate/reset")
-    assert call(ros_node, estop).success
+    assert call_service(estop, graph=gate.graph).success
     for offset in (1.5, 2.5):
         msg = gate.chunk([[offset, -offset]])
-        out = gate.send_and_collect(msg, settle=0.2)
-        assert not copies_of(msg, out) and holds(out, msg)
-    assert call(ros_node, reset).success
+        answer = gate.send_and_answer(msg)
+        assert holds([answer], msg), answer
+    assert call_service(reset, graph=gate.graph).success
     msg = gate.chunk([[3.5, -3.5]])
-    assert copies_of(msg, gate.send_and_collect(msg, settle=0.2))
+    assert copies_of(msg, gate.send_and_collect(msg)), "the gate still holds after the reset"
 
 
 ESTOP_PUBLISHERS = {
@@ -262,32 +309,58 @@ def test_estop_topic_engages_from_any_publisher_and_holds_at_once(gate, ros_node
     gate.streaming_chunks = True
     wait_for(lambda: len(gate.out.snapshot()) >= 2, 5, "chunks to flow", gate.graph)
     gate.streaming_chunks = False
-    time.sleep(0.15)  # the last streamed chunk has passed the gate
-    gate.out.clear()
+    gate.wait_cycles(2)  # a feed cycle under way when streaming stopped has ended
+    gate.sync()  # ...and the gate has answered every streamed chunk
     gate.arrivals.clear()
     published = time.monotonic()
-    publisher.publish(Bool(data=True))
-    wait_for(lambda: gate.out.snapshot(), 5, f"a hold after the {kind} e-stop", gate.graph)
+    # Best effort may lose it: sent again until the gate answers (every e-stop is answered with a hold).
+    publish_until(
+        lambda: publisher.publish(Bool(data=True)),
+        lambda: gate.out.snapshot(),
+        10,
+        f"a hold after the {kind} e-stop",
+        gate.graph,
+        every=1.0,
+    )
     latency = gate.arrivals.snapshot()[0] - published
     print(f"e-stop from a {kind} publisher: first hold on the controller topic after {latency * 1000:.1f} ms")
     assert len(gate.out.snapshot()[0].points) == 1
+    # The policy streams again: the gate keeps receiving (and refusing) chunks, and none gets through.
     before = gate.fresh_values()
+    gate.out.clear()
     gate.streaming_chunks = True
-    time.sleep(0.5)  # five chunks at 10 Hz
-    after = gate.fresh_values()
-    assert "e-stop" in after["last_rejection"] and int(after["rejected"]) >= int(before["rejected"]) + 3
-    assert after["forwarded"] == before["forwarded"]
-    count = int(after["forwarded"])
-    assert call(ros_node, ros_node.create_client(Trigger, "safety_gate/reset")).success
+    wait_for(
+        lambda: int(gate.gate_value("rejected")) >= int(before["rejected"]) + 3,
+        10,
+        "three streamed chunks refused under the e-stop",
+        gate.graph,
+    )
+    assert "e-stop" in gate.gate_value("last_rejection") and gate.gate_value("forwarded") == before["forwarded"]
+    assert not copies_of(gate.stream_chunk(), gate.out.snapshot())
+    count = int(before["forwarded"])
+    assert call_service(ros_node.create_client(Trigger, "safety_gate/reset"), graph=gate.graph).success
     wait_for(lambda: int(gate.gate_value("forwarded")) > count, 5, "commands after the reset", gate.graph)
 
 
 def test_gate_dry_run_sends_nothing(ros_node, start_nodes):
-    harness = GateHarness(ros_node, start_nodes(gate_spec(dry_run="true")))
+    harness = GateHarness(ros_node, start_nodes(gate_spec(dry_run="true", **QUIET_MODEL)), dry_run=True)
     try:
+        # The test's subscription is matched to the gate's controller publisher: anything sent would arrive.
+        wait_for(lambda: ros_node.count_publishers("joint_trajectory") >= 1, 10, "the gate's controller publisher")
+        vetted = int(harness.gate_value("forwarded"))
         msg = harness.chunk([[1.0, 1.0]])
-        harness.model.publish(msg)
-        wait_for(lambda: int(harness.gate_value("forwarded") or 0) >= 2, 5, "the gate to vet the chunk")
+        publish_until(
+            lambda: harness.model.publish(msg),
+            lambda: int(harness.gate_value("forwarded")) > vetted,
+            10,
+            "the gate to vet the chunk",
+            harness.graph,
+            every=1.0,
+        )
+        # It decided to send them (it says so), and one more diagnostics message, published after that
+        # decision, has arrived: a command published at the decision would be here before it.
+        wait_for(lambda: "dry run: would send" in harness.graph.tail_logs(40), 10, "the dry-run log line")
+        harness.fresh_values()
         assert harness.out.snapshot() == []
     finally:
         harness.close()

@@ -251,14 +251,16 @@ def plan(
     start_action: torch.Tensor | Sequence[float] | None = None,
     warm_start: torch.Tensor | None = None,
     callback: IterationCallback | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> PlanResult:
     """Optimise an action plan that drives `current` features (N, C) to `goal` features (N, C).
 
     start_action: the measured robot state (A,); the first target stays within max_delta of
     it, and with no warm start the search starts from holding it. warm_start: a previous plan
-    (H', h, A), e.g. `shift_plan(previous)`; it is padded/truncated to the horizon.
+    (H', h, A), e.g. `shift_plan(previous)`; it is padded/truncated to the horizon. clock: the
+    seconds the time budget and the stats are measured in.
     """
-    started = time.perf_counter()
+    started = clock()
     current = _check_features(current, "current features")
     goal = _check_features(goal, "goal features").to(current.device, current.dtype)
     if goal.shape != current.shape:
@@ -290,7 +292,7 @@ def plan(
     best_actions, best_cost = mean, math.inf
     stopped = "iterations"
     for iteration in range(1, config.iterations + 1):
-        iteration_started = time.perf_counter()
+        iteration_started = clock()
         noise = torch.randn((config.num_samples, steps, dim), generator=generator)
         proposals = mean + std * noise
         proposals[0] = mean  # the current mean always competes
@@ -330,7 +332,7 @@ def plan(
             fitted_std = torch.einsum("b,bta->ta", weights, (proposals - fitted_mean).pow(2)).sqrt()
         mean = config.momentum * mean + (1 - config.momentum) * fitted_mean
         std = torch.maximum(fitted_std, min_std)
-        now = time.perf_counter()
+        now = clock()
         record = IterationStats(
             iteration=iteration,
             best_cost=best_cost,
@@ -350,9 +352,7 @@ def plan(
     actions = best_actions.reshape(config.horizon, config.chunk_length, dim).clone()
     if not torch.isfinite(actions).all() or not math.isfinite(best_cost):
         raise PlanningError("planner produced a non-finite plan")
-    return PlanResult(
-        actions=actions, cost=best_cost, stats=stats, stopped=stopped, elapsed=time.perf_counter() - started
-    )
+    return PlanResult(actions=actions, cost=best_cost, stats=stats, stopped=stopped, elapsed=clock() - started)
 
 
 class Planner:

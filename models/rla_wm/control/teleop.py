@@ -1,6 +1,6 @@
 """Teleoperation input -> joint-space targets (pure Python, no ROS).
 
-The teleop node is a thin shell over these pieces:
+`rla_wm.control.teleop_session` drives a teleop node's source with these pieces:
 - `parse_keys` + `KeyboardTeleop`: raw terminal bytes -> a velocity (WASD / arrows,
   +/- speed, space = hold). A terminal cannot report key releases, so a key keeps
   the robot moving for `key_timeout` seconds; the terminal's auto-repeat keeps it alive
@@ -53,6 +53,10 @@ _CHARACTERS = {
     "\x04": QUIT,
 }
 DIRECTIONS = {UP: (0.0, -1.0), DOWN: (0.0, 1.0), LEFT: (-1.0, 0.0), RIGHT: (1.0, 0.0)}
+KEY_HELP = (
+    "teleop keys: w/a/s/d or arrows = move, + / - = speed, space = hold, q = quit "
+    "(a key moves the robot while it is held down)"
+)
 
 
 def parse_keys(data: bytes) -> list[str]:

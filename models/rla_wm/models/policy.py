@@ -6,6 +6,16 @@ action head and an RLA head. In this codebase it is called the policy everywhere
     a learned "missing state" token ─────┘         ├─ action head: T queries -> increments -> chunk
                                                    └─ state head:  state token's output -> state estimate
 
+Two action heads (`action_head`):
+- "flow" (the default for new models): a flow-matching head (Lipman et al. 2023; the
+  action expert of pi0). Push-T demonstrations are multimodal (go round the block left
+  or right); a regression head averages the modes into a chunk that does neither, a
+  flow head samples one of them. Its T queries carry the noisy increments and the flow
+  time (adaptive layer norm), cross-attend to the trunk, and predict the velocity;
+  `flow_steps` Euler steps from Gaussian noise give the chunk.
+- "regression": one deterministic chunk, L1 + MSE to the demonstration (kept so the
+  checkpoints trained with it load, and as the ablation that shows what the flow buys).
+
 - The RLA head predicts the frozen RLA autoencoder's z between the window's first frame
   (t) and last frame (t + rla_horizon), in units of `latent_scale`. Its target needs no
   actions, so it trains on action-free video too.
@@ -34,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rla_wm.models.checkpoint import Checkpointable
-from rla_wm.models.layers import Block
+from rla_wm.models.layers import Block, timestep_embedding
 from rla_wm.models.rla import check_features
 
 CHECKPOINT_KIND = "world_action_model"
@@ -57,11 +67,17 @@ class PolicyConfig:
     # s x s neighbouring patches are concatenated into one token: 4x fewer tokens for
     # attention at s = 2, without averaging away where small things (the agent) are.
     token_merge: int = 2
+    # Layer-normalise the incoming tokens: right for encoder features (hundreds of channels);
+    # wrong for a few-channel state vector, whose norm and mean it would erase.
+    token_norm: bool = True
     width: int = 96
     depth: int = 3
     head_depth: int = 1
     heads: int = 4
     mlp_ratio: float = 2.0
+    # "flow" (samples one mode of a multimodal chunk distribution) or "regression" (the mean).
+    action_head: str = "regression"
+    flow_steps: int = 10
     # Actions are target positions reached by increments of at most max_delta per point
     # from the anchor (the measured state); targets are then clipped to the action range.
     max_delta: tuple[float, ...] = (20.0, 20.0)
@@ -79,6 +95,11 @@ class PolicyLossWeights:
     # The state head only anchors chunks when no state is measured; a small weight keeps it
     # from pulling the trunk away from the action and RLA objectives.
     state: float = 0.5
+
+
+ACTION_HEADS = ("regression", "flow")
+# Windows of a batch whose sampled chunks give the flow head's logged action error.
+METRIC_WINDOWS = 32
 
 
 @dataclass
@@ -111,6 +132,10 @@ class Policy(Checkpointable[PolicyConfig]):
 
     def __init__(self, config: PolicyConfig) -> None:
         super().__init__(config)
+        if config.action_head not in ACTION_HEADS:
+            raise ValueError(f"action_head must be one of {ACTION_HEADS}, got {config.action_head!r}")
+        if config.flow_steps < 1:
+            raise ValueError(f"flow_steps must be >= 1, got {config.flow_steps}")
         if config.state_dim != config.action_dim:
             raise ValueError("actions are increments on the state: state_dim and action_dim must agree")
         for name, length in (
@@ -137,7 +162,9 @@ class Policy(Checkpointable[PolicyConfig]):
         merged_tokens = config.num_tokens // config.token_merge**2
         merged_dim = config.token_dim * config.token_merge**2
         width = config.width
-        self.token_proj = nn.Sequential(nn.LayerNorm(merged_dim), nn.Linear(merged_dim, width))
+        self.token_proj = nn.Sequential(
+            nn.LayerNorm(merged_dim) if config.token_norm else nn.Identity(), nn.Linear(merged_dim, width)
+        )
         self.token_position = nn.Parameter(torch.randn(1, merged_tokens, width) * 0.02)
         self.state_proj = nn.Sequential(nn.Linear(config.state_dim, width), nn.GELU(), nn.Linear(width, width))
         self.missing_state = nn.Parameter(torch.randn(1, width) * 0.02)
@@ -152,9 +179,16 @@ class Policy(Checkpointable[PolicyConfig]):
         self.rla_out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, config.latent_dim))
 
         self.action_queries = nn.Parameter(torch.randn(1, config.chunk_length, width) * 0.02)
+        flow = config.action_head == "flow"
         self.action_blocks = nn.ModuleList(
-            Block(width, config.heads, config.mlp_ratio, cross_attention=True) for _ in range(config.head_depth)
+            Block(width, config.heads, config.mlp_ratio, cross_attention=True, condition_dim=width if flow else None)
+            for _ in range(config.head_depth)
         )
+        if flow:
+            self.noisy_action_in = nn.Linear(config.action_dim, width)
+            self.flow_time = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        # Sampling noise of the flow head: seeded, so a run (and a test) is reproducible.
+        self.generator = torch.Generator().manual_seed(0)
         self.action_out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, config.action_dim))
         if config.action_reads_rla:
             self.rla_in = nn.Linear(config.latent_dim, width)
@@ -221,12 +255,11 @@ class Policy(Checkpointable[PolicyConfig]):
             )
         return state_visible
 
-    def predict(
-        self, tokens: torch.Tensor, state: torch.Tensor | None = None, state_visible: torch.Tensor | None = None
-    ) -> PolicyOutput:
-        """All heads. `state` None, or `state_visible` False for a sample, uses the missing-state token."""
+    def _encode(
+        self, tokens: torch.Tensor, state: torch.Tensor | None, state_visible: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Trunk and RLA head: (action context, rla, state estimate, anchor)."""
         visible = self._check_inputs(tokens, state, state_visible)
-        config = self.config
         batch = tokens.shape[0]
         patches = self.token_proj(self._merge(tokens)) + self.token_position
         if state is None:
@@ -248,15 +281,52 @@ class Policy(Checkpointable[PolicyConfig]):
         rla = self.rla_out(rla)
 
         action_context = context
-        if config.action_reads_rla:
+        if self.config.action_reads_rla:
             action_context = torch.cat([context, self.rla_in(rla) + self.rla_in_position], dim=1)
-        queries = self.action_queries.expand(batch, -1, -1)
-        for block in self.action_blocks:
-            queries = block(queries, context=action_context)
-        increments = torch.tanh(self.action_out(queries))
-
         estimated_state = self.denormalise_state(self.state_out(context[:, 0]))
         anchor = estimated_state if state is None else torch.where(visible[:, None], state, estimated_state)
+        return action_context, rla, estimated_state, anchor
+
+    def _velocity(self, noisy: torch.Tensor, time: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Flow head: velocity (B, T, A) of the noisy normalised increments at flow time `time` (B,)."""
+        condition = self.flow_time(timestep_embedding(time, self.config.width))
+        queries = self.action_queries + self.noisy_action_in(noisy)
+        for block in self.action_blocks:
+            queries = block(queries, condition=condition, context=context)
+        return self.action_out(queries)
+
+    def _sample_increments(self, context: torch.Tensor) -> torch.Tensor:
+        """Euler integration of the flow from Gaussian noise to increments in units of max_delta."""
+        config = self.config
+        shape = (context.shape[0], config.chunk_length, config.action_dim)
+        x = torch.randn(shape, generator=self.generator).to(context.device)
+        dt = 1.0 / config.flow_steps
+        for step in range(config.flow_steps):
+            time = torch.full((shape[0],), step * dt, device=context.device)
+            x = x + dt * self._velocity(x, time, context)
+        return x.clamp(-1.0, 1.0)
+
+    def _increments(self, context: torch.Tensor) -> torch.Tensor:
+        if self.config.action_head == "flow":
+            return self._sample_increments(context)
+        queries = self.action_queries.expand(context.shape[0], -1, -1)
+        for block in self.action_blocks:
+            queries = block(queries, context=context)
+        return torch.tanh(self.action_out(queries))
+
+    def reseed(self, seed: int | None = None) -> None:
+        """Restart the flow head's noise (seed None: from entropy)."""
+        if seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(seed)
+
+    def predict(
+        self, tokens: torch.Tensor, state: torch.Tensor | None = None, state_visible: torch.Tensor | None = None
+    ) -> PolicyOutput:
+        """All heads. `state` None, or `state_visible` False for a sample, uses the missing-state token."""
+        context, rla, estimated_state, anchor = self._encode(tokens, state, state_visible)
+        increments = self._increments(context)
         actions = anchor[:, None] + torch.cumsum(increments * self.max_delta, dim=1)
         return PolicyOutput(actions=actions, increments=increments, rla=rla, state=estimated_state, anchor=anchor)
 
@@ -307,35 +377,54 @@ class Policy(Checkpointable[PolicyConfig]):
         if not (torch.isfinite(actions[labelled]).all() and torch.isfinite(state[labelled]).all()):
             raise ValueError("labelled windows have NaN or inf actions or states")
         state_visible = state_visible.bool() & labelled
-        output = self.predict(tokens, state, state_visible)
+        context, rla, estimated_state, anchor = self._encode(tokens, state, state_visible)
         mask = labelled.float()
         count = mask.sum().clamp_min(1.0)
 
         target_z = z / config.latent_scale
-        rla_error = output.rla - target_z
+        rla_error = rla - target_z
         rla_loss = rla_error.pow(2).mean() + rla_error.abs().mean()
 
         # Masked targets are replaced by the prediction itself (detached), so whatever the
         # placeholders hold, an action-free window's error is exactly zero.
         keep = labelled[:, None, None]
-        action_target = torch.where(keep, actions, output.actions.detach())
-        action_error = (output.actions - action_target) / self.max_delta
-        per_window = action_error.pow(2).mean(dim=(1, 2)) + action_error.abs().mean(dim=(1, 2))
+        if config.action_head == "flow":
+            # Conditional flow matching on the increments (units of max_delta) from the anchor.
+            steps = torch.diff(torch.cat([anchor.detach()[:, None], actions], dim=1), dim=1) / self.max_delta
+            target = torch.where(keep, steps, torch.zeros_like(steps))
+            noise = torch.randn_like(target)
+            time = torch.rand(target.shape[0], device=target.device)
+            noisy = (1 - time[:, None, None]) * noise + time[:, None, None] * target
+            velocity_error = self._velocity(noisy, time, context) - (target - noise)
+            per_window = velocity_error.pow(2).mean(dim=(1, 2))
+            # The logged action error needs sampled chunks: METRIC_WINDOWS of them keep it cheap.
+            with torch.no_grad():
+                few = slice(0, METRIC_WINDOWS)
+                sampled = self._sample_increments(context[few]) * self.max_delta
+                predicted_actions = anchor[few, None].detach() + torch.cumsum(sampled, dim=1)
+        else:
+            increments = self._increments(context)
+            predicted_actions = anchor[:, None] + torch.cumsum(increments * self.max_delta, dim=1)
+            action_target = torch.where(keep, actions, predicted_actions.detach())
+            action_error = (predicted_actions - action_target) / self.max_delta
+            per_window = action_error.pow(2).mean(dim=(1, 2)) + action_error.abs().mean(dim=(1, 2))
         action_loss = (per_window * mask).sum() / count
 
-        state_target = torch.where(labelled[:, None], state, output.state.detach())
-        state_error = self.normalise_state(output.state) - self.normalise_state(state_target)
+        state_target = torch.where(labelled[:, None], state, estimated_state.detach())
+        state_error = self.normalise_state(estimated_state) - self.normalise_state(state_target)
         state_loss = (state_error.pow(2).mean(dim=1) * mask).sum() / count
 
         total = weights.action * action_loss + weights.rla * rla_loss + weights.state * state_loss
         with torch.no_grad():
-            pixel_error = (output.actions - action_target).abs().mean(dim=(1, 2))
-            cosine = F.cosine_similarity(output.rla.flatten(1), target_z.flatten(1), dim=1).mean()
+            measured = len(predicted_actions)
+            pixel_error = torch.where(keep[:measured], predicted_actions - actions[:measured], 0.0).abs().mean((1, 2))
+            action_l1 = (pixel_error * mask[:measured]).sum() / mask[:measured].sum().clamp_min(1.0)
+            cosine = F.cosine_similarity(rla.flatten(1), target_z.flatten(1), dim=1).mean()
         return total, {
             "action_loss": float(action_loss.detach()),
             "rla_loss": float(rla_loss.detach()),
             "state_loss": float(state_loss.detach()),
-            "action_l1": float((pixel_error * mask).sum() / count),
+            "action_l1": float(action_l1),
             "rla_cosine": float(cosine),
             "labelled_fraction": float(mask.mean()),
         }

@@ -176,7 +176,7 @@ class PushTExpert:
     `rla_wm.envs.pusht.dataset`) or use `act` with the poses directly.
 
     max_lead: the target is never farther than this from the agent (px): at 10 Hz, 40 px
-        is 400 px/s, inside the safety gate's 600 px/s limit even with some lag.
+        is 400 px/s, inside the safety gate's 1000 px/s limit even with some lag.
     travel_cost: score lost per pixel of walking to a contact (score ~ cosine between the
         pose error and the contact's twist).
     switch_margin: a new contact must beat the one being pushed by this much (no dithering).

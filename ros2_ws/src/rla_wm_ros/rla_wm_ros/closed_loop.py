@@ -6,13 +6,16 @@ carries its camera frame's stamp; a gated command is the gate's re-timed copy of
 chunk's remaining points (zero stamp), so it is traced back to its chunk by those
 points. Each stage's latency is thus measured per frame: camera -> features ->
 policy chunk -> command at the robot. A command that is no chunk's tail is a hold.
+The model's chunks are timed from the FeatureMap topic the model node reads, as the ROS
+graph reports it: the encoder's /features, or e.g. the sim's /sim/block_state. The arithmetic from
+arrival times to per-stage latencies is ROS-free, in `rla_wm.evaluation.latency`.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from rclpy.executors import SingleThreadedExecutor
@@ -21,13 +24,17 @@ from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from rla_wm.control.freshness import remember_newest
 from rla_wm.control.jtc import is_tail_of
+from rla_wm.evaluation.latency import LatencyLog
 from rla_wm_msgs.msg import EpisodeStatus, FeatureMap
 from rla_wm_ros.conversions import MessageShapeError, msg_to_features, stamp_to_nanoseconds
 from rla_wm_ros.image_conversion import CvBridgeError, image_msg_to_rgb
 from rla_wm_ros.qos import CAMERA_QOS
 
-STAGES = ("camera_to_features", "features_to_chunk", "chunk_to_command", "camera_to_command")
+FEATURES_TOPIC = "/features"  # the encoder's output
+FEATURE_MAP_TYPE = "rla_wm_msgs/msg/FeatureMap"
+RECENT = 20  # frames, feature maps and chunks kept per table
 
 
 @dataclass
@@ -42,51 +49,6 @@ class EpisodeResult:
     picture: np.ndarray | None = None
 
 
-@dataclass
-class LatencyLog:
-    """Wall-clock arrival times (ns) per camera stamp at each stage, turned into per-stage latencies.
-
-    On wall-clock stamps a frame's latency starts at its stamp (when it was taken). On the
-    simulator's clock a stamp is simulated time, so the frame's arrival at the observer
-    stands in for it (a DDS hop later than the capture).
-    """
-
-    stamps_are_wall_time: bool = True
-    frames: dict[int, int] = field(default_factory=dict)
-    features: dict[int, int] = field(default_factory=dict)
-    chunks: dict[int, int] = field(default_factory=dict)
-    commands: dict[int, int] = field(default_factory=dict)
-
-    def stage_seconds(self) -> dict[str, np.ndarray]:
-        camera = None if self.stamps_are_wall_time else self.frames
-
-        def gaps(later: dict[int, int], earlier: dict[int, int] | None) -> np.ndarray:
-            values = [
-                arrival - (earlier[stamp] if earlier is not None else stamp)
-                for stamp, arrival in later.items()
-                if earlier is None or stamp in earlier
-            ]
-            return np.array(values, dtype=np.float64) * 1e-9
-
-        return {
-            "camera_to_features": gaps(self.features, camera),
-            "features_to_chunk": gaps(self.chunks, self.features),
-            "chunk_to_command": gaps(self.commands, self.chunks),
-            "camera_to_command": gaps(self.commands, camera),
-        }
-
-
-def percentiles_ms(values: np.ndarray) -> dict[str, float]:
-    if values.size == 0:
-        return {"n": 0, "p50_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan")}
-    return {
-        "n": int(values.size),
-        "p50_ms": float(np.percentile(values, 50) * 1e3),
-        "p99_ms": float(np.percentile(values, 99) * 1e3),
-        "max_ms": float(values.max() * 1e3),
-    }
-
-
 class ClosedLoopObserver(Node):
     """Resets the simulated robot, watches episodes, and logs stage latencies."""
 
@@ -98,6 +60,8 @@ class ClosedLoopObserver(Node):
         sim_clock: bool = False,
     ) -> None:
         super().__init__("closed_loop_observer")
+        self.model_topic = model_topic
+        self.model_input_topic: str | None = None  # found in the graph (find_model_input)
         self.latency = LatencyLog(stamps_are_wall_time=not sim_clock)
         self.status: EpisodeStatus | None = None
         self.commands = 0
@@ -107,25 +71,48 @@ class ClosedLoopObserver(Node):
         self._features: dict[int, FeatureMap] = {}
         self._chunks: dict[int, tuple[list[str], np.ndarray]] = {}  # stamp -> (joint names, positions)
         self.create_subscription(Image, "/camera/image_raw", self.on_image, CAMERA_QOS)
-        self.create_subscription(FeatureMap, "/features", self.on_features, 10)
+        self.create_subscription(FeatureMap, FEATURES_TOPIC, self.on_features, 10)
         self.create_subscription(JointTrajectory, model_topic, self.on_chunk, 10)
         self.create_subscription(JointTrajectory, command_topic, self.on_command, 10)
         self.create_subscription(EpisodeStatus, "/episode_status", self.on_status, 10)
         self.reset_client = self.create_client(Trigger, reset_service)
+        self._input_timer = self.create_timer(0.5, self.find_model_input)
+
+    def find_model_input(self) -> None:
+        """Time features_to_chunk from the one FeatureMap topic the node publishing the model's chunks
+        subscribes to, once discovery shows that node (timing /features when the model reads
+        another topic would put a chunk before its own input)."""
+        for publisher in self.get_publishers_info_by_topic(self.model_topic):
+            try:
+                topics = self.get_subscriber_names_and_types_by_node(publisher.node_name, publisher.node_namespace)
+            except RuntimeError:  # NodeNameNonExistentError while discovery is under way
+                continue
+            inputs = [topic for topic, types in topics if FEATURE_MAP_TYPE in types]
+            if len(inputs) == 1:
+                break
+        else:
+            return
+        self._input_timer.cancel()
+        if inputs[0] != FEATURES_TOPIC:
+            self.latency.model_inputs = {}
+            self.create_subscription(FeatureMap, inputs[0], self.on_model_input, 10)
+        self.model_input_topic = inputs[0]
 
     def on_image(self, msg: Image) -> None:
         stamp = stamp_to_nanoseconds(msg.header.stamp)
         self.latency.frames.setdefault(stamp, time.time_ns())
         with self._lock:
-            self._frames[stamp] = msg
-            _keep_newest(self._frames, 20)
+            remember_newest(self._frames, stamp, msg, RECENT)
 
     def on_features(self, msg: FeatureMap) -> None:
         stamp = stamp_to_nanoseconds(msg.header.stamp)
         with self._lock:
             self.latency.features[stamp] = time.time_ns()
-            self._features[stamp] = msg
-            _keep_newest(self._features, 20)
+            remember_newest(self._features, stamp, msg, RECENT)
+
+    def on_model_input(self, msg: FeatureMap) -> None:
+        if self.latency.model_inputs is not None:
+            self.latency.model_inputs.setdefault(stamp_to_nanoseconds(msg.header.stamp), time.time_ns())
 
     def on_chunk(self, msg: JointTrajectory) -> None:
         stamp = stamp_to_nanoseconds(msg.header.stamp)
@@ -135,8 +122,7 @@ class ClosedLoopObserver(Node):
         except ValueError:  # ragged: the gate refuses it anyway
             return
         with self._lock:
-            self._chunks[stamp] = (list(msg.joint_names), positions)
-            _keep_newest(self._chunks, 20)
+            remember_newest(self._chunks, stamp, (list(msg.joint_names), positions), RECENT)
 
     def on_command(self, msg: JointTrajectory) -> None:
         arrival = time.time_ns()
@@ -177,11 +163,6 @@ class ClosedLoopObserver(Node):
         return None
 
 
-def _keep_newest(table: dict[int, object], count: int) -> None:
-    for stamp in sorted(table)[:-count]:
-        del table[stamp]
-
-
 class ClosedLoopRunner:
     """Owns the observer and a background executor; runs episodes one after another."""
 
@@ -199,14 +180,16 @@ class ClosedLoopRunner:
         deadline = time.monotonic() + timeout
         observer = self.observer
         while time.monotonic() < deadline:
-            if observer.latency.features and observer.commands > 0 and observer.status is not None:
+            flowing = observer.latency.features and observer.commands > 0 and observer.status is not None
+            if flowing and observer.model_input_topic is not None:
                 return
             if not alive():
                 raise RuntimeError("a node of the graph exited during start-up")
             time.sleep(0.1)
         raise TimeoutError(
             f"graph not flowing after {timeout:.0f}s: features={len(observer.latency.features)} "
-            f"chunks={len(observer.latency.chunks)} commands={observer.commands} status={observer.status is not None}"
+            f"chunks={len(observer.latency.chunks)} commands={observer.commands} status={observer.status is not None} "
+            f"model input={observer.model_input_topic} (the FeatureMap topic of {observer.model_topic}'s publisher)"
         )
 
     def run_episode(self, timeout: float) -> EpisodeResult:

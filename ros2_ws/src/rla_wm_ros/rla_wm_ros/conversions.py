@@ -1,4 +1,8 @@
-"""Typed-tensor and trajectory messages <-> numpy, with strict shape checks."""
+"""Typed-tensor and trajectory messages <-> numpy, with strict shape checks.
+
+The `*_or_reject` readers are for guarded node callbacks (`rla_wm_ros.node_guard`): they raise
+`Rejected` with the reason every node counts that refusal under.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from rla_wm.control.joints import select_joints
 from rla_wm.control.jtc import Trajectory, TrajectoryPoint
 from rla_wm_msgs.msg import FeatureMap, LatentAction
+from rla_wm_ros.node_guard import Rejected
 
 
 class MessageShapeError(ValueError):
@@ -22,6 +27,10 @@ class MessageShapeError(ValueError):
 
 class GridMismatchError(MessageShapeError):
     """A feature map is consistent in itself, but its grid is not the one the model takes."""
+
+
+class EncoderMismatchError(MessageShapeError):
+    """A feature map from another encoder than the one the model was trained on."""
 
 
 def _float32_payload(values: np.ndarray) -> array.array:
@@ -72,6 +81,33 @@ def msg_to_features(msg: FeatureMap, expected: tuple[int, int, int] | None = Non
     tokens = msg.grid_height * msg.grid_width
     values = _checked_payload(msg.data, tokens * msg.channels, "FeatureMap")
     return values.reshape(tokens, msg.channels)
+
+
+def model_features(msg: FeatureMap, encoder_id: str, expected: tuple[int, int, int] | None = None) -> np.ndarray:
+    """`msg_to_features` for a model trained on features of `encoder_id`: a map of another encoder
+    raises EncoderMismatchError before its grid or payload is looked at."""
+    if msg.encoder_id != encoder_id:
+        raise EncoderMismatchError(
+            f"features come from encoder {msg.encoder_id!r}, the model was trained on {encoder_id!r}"
+        )
+    return msg_to_features(msg, expected)
+
+
+def feature_refusal(error: MessageShapeError) -> str:
+    """The short reason a node counts a refused feature map under (see `model_features`)."""
+    if isinstance(error, EncoderMismatchError):
+        return "encoder_mismatch"
+    return "grid_mismatch" if isinstance(error, GridMismatchError) else "malformed_features"
+
+
+def model_features_or_reject(
+    msg: FeatureMap, encoder_id: str, expected: tuple[int, int, int] | None = None
+) -> np.ndarray:
+    """`model_features`, refusing a map the model cannot take as Rejected(`feature_refusal`)."""
+    try:
+        return model_features(msg, encoder_id, expected)
+    except MessageShapeError as err:
+        raise Rejected(feature_refusal(err), str(err)) from err
 
 
 def latent_to_msg(z: np.ndarray, horizon: int, model_id: str, header: Header, start_stamp: Time) -> LatentAction:
@@ -196,3 +232,11 @@ def joint_positions(msg, joint_names: Sequence[str]) -> np.ndarray:
         return select_joints(msg.name, msg.position, joint_names)
     except ValueError as err:
         raise MessageShapeError(f"joint state: {err}") from None
+
+
+def joint_positions_or_reject(msg, joint_names: Sequence[str]) -> np.ndarray:
+    """`joint_positions`, refusing a malformed joint state as Rejected("malformed_joint_state")."""
+    try:
+        return joint_positions(msg, joint_names)
+    except MessageShapeError as err:
+        raise Rejected("malformed_joint_state", str(err)) from err

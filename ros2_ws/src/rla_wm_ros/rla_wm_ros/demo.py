@@ -20,7 +20,8 @@ import rclpy
 from ament_index_python.packages import get_package_share_directory
 from tqdm import tqdm
 
-from rla_wm_ros.closed_loop import STAGES, ClosedLoopRunner, percentiles_ms
+from rla_wm.evaluation.latency import STAGES, percentiles_ms
+from rla_wm_ros.closed_loop import ClosedLoopRunner
 from rla_wm_ros.launch_xml import LaunchedGraph, parse_launch_file
 
 
@@ -97,13 +98,17 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with LaunchedGraph() as graph:
         graph.start(description, env=dict(os.environ), log_dir=output / "logs")
-        rclpy.init()
+        # Not the command line: rcl would read the launch arguments (NAME:=VALUE) as deprecated remap rules.
+        rclpy.init(args=[])
         sim_clock = description.args.get("sim_clock", "false").lower() == "true"
         runner = ClosedLoopRunner(command_topic, model_topic=args.model_topic, sim_clock=sim_clock)
         try:
             started = time.monotonic()
             runner.wait_until_flowing(args.startup_timeout, alive=lambda: all(graph.alive().values()))
-            print(f"[demo] graph flowing after {time.monotonic() - started:.1f} s")
+            print(
+                f"[demo] graph flowing after {time.monotonic() - started:.1f} s; "
+                f"the model acts on {runner.observer.model_input_topic}"
+            )
             real_time_factor = float(description.args.get("real_time_factor", "1.0"))
             episode_timeout = args.episode_steps / 10.0 / real_time_factor * 3 + 30.0
             progress = tqdm(range(args.episodes), desc="episodes", unit="ep", disable=args.episodes < 5)
@@ -145,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics = {
         "launch_file": str(launch_file),
         "launch_args": overrides,
+        "model_input_topic": runner.observer.model_input_topic,
         "summary": summary,
         "episodes": [{k: v for k, v in vars(r).items() if k != "picture"} for r in results],
         "latency": latency,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
+from rclpy.subscription import MessageInfo
 from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory
 
@@ -98,12 +99,14 @@ def run_gate_fuzz(
     in, `joint_trajectory` out. Returns after the last message plus `settle` seconds."""
     state = np.asarray(position, dtype=np.float64)
     model = _ControllerModel(limits, max_step, state)
-    node.create_subscription(
-        JointTrajectory,
-        "joint_trajectory",
-        lambda msg: model.on_message(msg, node.get_clock().now().nanoseconds),
-        100,
-    )
+
+    def on_controller_message(msg: JointTrajectory, info: MessageInfo) -> None:
+        # The middleware's arrival time, as a controller would see it: the time this Python
+        # callback runs adds executor and GIL delays a C++ controller does not have.
+        received = int(info.get("received_timestamp", 0)) or node.get_clock().now().nanoseconds
+        model.on_message(msg, received)
+
+    node.create_subscription(JointTrajectory, "joint_trajectory", on_controller_message, 100)
     camera = node.create_publisher(Image, "camera/image_raw", qos_profile_sensor_data)
     joint_states = node.create_publisher(JointState, "joint_states", 10)
     commands = node.create_publisher(JointTrajectory, "policy/joint_trajectory", 100)

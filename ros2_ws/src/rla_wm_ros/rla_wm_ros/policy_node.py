@@ -25,23 +25,20 @@ from sensor_msgs.msg import JointState
 from trajectory_msgs.msg import JointTrajectory
 
 from rla_wm.control.chunking import ChunkScheduler
+from rla_wm.control.freshness import LatestSample
 from rla_wm.models.checkpoint import CheckpointError
-from rla_wm.models.policy import Policy, PolicyConfig
+from rla_wm.models.policy_loading import UNTRAINED, load_policy
 from rla_wm_msgs.msg import FeatureMap
 from rla_wm_ros.conversions import (
     Chunk,
-    GridMismatchError,
-    MessageShapeError,
     chunk_to_msg,
-    joint_positions,
-    msg_to_features,
+    joint_positions_or_reject,
+    model_features_or_reject,
     stamp_to_seconds,
 )
 from rla_wm_ros.node_guard import Health, NodeGuard, Rejected
 from rla_wm_ros.params import declare
 from rla_wm_ros.qos import LATEST_ONLY
-
-UNTRAINED = "untrained"
 
 
 class PolicyNode(Node):
@@ -51,7 +48,8 @@ class PolicyNode(Node):
             self,
             "checkpoint",
             UNTRAINED,
-            f"Policy checkpoint folder or builtin:<name>; '{UNTRAINED}' = random initialisation.",
+            f"Policy checkpoint folder or builtin:<name>; '{UNTRAINED}' = random initialisation; "
+            "'expert:pusht' = the scripted Push-T expert on the sim's block state (sim/block_state).",
         )
         seed = declare(self, "seed", 0, "Initialisation seed of an untrained policy.", (0, 2**31 - 1))
         self.joint_names = declare(
@@ -93,26 +91,24 @@ class PolicyNode(Node):
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
-        if checkpoint != UNTRAINED:
-            try:
-                self.policy, _ = Policy.load(checkpoint)
-            except CheckpointError as err:  # missing, corrupt, mismatched or non-finite: refuse to start
-                self.get_logger().fatal(f"cannot load policy checkpoint {checkpoint!r}: {err}")
-                raise RuntimeError(f"policy: cannot load checkpoint {checkpoint!r}: {err}") from err
-            self.get_logger().info(f"policy loaded from {checkpoint}")
-        else:
-            torch.manual_seed(seed)
-            self.policy = Policy(PolicyConfig()).eval()
+        try:
+            self.policy = load_policy(checkpoint, seed=seed)
+        except CheckpointError as err:  # missing, corrupt, mismatched or non-finite: refuse to start
+            self.get_logger().fatal(f"cannot load policy checkpoint {checkpoint!r}: {err}")
+            raise RuntimeError(f"policy: cannot load checkpoint {checkpoint!r}: {err}") from err
+        if checkpoint == UNTRAINED:
             self.get_logger().warning(
                 f"no checkpoint given: running an UNTRAINED policy (seed {seed}); "
                 "its commands are arbitrary but still pass the safety gate"
             )
+        else:
+            self.get_logger().info(f"policy loaded from {checkpoint}")
         self.policy.to(self.device)
         if len(self.joint_names) != self.policy.config.action_dim:
             raise ValueError(
                 f"joint_names {self.joint_names} do not match the policy's action_dim {self.policy.config.action_dim}"
             )
-        self.latest_state: tuple[float, np.ndarray] | None = None
+        self.latest_state: LatestSample[np.ndarray] = LatestSample(self.state_timeout)
         self.latest_features: tuple[FeatureMap, np.ndarray] | None = None  # checked, with its tokens
         self.acted_on: FeatureMap | None = None
         self.chunks_published = 0
@@ -143,25 +139,12 @@ class PolicyNode(Node):
         )
 
     def on_joint_state(self, msg: JointState) -> None:
-        try:
-            self.latest_state = (time.monotonic(), joint_positions(msg, self.joint_names))
-        except MessageShapeError as err:
-            raise Rejected("malformed_joint_state", str(err)) from err
+        self.latest_state.update(joint_positions_or_reject(msg, self.joint_names))
 
     def tokens_of(self, msg: FeatureMap) -> np.ndarray:
         """The map's (N, C) tokens if the model can take them; Rejected otherwise (before any inference)."""
         config = self.policy.config
-        if msg.encoder_id != config.encoder_id:
-            raise Rejected(
-                "encoder_mismatch",
-                f"features from encoder {msg.encoder_id!r}, the policy was trained on {config.encoder_id!r}",
-            )
-        try:
-            tokens = msg_to_features(msg, expected=self.policy.feature_grid)
-        except GridMismatchError as err:
-            raise Rejected("grid_mismatch", str(err)) from err
-        except MessageShapeError as err:
-            raise Rejected("malformed_features", str(err)) from err
+        tokens = model_features_or_reject(msg, config.encoder_id, expected=self.policy.feature_grid)
         if tokens.shape != (config.num_tokens, config.token_dim):  # a model whose grid is not square
             raise Rejected(
                 "grid_mismatch",
@@ -184,9 +167,9 @@ class PolicyNode(Node):
         config = self.policy.config
         if tokens is None:
             tokens = self.tokens_of(msg)
-        if self.latest_state is None or time.monotonic() - self.latest_state[0] > self.state_timeout:
+        state = self.latest_state.fresh()
+        if state is None:
             raise Rejected("no_fresh_state", f"no joint state within state_timeout {self.state_timeout} s: not acting")
-        state = self.latest_state[1]
         start = time.perf_counter()
         with torch.inference_mode():
             actions = (

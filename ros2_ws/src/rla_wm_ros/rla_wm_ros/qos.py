@@ -27,6 +27,27 @@ CAMERA_QOS = QoSProfile(
     depth=1,
 )
 
+# The recorder's inputs. Its subscription queues hold about a third of a second at 30 Hz: enough to
+# absorb a burst from a publisher catching up, not more, because a backlog is latency: a sample later
+# than `latency_budget` is as lost as a dropped one, and a deep queue, once behind, stays behind.
+# Cameras: best effort (matches reliable and best-effort drivers alike).
+CAMERA_INPUT_QOS = QoSProfile(
+    reliability=qos_profile_sensor_data.reliability,
+    durability=qos_profile_sensor_data.durability,
+    history=QoSHistoryPolicy.KEEP_LAST,
+    depth=10,
+)
+# Joint states and commands: best effort too (it matches reliable publishers). A reliable
+# reader that misses one sample holds every later one back until the writer repairs it (up
+# to Fast DDS's 3 s heartbeat period): for a recorder a late sample is as bad as a lost one,
+# and a lost one only costs the frame it was nearest to. Deeper, for fast state streams.
+JOINT_INPUT_QOS = QoSProfile(
+    reliability=QoSReliabilityPolicy.BEST_EFFORT,
+    durability=qos_profile_sensor_data.durability,
+    history=QoSHistoryPolicy.KEEP_LAST,
+    depth=20,
+)
+
 # Reliable, newest only: model outputs where only the latest one matters.
 LATEST_ONLY = QoSProfile(history=QoSHistoryPolicy.KEEP_LAST, depth=1, reliability=QoSReliabilityPolicy.RELIABLE)
 

@@ -37,73 +37,21 @@ import rclpy.logging
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
-from rclpy.qos import QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
 from rclpy.task import Future
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from rla_wm.recording.session import Answer, Invalid, RecorderConfig, RecordingSession
+from rla_wm.control.settings import setting_specs
+from rla_wm.recording.session import Answer, Invalid, RecordingSession
+from rla_wm.recording.settings import RecorderSettings
 from rla_wm_msgs.msg import RecorderStatus
 from rla_wm_msgs.srv import StartEpisode
 from rla_wm_ros.conversions import stamp_to_seconds
 from rla_wm_ros.image_conversion import CvBridgeError, image_msg_to_rgb
 from rla_wm_ros.node_guard import Health, NodeGuard
 from rla_wm_ros.params import declare
-
-# Subscription queues hold about a third of a second at 30 Hz: enough to absorb a burst from
-# a publisher catching up, not more, because a backlog is latency: a sample later than
-# `latency_budget` is as lost as a dropped one, and a deep queue, once behind, stays behind.
-# Cameras: best effort (matches reliable and best-effort drivers alike).
-CAMERA_INPUT_QOS = QoSProfile(
-    reliability=qos_profile_sensor_data.reliability,
-    durability=qos_profile_sensor_data.durability,
-    history=QoSHistoryPolicy.KEEP_LAST,
-    depth=10,
-)
-# Joint states and commands: best effort too (it matches reliable publishers). A reliable
-# reader that misses one sample holds every later one back until the writer repairs it (up
-# to Fast DDS's 3 s heartbeat period): for a recorder a late sample is as bad as a lost one,
-# and a lost one only costs the frame it was nearest to. Deeper, for fast state streams.
-JOINT_INPUT_QOS = QoSProfile(
-    reliability=QoSReliabilityPolicy.BEST_EFFORT,
-    durability=qos_profile_sensor_data.durability,
-    history=QoSHistoryPolicy.KEEP_LAST,
-    depth=20,
-)
-
-
-# The parameters (config/recorder.yaml): name -> (default, description[, (low, high)]), declared in
-# this order as read-only, typed by their default (lists are string arrays); they are RecorderConfig's fields.
-PARAMETERS: dict[str, tuple[Any, ...]] = {
-    "fps": (10.0, "Dataset frame rate (frames per second, a whole number).", (1.0, 1000.0)),
-    "dataset_root": ("", "LeRobot dataset folder: created if absent, else resumed."),
-    "repo_id": ("local/teleop", "Repo id stored in the dataset."),
-    "robot_type": ("", "Robot type stored in the dataset (empty = none/any)."),
-    "camera_topics": (["camera/image_raw"], "Camera topics, one or more."),
-    "camera_names": (["front"], "One name per camera topic; feature key observation.images.<name>."),
-    "compressed": (False, "Cameras are sensor_msgs/CompressedImage, not Image."),
-    "image_height": (96, "Camera image height; other sizes are rejected.", (1, 8192)),
-    "image_width": (96, "Camera image width; other sizes are rejected.", (1, 8192)),
-    "state_topic": ("joint_states", "sensor_msgs/JointState of the robot."),
-    "joint_names": (["agent_x", "agent_y"], "Joints of the state and action vectors, in this order."),
-    "action_topic": ("joint_trajectory", "Command topic; empty = action-free recording (no action feature)."),
-    "action_type": (
-        "joint_trajectory",
-        "joint_trajectory (first point's positions) or joint_state (e.g. a leader arm).",
-    ),
-    "tolerance": (0.0, "Largest |sample stamp - frame time| in s; 0 = half a frame period.", (0.0, 10.0)),
-    "action_tolerance": (0.0, "Tolerance of the action stream in s; 0 = same as tolerance.", (0.0, 10.0)),
-    "latency_budget": (0.25, "How long a frame waits for a lagging stream before it is decided (s).", (0.0, 10.0)),
-    "stale_policy": ("skip", "skip: skip frames with a stale stream; flag: hold its last sample, flag the episode."),
-    "use_videos": (True, "Store cameras as video (true) or as PNG images in parquet."),
-    "vcodec": ("libsvtav1", "Video codec of LeRobot's encoder (libsvtav1, h264, hevc)."),
-    "image_writer_threads": (2, "Threads writing frame PNGs (0: in the writer thread).", (0, 64)),
-    "queue_size": (256, "Frames the writer queue holds before frames are dropped.", (1, 1_000_000)),
-    "buffer_size": (256, "Samples kept per stream for synchronisation.", (8, 100_000)),
-    "save_on_shutdown": (False, "On SIGINT/SIGTERM while recording: save (true) or discard (false) the episode."),
-    "status_rate": (5.0, "Status messages per second.", (0.1, 100.0)),
-}
+from rla_wm_ros.qos import CAMERA_INPUT_QOS, JOINT_INPUT_QOS
 
 
 class RecorderNode(Node):
@@ -112,7 +60,8 @@ class RecorderNode(Node):
 
     def __init__(self) -> None:
         super().__init__("recorder")
-        self.config = config = self._declare_parameters()
+        settings = RecorderSettings(**{spec.name: declare(self, *spec) for spec in setting_specs(RecorderSettings)})
+        self.config = config = settings.config()
         self.steady = Clock(clock_type=ClockType.STEADY_TIME)
         # Opens the dataset: resumes and repairs an existing one; fails fast on a mismatch.
         self.session = RecordingSession(
@@ -157,15 +106,6 @@ class RecorderNode(Node):
         self.get_logger().info(f"recorder: {config.describe()}")
         self.get_logger().info(self.session.note)
         self.publish_status()
-
-    def _declare_parameters(self) -> RecorderConfig:
-        values = {
-            name: declare(self, name, default, text, *limits, param_type=list if isinstance(default, list) else None)
-            for name, (default, text, *limits) in PARAMETERS.items()
-        }
-        if float(values["fps"]) != int(values["fps"]):
-            raise ValueError(f"fps must be a whole number (LeRobot stores an integer fps), got {values['fps']}")
-        return RecorderConfig(**{**values, "fps": int(values["fps"])})
 
     # ------------------------------------------------------------------ inputs (convert, never block)
 

@@ -4,7 +4,10 @@ Publishes the camera (sensor_msgs/Image rgb8) and joint states, follows
 trajectory_msgs/JointTrajectory commands like joint_trajectory_controller
 (an empty trajectory holds position), and reports episode progress. For scripted
 experts it also publishes the privileged block pose (`sim/object_pose`) and the goal
-pose (`sim/goal_pose`, latched) as geometry_msgs/PoseStamped (pixels, yaw about z).
+pose (`sim/goal_pose`, latched) as geometry_msgs/PoseStamped (pixels, yaw about z). With
+`publish_block_state` the block pose also goes out as a 1x1 rla_wm_msgs/FeatureMap
+(`sim/block_state`, `rla_wm.envs.pusht.privileged`), stamped like the camera image of the
+same step, so a policy node can act on it in place of encoder features.
 
 With `publish_clock` the node is the graph's time source, like a Gazebo server:
 simulated time advances exactly 1 / CONTROL_HZ per step and goes out on /clock, every
@@ -29,9 +32,10 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from rla_wm.control.trajectory import TrajectoryFollower
+from rla_wm.envs.pusht.privileged import BLOCK_STATE_ENCODER_ID, block_state_tokens
 from rla_wm.envs.pusht.sim import CONTROL_HZ, JOINT_NAMES, PushTSim
-from rla_wm_msgs.msg import EpisodeStatus
-from rla_wm_ros.conversions import MessageShapeError, msg_to_trajectory
+from rla_wm_msgs.msg import EpisodeStatus, FeatureMap
+from rla_wm_ros.conversions import MessageShapeError, features_to_msg, msg_to_trajectory
 from rla_wm_ros.image_conversion import CvBridge
 from rla_wm_ros.node_guard import Health, NodeGuard
 from rla_wm_ros.params import declare
@@ -69,6 +73,13 @@ class SimRobotNode(Node):
             "time stands still while an episode is done (until reset).",
         )
         self.pose_frame_id = declare(self, "pose_frame_id", "sim_table", "frame_id of the object and goal poses.")
+        publish_block_state = declare(
+            self,
+            "publish_block_state",
+            False,
+            "Also publish the block pose as a 1x1 FeatureMap on sim/block_state (encoder_id "
+            f"{BLOCK_STATE_ENCODER_ID!r}), stamped like the camera image: privileged input for a policy.",
+        )
         self.sim = PushTSim(max_steps=max_steps, image_size=image_size)
         self.bridge = CvBridge()
         self.follower = TrajectoryFollower(JOINT_NAMES)
@@ -88,6 +99,7 @@ class SimRobotNode(Node):
         # The solved task as a camera image: what a user would give the planner as its goal.
         self.goal_image_pub = self.create_publisher(Image, "sim/goal_image", LATCHED)
         self.goal_image = self.sim.goal_image()
+        self.block_state_pub = self.create_publisher(FeatureMap, "sim/block_state", 10) if publish_block_state else None
         self.clock_pub = (
             self.create_publisher(ClockMsg, "/clock", QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
             if self.publish_clock
@@ -207,6 +219,11 @@ class SimRobotNode(Node):
         status.done = self.frame.done
         self.status_pub.publish(status)
         self.object_pub.publish(pose_msg(self.frame.block_pose, stamp, self.pose_frame_id))
+        if self.block_state_pub is not None:
+            # Last, after the joint state of this step: a policy acts as soon as it arrives, on the newest
+            # joint state it has (with camera features the encoder's delay gives the state time to arrive).
+            tokens = block_state_tokens(self.frame.block_pose)
+            self.block_state_pub.publish(features_to_msg(tokens, 1, 1, BLOCK_STATE_ENCODER_ID, image.header))
 
 
 def main(args: list[str] | None = None) -> None:

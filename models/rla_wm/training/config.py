@@ -141,6 +141,10 @@ class PolicySettings:
     # The action head attends to the predicted z.
     action_reads_rla: bool = PolicyConfig.action_reads_rla
     token_merge: int = PolicyConfig.token_merge
+    token_norm: bool = PolicyConfig.token_norm
+    # "flow" (samples one mode of multimodal demonstrations) or "regression" (their mean).
+    action_head: str = PolicyConfig.action_head
+    flow_steps: int = PolicyConfig.flow_steps
     width: int = PolicyConfig.width
     depth: int = PolicyConfig.depth
     head_depth: int = PolicyConfig.head_depth

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Closed-loop evaluation of the shipped sim models through the real ROS graph, then one table and
-# one figure. Episode k uses seed SEED + k (1001-1050 by default); the training data used seeds 1-100 (expert)
+# one figure. Episode k uses seed SEED + k (1001-1050 by default); the training data used seeds 1-100 (expert), 20000-20199 (block-state demonstrations)
 # and 5001-5100 (play), so these start states
 # are unseen. Policies run 300-step episodes (the Push-T limit) at 2x real time. The planners'
 # CPU-sized MPC (8 samples x 2 iterations over one 5-step chunk, replanning at 2 Hz of sim time)
@@ -14,9 +14,9 @@ OUT=${1:-outputs/eval}
 SEED=${SEED:-1000}
 PLANNER=launch/sim_planner.launch.xml
 
-policy() {  # name checkpoint
+policy() {  # name checkpoint [launch args...]
   python -m rla_wm_ros.demo --episodes "$EPISODES" --episode-steps 300 --output "$OUT/$1" --pictures 3 \
-    policy_checkpoint:="$2" seed:="$SEED" sim_clock:=true real_time_factor:=2.0
+    policy_checkpoint:="$2" seed:="$SEED" sim_clock:=true real_time_factor:=2.0 "${@:3}"
 }
 planner() {  # name world_model
   python -m rla_wm_ros.demo --launch-file "$PLANNER" --model-topic /planner/joint_trajectory \
@@ -24,9 +24,12 @@ planner() {  # name world_model
     world_model:="$2" seed:="$SEED" sim_clock:=true real_time_factor:=0.5 mpc_rate:=2.0 mpc_horizon:=1
 }
 
-ONLY=${ONLY:-bc bc_rla planner_rla_wm planner_regression bc_rla_direct}
+# The ladder (docs/closed_loop.md): the expert, then a policy on the sim's block state, through the same path.
+ONLY=${ONLY:-expert privileged bc bc_rla planner_rla_wm planner_regression bc_rla_direct}
 for name in $ONLY; do
   case $name in
+    expert) policy expert expert:pusht observation:=block_state ;;
+    privileged) policy privileged builtin:sim-pusht-policy-block-state observation:=block_state ;;
     bc) policy bc builtin:sim-pusht-policy-bc ;;
     bc_rla) policy bc_rla builtin:sim-pusht-policy ;;
     bc_rla_direct) policy bc_rla_direct builtin:sim-pusht-policy-direct ;;
@@ -38,6 +41,8 @@ done
 
 # The report covers every evaluation present in OUT, so a partial re-run (ONLY=...) keeps the others.
 declare -A LABEL=(
+  [expert]="scripted expert (block state)"
+  [privileged]="policy on block state"
   [bc]="BC (labelled only)"
   [bc_rla]="BC + RLA (action-free added)"
   [bc_rla_direct]="BC + RLA, action head without z"
@@ -45,7 +50,7 @@ declare -A LABEL=(
   [planner_regression]="planner, regression"
 )
 runs=()
-for name in bc bc_rla bc_rla_direct planner_rla_wm planner_regression; do
+for name in expert privileged bc bc_rla bc_rla_direct planner_rla_wm planner_regression; do
   [ -f "$OUT/$name/metrics.json" ] && runs+=(--run "${LABEL[$name]}=$OUT/$name")
 done
 python -m rla_wm.evaluation.closed_loop_report --out "$OUT" "${runs[@]}"

@@ -42,7 +42,7 @@ from rla_wm.training.pretrain_encoder import PretrainConfig
 
 @dataclass(frozen=True, kw_only=True)
 class RecordPushT:
-    """Record a Push-T LeRobot dataset with random play."""
+    """Record a Push-T LeRobot dataset in process (no ROS): random play or the scripted expert."""
 
     # Folder of the new dataset.
     root: str
@@ -50,8 +50,12 @@ class RecordPushT:
     episodes: int = 20
     steps: int = 100
     seed: int = 0
+    # "random" (momentum random walk) or "expert" (the scripted expert's demonstrations).
+    policy: str = "random"
     # Store video and state only, no actions.
     action_free: bool = False
+    # Also store the block pose as observation.environment_state (the ladder's privileged rung).
+    environment_state: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,15 +100,21 @@ class EvaluatePolicyRun(Experiment):
 
 
 def command_record_pusht(config: RecordPushT) -> None:
-    from rla_wm.envs.pusht.dataset import record_pusht_dataset
+    from rla_wm.envs.pusht.dataset import ActionSource, record_pusht_dataset
+    from rla_wm.envs.pusht.expert import PushTExpert
 
+    sources: dict[str, Callable[[], str | ActionSource]] = {"random": lambda: "random", "expert": PushTExpert}
+    if config.policy not in sources:
+        raise ConfigError(f"policy must be one of {sorted(sources)}, got {config.policy!r}")
     path = record_pusht_dataset(
         config.root,
         repo_id=config.repo_id,
         episodes=config.episodes,
         steps_per_episode=config.steps,
         seed=config.seed,
+        policy=sources[config.policy](),
         with_actions=not config.action_free,
+        with_environment_state=config.environment_state,
     )
     print(f"dataset written to {path}")
 

@@ -1,6 +1,7 @@
 """The recorder tests' live robot and their handle on the recorder node.
 
-A feeder thread publishes two cameras and a JointState at 30 Hz and a JointTrajectory at 10 Hz.
+A feeder thread publishes two cameras and a JointState at 30 Hz and a JointTrajectory at 10 Hz (and,
+if asked, an environment state as a 1x1 FeatureMap at 30 Hz, stamped like the cameras, as the sim does).
 Stamps lie on an exact 1/30 s grid of the probe's clock, and every value encodes its grid index k, so
 a recorded frame can be traced back to the messages it came from. The datasets are read back with
 LeRobot itself. `from recorder_harness import *` brings in the `feeder` fixture (`__all__` names it).
@@ -22,7 +23,7 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from rla_wm_msgs.msg import RecorderStatus
+from rla_wm_msgs.msg import FeatureMap, RecorderStatus
 from rla_wm_msgs.srv import StartEpisode
 from rla_wm_ros.image_conversion import CvBridge
 from rla_wm_ros.launch_xml import NodeSpec
@@ -52,6 +53,18 @@ def action_of(k: int) -> list[float]:
     return [k + 0.25, -float(k)]
 
 
+def environment_of(k: int) -> list[float]:
+    """Environment state k (4 values: no two alike, and not a joint state)."""
+    return [float(k), -0.5 * k, 0.25 * k + 3.0, 1000.0 - k]
+
+
+def environment_msg(values: list[float], stamp: Time) -> FeatureMap:
+    """A 1x1 FeatureMap of `values` (channels = their count), like the sim's sim/block_state."""
+    msg = FeatureMap(encoder_id="test:environment", grid_height=1, grid_width=1, channels=len(values), data=values)
+    msg.header.stamp = stamp
+    return msg
+
+
 def to_time(seconds: float) -> Time:
     sec = int(math.floor(seconds))
     return Time(sec=sec, nanosec=min(int(round((seconds - sec) * 1e9)), 999_999_999))
@@ -65,7 +78,13 @@ class Feeder:
     """Publishes stamped, k-encoded camera frames, joint states and commands from a thread."""
 
     def __init__(
-        self, node, cameras=CAMERAS, compressed: bool = False, action: bool = True, clock_from: float | None = None
+        self,
+        node,
+        cameras=CAMERAS,
+        compressed: bool = False,
+        action: bool = True,
+        clock_from: float | None = None,
+        environment: bool = False,
     ) -> None:
         self.node = node
         self.bridge = CvBridge()
@@ -76,6 +95,8 @@ class Feeder:
         }
         self.state = node.create_publisher(JointState, "robot/joint_states", 10)
         self.action = node.create_publisher(JointTrajectory, "teleop/joint_trajectory", 10) if action else None
+        # Default QoS (reliable, volatile, depth 10): what the sim and `ros2 topic pub` publish with.
+        self.environment = node.create_publisher(FeatureMap, "sim/block_state", 10) if environment else None
         self.clock_pub = None
         if clock_from is not None:
             from rosgraph_msgs.msg import Clock
@@ -85,6 +106,7 @@ class Feeder:
         self.camera_on = {name: True for name in cameras}
         self.nan_state: set[int] = set()  # grid indices whose state is NaN
         self.bad_size: set[int] = set()  # grid indices whose front image has the wrong size
+        self.bad_environment: dict[int, list[float]] = {}  # grid index -> environment values sent instead
         self.t0 = math.floor(node.get_clock().now().nanoseconds * 1e-9) + 1.0
         self.k = 0
         self.sent_front: dict[int, float] = {}
@@ -134,6 +156,8 @@ class Feeder:
                 state.position = [float("nan"), float("nan")]
             state.header.stamp = stamp
             self.state.publish(state)
+            if self.environment is not None:
+                self.environment.publish(environment_msg(self.bad_environment.get(k, environment_of(k)), stamp))
             if self.action is not None and k % 3 == 0:
                 traj = JointTrajectory(joint_names=JOINTS)
                 traj.header.stamp = stamp

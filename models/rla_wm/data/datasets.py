@@ -39,7 +39,7 @@ from torch.utils.data import Dataset
 from rla_wm.models.encoder import FeatureGrid
 
 if TYPE_CHECKING:  # the encoder pulls in transformers; only needed for type hints here
-    from rla_wm.models.encoder import FeatureEncoder
+    from rla_wm.models.encoder import TokenEncoder
 
 CACHE_FORMAT_VERSION = 1
 FEATURES_FILE = "features.npy"
@@ -75,10 +75,10 @@ def safe_name(text: str) -> str:
     return cleaned or "_"
 
 
-def encoder_key(encoder: FeatureEncoder) -> str:
+def encoder_key(encoder: TokenEncoder) -> str:
     """The id that names an encoder's feature space, resolution included.
 
-    FeatureEncoder.encoder_id already ends in "@<resolution>"; the suffix is added for
+    A ViT's encoder_id already ends in "@<resolution>"; the suffix is added for
     encoders whose id does not, because the same ViT at another resolution gives other
     features.
     """
@@ -110,6 +110,9 @@ class _Source:
     actions: np.ndarray | None
     fps: int
     fingerprint: dict[str, Any]
+    # The rows of a non-camera input (image_key names a float feature such as
+    # observation.environment_state): encoded instead of decoded frames.
+    vectors: np.ndarray | None = None
 
 
 def _describe(err: BaseException) -> str:
@@ -183,8 +186,11 @@ def _open_source(dataset_root: str | Path, repo_id: str, image_key: str | None =
             image_key = cameras[0]
         else:
             raise DataError(f"LeRobot dataset {root} has cameras {cameras}; pass image_key to choose one")
-    elif image_key not in meta.camera_keys:
-        raise DataError(f"LeRobot dataset {root} has no camera {image_key!r}; cameras: {list(meta.camera_keys)}")
+    elif image_key not in meta.camera_keys and meta.features.get(image_key, {}).get("dtype") != "float32":
+        raise DataError(
+            f"LeRobot dataset {root} has no camera or float32 feature {image_key!r}; cameras: {list(meta.camera_keys)}"
+        )
+    vector_input = image_key not in meta.camera_keys
 
     try:
         dataset = LeRobotDataset(repo_id, root=root)
@@ -193,6 +199,7 @@ def _open_source(dataset_root: str | Path, repo_id: str, image_key: str | None =
         columns = ["episode_index", "frame_index", "timestamp"]
         columns += [STATE_KEY] if has_states else []
         columns += [ACTION_KEY] if has_actions else []
+        columns += [image_key] if vector_input else []
         table = dataset.hf_dataset.with_format("numpy", columns=columns)[:]
     except Exception as err:  # noqa: BLE001 — unreadable parquet, schema mismatch, ...
         raise DataError(f"cannot read LeRobot dataset {root}: {_describe(err)}") from err
@@ -205,6 +212,7 @@ def _open_source(dataset_root: str | Path, repo_id: str, image_key: str | None =
     timestamps = np.asarray(table["timestamp"], dtype=np.float32)[rows]
     states = np.asarray(table[STATE_KEY], dtype=np.float32)[rows] if has_states else None
     actions = np.asarray(table[ACTION_KEY], dtype=np.float32)[rows] if has_actions else None
+    vectors = np.asarray(table[image_key], dtype=np.float32)[rows].reshape(len(rows), -1) if vector_input else None
     if actions is not None and actions.ndim == 1:
         actions = actions[:, None]
     if states is not None and states.ndim == 1:
@@ -223,7 +231,7 @@ def _open_source(dataset_root: str | Path, repo_id: str, image_key: str | None =
         if not np.array_equal(frame_index[start : start + n], np.arange(n)):
             raise DataError(f"LeRobot dataset {root}: episode {int(e)} does not have frames 0..{n - 1}")
 
-    fingerprint = _fingerprint(root, meta, image_key, episode_index, frame_index, timestamps, states, actions)
+    fingerprint = _fingerprint(root, meta, image_key, episode_index, frame_index, timestamps, states, actions, vectors)
     return _Source(
         dataset=dataset,
         root=root,
@@ -239,6 +247,7 @@ def _open_source(dataset_root: str | Path, repo_id: str, image_key: str | None =
         actions=actions,
         fps=int(meta.fps),
         fingerprint=fingerprint,
+        vectors=vectors,
     )
 
 
@@ -251,6 +260,7 @@ def _fingerprint(
     timestamps: np.ndarray,
     states: np.ndarray | None,
     actions: np.ndarray | None,
+    vectors: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """What identifies the dataset's content, cheaply (no video decoding).
 
@@ -259,7 +269,7 @@ def _fingerprint(
     stand in for the pixels. JSON-normal, so it compares equal after a round trip.
     """
     digest = hashlib.sha256()
-    for array in (episode_index, frame_index, timestamps, states, actions):
+    for array in (episode_index, frame_index, timestamps, states, actions, vectors):
         if array is not None:
             digest.update(np.ascontiguousarray(array).tobytes())
         digest.update(b"|")
@@ -292,6 +302,8 @@ def _episode_frames(
     """
     from lerobot.datasets.video_utils import decode_video_frames, decode_video_frames_torchcodec
 
+    if source.vectors is not None:
+        return torch.from_numpy(source.vectors[offset + start : offset + stop])
     dataset = source.dataset
     key = source.image_key
     if key not in dataset.meta.video_keys:
@@ -364,7 +376,7 @@ class FeatureCache:
         cls,
         dataset_root: str | Path,
         repo_id: str,
-        encoder: FeatureEncoder,
+        encoder: TokenEncoder,
         cache_root: str | Path,
         batch_size: int = 32,
         *,
@@ -380,7 +392,7 @@ class FeatureCache:
         cls,
         dataset_root: str | Path,
         repo_id: str,
-        encoder: FeatureEncoder,
+        encoder: TokenEncoder,
         cache_root: str | Path,
         batch_size: int = 32,
         *,
@@ -412,7 +424,7 @@ class FeatureCache:
 
     @classmethod
     def _build(
-        cls, source: _Source, encoder: FeatureEncoder, cache_root: str | Path, batch_size: int, progress: bool
+        cls, source: _Source, encoder: TokenEncoder, cache_root: str | Path, batch_size: int, progress: bool
     ) -> FeatureCache:
         from lerobot.datasets.video_utils import VideoDecoderCache
         from tqdm.auto import tqdm

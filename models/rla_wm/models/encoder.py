@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -55,6 +56,18 @@ class FeatureGrid:
     @property
     def tokens(self) -> int:
         return self.height * self.width
+
+
+class TokenEncoder(Protocol):
+    """What the feature cache needs of an encoder: the ViT below, or a privileged sim-state encoder
+    (`rla_wm.envs.pusht.privileged.BlockStateEncoder`, which also names the dataset column it reads)."""
+
+    grid: FeatureGrid
+
+    @property
+    def encoder_id(self) -> str: ...
+
+    def __call__(self, frames: torch.Tensor, /) -> torch.Tensor: ...
 
 
 class FeatureEncoder:

@@ -352,8 +352,12 @@ class Policy(Checkpointable[PolicyConfig]):
         labelled: torch.Tensor,
         state_visible: torch.Tensor,
         weights: PolicyLossWeights = PolicyLossWeights(),
+        measure_actions: bool = True,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Masked multi-task loss over a batch that mixes labelled and action-free windows.
+
+        measure_actions: compute the logged `action_l1` (NaN otherwise). With the flow head it samples
+        chunks, which costs more than the loss itself: training asks for it on logged steps only.
 
         tokens (B, N, C): s_t.  z (B, K, D): the frozen autoencoder's z(s_t, s_{t+H}).
         state (B, S), actions (B, T, A): zeros (ignored) where `labelled` is False.
@@ -397,11 +401,14 @@ class Policy(Checkpointable[PolicyConfig]):
             noisy = (1 - time[:, None, None]) * noise + time[:, None, None] * target
             velocity_error = self._velocity(noisy, time, context) - (target - noise)
             per_window = velocity_error.pow(2).mean(dim=(1, 2))
-            # The logged action error needs sampled chunks: METRIC_WINDOWS of them keep it cheap.
-            with torch.no_grad():
-                few = slice(0, METRIC_WINDOWS)
-                sampled = self._sample_increments(context[few]) * self.max_delta
-                predicted_actions = anchor[few, None].detach() + torch.cumsum(sampled, dim=1)
+            # The logged action error needs sampled chunks (flow_steps passes each): METRIC_WINDOWS of
+            # them, and only when it is logged.
+            predicted_actions = None
+            if measure_actions:
+                with torch.no_grad():
+                    few = slice(0, METRIC_WINDOWS)
+                    sampled = self._sample_increments(context[few]) * self.max_delta
+                    predicted_actions = anchor[few, None].detach() + torch.cumsum(sampled, dim=1)
         else:
             increments = self._increments(context)
             predicted_actions = anchor[:, None] + torch.cumsum(increments * self.max_delta, dim=1)
@@ -416,9 +423,11 @@ class Policy(Checkpointable[PolicyConfig]):
 
         total = weights.action * action_loss + weights.rla * rla_loss + weights.state * state_loss
         with torch.no_grad():
-            measured = len(predicted_actions)
-            pixel_error = torch.where(keep[:measured], predicted_actions - actions[:measured], 0.0).abs().mean((1, 2))
-            action_l1 = (pixel_error * mask[:measured]).sum() / mask[:measured].sum().clamp_min(1.0)
+            action_l1 = torch.tensor(float("nan"))
+            if predicted_actions is not None:
+                measured = len(predicted_actions)
+                pixel_error = torch.where(keep[:measured], predicted_actions - actions[:measured], 0.0).abs()
+                action_l1 = (pixel_error.mean((1, 2)) * mask[:measured]).sum() / mask[:measured].sum().clamp_min(1.0)
             cosine = F.cosine_similarity(rla.flatten(1), target_z.flatten(1), dim=1).mean()
         return total, {
             "action_loss": float(action_loss.detach()),

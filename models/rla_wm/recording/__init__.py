@@ -11,9 +11,11 @@ Modules, one job each:
 * `repair`: rolling a dataset back to its last commit (`repair_dataset`, `RepairReport`);
 * `session`: `RecordingSession`, the recorder's logic (feature schema, episode counters,
   stale streams, the clock model, start/stop/discard) over the two, fed plain stamped values;
+* `environment`: the `observation.environment_state` vector (a flattened grid of values);
 * `features`, `files`, `layout`, `errors`: feature specs, file helpers, names, errors.
 """
 
+from rla_wm.recording.environment import ENVIRONMENT_STATE_KEY
 from rla_wm.recording.errors import DatasetRecoveryError, DroppedFramesError, QueueFullError, RecordingError
 from rla_wm.recording.layout import STAMP_KEY
 from rla_wm.recording.repair import RepairReport, repair_dataset
@@ -22,6 +24,7 @@ from rla_wm.recording.sync import STREAM_KINDS, StreamSpec, StreamSynchronizer, 
 from rla_wm.recording.writer import EpisodeWriter
 
 __all__ = [
+    "ENVIRONMENT_STATE_KEY",
     "STAMP_KEY",
     "STREAM_KINDS",
     "Answer",

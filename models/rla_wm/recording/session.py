@@ -10,6 +10,7 @@ session drives a `StreamSynchronizer` (one frame per tick at the dataset fps) an
     session.push_image("observation.images.front", stamp, rgb)      # in the callbacks
     session.push_state(stamp, msg.name, msg.position)
     session.push_trajectory(stamp, msg.joint_names, first_point_positions)
+    session.push_environment_state(stamp, feature_map_values)       # with environment_state_topic
     session.pump()                                                  # in a timer (~10 Hz)
     session.start("pick the cube"); session.stop(); session.discard()   # the services
     session.status()                                                # for ~/status
@@ -20,8 +21,8 @@ Rules it owns:
 * frames are matched by header stamp; a zero stamp is unusable (the sample is dropped and
   reported), except on a joint trajectory, where it means "start now": its arrival time on
   the node clock is used;
-* an unusable sample (`Invalid`: NaN, a missing joint, a wrong image size) still takes its
-  place in its stream, so the frame it is nearest to is skipped, never filled;
+* an unusable sample (`Invalid`: NaN, a missing joint, a wrong image size, an environment
+  state of another size) still takes its place in its stream, so the frame it is nearest to is skipped, never filled;
 * a frame with a stream missing or stale is skipped (`stale_policy` "skip"), or, under
   "flag", completed with the stream's last real sample and the episode flagged;
 * "now" is the newest stamp plus the node-clock time since it arrived (`sync_now`), so
@@ -49,6 +50,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from rla_wm.control.joints import select_joints
+from rla_wm.recording.environment import (
+    ENVIRONMENT_STATE_KEY,
+    check_environment_state_names,
+    environment_state_vector,
+)
 from rla_wm.recording.errors import QueueFullError, RecordingError
 from rla_wm.recording.sync import StreamSynchronizer, SyncResult
 from rla_wm.recording.writer import EpisodeWriter
@@ -125,6 +131,9 @@ class RecorderConfig:
     buffer_size: int
     save_on_shutdown: bool
     status_rate: float
+    # Recorded as observation.environment_state when the topic is set; one name per value.
+    environment_state_topic: str = ""
+    environment_state_names: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.dataset_root.strip():
@@ -153,6 +162,10 @@ class RecorderConfig:
             raise ValueError(f"action_type must be one of {ACTION_TYPES}, got {self.action_type!r}")
         if self.stale_policy not in STALE_POLICIES:
             raise ValueError(f"stale_policy must be one of {STALE_POLICIES}, got {self.stale_policy!r}")
+        if self.has_environment_state:
+            # LeRobot fixes a feature's shape when the dataset is created, before any message
+            # arrives, so the names (their count) fix the vector's size.
+            check_environment_state_names(self.environment_state_names)
 
     @property
     def camera_keys(self) -> list[str]:
@@ -162,12 +175,21 @@ class RecorderConfig:
     def has_actions(self) -> bool:
         return bool(self.action_topic)
 
+    @property
+    def has_environment_state(self) -> bool:
+        return bool(self.environment_state_topic)
+
     def describe(self) -> str:
         """The streams and policies in one line (for the start-up log)."""
         streams = ", ".join(
             [f"{k} <- {t}" for k, t in zip(self.camera_keys, self.camera_topics)]
             + [f"{STATE_KEY} <- {self.state_topic}"]
             + ([f"{ACTION_KEY} <- {self.action_topic} ({self.action_type})"] if self.has_actions else [])
+            + (
+                [f"{ENVIRONMENT_STATE_KEY} <- {self.environment_state_topic} {list(self.environment_state_names)}"]
+                if self.has_environment_state
+                else []
+            )
         )
         return (
             f"{self.fps} fps, {streams}; joints {self.joint_names}; "
@@ -187,6 +209,9 @@ class RecorderConfig:
         features[STATE_KEY] = dict(joints)
         if self.has_actions:
             features[ACTION_KEY] = dict(joints)
+        if self.has_environment_state:
+            names = list(self.environment_state_names)
+            features[ENVIRONMENT_STATE_KEY] = {"dtype": "float32", "shape": (len(names),), "names": names}
         return features
 
 
@@ -293,6 +318,10 @@ class RecordingSession:
         self.sync.add_stream(STATE_KEY, "state")
         if config.has_actions:
             self.sync.add_stream(ACTION_KEY, "action", tolerance=config.action_tolerance or None)
+        if config.has_environment_state:
+            # Required, with the joint state's tolerance: a frame without a fresh environment state
+            # is skipped (or held and flagged) exactly like one without a fresh joint state.
+            self.sync.add_stream(ENVIRONMENT_STATE_KEY, "state")
 
         self.startup_note = ""
         self.writer = self._open_writer()  # resumes and repairs an existing dataset; fails fast on a mismatch
@@ -399,6 +428,20 @@ class RecordingSession:
     def push_action(self, stamp: float, names: Sequence[str], positions: Sequence[float]) -> None:
         """A command as a joint state (e.g. a leader arm)."""
         self._push_joints(ACTION_KEY, stamp, names, positions)
+
+    def push_environment_state(self, stamp: float, values: Any) -> None:
+        """An environment state (e.g. a FeatureMap's data, flattened), or `Invalid` saying why the
+        message could not be read. Another size than environment_state_names, or a value that is not
+        finite, is an unusable sample: reported, and the frame it is nearest to is not written."""
+        if not self.config.has_environment_state or not self.check_stamp(ENVIRONMENT_STATE_KEY, stamp):
+            return
+        value: Any = values
+        if not isinstance(values, Invalid):
+            try:
+                value = environment_state_vector(values, len(self.config.environment_state_names))
+            except ValueError as err:
+                value = Invalid(str(err))
+        self.push(ENVIRONMENT_STATE_KEY, stamp, value)
 
     def push_trajectory(self, stamp: float, names: Sequence[str], positions: Sequence[float] | None) -> None:
         """A command as a joint trajectory: its first point's positions (None: no points)."""

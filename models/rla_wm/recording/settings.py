@@ -39,6 +39,16 @@ class RecorderSettings:
     action_type: str = setting(
         "joint_trajectory", "joint_trajectory (first point's positions) or joint_state (e.g. a leader arm)."
     )
+    environment_state_topic: str = setting(
+        "",
+        "rla_wm_msgs/FeatureMap recorded as observation.environment_state (its values flattened, paired by "
+        "stamp like the joint state); empty = not recorded.",
+    )
+    # The sim's block state (rla_wm.envs.pusht.privileged.block_state_tokens): x, y scaled to [-1, 1], cos, sin.
+    environment_state_names: Sequence[str] = setting(
+        ("block_x", "block_y", "block_cos", "block_sin"),
+        "One name per environment state value; their count is the vector's size (other sizes are rejected).",
+    )
     tolerance: float = setting(0.0, "Largest |sample stamp - frame time| in s; 0 = half a frame period.", (0.0, 10.0))
     action_tolerance: float = setting(0.0, "Tolerance of the action stream in s; 0 = same as tolerance.", (0.0, 10.0))
     latency_budget: float = setting(

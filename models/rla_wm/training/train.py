@@ -34,7 +34,7 @@ from rla_wm.data.policy_data import (
     rla_targets,
 )
 from rla_wm.evaluation.visualize import plot_loss_curves
-from rla_wm.models.encoder import FeatureEncoder
+from rla_wm.models.encoder import EncoderConfig, FeatureEncoder, TokenEncoder
 from rla_wm.models.policy import Policy, PolicyConfig, PolicyLossWeights
 from rla_wm.models.regression import RegressionConfig, RegressionModel
 from rla_wm.models.rla import RLAAutoencoder, RLAConfig
@@ -58,6 +58,15 @@ if TYPE_CHECKING:
 ConfigT = TypeVar("ConfigT")
 
 
+def build_encoder(config: EncoderConfig) -> TokenEncoder:
+    """The encoder `encoder.model` names: a ViT, or the Push-T block state for the ladder's privileged rung."""
+    from rla_wm.envs.pusht.privileged import BLOCK_STATE_ENCODER_ID, BlockStateEncoder
+
+    if config.model == BLOCK_STATE_ENCODER_ID:
+        return BlockStateEncoder()
+    return FeatureEncoder(config)
+
+
 def open_caches(
     experiment: Experiment, include_action_free: bool, device: torch.device | None = None
 ) -> list[FeatureCache]:
@@ -68,10 +77,15 @@ def open_caches(
     encoder_config = experiment.encoder
     if device is not None and device.type == "cuda" and encoder_config.device.startswith("cuda"):
         encoder_config = dataclasses.replace(encoder_config, device=str(device))
-    encoder = FeatureEncoder(encoder_config)
+    encoder = build_encoder(encoder_config)
     data = experiment.data
     refs = [data.labelled] + (list(data.action_free) if include_action_free else [])
-    return [FeatureCache.load_or_build(ref.dataset_root, ref.repo_id, encoder, data.cache_root) for ref in refs]
+    # A privileged encoder (sim state) names the dataset column it reads; a ViT reads the camera.
+    image_key = getattr(encoder, "input_key", None)
+    return [
+        FeatureCache.load_or_build(ref.dataset_root, ref.repo_id, encoder, data.cache_root, image_key=image_key)
+        for ref in refs
+    ]
 
 
 def open_caches_once(experiment: Experiment, include_action_free: bool, accelerator: Accelerator) -> list[FeatureCache]:
@@ -407,11 +421,17 @@ def train_policy(experiment: Experiment, rla_checkpoint: str | Path, out: Path) 
     model = Policy(policy_config)
     weights = PolicyLossWeights(action=training.action_weight, rla=training.rla_weight, state=training.state_weight)
 
+    calls = itertools.count()  # fit calls loss_fn once per step, so this is the step
+
     def loss_fn(batch: tuple) -> tuple[torch.Tensor, dict[str, float]]:
         current, z, state, actions, is_labelled = batch
+        step = next(calls)
+        logged = step % config.log_every == 0 or step == config.steps - 1  # fit's logging rule
         # Drawn from torch's generator, which fit seeds per process: a rerun hides the same states.
         visible = is_labelled & (torch.rand(is_labelled.shape, device=is_labelled.device) >= training.state_dropout)
-        return model.loss(current.float(), z.float(), state.float(), actions.float(), is_labelled, visible, weights)
+        return model.loss(
+            current.float(), z.float(), state.float(), actions.float(), is_labelled, visible, weights, logged
+        )
 
     log = fit(model, loss_fn, dataset, config, out, "policy", accelerator, global_batches=sampler)
     extra = {

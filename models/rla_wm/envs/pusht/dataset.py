@@ -1,7 +1,10 @@
 """Record Push-T episodes from the simulator as a LeRobot v3 dataset (parquet + mp4).
 
 The dataset is what the world model trains on: `observation.image` (video),
-`observation.state` (agent xy) and, optionally, `action` (the commanded target xy).
+`observation.state` (agent xy), optionally `action` (the commanded target xy) and, optionally,
+`observation.environment_state` (the block pose as `block_state_tokens`: privileged sim state, for
+the ladder's policy that sees the block's pose instead of the camera; the same values the recorder
+writes from the sim robot's /sim/block_state).
 RLA-WM learns from action-free video, so `with_actions=False` writes no `action`
 feature at all rather than a zero-filled one that could be mistaken for real labels.
 
@@ -18,6 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
+from rla_wm.envs.pusht.privileged import (
+    BLOCK_STATE_CHANNELS,
+    BLOCK_STATE_NAMES,
+    ENVIRONMENT_STATE_KEY,
+    block_state_tokens,
+)
 from rla_wm.envs.pusht.sim import CONTROL_HZ, JOINT_NAMES, PushTSim, SimFrame
 
 # Keep the random walk away from the walls: targets on the border pin the agent there.
@@ -80,7 +89,9 @@ class RandomWalkPolicy:
         return self._target.astype(np.float32)
 
 
-def pusht_features(with_actions: bool = True, image_size: int = 96) -> dict[str, dict]:
+def pusht_features(
+    with_actions: bool = True, image_size: int = 96, with_environment_state: bool = False
+) -> dict[str, dict]:
     """LeRobot feature spec of the recorded dataset."""
     features: dict[str, dict] = {
         IMAGE_KEY: {
@@ -92,6 +103,12 @@ def pusht_features(with_actions: bool = True, image_size: int = 96) -> dict[str,
     }
     if with_actions:
         features[ACTION_KEY] = {"dtype": "float32", "shape": (len(JOINT_NAMES),), "names": list(JOINT_NAMES)}
+    if with_environment_state:
+        features[ENVIRONMENT_STATE_KEY] = {
+            "dtype": "float32",
+            "shape": (BLOCK_STATE_CHANNELS,),
+            "names": list(BLOCK_STATE_NAMES),
+        }
     return features
 
 
@@ -107,6 +124,7 @@ def record_pusht_dataset(
     image_size: int = 96,
     overwrite: bool = False,
     progress: bool = True,
+    with_environment_state: bool = False,
 ) -> Path:
     """Run PushTSim and write a LeRobot v3 dataset at CONTROL_HZ (10) fps; returns `root`.
 
@@ -116,6 +134,7 @@ def record_pusht_dataset(
     solved, which the random policy practically never does.
 
     policy: "random" (RandomWalkPolicy) or a callable (frame, rng) -> target xy.
+    with_environment_state: also write the block pose as `observation.environment_state`.
     overwrite: remove an existing `root` first; otherwise an existing `root` is an error,
         because LeRobot refuses to create a dataset in an existing folder.
     """
@@ -138,7 +157,7 @@ def record_pusht_dataset(
     dataset = LeRobotDataset.create(
         repo_id,
         fps=CONTROL_HZ,
-        features=pusht_features(with_actions, image_size),
+        features=pusht_features(with_actions, image_size, with_environment_state),
         root=root,
         robot_type="pusht",
         use_videos=True,
@@ -164,6 +183,8 @@ def record_pusht_dataset(
                 }
                 if with_actions:
                     row[ACTION_KEY] = target
+                if with_environment_state:
+                    row[ENVIRONMENT_STATE_KEY] = block_state_tokens(frame.block_pose)[0]
                 dataset.add_frame(row)
                 if frame.done or step == steps_per_episode - 1:
                     break

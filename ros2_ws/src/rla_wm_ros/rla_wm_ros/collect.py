@@ -8,6 +8,8 @@ time) and writes it as JSON.
 
   collect --episodes 20 --mode expert --dataset-root data/pusht_expert --real-time-factor 5
   collect --episodes 20 --mode play --dataset-root data/pusht_play      # action-free, task "play"
+  collect --episodes 20 --mode expert --environment-state --dataset-root data/pusht_expert_state
+      # also the block's state as observation.environment_state (for a privileged policy)
 """
 
 from __future__ import annotations
@@ -63,6 +65,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=3.0,
         help="simulated seconds per wall second (3: no frame skipped on a busy 2-core machine)",
+    )
+    parser.add_argument(
+        "--environment-state",
+        action="store_true",
+        help="also record the sim's block state (x, y, cos, sin) as observation.environment_state",
     )
     parser.add_argument("--max-episode-steps", type=int, default=300, help="step limit per episode (10 Hz)")
     parser.add_argument("--image-size", type=int, default=96, help="camera image side in pixels")
@@ -214,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_episode_steps": str(args.max_episode_steps),
         "image_size": str(args.image_size),
         "real_time_factor": str(args.real_time_factor),
+        "record_environment_state": "true" if args.environment_state else "false",
     }
     description = parse_launch_file(launch_file, overrides=overrides)
     command_topic = description.args.get("command_topic", "/arm_controller/joint_trajectory")
@@ -277,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         "repo_id": args.repo_id,
         "real_time_factor": args.real_time_factor,
         "max_episode_steps": args.max_episode_steps,
+        "environment_state": args.environment_state,
         "episodes": len(records),
         "episodes_saved": len(saved),
         "successes": sum(r.success for r in records),

@@ -12,7 +12,9 @@ Interface (fixed; a collection script depends on it):
             ~/discard_episode (Trigger)
   topic     ~/status (rla_wm_msgs/RecorderStatus), at `status_rate` and on every state change
   inputs    `camera_topics` (Image, or CompressedImage with `compressed`), `state_topic`
-            (JointState), `action_topic` (JointTrajectory or JointState; empty = action-free)
+            (JointState), `action_topic` (JointTrajectory or JointState; empty = action-free),
+            `environment_state_topic` (rla_wm_msgs/FeatureMap -> observation.environment_state;
+            empty = none)
 
 Threads: one executor thread runs every callback, and none of them blocks: subscriptions
 only convert and push into the session, a 10 Hz pump hands complete frames to the
@@ -45,9 +47,9 @@ from trajectory_msgs.msg import JointTrajectory
 from rla_wm.control.settings import setting_specs
 from rla_wm.recording.session import Answer, Invalid, RecordingSession
 from rla_wm.recording.settings import RecorderSettings
-from rla_wm_msgs.msg import RecorderStatus
+from rla_wm_msgs.msg import FeatureMap, RecorderStatus
 from rla_wm_msgs.srv import StartEpisode
-from rla_wm_ros.conversions import stamp_to_seconds
+from rla_wm_ros.conversions import MessageShapeError, msg_to_features, stamp_to_seconds
 from rla_wm_ros.image_conversion import CvBridgeError, image_msg_to_rgb
 from rla_wm_ros.node_guard import Health, NodeGuard
 from rla_wm_ros.params import declare
@@ -92,6 +94,12 @@ class RecorderNode(Node):
         if config.has_actions:
             action_type = JointTrajectory if config.action_type == "joint_trajectory" else JointState
             self.create_subscription(action_type, config.action_topic, guard(self.on_action), JOINT_INPUT_QOS)
+        if config.has_environment_state:
+            # Best effort and volatile, like the joint state: matches the sim's reliable publisher and
+            # a default-QoS one (ros2 topic pub) alike.
+            self.create_subscription(
+                FeatureMap, config.environment_state_topic, guard(self.on_environment_state), JOINT_INPUT_QOS
+            )
         self.status_pub = self.create_publisher(RecorderStatus, "~/status", 10)
         self.create_service(StartEpisode, "~/start_episode", guard(self.on_start))
         self.create_service(Trigger, "~/stop_episode", guard(self.on_stop), callback_group=saving_group)
@@ -131,6 +139,14 @@ class RecorderNode(Node):
             self.session.push_trajectory(stamp, msg.joint_names, msg.points[0].positions if msg.points else None)
         else:
             self.session.push_action(stamp, msg.name, msg.position)
+
+    def on_environment_state(self, msg: FeatureMap) -> None:
+        values: Any
+        try:
+            values = msg_to_features(msg)  # a data length that disagrees with the grid is refused here
+        except MessageShapeError as err:
+            values = Invalid(str(err))
+        self.session.push_environment_state(stamp_to_seconds(msg.header.stamp), values)
 
     # ------------------------------------------------------------------ services
 

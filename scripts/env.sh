@@ -24,4 +24,7 @@ export FASTDDS_DEFAULT_PROFILES_FILE="${FASTDDS_DEFAULT_PROFILES_FILE:-$_rla_roo
 # Nothing is downloaded at run time: models and datasets come from local folders.
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
 export PYTHONUNBUFFERED=1
+# MuJoCo renders the SO-101 sim's cameras offscreen with OSMesa (no display, no GPU needed).
+export MUJOCO_GL="${MUJOCO_GL:-osmesa}"
+if [ "$MUJOCO_GL" = osmesa ]; then export PYOPENGL_PLATFORM="${PYOPENGL_PLATFORM:-osmesa}"; fi
 unset _rla_root

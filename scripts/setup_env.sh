@@ -15,6 +15,8 @@ apt_needed=()
 command -v ffmpeg >/dev/null || apt_needed+=(ffmpeg)
 command -v cmake >/dev/null || apt_needed+=(cmake)
 command -v g++ >/dev/null || apt_needed+=(g++)
+# Headless OpenGL for MuJoCo's renderer (the simulated SO-101's cameras).
+ldconfig -p 2>/dev/null | grep -q libOSMesa.so || apt_needed+=(libosmesa6)
 if [ ${#apt_needed[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     log "missing system packages: ${apt_needed[*]} (run: sudo apt-get install ${apt_needed[*]})"; exit 1

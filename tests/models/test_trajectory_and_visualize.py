@@ -73,3 +73,19 @@ def test_is_tail_of_matches_exactly_the_last_points():
     assert is_tail_of(chunk[1:], chunk) and is_tail_of(chunk, chunk)
     assert not is_tail_of(chunk[:2], chunk)  # the head, not the tail
     assert not is_tail_of(np.empty((0, 2)), chunk) and not is_tail_of(np.vstack([chunk, chunk]), chunk)
+
+
+def test_save_gif_writes_every_frame_scaled_at_the_given_rate(tmp_path):
+    from PIL import Image
+
+    from rla_wm.evaluation.visualize import save_gif
+
+    frames = [np.full((96, 96, 3), value, dtype=np.uint8) for value in (0, 120, 255)]
+    path = save_gif(frames, tmp_path / "episode.gif", fps=10.0, height=192)
+    with Image.open(path) as gif:
+        assert gif.n_frames == 3 and gif.size == (192, 192)
+        assert gif.info["duration"] == 100 and gif.info["loop"] == 0
+        gif.seek(2)
+        assert np.asarray(gif.convert("RGB"))[0, 0].tolist() == [255, 255, 255]
+    with pytest.raises(ValueError, match="no frames"):
+        save_gif([], tmp_path / "empty.gif")

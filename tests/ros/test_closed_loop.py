@@ -49,6 +49,7 @@ def run_launch_file(
     model_topic: str = "/policy/joint_trajectory",
     startup: float = 120.0,
     timeout: float = 60.0,
+    keep_frames: bool = False,
 ):
     """Start a launch file's graph, run closed-loop episodes, return (results, stage latencies)."""
     launch_file = Path(get_package_share_directory("rla_wm_ros")) / "launch" / name
@@ -59,7 +60,7 @@ def run_launch_file(
     ):
         try:
             runner.wait_until_flowing(startup, alive=lambda: all(graph.alive().values()))
-            results = [runner.run_episode(timeout=timeout) for _ in range(episodes)]
+            results = [runner.run_episode(timeout=timeout, keep_frames=keep_frames) for _ in range(episodes)]
         except (TimeoutError, RuntimeError) as err:
             pytest.fail(f"{err}\n{graph.tail_logs(30)}")
         assert all(graph.alive().values()), graph.tail_logs(30)
@@ -68,9 +69,18 @@ def run_launch_file(
 
 def test_sim_policy_graph_runs_closed_loop_episodes(ros_domain, tmp_path):
     results, latency = run_launch_file(
-        "sim_policy.launch.xml", {"max_episode_steps": "30", "seed": "5"}, ros_domain, tmp_path, episodes=2
+        "sim_policy.launch.xml",
+        {"max_episode_steps": "30", "seed": "5"},
+        ros_domain,
+        tmp_path,
+        episodes=2,
+        keep_frames=True,
     )
     for result in results:
+        # The episode's camera frames for its video: about one per step (a busy machine may drop a few),
+        # none from the episode before (at most one frame can be in flight when the reset returns).
+        assert 20 <= len(result.frames) <= 31, len(result.frames)
+        assert all(frame.shape == (96, 96, 3) and frame.dtype == np.uint8 for frame in result.frames)
         assert result.steps == 30
         # How many chunks fit in 3 s depends on the machine's speed; a loop needs them to keep coming.
         assert result.commands >= 3, "the gate forwarded too few commands for a closed loop"

@@ -39,6 +39,22 @@ def side_by_side(frame_rgb: np.ndarray, feature_rgb: np.ndarray, height: int = 2
     return np.concatenate([panels[0], gap, panels[1]], axis=1)
 
 
+def save_gif(frames: list[np.ndarray], path: str | Path, fps: float = 10.0, height: int = 256) -> Path:
+    """An episode's camera frames (H, W, 3) uint8 as a looping animated GIF, scaled to `height` pixels."""
+    if not frames:
+        raise ValueError("no frames to write")
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    images = []
+    for frame in frames:
+        pil = Image.fromarray(np.asarray(frame, dtype=np.uint8))
+        images.append(pil.resize((max(1, round(pil.width * height / pil.height)), height), Image.Resampling.NEAREST))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+    return path
+
+
 def save_png(image: np.ndarray, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

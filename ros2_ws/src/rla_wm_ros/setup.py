@@ -36,6 +36,7 @@ setup(
     entry_points={
         "console_scripts": [
             f"sim_robot = {PACKAGE}.sim_robot_node:main",
+            f"sim_arm = {PACKAGE}.sim_arm_node:main",
             f"encoder = {PACKAGE}.encoder_node:main",
             f"policy = {PACKAGE}.policy_node:main",
             f"safety_gate = {PACKAGE}.safety_gate_node:main",

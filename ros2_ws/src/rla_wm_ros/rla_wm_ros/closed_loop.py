@@ -35,6 +35,8 @@ from rla_wm_ros.qos import CAMERA_QOS
 FEATURES_TOPIC = "/features"  # the encoder's output
 FEATURE_MAP_TYPE = "rla_wm_msgs/msg/FeatureMap"
 RECENT = 20  # frames, feature maps and chunks kept per table
+# An episode's frames kept for its video: 30 s at 10 Hz (decoded only after the episode).
+MAX_EPISODE_FRAMES = 300
 
 
 @dataclass
@@ -47,6 +49,7 @@ class EpisodeResult:
     commands: int
     holds: int
     picture: np.ndarray | None = None
+    frames: list[np.ndarray] | None = None  # the episode's camera frames, when asked for (keep_frames)
 
 
 class ClosedLoopObserver(Node):
@@ -70,6 +73,7 @@ class ClosedLoopObserver(Node):
         self._frames: dict[int, Image] = {}  # decoded only for the episode picture, off the camera hot path
         self._features: dict[int, FeatureMap] = {}
         self._chunks: dict[int, tuple[list[str], np.ndarray]] = {}  # stamp -> (joint names, positions)
+        self.episode_images: list[Image] | None = None  # collected while not None
         self.create_subscription(Image, "/camera/image_raw", self.on_image, CAMERA_QOS)
         self.create_subscription(FeatureMap, FEATURES_TOPIC, self.on_features, 10)
         self.create_subscription(JointTrajectory, model_topic, self.on_chunk, 10)
@@ -103,6 +107,8 @@ class ClosedLoopObserver(Node):
         self.latency.frames.setdefault(stamp, time.time_ns())
         with self._lock:
             remember_newest(self._frames, stamp, msg, RECENT)
+            if self.episode_images is not None and len(self.episode_images) < MAX_EPISODE_FRAMES:
+                self.episode_images.append(msg)
 
     def on_features(self, msg: FeatureMap) -> None:
         stamp = stamp_to_nanoseconds(msg.header.stamp)
@@ -192,7 +198,8 @@ class ClosedLoopRunner:
             f"model input={observer.model_input_topic} (the FeatureMap topic of {observer.model_topic}'s publisher)"
         )
 
-    def run_episode(self, timeout: float) -> EpisodeResult:
+    def run_episode(self, timeout: float, keep_frames: bool = False) -> EpisodeResult:
+        """Reset the sim, wait for the episode to end; keep_frames: also return its camera frames."""
         observer = self.observer
         if not observer.reset_client.wait_for_service(timeout_sec=10.0):
             raise TimeoutError("reset service of the simulated robot is not available")
@@ -203,6 +210,9 @@ class ClosedLoopRunner:
             if time.monotonic() > deadline:
                 raise TimeoutError("reset call did not return")
             time.sleep(0.01)
+        if keep_frames:
+            with observer._lock:
+                observer.episode_images = []
         start = time.monotonic()
         commands_before, holds_before = observer.commands, observer.holds
         while time.monotonic() - start < timeout:
@@ -213,6 +223,9 @@ class ClosedLoopRunner:
         else:
             raise TimeoutError(f"episode did not finish within {timeout:.0f}s")
         status = observer.status
+        with observer._lock:
+            images, observer.episode_images = observer.episode_images, None
+        frames = [image_msg_to_rgb(msg) for msg in images] if images is not None else None
         picture = None
         snapshot = observer.latest_frame_and_features()
         if snapshot is not None:
@@ -229,6 +242,7 @@ class ClosedLoopRunner:
             commands=observer.commands - commands_before,
             holds=observer.holds - holds_before,
             picture=picture,
+            frames=frames,
         )
 
     def close(self) -> None:

@@ -40,6 +40,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--pictures", type=int, default=10, help="save the camera/feature picture of this many episodes"
     )
+    parser.add_argument(
+        "--video",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write episode_NN.gif of the camera: the first successful episode (or the first one, if none is)",
+    )
     parser.add_argument("launch_args", nargs="*", metavar="NAME:=VALUE", help="launch arguments, as for ros2 launch")
     args = parser.parse_args(argv)
     if args.episodes < 1 or args.episode_steps < 1:
@@ -55,6 +61,16 @@ def parse_overrides(items: list[str]) -> dict[str, str]:
             raise SystemExit(f"launch arguments are NAME:=VALUE, got {item!r}")
         overrides[name] = value
     return overrides
+
+
+def write_video(result, output: Path, index: int) -> Path:
+    """The episode's camera frames as a GIF at the sim's 10 Hz; replaces an earlier episode's."""
+    from rla_wm.evaluation.visualize import save_gif
+
+    for old in output.glob("episode_*.gif"):
+        old.unlink()
+    outcome = "success" if result.success else "failure"
+    return save_gif(result.frames, output / f"episode_{index:02d}_{outcome}.gif", fps=10.0)
 
 
 def summarise(results: list) -> dict[str, float]:
@@ -96,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     results = []
+    video = None  # (path, success) of the episode whose camera frames were written
     with LaunchedGraph() as graph:
         graph.start(description, env=dict(os.environ), log_dir=output / "logs")
         # Not the command line: rcl would read the launch arguments (NAME:=VALUE) as deprecated remap rules.
@@ -113,8 +130,11 @@ def main(argv: list[str] | None = None) -> int:
             episode_timeout = args.episode_steps / 10.0 / real_time_factor * 3 + 30.0
             progress = tqdm(range(args.episodes), desc="episodes", unit="ep", disable=args.episodes < 5)
             for index in progress:
-                result = runner.run_episode(timeout=episode_timeout)
+                keep_frames = args.video and (video is None or not video[1])
+                result = runner.run_episode(timeout=episode_timeout, keep_frames=keep_frames)
                 results.append(result)
+                if keep_frames and result.frames and (video is None or result.success):
+                    video = (write_video(result, output, index), result.success)
                 progress.set_postfix(success=f"{sum(r.success for r in results)}/{len(results)}")
                 picture = ""
                 if result.picture is not None and index < args.pictures:
@@ -156,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         "latency": latency,
     }
     (output / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    if video is not None:
+        print(f"[demo] video: {video[0]}")
     print(f"[demo] metrics, pictures and node logs in {output}/")
     return 0
 

@@ -1,0 +1,79 @@
+"""In-process closed loop (rla-wm rollout): the expert solves its episodes, holding still does not,
+execute_steps sets how often the policy is asked, and the CLI writes what it prints."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from rla_wm.envs.pusht.privileged import BLOCK_STATE_ENCODER_ID, ExpertChunkConfig
+from rla_wm.evaluation.rollout import run_rollouts, tokens_function, wilson_interval
+from rla_wm.models.policy_loading import load_policy
+
+
+class HoldStill:
+    """Chunks that keep the agent where it is; counts its calls."""
+
+    config = ExpertChunkConfig()
+    feature_grid = (1, 1, ExpertChunkConfig().token_dim)
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, tokens: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return state[:, None].repeat(1, self.config.chunk_length, 1)
+
+
+def test_expert_solves_unseen_seeds_in_process():
+    policy = load_policy("expert:pusht")
+    summary, episodes = run_rollouts(
+        policy, tokens_function(BLOCK_STATE_ENCODER_ID, torch.device("cpu")), [1001, 1002], 1, progress=False
+    )
+    assert summary.successes == 2, episodes
+    assert all(e.coverage > 0.9 and e.steps < 300 for e in episodes)
+
+
+def test_holding_still_fails_and_execute_steps_sets_the_replans():
+    policy = HoldStill()
+    tokens_of = tokens_function(BLOCK_STATE_ENCODER_ID, torch.device("cpu"))
+    summary, episodes = run_rollouts(policy, tokens_of, [1001], execute_steps=4, max_steps=40, progress=False)
+    assert summary.successes == 0 and episodes[0].steps == 40
+    assert episodes[0].replans == 10 == policy.calls  # 40 steps, 4 points executed per chunk
+    with pytest.raises(ValueError, match="execute_steps"):
+        run_rollouts(policy, tokens_of, [1001], execute_steps=0, progress=False)
+
+
+def test_wilson_interval_brackets_the_rate():
+    low, high = wilson_interval(25, 50)
+    assert low < 0.5 < high and high - low == pytest.approx(0.27, abs=0.02)
+    assert wilson_interval(50, 50)[1] == 1.0 and wilson_interval(50, 50)[0] > 0.9
+    assert wilson_interval(0, 50)[0] == 0.0
+
+
+def test_image_encoder_tokens_match_the_policy_grid(tmp_path):
+    from rla_wm.envs.pusht.sim import PushTSim
+
+    tokens_of = tokens_function("builtin:dinov2-tiny-random@56", torch.device("cpu"))
+    sim = PushTSim(max_steps=2, image_size=96)
+    try:
+        tokens = tokens_of(sim.reset(3))
+    finally:
+        sim.close()
+    assert tokens.shape[0] == 1 and tokens.shape[1] == 16 and torch.isfinite(tokens).all()
+    with pytest.raises(ValueError, match="encoder id"):
+        tokens_function("no-resolution", torch.device("cpu"))
+
+
+def test_cli_prints_the_summary_and_writes_episodes(tmp_path, capsys):
+    from rla_wm.cli import main
+
+    main(["rollout", "--policy=expert:pusht", "--episodes=1", "--seed=1003", f"--out={tmp_path}"])
+    printed = capsys.readouterr().out
+    assert "1/1 episodes succeeded (rate 1.00" in printed
+    saved = json.loads((tmp_path / "rollouts.json").read_text())
+    assert saved["summary"]["successes"] == 1 and saved["episodes"][0]["seed"] == 1003
+    assert np.isclose(saved["summary"]["success_rate"], 1.0)

@@ -223,3 +223,98 @@ def so101_urdf() -> Path:
     path = Path(next(iter(spec.submodule_search_locations))) / "assets" / "so101_new_calib.urdf"
     assert path.is_file(), path
     return path
+
+
+# ---------------------------------------------------------------- LeRobot's own trainer, shared
+
+LEROBOT_REPO_ID = "local/pusht_lerobot_train"
+LEROBOT_TRAIN_STEPS = 3
+# Tiny sizes, so that a step takes well under a second on one CPU thread. Everything else comes
+# from the command docs/training.md documents.
+LEROBOT_TINY = {
+    "diffusion": {
+        "policy.down_dims": "[32, 64]",  # two levels: horizon 16 must stay divisible by 2**levels
+        "policy.diffusion_step_embed_dim": "32",
+        "policy.spatial_softmax_num_keypoints": "8",
+        "policy.num_train_timesteps": "10",  # select_action runs this many denoising steps
+    },
+    "act": {
+        "policy.dim_model": "32",
+        "policy.n_heads": "2",
+        "policy.dim_feedforward": "64",
+        "policy.n_encoder_layers": "1",
+        "policy.n_decoder_layers": "1",
+        "policy.n_vae_encoder_layers": "1",
+        "policy.latent_dim": "8",
+        "policy.chunk_size": "10",
+        "policy.n_action_steps": "10",
+    },
+}
+
+
+def documented_train_flags(policy_type: str) -> dict[str, str]:
+    """The `--key=value` flags of the `lerobot-train` command that docs/training.md gives for one policy type."""
+    import re
+    import shlex
+
+    doc = REPO / "docs" / "training.md"
+    section = doc.read_text().split("## LeRobot's own trainer", 1)[1].split("\n## ", 1)[0]
+    for block in re.findall(r"^```sh\n(.*?)^```", section, flags=re.MULTILINE | re.DOTALL):
+        for line in block.replace("\\\n", "").splitlines():
+            words = shlex.split(line, comments=True)
+            if not words or words[0] != "lerobot-train":
+                continue
+            flags = dict(word.removeprefix("--").split("=", 1) for word in words[1:])
+            if flags.get("policy.type") == policy_type:
+                return flags
+    raise AssertionError(f"docs/training.md documents no `lerobot-train --policy.type={policy_type}` command")
+
+
+def run_lerobot_train(policy_type: str, dataset: Path, output_dir: Path) -> Path:
+    """Run the documented command on `dataset`, with tiny sizes; return the last pretrained_model folder."""
+    import shlex
+    import subprocess
+    import sys
+
+    flags = documented_train_flags(policy_type)
+    flags.update(LEROBOT_TINY[policy_type])
+    flags.update(
+        {
+            "dataset.repo_id": LEROBOT_REPO_ID,
+            "dataset.root": str(dataset),
+            "output_dir": str(output_dir),
+            "steps": str(LEROBOT_TRAIN_STEPS),
+            "batch_size": "2",
+            "policy.device": "cpu",
+        }
+    )
+    command = [sys.executable, "-m", "lerobot.scripts.lerobot_train", *(f"--{k}={v}" for k, v in flags.items())]
+    # One torch thread, as the docs say: the default pool is many times slower on a busy 2-core machine.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "SVT_LOG": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, f"{shlex.join(command)}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    return output_dir / "checkpoints" / "last" / "pretrained_model"
+
+
+@pytest.fixture(scope="session")
+def lerobot_dataset(tmp_path_factory) -> Path:
+    """A small Push-T dataset recorded by this project (LeRobot v3), shared by every LeRobot test of a run."""
+    from rla_wm.envs.pusht.dataset import record_pusht_dataset
+
+    root = tmp_path_factory.mktemp("lerobot_train") / "pusht"
+    return record_pusht_dataset(root, repo_id=LEROBOT_REPO_ID, episodes=2, steps_per_episode=30, progress=False)
+
+
+@pytest.fixture(scope="session")
+def lerobot_pretrained(lerobot_dataset, tmp_path_factory) -> Callable[[str], Path]:
+    """`lerobot_pretrained("diffusion")`: the pretrained_model folder of a tiny `lerobot-train` run on
+    `lerobot_dataset`, trained once per type and run, shared (treat it as read-only; copy to change it)."""
+    trained: dict[str, Path] = {}
+
+    def get(policy_type: str) -> Path:
+        if policy_type not in trained:
+            output_dir = tmp_path_factory.mktemp(f"lerobot_{policy_type}") / "run"
+            trained[policy_type] = run_lerobot_train(policy_type, lerobot_dataset, output_dir)
+        return trained[policy_type]
+
+    return get

@@ -57,6 +57,8 @@ class RecordPushT:
     action_free: bool = False
     # Also store the block pose as observation.environment_state (the ladder's privileged rung).
     environment_state: bool = False
+    # Std (px) of noise added to each executed action, the recorded action kept clean (DART).
+    execution_noise: float = 0.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,6 +118,7 @@ def command_record_pusht(config: RecordPushT) -> None:
         policy=sources[config.policy](),
         with_actions=not config.action_free,
         with_environment_state=config.environment_state,
+        execution_noise_px=config.execution_noise,
     )
     print(f"dataset written to {path}")
 

@@ -173,6 +173,30 @@ def test_recording_is_reproducible(recorded, work):
         record_pusht_dataset(again, repo_id=REPO, episodes=1, steps_per_episode=2, progress=False)
 
 
+def test_execution_noise_moves_the_agent_but_keeps_the_recorded_action(work):
+    """DART recording: the sim executes action + noise, the dataset keeps the commanded action."""
+
+    def toward_centre(frame, rng):
+        return np.array([256.0, 256.0], dtype=np.float32)
+
+    def record(name: str, noise: float) -> tuple[np.ndarray, np.ndarray]:
+        root = record_pusht_dataset(
+            work / name, repo_id=REPO, episodes=1, steps_per_episode=STEPS, seed=3, policy=toward_centre,
+            execution_noise_px=noise, progress=False,
+        )  # fmt: skip
+        dataset = _lerobot(root, REPO)
+        return _column(dataset, "action"), _column(dataset, "observation.state")
+
+    clean_actions, clean_states = record("noise_free", 0.0)
+    noisy_actions, noisy_states = record("noisy", 15.0)
+    np.testing.assert_array_equal(noisy_actions, clean_actions)
+    assert np.allclose(noisy_actions, 256.0)
+    np.testing.assert_array_equal(noisy_states[0], clean_states[0])  # same start, then the noise acts
+    assert np.abs(noisy_states[2:] - clean_states[2:]).max() > 2.0
+    with pytest.raises(ValueError, match="execution_noise_px"):
+        record_pusht_dataset(work / "bad", repo_id=REPO, episodes=1, steps_per_episode=2, execution_noise_px=-1.0)
+
+
 # --------------------------------------------------------------------------- feature cache
 
 

@@ -11,98 +11,33 @@ initialised.
 from __future__ import annotations
 
 import json
-import os
-import re
-import shlex
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from rla_wm.envs.pusht.dataset import ACTION_KEY, IMAGE_KEY, STATE_KEY, record_pusht_dataset
+from rla_wm.envs.pusht.dataset import ACTION_KEY, IMAGE_KEY, STATE_KEY
+
+# The dataset, the documented command and the tiny sizes live in conftest.py: the trained folders are
+# shared with the other LeRobot tests of a run (test_lerobot_policy.py, test_lerobot_policy_graph.py).
+from conftest import LEROBOT_REPO_ID as REPO_ID
+from conftest import LEROBOT_TRAIN_STEPS as STEPS
 
 pytestmark = pytest.mark.timeout(300)
 
-REPO = Path(__file__).resolve().parents[2]
-DOC = REPO / "docs" / "training.md"
-REPO_ID = "local/pusht_lerobot_train"
-STEPS = 3
 IMAGE_SIZE = 96
-# Tiny sizes, so that a step takes well under a second on one CPU thread. Everything else comes
-# from the documented command.
-TINY = {
-    "diffusion": {
-        "policy.down_dims": "[32, 64]",  # two levels: horizon 16 must stay divisible by 2**levels
-        "policy.diffusion_step_embed_dim": "32",
-        "policy.spatial_softmax_num_keypoints": "8",
-        "policy.num_train_timesteps": "10",  # select_action runs this many denoising steps
-    },
-    "act": {
-        "policy.dim_model": "32",
-        "policy.n_heads": "2",
-        "policy.dim_feedforward": "64",
-        "policy.n_encoder_layers": "1",
-        "policy.n_decoder_layers": "1",
-        "policy.n_vae_encoder_layers": "1",
-        "policy.latent_dim": "8",
-        "policy.chunk_size": "10",
-        "policy.n_action_steps": "10",
-    },
-}
-
-
-def documented_train_flags(policy_type: str) -> dict[str, str]:
-    """The `--key=value` flags of the `lerobot-train` command that docs/training.md gives for one policy type."""
-    section = DOC.read_text().split("## LeRobot's own trainer", 1)[1].split("\n## ", 1)[0]
-    for block in re.findall(r"^```sh\n(.*?)^```", section, flags=re.MULTILINE | re.DOTALL):
-        for line in block.replace("\\\n", "").splitlines():
-            words = shlex.split(line, comments=True)
-            if not words or words[0] != "lerobot-train":
-                continue
-            flags = dict(word.removeprefix("--").split("=", 1) for word in words[1:])
-            if flags.get("policy.type") == policy_type:
-                return flags
-    raise AssertionError(f"docs/training.md documents no `lerobot-train --policy.type={policy_type}` command")
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("lerobot_train") / "pusht"
-    return record_pusht_dataset(root, repo_id=REPO_ID, episodes=2, steps_per_episode=30, progress=False)
-
-
-def run_lerobot_train(policy_type: str, dataset: Path, output_dir: Path) -> Path:
-    """Run the documented command on `dataset`, with tiny sizes; return the last pretrained_model folder."""
-    flags = documented_train_flags(policy_type)
-    flags.update(TINY[policy_type])
-    flags.update(
-        {
-            "dataset.repo_id": REPO_ID,
-            "dataset.root": str(dataset),
-            "output_dir": str(output_dir),
-            "steps": str(STEPS),
-            "batch_size": "2",
-            "policy.device": "cpu",
-        }
-    )
-    command = [sys.executable, "-m", "lerobot.scripts.lerobot_train", *(f"--{k}={v}" for k, v in flags.items())]
-    # One torch thread, as the docs say: the default pool is many times slower on a busy 2-core machine.
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "SVT_LOG": "1"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, f"{shlex.join(command)}\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-    return output_dir / "checkpoints" / "last" / "pretrained_model"
 
 
 @pytest.mark.parametrize("policy_type", ["diffusion", "act"])
-def test_lerobot_train_writes_a_policy_that_loads_and_acts(policy_type: str, dataset: Path, tmp_path: Path) -> None:
+def test_lerobot_train_writes_a_policy_that_loads_and_acts(
+    policy_type: str, lerobot_dataset, lerobot_pretrained
+) -> None:
     from lerobot.configs.policies import PreTrainedConfig
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
     from lerobot.policies.factory import get_policy_class, make_pre_post_processors
     from safetensors.torch import load_file
 
-    model_dir = run_lerobot_train(policy_type, dataset, tmp_path / "run")
+    dataset = lerobot_dataset
+    model_dir = lerobot_pretrained(policy_type)
 
     # What the run wrote, as docs/training.md describes it.
     preprocessor = json.loads((model_dir / "policy_preprocessor.json").read_text())

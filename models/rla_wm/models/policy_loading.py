@@ -7,6 +7,10 @@
   if it is missing, corrupt or does not build the model).
 
 All of them take (B, N, C) tokens and a (B, S) state and return (B, T, A) absolute targets.
+A LeRobot pretrained-policy folder ("lerobot:<folder>", or a folder whose config.json names a
+LeRobot policy type) takes camera images instead: `load_policy` refuses it with a CheckpointError
+that says so, and `load_any_policy` (what the policy node calls) returns it as a
+`rla_wm.models.lerobot_policy.LeRobotChunkPolicy`.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Protocol
 import torch
 
 from rla_wm.models.checkpoint import CheckpointError
+from rla_wm.models.lerobot_policy import LeRobotChunkPolicy, lerobot_folder, load_lerobot_policy
 from rla_wm.models.policy import Policy, PolicyConfig
 
 UNTRAINED = "untrained"
@@ -64,5 +69,20 @@ def load_policy(spec: str, seed: int = 0) -> ChunkPolicy:
         from rla_wm.envs.pusht.privileged import ExpertChunkPolicy
 
         return ExpertChunkPolicy()
+    if lerobot_folder(spec) is not None:
+        raise CheckpointError(
+            f"{spec} is a LeRobot policy folder: it acts on camera images, not on features; run it in the "
+            "policy node (which then subscribes to the camera) or load it with load_any_policy"
+        )
     policy, _ = Policy.load(spec)
     return policy
+
+
+def load_any_policy(
+    spec: str, seed: int = 0, device: str = "cpu", history_timeout: float | None = None
+) -> ChunkPolicy | LeRobotChunkPolicy:
+    """`load_policy(spec, seed)`, or for a LeRobot policy folder its image-driven policy on `device` whose
+    observation history resets after a gap of more than `history_timeout` s (see lerobot_policy)."""
+    if lerobot_folder(spec) is not None:
+        return load_lerobot_policy(spec, device=device, history_timeout=history_timeout)
+    return load_policy(spec, seed=seed)

@@ -197,6 +197,10 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 100
     grad_clip: float = 1.0
+    # The saved weights are an exponential moving average of the trained ones with this decay
+    # (0: the last weights). Diffusion Policy's recipe: a sampled policy is only as steady as its
+    # weights, and single steps of a noisy flow-matching loss move them around.
+    ema_decay: float = 0.0
     log_every: int = 25
     # Seeds the model's initialisation and the batches (the same in every process); each
     # process draws its own noise from seed + its rank.
@@ -215,6 +219,7 @@ class TrainConfig:
         _require(self.lr > 0, f"lr must be positive, got {self.lr}")
         _require(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
         _require(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
+        _require(0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {self.ema_decay}")
         _require(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
         _require(
             self.mixed_precision in MIXED_PRECISION,

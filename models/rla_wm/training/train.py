@@ -126,7 +126,9 @@ def fit(
     accelerator: Accelerator,
     global_batches: Sampler[list[int]] | None = None,
 ) -> list[dict]:
-    """AdamW with linear warm-up and cosine decay, gradient clipping, logging; returns the metric log.
+    """AdamW with linear warm-up and cosine decay, gradient clipping, logging and, with
+    `config.ema_decay`, an exponential moving average of the weights that replaces them at the end;
+    returns the metric log.
 
     `loss_fn(batch)` computes `model`'s loss on this process's part of a batch. `global_batches`
     yields the indices of each global batch of `config.batch_size` (default: shuffled
@@ -166,6 +168,10 @@ def fit(
     # same draws on different samples would correlate the processes' gradients.
     set_seed(config.seed, device_specific=True)
     log: list[dict] = []
+    trained: list[torch.Tensor] = [p for p in model.parameters() if p.requires_grad]
+    # The average starts at the initial weights; its warm-up (1 + step) / (10 + step) keeps the
+    # random start from lingering in it.
+    average = [p.detach().clone() for p in trained] if config.ema_decay > 0 else None
     batches = itertools.chain.from_iterable(itertools.repeat(loader))
     progress = tqdm(range(config.steps), desc=f"train {name}", disable=not accelerator.is_main_process)
     started = time.perf_counter()
@@ -190,6 +196,10 @@ def fit(
                 accelerator.clip_grad_norm_(objective.parameters(), config.grad_clip)
             optimiser.step()
             scheduler.step()
+            if average is not None:
+                decay = min(config.ema_decay, (1 + step) / (10 + step))
+                with torch.no_grad():
+                    torch._foreach_lerp_(average, trained, 1.0 - decay)
             if step % config.log_every == 0 or step == config.steps - 1:
                 entry = {
                     "step": step,
@@ -206,6 +216,9 @@ def fit(
     finally:
         if metrics_file is not None:
             metrics_file.close()
+    if average is not None:
+        with torch.no_grad():
+            torch._foreach_copy_(trained, average)
     objective.eval()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

@@ -125,6 +125,7 @@ def record_pusht_dataset(
     overwrite: bool = False,
     progress: bool = True,
     with_environment_state: bool = False,
+    execution_noise_px: float = 0.0,
 ) -> Path:
     """Run PushTSim and write a LeRobot v3 dataset at CONTROL_HZ (10) fps; returns `root`.
 
@@ -135,6 +136,10 @@ def record_pusht_dataset(
 
     policy: "random" (RandomWalkPolicy) or a callable (frame, rng) -> target xy.
     with_environment_state: also write the block pose as `observation.environment_state`.
+    execution_noise_px: the sim executes the recorded action plus Gaussian noise of this std (px),
+        while the dataset keeps the policy's own action (DART, Laskey et al. 2017): the expert's
+        demonstrations then visit the states a slightly-off learner reaches and label them with
+        the expert's correction, the compounding error plain demonstrations leave untaught.
     overwrite: remove an existing `root` first; otherwise an existing `root` is an error,
         because LeRobot refuses to create a dataset in an existing folder.
     """
@@ -149,6 +154,8 @@ def record_pusht_dataset(
         if not overwrite:
             raise FileExistsError(f"dataset folder {root} already exists; pass overwrite=True to replace it")
         shutil.rmtree(root)
+    if not (np.isfinite(execution_noise_px) and execution_noise_px >= 0):
+        raise ValueError(f"execution_noise_px must be >= 0, got {execution_noise_px}")
     if isinstance(policy, str) and policy != "random":
         raise ValueError(f"unknown policy {policy!r}; use 'random' or a callable (frame, rng) -> target")
 
@@ -188,7 +195,8 @@ def record_pusht_dataset(
                 dataset.add_frame(row)
                 if frame.done or step == steps_per_episode - 1:
                     break
-                frame = sim.step(target)
+                noise = rng.normal(0.0, execution_noise_px, size=target.shape) if execution_noise_px > 0 else 0.0
+                frame = sim.step((target + noise).astype(np.float32))
             # save_episode runs a `datasets` map with its own bar; one bar (ours) is enough.
             with SuppressProgressBars():
                 dataset.save_episode()

@@ -1,4 +1,4 @@
-"""Latest features + joint state -> JointTrajectory action chunk.
+"""Latest features (or camera image) + joint state -> JointTrajectory action chunk.
 
 Each chunk is anchored to the observation it was computed from: header.stamp is
 the camera frame's stamp and time_from_start counts from it, so the robot side
@@ -11,6 +11,11 @@ A feature map the model cannot take (another encoder, another grid, a malformed 
 non-finite payload), a missing or stale joint state, or a non-finite model output is a
 counted rejection (`rla_wm_ros.node_guard`, reported on /diagnostics): nothing is published
 for it, and the node carries on.
+
+With a LeRobot pretrained-policy folder as `checkpoint` (`rla_wm.models.lerobot_policy`) the node
+subscribes to the camera (camera/image_raw, sensor_msgs/Image; or CompressedImage with
+compressed_input) instead of features, and acts on each image the same way. `~/reset` (Trigger)
+then starts a new observation history, e.g. at an episode start.
 """
 
 from __future__ import annotations
@@ -21,13 +26,15 @@ import numpy as np
 import torch
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
-from sensor_msgs.msg import JointState
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from rla_wm.control.chunking import ChunkScheduler
 from rla_wm.control.freshness import LatestSample
 from rla_wm.models.checkpoint import CheckpointError
-from rla_wm.models.policy_loading import UNTRAINED, load_policy
+from rla_wm.models.lerobot_policy import LeRobotChunkPolicy
+from rla_wm.models.policy_loading import UNTRAINED, load_any_policy
 from rla_wm_msgs.msg import FeatureMap
 from rla_wm_ros.conversions import (
     Chunk,
@@ -36,9 +43,12 @@ from rla_wm_ros.conversions import (
     model_features_or_reject,
     stamp_to_seconds,
 )
+from rla_wm_ros.image_conversion import CvBridgeError, image_msg_to_rgb
 from rla_wm_ros.node_guard import Health, NodeGuard, Rejected
 from rla_wm_ros.params import declare
-from rla_wm_ros.qos import LATEST_ONLY
+from rla_wm_ros.qos import CAMERA_QOS, LATEST_ONLY
+
+Observation = FeatureMap | Image | CompressedImage
 
 
 class PolicyNode(Node):
@@ -49,7 +59,8 @@ class PolicyNode(Node):
             "checkpoint",
             UNTRAINED,
             f"Policy checkpoint folder or builtin:<name>; '{UNTRAINED}' = random initialisation; "
-            "'expert:pusht' = the scripted Push-T expert on the sim's block state (sim/block_state).",
+            "'expert:pusht' = the scripted Push-T expert on the sim's block state (sim/block_state); "
+            "a LeRobot pretrained_model folder (or lerobot:<folder>) = that policy on the camera image.",
         )
         seed = declare(self, "seed", 0, "Initialisation seed of an untrained policy.", (0, 2**31 - 1))
         self.joint_names = declare(
@@ -68,7 +79,11 @@ class PolicyNode(Node):
             (0.0, 5.0),
         )
         self.rate = declare(
-            self, "rate", 0.0, "Inference rate (Hz) on the newest features; 0 = on every feature map.", (0.0, 1000.0)
+            self,
+            "rate",
+            0.0,
+            "Inference rate (Hz) on the newest observation (features or camera image); 0 = on every one.",
+            (0.0, 1000.0),
         )
         blend_time = declare(
             self,
@@ -88,11 +103,34 @@ class PolicyNode(Node):
         )
         device = declare(self, "device", "cpu", "Torch device.")
         threads = declare(self, "torch_threads", 0, "CPU threads for torch (0 = torch default).", (0, 256))
+        compressed = declare(
+            self,
+            "compressed_input",
+            False,
+            "LeRobot policies: subscribe to sensor_msgs/CompressedImage (camera/image_raw/compressed) "
+            "instead of Image (camera/image_raw).",
+        )
+        history_timeout = declare(
+            self,
+            "lerobot_history_timeout",
+            1.0,
+            "LeRobot policies: start a new observation history when camera stamps go backwards or are "
+            "further apart than this (s): a new episode or a gap in the stream; 0 = only on ~/reset.",
+            (0.0, 3600.0),
+        )
+        lerobot_max_delta = declare(
+            self,
+            "lerobot_max_delta",
+            0.0,
+            "LeRobot policies: the largest move between consecutive chunk points (joint units), in place of a "
+            "project policy's max_delta for follow_tolerance_steps; 0 = no follow check (always blend).",
+            (0.0, 1e6),
+        )
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
         try:
-            self.policy = load_policy(checkpoint, seed=seed)
+            self.policy = load_any_policy(checkpoint, seed=seed, device=device, history_timeout=history_timeout or None)
         except CheckpointError as err:  # missing, corrupt, mismatched or non-finite: refuse to start
             self.get_logger().fatal(f"cannot load policy checkpoint {checkpoint!r}: {err}")
             raise RuntimeError(f"policy: cannot load checkpoint {checkpoint!r}: {err}") from err
@@ -103,40 +141,71 @@ class PolicyNode(Node):
             )
         else:
             self.get_logger().info(f"policy loaded from {checkpoint}")
-        self.policy.to(self.device)
-        if len(self.joint_names) != self.policy.config.action_dim:
-            raise ValueError(
-                f"joint_names {self.joint_names} do not match the policy's action_dim {self.policy.config.action_dim}"
+        config = self.policy.config
+        if len(self.joint_names) != config.action_dim:
+            raise ValueError(f"joint_names {self.joint_names} do not match the policy's action_dim {config.action_dim}")
+        # The largest move per chunk point, which scales follow_tolerance_steps (None: no follow check).
+        self.max_delta: np.ndarray | None
+        if isinstance(self.policy, LeRobotChunkPolicy):
+            if self.policy.config.state_dim not in (0, len(self.joint_names)):
+                raise ValueError(
+                    f"the LeRobot policy takes a state of {self.policy.config.state_dim} values, but joint_names "
+                    f"{self.joint_names} give {len(self.joint_names)}"
+                )
+            self.max_delta = np.full(config.action_dim, lerobot_max_delta) if lerobot_max_delta > 0 else None
+            self.get_logger().info(
+                f"LeRobot {self.policy.config.policy_type} policy: acting on camera images resized to "
+                f"{self.policy.config.image_shape[2]}x{self.policy.config.image_shape[1]}, "
+                f"{self.policy.config.n_obs_steps} observation(s) of history, {config.chunk_length} points a chunk"
             )
+        else:
+            self.policy.to(self.device)
+            self.max_delta = np.asarray(config.max_delta, dtype=np.float64)
         self.latest_state: LatestSample[np.ndarray] = LatestSample(self.state_timeout)
-        self.latest_features: tuple[FeatureMap, np.ndarray] | None = None  # checked, with its tokens
-        self.acted_on: FeatureMap | None = None
+        self.latest_observation: tuple[Observation, np.ndarray] | None = None  # checked, with its model input
+        self.acted_on: Observation | None = None
         self.chunks_published = 0
         self.last_inference_seconds = 0.0
-        self.guard = NodeGuard(
-            self, "world action model", health=self.health, hardware_id=self.policy.config.encoder_id
-        )
+        self.guard = NodeGuard(self, "world action model", health=self.health, hardware_id=config.encoder_id)
         self.trajectory_pub = self.create_publisher(JointTrajectory, "policy/joint_trajectory", 10)
         inference_group = MutuallyExclusiveCallbackGroup()
         guard = self.guard.wrap
         self.create_subscription(JointState, "joint_states", guard(self.on_joint_state), 10)
+        if isinstance(self.policy, LeRobotChunkPolicy):
+            # Newest frame only (as the encoder): a frame that waits for a busy policy is stale anyway.
+            observation_type: type = CompressedImage if compressed else Image
+            topic, qos = ("camera/image_raw/compressed" if compressed else "camera/image_raw"), CAMERA_QOS
+            # In the inference group: a reset never lands in the middle of a prediction.
+            self.create_service(Trigger, "~/reset", guard(self.on_reset), callback_group=inference_group)
+        else:
+            observation_type, topic, qos = FeatureMap, "features", LATEST_ONLY
         if self.rate > 0:
-            self.create_subscription(FeatureMap, "features", guard(self.on_features), LATEST_ONLY)
+            name = "on_features" if observation_type is FeatureMap else "on_image"  # rejection keys
+            self.create_subscription(observation_type, topic, guard(self.on_observation, name), qos)
             self.create_timer(1.0 / self.rate, guard(self.on_inference_tick), callback_group=inference_group)
         else:
-            self.create_subscription(
-                FeatureMap, "features", guard(self.act), LATEST_ONLY, callback_group=inference_group
-            )
+            self.create_subscription(observation_type, topic, guard(self.act), qos, callback_group=inference_group)
 
     def health(self) -> Health:
-        return Health(
-            "acting" if self.chunks_published else "waiting for features and joint states",
-            values={
-                "chunks_published": self.chunks_published,
-                "inference_ms": f"{self.last_inference_seconds * 1e3:.1f}",
-                "feature_grid": "x".join(map(str, self.policy.feature_grid or ("?",))),
-            },
-        )
+        values: dict[str, object] = {
+            "chunks_published": self.chunks_published,
+            "inference_ms": f"{self.last_inference_seconds * 1e3:.1f}",
+        }
+        if isinstance(self.policy, LeRobotChunkPolicy):
+            values["image_input"] = "x".join(map(str, self.policy.config.image_shape))
+            waiting = "waiting for camera images and joint states"
+        else:
+            values["feature_grid"] = "x".join(map(str, self.policy.feature_grid or ("?",)))
+            waiting = "waiting for features and joint states"
+        return Health("acting" if self.chunks_published else waiting, values=values)
+
+    def on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        assert isinstance(self.policy, LeRobotChunkPolicy)  # the service exists only for one
+        self.policy.reset()
+        self.scheduler.reset()
+        response.success = True
+        response.message = "observation history and previous chunk cleared"
+        return response
 
     def on_joint_state(self, msg: JointState) -> None:
         self.latest_state.update(joint_positions_or_reject(msg, self.joint_names))
@@ -153,41 +222,61 @@ class PolicyNode(Node):
             )
         return tokens
 
-    def on_features(self, msg: FeatureMap) -> None:
-        self.latest_features = (msg, self.tokens_of(msg))  # a refused map never replaces a good one
+    def rgb_of(self, msg: Image | CompressedImage) -> np.ndarray:
+        """The frame as (H, W, 3) uint8 RGB; Rejected if it has no RGB meaning (the policy resizes it)."""
+        try:
+            return image_msg_to_rgb(msg)
+        except CvBridgeError as err:
+            raise Rejected("bad_image", str(err)) from err
+
+    def model_input(self, msg: Observation) -> np.ndarray:
+        if isinstance(msg, FeatureMap):
+            return self.tokens_of(msg)
+        return self.rgb_of(msg)
+
+    def on_observation(self, msg: Observation) -> None:
+        self.latest_observation = (msg, self.model_input(msg))  # a refused one never replaces a good one
 
     def on_inference_tick(self) -> None:
-        if self.latest_features is None or self.latest_features[0] is self.acted_on:
+        if self.latest_observation is None or self.latest_observation[0] is self.acted_on:
             return  # never act twice on one observation
-        msg, tokens = self.latest_features
+        msg, model_input = self.latest_observation
         self.acted_on = msg
-        self.act(msg, tokens)
+        self.act(msg, model_input)
 
-    def act(self, msg: FeatureMap, tokens: np.ndarray | None = None) -> None:
-        config = self.policy.config
-        if tokens is None:
-            tokens = self.tokens_of(msg)
-        state = self.latest_state.fresh()
-        if state is None:
-            raise Rejected("no_fresh_state", f"no joint state within state_timeout {self.state_timeout} s: not acting")
-        start = time.perf_counter()
+    def infer(self, msg: Observation, model_input: np.ndarray, state: np.ndarray) -> np.ndarray:
+        """(T, A) absolute targets from the checked model input (tokens or RGB frame) and the joint state."""
+        if isinstance(self.policy, LeRobotChunkPolicy):
+            # The stamp orders the policy's observation history (and resets it after a gap).
+            stamp = stamp_to_seconds(msg.header.stamp)
+            return self.policy(model_input[None], state[None], stamp=stamp)[0].numpy()
         with torch.inference_mode():
-            actions = (
+            return (
                 self.policy(
-                    torch.from_numpy(tokens)[None].to(self.device),
+                    torch.from_numpy(model_input)[None].to(self.device),
                     torch.from_numpy(state).float()[None].to(self.device),
                 )[0]
                 .cpu()
                 .numpy()
             )
+
+    def act(self, msg: Observation, model_input: np.ndarray | None = None) -> None:
+        if model_input is None:
+            model_input = self.model_input(msg)
+        state = self.latest_state.fresh()
+        if state is None:
+            raise Rejected("no_fresh_state", f"no joint state within state_timeout {self.state_timeout} s: not acting")
+        start = time.perf_counter()
+        actions = self.infer(msg, model_input, state)
         self.last_inference_seconds = time.perf_counter() - start
         if not np.isfinite(actions).all():
             raise Rejected("non_finite_actions", "the policy produced NaN/inf: chunk dropped")
         stamp = stamp_to_seconds(msg.header.stamp)
         times = stamp + self.point_period * np.arange(1, len(actions) + 1)
         tolerance = None
-        if self.follow_tolerance_steps > 0:  # after a refused chunk or a hold the robot is not on the old path
-            tolerance = self.follow_tolerance_steps * np.asarray(config.max_delta, dtype=np.float64)
+        # After a refused chunk or a hold the robot is not on the old path.
+        if self.follow_tolerance_steps > 0 and self.max_delta is not None:
+            tolerance = self.follow_tolerance_steps * self.max_delta
         scheduled = self.scheduler.schedule(
             times, actions, now=self.get_clock().now().nanoseconds * 1e-9, measured=state, tolerance=tolerance
         )

@@ -108,3 +108,22 @@ def test_blended_points_stay_between_the_two_chunks(old_start, old_slope, new_st
     assert np.allclose(out.positions[~covered], new_positions[~covered])
     if covered[0]:
         assert out.positions[0, 0] == pytest.approx(old_at[0], abs=1e-9)
+
+
+def test_replan_pacer_waits_execute_steps_unless_the_robot_left_the_chunk():
+    from rla_wm.control.chunking import ReplanPacer
+
+    pacer = ReplanPacer(execute_steps=4, point_period=0.1)
+    assert pacer.due(10.0)
+    pacer.acted(10.0)
+    assert [pacer.due(10.0 + 0.1 * k) for k in range(1, 6)] == [False, False, False, True, True]
+    assert pacer.due(10.33) is False and pacer.due(10.36) is True  # half a period of slack for jitter
+    assert pacer.due(10.1, followed=False)  # the gate held or refused: act now
+    assert pacer.due(9.0)  # stamps went backwards: a new episode
+    pacer.reset()
+    assert pacer.due(10.1)
+    every = ReplanPacer(execute_steps=1, point_period=0.1)
+    every.acted(10.0)
+    assert every.due(10.01)
+    with pytest.raises(ValueError):
+        ReplanPacer(execute_steps=0, point_period=0.1)

@@ -251,3 +251,64 @@ def test_policy_refuses_to_start_with_non_finite_weights(start_nodes, tmp_path):
     assert graph.returncodes()["policy"] != 0
     logs = graph.tail_logs(40)
     assert "non-finite weights" in logs and "'action_out.1.weight'" in logs and str(weights) in logs, logs
+
+
+def test_execute_steps_paces_inference_and_a_backwards_stamp_acts_at_once(ros_node, start_nodes):
+    """execute_steps 4 at 10 Hz: of maps stamped base + 0.0 .. 0.8 s only 0.0, 0.4 and 0.8 are acted on;
+    the others are skipped (counted on /diagnostics), each while the node was idle, so without the
+    pacing it would have acted on it. A stamp before the last one (a new episode) is acted on at once."""
+    graph = start_nodes(
+        NodeSpec(
+            "rla_wm_ros",
+            "policy",
+            name="policy",
+            param_files=[config_file("policy.yaml")],
+            params={"execute_steps": "4", "follow_tolerance_steps": "0.0", "min_lead_time": "0.0"},
+        )
+    )
+    chunks, diagnostics = Inbox(), Inbox()
+    ros_node.create_subscription(JointTrajectory, "policy/joint_trajectory", chunks, 10)
+    ros_node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics, 10)
+    features_pub = ros_node.create_publisher(FeatureMap, "features", 10)
+    state_pub = ros_node.create_publisher(JointState, "joint_states", 10)
+    wait_for(
+        lambda: features_pub.get_subscription_count() > 0 and state_pub.get_subscription_count() > 0,
+        60,
+        "the policy to subscribe",
+        graph,
+    )
+    rng = np.random.default_rng(0)
+    # Stamps in the near future, so no chunk point is already past when it is scheduled.
+    base_ns = ros_node.get_clock().now().nanoseconds + 60_000_000_000
+
+    def send(offset_ns: int) -> None:
+        state = JointState(name=["agent_x", "agent_y"], position=[250.0, 260.0])
+        state.header.stamp = ros_node.get_clock().now().to_msg()
+        state_pub.publish(state)
+        stamp = base_ns + offset_ns
+        header = Header(stamp=Time(sec=stamp // 10**9, nanosec=stamp % 10**9), frame_id="camera")
+        tokens = rng.normal(size=(256, 192)).astype(np.float32)
+        features_pub.publish(features_to_msg(tokens, 16, 16, ENCODER_ID, header))
+
+    def acted_offsets() -> set[int]:
+        return {stamp_to_nanoseconds(m.header.stamp) - base_ns for m in chunks.snapshot()}
+
+    def skipped() -> int:
+        status = policy_status(diagnostics)
+        values = {v.key: v.value for v in status.values} if status is not None else {}
+        return int(values.get("observations_skipped", -1))
+
+    step = 100_000_000  # 0.1 s
+    publish_until(lambda: send(0), lambda: 0 in acted_offsets(), 30, "a chunk for the first map", graph)
+    expected_skips = 0
+    for k in range(1, 9):
+        send(k * step)
+        if k % 4 == 0:
+            wait_for(lambda k=k: k * step in acted_offsets(), 20, f"a chunk for the map at {k / 10:.1f} s", graph)
+        else:
+            expected_skips += 1
+            wait_for(lambda n=expected_skips: skipped() == n, 20, lambda: f"{skipped()} skips", graph)
+    assert acted_offsets() == {0, 4 * step, 8 * step}
+    send(-10 * step)  # stamps went backwards: a new episode, so the pacing restarts
+    wait_for(lambda: -10 * step in acted_offsets(), 20, "a chunk for the earlier stamp", graph)
+    assert skipped() == 6 and graph.alive() == {"policy": True}

@@ -30,7 +30,7 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from rla_wm.control.chunking import ChunkScheduler
+from rla_wm.control.chunking import ChunkScheduler, ReplanPacer
 from rla_wm.control.freshness import LatestSample
 from rla_wm.models.checkpoint import CheckpointError
 from rla_wm.models.lerobot_policy import LeRobotChunkPolicy
@@ -93,6 +93,15 @@ class PolicyNode(Node):
             (0.0, 10.0),
         )
         self.scheduler = ChunkScheduler(blend_time=blend_time, min_lead_time=self.min_lead_time)
+        execute_steps = declare(
+            self,
+            "execute_steps",
+            1,
+            "Chunk points the robot executes before the policy acts again (Diffusion Policy's action horizon): "
+            "observations in between are skipped unless the robot left the last chunk; 1 = act on every one.",
+            (1, 1000),
+        )
+        self.pacer = ReplanPacer(execute_steps, self.point_period)
         self.follow_tolerance_steps = declare(
             self,
             "follow_tolerance_steps",
@@ -142,6 +151,8 @@ class PolicyNode(Node):
         else:
             self.get_logger().info(f"policy loaded from {checkpoint}")
         config = self.policy.config
+        if execute_steps > config.chunk_length:
+            raise ValueError(f"execute_steps {execute_steps} exceeds the policy's {config.chunk_length}-point chunks")
         if len(self.joint_names) != config.action_dim:
             raise ValueError(f"joint_names {self.joint_names} do not match the policy's action_dim {config.action_dim}")
         # The largest move per chunk point, which scales follow_tolerance_steps (None: no follow check).
@@ -165,6 +176,7 @@ class PolicyNode(Node):
         self.latest_observation: tuple[Observation, np.ndarray] | None = None  # checked, with its model input
         self.acted_on: Observation | None = None
         self.chunks_published = 0
+        self.observations_skipped = 0  # paced out by execute_steps
         self.last_inference_seconds = 0.0
         self.guard = NodeGuard(self, "world action model", health=self.health, hardware_id=config.encoder_id)
         self.trajectory_pub = self.create_publisher(JointTrajectory, "policy/joint_trajectory", 10)
@@ -189,6 +201,7 @@ class PolicyNode(Node):
     def health(self) -> Health:
         values: dict[str, object] = {
             "chunks_published": self.chunks_published,
+            "observations_skipped": self.observations_skipped,
             "inference_ms": f"{self.last_inference_seconds * 1e3:.1f}",
         }
         if isinstance(self.policy, LeRobotChunkPolicy):
@@ -203,6 +216,7 @@ class PolicyNode(Node):
         assert isinstance(self.policy, LeRobotChunkPolicy)  # the service exists only for one
         self.policy.reset()
         self.scheduler.reset()
+        self.pacer.reset()
         response.success = True
         response.message = "observation history and previous chunk cleared"
         return response
@@ -266,17 +280,22 @@ class PolicyNode(Node):
         state = self.latest_state.fresh()
         if state is None:
             raise Rejected("no_fresh_state", f"no joint state within state_timeout {self.state_timeout} s: not acting")
+        stamp = stamp_to_seconds(msg.header.stamp)
+        tolerance = None
+        # After a refused chunk or a hold the robot is not on the old path.
+        if self.follow_tolerance_steps > 0 and self.max_delta is not None:
+            tolerance = self.follow_tolerance_steps * self.max_delta
+        now = self.get_clock().now().nanoseconds * 1e-9
+        followed = tolerance is None or self.scheduler.is_followed(now, state, tolerance)
+        if not self.pacer.due(stamp, followed):
+            self.observations_skipped += 1
+            return
         start = time.perf_counter()
         actions = self.infer(msg, model_input, state)
         self.last_inference_seconds = time.perf_counter() - start
         if not np.isfinite(actions).all():
             raise Rejected("non_finite_actions", "the policy produced NaN/inf: chunk dropped")
-        stamp = stamp_to_seconds(msg.header.stamp)
         times = stamp + self.point_period * np.arange(1, len(actions) + 1)
-        tolerance = None
-        # After a refused chunk or a hold the robot is not on the old path.
-        if self.follow_tolerance_steps > 0 and self.max_delta is not None:
-            tolerance = self.follow_tolerance_steps * self.max_delta
         scheduled = self.scheduler.schedule(
             times, actions, now=self.get_clock().now().nanoseconds * 1e-9, measured=state, tolerance=tolerance
         )
@@ -285,6 +304,7 @@ class PolicyNode(Node):
         chunk = Chunk(tuple(self.joint_names), scheduled.positions, scheduled.times - stamp, msg.header.stamp)
         self.trajectory_pub.publish(chunk_to_msg(chunk))
         self.chunks_published += 1
+        self.pacer.acted(stamp)
 
 
 def main(args: list[str] | None = None) -> None:

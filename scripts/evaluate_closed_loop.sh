@@ -29,7 +29,7 @@ ONLY=${ONLY:-expert privileged bc bc_rla planner_rla_wm planner_regression bc_rl
 for name in $ONLY; do
   case $name in
     expert) policy expert expert:pusht observation:=block_state ;;
-    privileged) policy privileged builtin:sim-pusht-policy-block-state observation:=block_state ;;
+    privileged) policy privileged builtin:sim-pusht-policy-block-state observation:=block_state execute_steps:=3 ;;
     bc) policy bc builtin:sim-pusht-policy-bc ;;
     bc_rla) policy bc_rla builtin:sim-pusht-policy ;;
     bc_rla_direct) policy bc_rla_direct builtin:sim-pusht-policy-direct ;;

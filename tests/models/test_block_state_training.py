@@ -101,7 +101,7 @@ def test_block_state_recipe_trains_a_flow_policy_the_node_can_serve(demos):
     config["rla"].update(width=16, encoder_depth=1, decoder_depth=1, heads=2)
     config["policy"].update(width=32, depth=1, head_depth=1, heads=2, flow_steps=3)
     small = {"steps": 6, "batch_size": 8, "log_every": 3, "warmup_steps": 1}
-    config["train"] = {"rla": {**small, "min_gap": 2, "max_gap": 8}, "policy": small}
+    config["train"] = {"rla": {**small, "min_gap": 2, "max_gap": 8}, "policy": {**small, "ema_decay": 0.9}}
     path = demos / "experiment.yaml"
     path.write_text(yaml.safe_dump(config))
     main(["train-rla", f"--config_path={path}", f"--out={demos / 'rla'}"])

@@ -214,3 +214,26 @@ def test_latency_starts_at_the_stamp_on_wall_time_and_at_the_frames_arrival_on_s
     assert stages["camera_to_command"] == pytest.approx([0.045])
     log.stamps_are_wall_time = True
     assert log.stage_seconds()["camera_to_command"][0] > 1e9  # a sim stamp read as wall time is nonsense
+
+
+def test_the_demo_command_prints_its_summary_and_writes_metrics_picture_and_video(ros_domain, tmp_path):
+    """`make demo`'s command line, shortened: the summary line keeps its form and every file it names exists
+    (metrics.json once failed to serialise the video's frames, after the whole run)."""
+    import json
+    import os
+    import re
+    import subprocess
+    import sys
+
+    out = tmp_path / "demo"
+    command = [sys.executable, "-m", "rla_wm_ros.demo", "--episodes", "1", "--episode-steps", "30"]
+    command += ["--output", str(out), "seed:=5"]
+    env = {**os.environ, "ROS_DOMAIN_ID": str(ros_domain)}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=200, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert re.search(r"\[demo\] [01]/1 episodes succeeded \(rate [01]\.00\), final coverage", result.stdout)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["summary"]["episodes"] == 1 and metrics["episodes"][0]["steps"] == 30
+    video = re.search(r"\[demo\] video: (\S+\.gif)", result.stdout)
+    assert video and os.path.getsize(video.group(1)) > 1000
+    assert (out / "episode_00_camera_features.png").is_file()

@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         "launch_args": overrides,
         "model_input_topic": runner.observer.model_input_topic,
         "summary": summary,
-        "episodes": [{k: v for k, v in vars(r).items() if k != "picture"} for r in results],
+        # The picture and the video's frames are files of their own, not numbers.
+        "episodes": [{k: v for k, v in vars(r).items() if k not in ("picture", "frames")} for r in results],
         "latency": latency,
     }
     (output / "metrics.json").write_text(json.dumps(metrics, indent=2))

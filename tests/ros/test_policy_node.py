@@ -15,7 +15,13 @@ from std_msgs.msg import Header
 from trajectory_msgs.msg import JointTrajectory
 
 from rla_wm_msgs.msg import FeatureMap
-from rla_wm_ros.conversions import features_to_msg, msg_to_chunk, stamp_to_nanoseconds, stamp_to_seconds
+from rla_wm_ros.conversions import (
+    features_to_msg,
+    msg_to_chunk,
+    nanoseconds_to_stamp,
+    stamp_to_nanoseconds,
+    stamp_to_seconds,
+)
 from rla_wm_ros.launch_xml import NodeSpec
 
 from conftest import Inbox, config_file, publish_until, wait_for, wait_until
@@ -286,7 +292,7 @@ def test_execute_steps_paces_inference_and_a_backwards_stamp_acts_at_once(ros_no
         state.header.stamp = ros_node.get_clock().now().to_msg()
         state_pub.publish(state)
         stamp = base_ns + offset_ns
-        header = Header(stamp=Time(sec=stamp // 10**9, nanosec=stamp % 10**9), frame_id="camera")
+        header = Header(stamp=nanoseconds_to_stamp(stamp), frame_id="camera")
         tokens = rng.normal(size=(256, 192)).astype(np.float32)
         features_pub.publish(features_to_msg(tokens, 16, 16, ENCODER_ID, header))
 

@@ -144,6 +144,10 @@ def stamp_to_seconds(stamp: Time) -> float:
     return stamp.sec + stamp.nanosec * 1e-9
 
 
+def nanoseconds_to_stamp(nanoseconds: int) -> Time:
+    return Time(sec=nanoseconds // 1_000_000_000, nanosec=nanoseconds % 1_000_000_000)
+
+
 def stamp_to_nanoseconds(stamp: Time) -> int:
     return stamp.sec * 1_000_000_000 + stamp.nanosec
 
@@ -211,7 +215,7 @@ def trajectory_to_msg(trajectory: Trajectory, frame_id: str = "") -> JointTrajec
     """The library's Trajectory -> JointTrajectory, field by field (nothing added)."""
     msg = JointTrajectory()
     msg.header.frame_id = frame_id
-    msg.header.stamp = Time(sec=trajectory.stamp_ns // 1_000_000_000, nanosec=trajectory.stamp_ns % 1_000_000_000)
+    msg.header.stamp = nanoseconds_to_stamp(trajectory.stamp_ns)
     msg.joint_names = list(trajectory.joint_names)
     for point in trajectory.points:
         out = JointTrajectoryPoint()

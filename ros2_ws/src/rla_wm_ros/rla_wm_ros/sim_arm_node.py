@@ -38,7 +38,7 @@ from rla_wm.envs.so101.scene import SCENE_CAMERA, WRIST_CAMERA
 from rla_wm.envs.so101.sim import CONTROL_HZ, JOINT_NAMES, So101Frame, So101Sim
 from rla_wm.envs.so101.sim_arm_settings import SimArmSettings
 from rla_wm_msgs.msg import EpisodeStatus, FeatureMap
-from rla_wm_ros.conversions import MessageShapeError, features_to_msg, msg_to_trajectory
+from rla_wm_ros.conversions import MessageShapeError, features_to_msg, msg_to_trajectory, nanoseconds_to_stamp
 from rla_wm_ros.image_conversion import CvBridge
 from rla_wm_ros.node_guard import Health, NodeGuard
 from rla_wm_ros.params import declare
@@ -100,8 +100,7 @@ class SimArmNode(Node):
         return self.sim_nanoseconds if self.settings.publish_clock else self.get_clock().now().nanoseconds
 
     def stamp(self) -> Time:
-        nanoseconds = self.now_nanoseconds()
-        return Time(sec=nanoseconds // 1_000_000_000, nanosec=nanoseconds % 1_000_000_000)
+        return nanoseconds_to_stamp(self.now_nanoseconds())
 
     def health(self) -> Health:
         return Health(

@@ -35,7 +35,7 @@ from rla_wm.control.trajectory import TrajectoryFollower
 from rla_wm.envs.pusht.privileged import BLOCK_STATE_ENCODER_ID, block_state_tokens
 from rla_wm.envs.pusht.sim import CONTROL_HZ, JOINT_NAMES, PushTSim
 from rla_wm_msgs.msg import EpisodeStatus, FeatureMap
-from rla_wm_ros.conversions import MessageShapeError, features_to_msg, msg_to_trajectory
+from rla_wm_ros.conversions import MessageShapeError, features_to_msg, msg_to_trajectory, nanoseconds_to_stamp
 from rla_wm_ros.image_conversion import CvBridge
 from rla_wm_ros.node_guard import Health, NodeGuard
 from rla_wm_ros.params import declare
@@ -129,8 +129,7 @@ class SimRobotNode(Node):
         return self.sim_nanoseconds if self.publish_clock else self.get_clock().now().nanoseconds
 
     def stamp(self) -> Time:
-        nanoseconds = self.now_nanoseconds()
-        return Time(sec=nanoseconds // 1_000_000_000, nanosec=nanoseconds % 1_000_000_000)
+        return nanoseconds_to_stamp(self.now_nanoseconds())
 
     def publish_goal(self) -> None:
         self.goal_pub.publish(pose_msg(self.frame.goal_pose, self.stamp(), self.pose_frame_id))

@@ -103,7 +103,8 @@ def test_lerobot_folder_drives_the_sim_robot_through_the_gate(lerobot_pretrained
         assert "LeRobot diffusion policy" in graph.tail_logs(400)
 
         # ~/reset starts a new observation history (an episode start); the policy keeps acting after it.
-        answer = call_service(ros_node.create_client(Trigger, "/policy/reset"), graph=graph)
+        # It waits for at most the prediction in progress (seconds on a loaded 2-core machine).
+        answer = call_service(ros_node.create_client(Trigger, "/policy/reset"), timeout=30.0, graph=graph)
         assert answer.success, answer.message
         count = len(chunks.snapshot())
         wait_for(lambda: len(chunks.snapshot()) >= count + 2, 60, "chunks after ~/reset", graph)

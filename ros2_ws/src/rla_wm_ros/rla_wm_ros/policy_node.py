@@ -20,6 +20,7 @@ then starts a new observation history, e.g. at an episode start.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -60,6 +61,7 @@ class PolicyNode(Node):
             UNTRAINED,
             f"Policy checkpoint folder or builtin:<name>; '{UNTRAINED}' = random initialisation; "
             "'expert:pusht' = the scripted Push-T expert on the sim's block state (sim/block_state); "
+            "'expert:so101' = the scripted SO-101 push-cube expert on the arm sim's state (sim/environment_state); "
             "a LeRobot pretrained_model folder (or lerobot:<folder>) = that policy on the camera image.",
         )
         seed = declare(self, "seed", 0, "Initialisation seed of an untrained policy.", (0, 2**31 - 1))
@@ -181,14 +183,18 @@ class PolicyNode(Node):
         self.guard = NodeGuard(self, "world action model", health=self.health, hardware_id=config.encoder_id)
         self.trajectory_pub = self.create_publisher(JointTrajectory, "policy/joint_trajectory", 10)
         inference_group = MutuallyExclusiveCallbackGroup()
+        self.policy_lock = threading.Lock()  # the policy's history and the scheduler: one writer at a time
         guard = self.guard.wrap
         self.create_subscription(JointState, "joint_states", guard(self.on_joint_state), 10)
         if isinstance(self.policy, LeRobotChunkPolicy):
             # Newest frame only (as the encoder): a frame that waits for a busy policy is stale anyway.
             observation_type: type = CompressedImage if compressed else Image
             topic, qos = ("camera/image_raw/compressed" if compressed else "camera/image_raw"), CAMERA_QOS
-            # In the inference group: a reset never lands in the middle of a prediction.
-            self.create_service(Trigger, "~/reset", guard(self.on_reset), callback_group=inference_group)
+            # Its own group, so a busy inference timer cannot starve it (the executor offers the overdue timer
+            # first); the lock still keeps a reset out of the middle of a prediction.
+            self.create_service(
+                Trigger, "~/reset", guard(self.on_reset), callback_group=MutuallyExclusiveCallbackGroup()
+            )
         else:
             observation_type, topic, qos = FeatureMap, "features", LATEST_ONLY
         if self.rate > 0:
@@ -214,9 +220,10 @@ class PolicyNode(Node):
 
     def on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         assert isinstance(self.policy, LeRobotChunkPolicy)  # the service exists only for one
-        self.policy.reset()
-        self.scheduler.reset()
-        self.pacer.reset()
+        with self.policy_lock:  # waits for at most the prediction in progress
+            self.policy.reset()
+            self.scheduler.reset()
+            self.pacer.reset()
         response.success = True
         response.message = "observation history and previous chunk cleared"
         return response
@@ -275,6 +282,10 @@ class PolicyNode(Node):
             )
 
     def act(self, msg: Observation, model_input: np.ndarray | None = None) -> None:
+        with self.policy_lock:
+            self.act_locked(msg, model_input)
+
+    def act_locked(self, msg: Observation, model_input: np.ndarray | None) -> None:
         if model_input is None:
             model_input = self.model_input(msg)
         state = self.latest_state.fresh()
@@ -310,7 +321,7 @@ class PolicyNode(Node):
 def main(args: list[str] | None = None) -> None:
     from rla_wm_ros.node_main import spin_node
 
-    spin_node(PolicyNode, args, threads=2)
+    spin_node(PolicyNode, args, threads=3)  # inference, inputs, ~/reset
 
 
 if __name__ == "__main__":

@@ -1,23 +1,33 @@
-"""Per-replan time of CEM planning with RLA-WM vs the regression baseline, and the largest
-budgets that fit a 10 Hz and a 2 Hz control loop.
+"""Per-replan time of CEM planning with RLA-WM (feature cost and latent cost) vs the regression
+baseline, the largest budgets that fit a 10 Hz and a 2 Hz control loop, and how time and
+memory grow with samples, horizon and feature grid.
 
-    python benchmarks/bench_planner.py                       # checkpoints in runs/ if present
-    python benchmarks/bench_planner.py --threads 1 --max-seconds 60
-    python benchmarks/bench_planner.py --device cuda
+    python benchmarks/bench_planner.py --threads 1            # the CPU figures (checkpoints in runs/ if present)
+    python benchmarks/bench_planner.py --device cuda --dtype bfloat16
+    python benchmarks/bench_planner.py --samples 8 --iterations 2 --growth-samples 4,8 \\
+        --growth-horizons 1,2 --growth-grids 8 --growth-base 8,2,8 --batches 1,2   # smoke run
 
-1. DINO-WM's budget (CEM, 300 samples x 30 iterations, horizon 5 chunks of 5 actions): planning
-   runs until --max-seconds have passed (at least one iteration); when that cuts it short, the
-   full time is EXTRAPOLATED as (mean seconds per iteration) x iterations and labelled so.
-   Iterations cost the same every time (same batch, same shapes), so this is a fair estimate.
+1. DINO-WM's budget (CEM, 300 samples x 30 iterations, horizon 5 chunks of 5 actions), side by
+   side for RLA-WM scoring the decoded features (`cost_space=features`), RLA-WM scoring the
+   predicted residual latent (`cost_space=latent`, models/rla_wm/control/latent_cost.py) and
+   the regression baseline, for each --prediction-chunks (chunks per world-model call).
+   Planning runs until --max-seconds have passed (at least one iteration); when that cuts it
+   short, the full time is EXTRAPOLATED as (mean seconds per iteration) x iterations and
+   labelled so. Iterations cost the same every time (same batch, same shapes).
 2. Reduced budgets: one prediction is timed at small batch sizes, and for each control period
    the search picks the longest horizon, then the most samples x iterations (at least 2
    iterations, since one is random shooting, and at least --min-samples samples) whose
    predicted time fits 80% of the period; each pick is then run for real and its measured
    time printed.
+3. Cost growth: --growth-iterations iterations are run for each row (samples, horizon, grid
+   of patch tokens, varied one at a time around --growth-base); per replan = per iteration x
+   --iterations + what runs once per replan. Peak memory: CUDA's peak allocation, or on a CPU the sampled peak resident
+   set size, above what the process held before the plan.
 
 Models: the trained checkpoints of runs/pusht_small_v2 (RLA + RLA-WM) and runs/pusht_small
 (regression) when present, else randomly initialised models of the sizes in
-models/configs/pusht_small.yaml (latency does not depend on the weights).
+models/configs/pusht_small.yaml (latency does not depend on the weights); section 3 always uses
+random models, one per grid. On a GPU every timing synchronises the device first and last.
 """
 
 from __future__ import annotations
@@ -25,13 +35,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import yaml
 
-from rla_wm.control.planning import LoadedPredictor, PlannerConfig, load_predictor, plan
+from rla_wm.control.planning import PlannerConfig, load_predictor, plan, predict_batch
 from rla_wm.models.prediction import Predictor, RegressionPredictor, RLAWMPredictor
 from rla_wm.models.regression import RegressionConfig, RegressionModel
 from rla_wm.models.rla import RLAAutoencoder, RLAConfig
@@ -39,34 +51,49 @@ from rla_wm.models.world_model import RLAWorldModel, WorldModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_CONFIG = REPO / "models" / "configs" / "pusht_small.yaml"
-TOKENS, CHANNELS = 256, 192  # builtin:dinov2-tiny-random at 224 px (DINOv2 ViT-S/14 would be 256 x 384)
+GRID, CHANNELS = 16, 192  # builtin:dinov2-tiny-random at 224 px (DINOv2 ViT-S/14 would be 16x16 x 384)
+# (label, model, cost_space): the columns compared side by side.
+VARIANTS = (
+    ("rla-wm features", "rla-wm", "features"),
+    ("rla-wm latent", "rla-wm", "latent"),
+    ("regression", "regression", "features"),
+)
+BOUNDS = dict(action_low=(20.0, 20.0), action_high=(492.0, 492.0), max_delta=40.0, seed=0)
 
 
-def random_predictors(euler_steps: int, device: str) -> dict[str, Predictor]:
-    """Randomly initialised models of the pusht_small.yaml sizes."""
+def cast(predictor: Predictor, device: str, dtype: torch.dtype) -> Predictor:
+    if isinstance(predictor, RLAWMPredictor):
+        predictor.world_model.to(device, dtype)
+        predictor.autoencoder.to(device, dtype)
+    elif isinstance(predictor, RegressionPredictor):
+        predictor.model.to(device, dtype)
+    return predictor
+
+
+def random_predictors(euler_steps: int, device: str, dtype: torch.dtype, grid: int = GRID) -> dict[str, Predictor]:
+    """Randomly initialised models of the pusht_small.yaml sizes on a grid x grid token map."""
     sizes = yaml.safe_load(SMALL_CONFIG.read_text())
-    shared = dict(token_dim=CHANNELS, num_tokens=TOKENS)
+    shared = dict(token_dim=CHANNELS, num_tokens=grid * grid)
     rla = RLAConfig(**shared, **sizes["rla"])
     wm = WorldModelConfig(**shared, latent_tokens=rla.latent_tokens, latent_dim=rla.latent_dim, **sizes["world_model"])
     reg = RegressionConfig(**shared, **sizes["regression"])
     torch.manual_seed(0)
-    return {
-        "rla-wm": RLAWMPredictor(RLAWorldModel(wm).to(device), RLAAutoencoder(rla).to(device), steps=euler_steps),
-        "regression": RegressionPredictor(RegressionModel(reg).to(device)),
+    predictors: dict[str, Predictor] = {
+        "rla-wm": RLAWMPredictor(RLAWorldModel(wm), RLAAutoencoder(rla), steps=euler_steps),
+        "regression": RegressionPredictor(RegressionModel(reg)),
     }
+    return {name: cast(predictor, device, dtype) for name, predictor in predictors.items()}
 
 
-def load_predictors(args: argparse.Namespace) -> tuple[dict[str, Predictor], dict[str, str]]:
-    predictors, sources = random_predictors(args.euler_steps, args.device), {}
+def load_predictors(args: argparse.Namespace, dtype: torch.dtype) -> tuple[dict[str, Predictor], dict[str, str]]:
+    predictors = random_predictors(args.euler_steps, args.device, dtype)
     sources = {name: "random init, pusht_small.yaml sizes" for name in predictors}
     if Path(args.rla).is_dir() and Path(args.wm).is_dir():
-        loaded: LoadedPredictor = load_predictor(
-            "rla-wm", args.rla, args.wm, euler_steps=args.euler_steps, device=args.device
-        )
-        predictors["rla-wm"], sources["rla-wm"] = loaded.predictor, f"{args.wm}"
+        loaded = load_predictor("rla-wm", args.rla, args.wm, euler_steps=args.euler_steps, device=args.device)
+        predictors["rla-wm"], sources["rla-wm"] = cast(loaded.predictor, args.device, dtype), f"{args.wm}"
     if Path(args.regression).is_dir():
         loaded = load_predictor("regression", regression_checkpoint=args.regression, device=args.device)
-        predictors["regression"], sources["regression"] = loaded.predictor, f"{args.regression}"
+        predictors["regression"], sources["regression"] = cast(loaded.predictor, args.device, dtype), args.regression
     return predictors, sources
 
 
@@ -75,49 +102,257 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def prediction_seconds(predictor: Predictor, batch: int, chunk_length: int, device: str, repeats: int) -> float:
-    """Median seconds of one prediction for `batch` candidates."""
-    current = torch.randn(batch, TOKENS, CHANNELS, device=device)
-    actions = torch.rand(batch, chunk_length, 2, device=device) * 400 + 50
-    predictor.predict(current, actions)  # warm-up
+class PeakMemory:
+    """Peak memory (MiB) of a block above what was held when it started: CUDA's allocator
+    statistics, or the resident set size sampled every 2 ms on a CPU (Linux /proc)."""
+
+    def __init__(self, device: str) -> None:
+        self.device, self.mib = device, float("nan")
+        self._stop = threading.Event()
+        self._peak = 0
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            self._peak = max(self._peak, self._rss())
+
+    def __enter__(self) -> PeakMemory:
+        sync(self.device)
+        if self.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+            self._base = torch.cuda.memory_allocated()
+        elif Path("/proc/self/statm").exists():
+            self._base = self._peak = self._rss()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        sync(self.device)
+        if self.device.startswith("cuda"):
+            self.mib = (torch.cuda.max_memory_allocated() - self._base) / 2**20
+        elif hasattr(self, "_thread"):
+            self._stop.set()
+            self._thread.join()
+            self.mib = (max(self._peak, self._rss()) - self._base) / 2**20
+
+
+def timed(fn: Callable[[], object], device: str, repeats: int) -> float:
+    """Median seconds of fn() after one warm-up, the device synchronised around each run."""
+    fn()
     samples = []
     for _ in range(repeats):
         sync(device)
         started = time.perf_counter()
-        predictor.predict(current, actions)
+        fn()
         sync(device)
         samples.append(time.perf_counter() - started)
     return statistics.median(samples)
 
 
-def run_plan(predictor: Predictor, config: PlannerConfig, device: str, max_seconds: float | None = None):
-    """Plan once from random features; stop after max_seconds (>= 1 iteration). Returns the result."""
+def run_plan(predictor: Predictor, config: PlannerConfig, args: argparse.Namespace, max_seconds: float | None = None):
+    """Plan once from random features; stop after max_seconds (>= 1 iteration). Returns (result, seconds)."""
     generator = torch.Generator().manual_seed(0)
-    current = torch.randn(TOKENS, CHANNELS, generator=generator).to(device)
-    goal = torch.randn(TOKENS, CHANNELS, generator=generator).to(device)
+    tokens = _tokens(predictor)
+    current = torch.randn(tokens, CHANNELS, generator=generator).to(args.device, getattr(torch, args.dtype))
+    goal = torch.randn(tokens, CHANNELS, generator=generator).to(args.device, getattr(torch, args.dtype))
     stop = (lambda stats: stats.elapsed > max_seconds) if max_seconds else None
-    return plan(predictor, current, goal, config, start_action=[256.0, 256.0], callback=stop)
+    sync(args.device)
+    started = time.perf_counter()
+    result = plan(predictor, current, goal, config, start_action=[256.0, 256.0], callback=stop)
+    sync(args.device)
+    return result, time.perf_counter() - started
+
+
+def replan_seconds(result, seconds: float, iterations: int) -> float:
+    """A replan of `iterations` iterations from a shorter run: per-iteration time x iterations,
+    plus what runs once after them (the latent cost's decode of the chosen plan)."""
+    if len(result.stats) == iterations:
+        return seconds
+    last = result.stats[-1].elapsed  # from the start of planning: includes the goal's encoding
+    return last / len(result.stats) * iterations + max(seconds - last, 0.0)
+
+
+def warm_up(predictors: dict[str, Predictor], args: argparse.Namespace) -> None:
+    """One tiny plan per variant, so one-off costs (CUDA kernels, allocator) stay out of the timings."""
+    for _, model, cost_space in VARIANTS:
+        config = PlannerConfig(
+            horizon=1,
+            chunk_length=args.chunk_length,
+            num_samples=2,
+            iterations=1,
+            elites=1,
+            cost_space=cost_space,
+            **BOUNDS,
+        )
+        run_plan(predictors[model], config, args)
+
+
+def _tokens(predictor: Predictor) -> int:
+    if isinstance(predictor, RLAWMPredictor):
+        return predictor.world_model.config.num_tokens
+    assert isinstance(predictor, RegressionPredictor)
+    return predictor.model.config.num_tokens
+
+
+def full_budget_rows(predictors: dict[str, Predictor], args: argparse.Namespace) -> list[list[str]]:
+    """Section 1: one row per prediction_chunks, one 's / replan' cell per variant."""
+    rows = []
+    warm_up(predictors, args)
+    for chunks in (int(k) for k in args.prediction_chunks.split(",")):
+        row = [f"CEM {args.samples}x{args.iterations}, H={args.horizon}x{args.chunk_length}, {chunks} chunk(s)/call"]
+        for label, model, cost_space in VARIANTS:
+            predictor = predictors[model]
+            limit, longest = getattr(predictor, "max_horizon", 0), min(chunks, args.horizon) * args.chunk_length
+            if longest > limit:
+                row.append(f"- ({longest} actions > max_horizon {limit})")
+                continue
+            config = PlannerConfig(
+                horizon=args.horizon,
+                chunk_length=args.chunk_length,
+                num_samples=args.samples,
+                iterations=args.iterations,
+                elites=min(30, args.samples),
+                cost_space=cost_space,
+                prediction_chunks=chunks,
+                **BOUNDS,
+            )
+            result, seconds = run_plan(predictor, config, args, args.max_seconds)
+            measured = len(result.stats)
+            total = replan_seconds(result, seconds, args.iterations)
+            row.append(
+                f"{total:.2f} s" if measured == args.iterations else f"{total:.1f} s (EXTRAPOLATED, {measured} it.)"
+            )
+            print(f"  {label}, {chunks} chunk(s)/call: {measured} iteration(s) in {seconds:.2f} s", flush=True)
+        rows.append(row)
+    return rows
 
 
 def pick_budget(
-    per_prediction: dict[int, float], period: float, min_samples: int
+    iteration_seconds: Callable[[int, int], float], batches: list[int], period: float, min_samples: int
 ) -> tuple[int, int, int, float] | None:
-    """(horizon, samples, iterations, predicted seconds) fitting 80% of `period`, or None."""
+    """(horizon, samples, iterations, predicted seconds) fitting 80% of `period`, or None.
+
+    iteration_seconds(horizon, samples): predicted seconds of one CEM iteration."""
     for horizon in (5, 3, 2, 1):
         best = None
-        for samples, seconds in per_prediction.items():
+        for samples in batches:
             if samples < min_samples:  # a population this small is not a search
                 continue
-            iterations = int(0.8 * period // (horizon * seconds)) if seconds > 0 else 0
-            iterations = min(iterations, 30)
+            seconds = iteration_seconds(horizon, samples)
+            iterations = min(int(0.8 * period // seconds), 30) if seconds > 0 else 0
             if iterations < 2:
                 continue
             score = samples * iterations
             if best is None or score > best[1] * best[2] or (score == best[1] * best[2] and samples > best[1]):
-                best = (horizon, samples, iterations, horizon * iterations * seconds)
+                best = (horizon, samples, iterations, iterations * seconds)
         if best is not None:
             return best
     return None
+
+
+def reduced_budget_rows(predictors: dict[str, Predictor], args: argparse.Namespace) -> list[list[str]]:
+    """Section 2: per-prediction times at small batches -> the budgets that fit 10 Hz and 2 Hz."""
+    batches = [int(b) for b in args.batches.split(",")]
+    dtype = getattr(torch, args.dtype)
+    rows = []
+    for label, model, cost_space in VARIANTS:
+        predictor = predictors[model]
+        tokens = _tokens(predictor)
+        # Seconds per prediction: a full one, and the plan's last one (first chunk, later chunk).
+        full, last_first, last_later = {}, {}, {}
+        for b in batches:
+            current = torch.randn(1, tokens, CHANNELS, device=args.device, dtype=dtype)
+            actions = (torch.rand(b, args.chunk_length, 2, device=args.device) * 400 + 50).to(dtype)
+            full[b] = last_first[b] = last_later[b] = timed(
+                lambda: predict_batch(predictor, current, actions), args.device, args.repeats
+            )
+            if cost_space == "latent":  # z only; after the first chunk the goal is encoded per candidate
+                assert isinstance(predictor, RLAWMPredictor)
+                many = current.expand(b, -1, -1)
+                last_first[b] = timed(lambda: predictor.predict_latent(current, actions), args.device, args.repeats)
+                encode = timed(lambda: predictor.encode(many, current), args.device, args.repeats)
+                last_later[b] = last_first[b] + encode
+        print(
+            f"  {label}: one prediction " + ", ".join(f"B={b}: {s * 1e3:.0f} ms" for b, s in full.items()), flush=True
+        )
+
+        def iteration_seconds(horizon: int, samples: int) -> float:
+            last = last_first if horizon == 1 else last_later
+            return (horizon - 1) * full[samples] + last[samples]
+
+        for hz in (10.0, 2.0):
+            pick = pick_budget(iteration_seconds, batches, 1.0 / hz, args.min_samples)
+            if pick is None:
+                rows.append([label, f"{hz:g} Hz: nothing fits", "-", "-", "2 iterations x H=1 do not fit"])
+                continue
+            horizon, samples, iterations, predicted = pick
+            config = PlannerConfig(
+                horizon=horizon,
+                chunk_length=args.chunk_length,
+                num_samples=samples,
+                iterations=iterations,
+                elites=max(1, samples // 8),
+                cost_space=cost_space,
+                **BOUNDS,
+            )
+            measured = statistics.median(run_plan(predictor, config, args)[1] for _ in range(args.repeats))
+            fits = "fits" if measured <= 1.0 / hz else "OVER"
+            rows.append(
+                [
+                    label,
+                    f"{hz:g} Hz: CEM {samples}x{iterations}, H={horizon}x{args.chunk_length}",
+                    f"{measured / iterations:.3f}",
+                    f"{measured:.3f}",
+                    f"measured (median of {args.repeats}), {fits} {1e3 / hz:.0f} ms; predicted {predicted:.3f}",
+                ]
+            )
+    return rows
+
+
+def growth_rows(args: argparse.Namespace) -> list[list[str]]:
+    """Section 3: s / replan and peak memory per variant, one setting varied at a time."""
+    base_samples, base_horizon, base_grid = (int(v) for v in args.growth_base.split(","))
+    settings = [(s, base_horizon, base_grid) for s in map(int, args.growth_samples.split(","))]
+    settings += [(base_samples, h, base_grid) for h in map(int, args.growth_horizons.split(","))]
+    settings += [(base_samples, base_horizon, g) for g in map(int, args.growth_grids.split(","))]
+    settings = list(dict.fromkeys(settings))  # the base row once
+    dtype = getattr(torch, args.dtype)
+    models: dict[int, dict[str, Predictor]] = {}
+    rows = []
+    for samples, horizon, grid in settings:
+        if grid not in models:
+            models = {grid: random_predictors(args.euler_steps, args.device, dtype, grid)}  # one grid in memory
+            warm_up(models[grid], args)
+        row = [str(samples), str(horizon), f"{grid}x{grid}"]
+        for _, model, cost_space in VARIANTS:
+            config = PlannerConfig(
+                horizon=horizon,
+                chunk_length=args.chunk_length,
+                num_samples=samples,
+                iterations=args.growth_iterations,
+                elites=max(1, min(30, samples // 4)),
+                cost_space=cost_space,
+                **BOUNDS,
+            )
+            with PeakMemory(args.device) as memory:
+                result, seconds = run_plan(models[grid][model], config, args)
+            row.append(f"{replan_seconds(result, seconds, args.iterations):.2f} s, {memory.mib:.0f} MiB")
+        print("  growth: " + " | ".join(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def table(header: list[str], rows: list[list[str]]) -> None:
+    print()
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
 
 
 def main() -> None:
@@ -129,6 +364,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--horizon", type=int, default=5, help="chunks per plan")
     parser.add_argument("--chunk-length", type=int, default=5, help="actions per chunk (training horizon)")
+    parser.add_argument("--prediction-chunks", default="1", help="chunks per world-model call, a list (section 1)")
     parser.add_argument("--euler-steps", type=int, default=10)
     parser.add_argument(
         "--max-seconds", type=float, default=60.0, help="wall time per model for the full budget before extrapolating"
@@ -136,107 +372,34 @@ def main() -> None:
     parser.add_argument("--batches", default="1,2,4,8,16,32,64", help="batch sizes timed for the reduced budgets")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--min-samples", type=int, default=8, help="smallest population the reduced budgets use")
+    parser.add_argument("--growth-base", default="64,5,16", help="samples,horizon,grid the growth rows vary around")
+    parser.add_argument("--growth-samples", default="16,64,256")
+    parser.add_argument("--growth-horizons", default="1,3,5")
+    parser.add_argument("--growth-grids", default="16,24,32", help="patch grids (16 = 224 px at patch 14)")
+    parser.add_argument("--growth-iterations", type=int, default=1, help="iterations run per growth row")
+    parser.add_argument("--skip", default="", help="sections to skip, e.g. reduced,growth")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    predictors, sources = load_predictors(args)
+    predictors, sources = load_predictors(args, getattr(torch, args.dtype))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
-        f"device {args.device}, torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, "
-        f"load average {load:.1f} at start; {TOKENS}x{CHANNELS} tokens; RLA-WM {args.euler_steps} Euler steps"
+        f"device {args.device}, dtype {args.dtype}, torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, "
+        f"load average {load:.1f} at start; {GRID}x{GRID}x{CHANNELS} tokens; RLA-WM {args.euler_steps} Euler steps"
     )
     for name, source in sources.items():
         print(f"  {name}: {source}")
-
-    full = PlannerConfig(
-        horizon=args.horizon,
-        chunk_length=args.chunk_length,
-        num_samples=args.samples,
-        iterations=args.iterations,
-        elites=30,
-        action_low=(20.0, 20.0),
-        action_high=(492.0, 492.0),
-        max_delta=40.0,
-        seed=0,
-    )
-    rows = []
-    for name, predictor in predictors.items():
-        result = run_plan(predictor, full, args.device, args.max_seconds)
-        elapsed = [s.elapsed for s in result.stats]
-        per_iteration = [b - a for a, b in zip([0.0] + elapsed[:-1], elapsed)]
-        measured = len(result.stats)
-        mean_iteration = statistics.mean(per_iteration)
-        if measured == args.iterations:
-            total, label = result.elapsed, "measured"
-        else:
-            total, label = mean_iteration * args.iterations, f"EXTRAPOLATED from {measured} iteration(s)"
-        rows.append(
-            (
-                name,
-                f"CEM {args.samples}x{args.iterations}, H={args.horizon}x{args.chunk_length}",
-                f"{mean_iteration:.2f}",
-                f"{total:.1f}",
-                label,
-            )
-        )
-        print(f"  {name}: {measured} iteration(s) of the full budget in {result.elapsed:.1f} s", flush=True)
-
-    batches = [int(b) for b in args.batches.split(",")]
-    for name, predictor in predictors.items():
-        per_prediction = {
-            b: prediction_seconds(predictor, b, args.chunk_length, args.device, args.repeats) for b in batches
-        }
-        print(
-            f"  {name}: one prediction " + ", ".join(f"B={b}: {s * 1e3:.0f} ms" for b, s in per_prediction.items()),
-            flush=True,
-        )
-        for hz in (10.0, 2.0):
-            pick = pick_budget(per_prediction, 1.0 / hz, args.min_samples)
-            if pick is None:
-                smallest = min(b for b in batches if b >= args.min_samples)
-                rows.append(
-                    (
-                        name,
-                        f"{hz:g} Hz: nothing fits",
-                        "-",
-                        "-",
-                        f"2 iterations x H=1 at B={smallest} take {2 * per_prediction[smallest] * 1e3:.0f} ms",
-                    )
-                )
-                continue
-            horizon, samples, iterations, predicted = pick
-            config = PlannerConfig(
-                horizon=horizon,
-                chunk_length=args.chunk_length,
-                num_samples=samples,
-                iterations=iterations,
-                elites=max(1, samples // 8),
-                action_low=(20.0, 20.0),
-                action_high=(492.0, 492.0),
-                max_delta=40.0,
-                seed=0,
-            )
-            times = [run_plan(predictor, config, args.device).elapsed for _ in range(args.repeats)]
-            measured = statistics.median(times)
-            fits = "fits" if measured <= 1.0 / hz else "OVER"
-            rows.append(
-                (
-                    name,
-                    f"{hz:g} Hz: CEM {samples}x{iterations}, H={horizon}x{args.chunk_length}",
-                    f"{measured / iterations:.3f}",
-                    f"{measured:.3f}",
-                    f"measured (median of {args.repeats}), {fits} {1e3 / hz:.0f} ms; predicted {predicted:.3f}",
-                )
-            )
-
-    header = ("model", "budget", "s / iteration", "s / replan", "how")
-    print()
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    skip = set(args.skip.split(","))
+    columns = [label for label, _, _ in VARIANTS]
+    table(["budget (s / replan)", *columns], full_budget_rows(predictors, args))
+    if "reduced" not in skip:
+        table(["model", "budget", "s / iteration", "s / replan", "how"], reduced_budget_rows(predictors, args))
+    if "growth" not in skip:
+        header = ["samples", "horizon", "grid", *(f"{label}: s / replan, peak" for label in columns)]
+        table(header, growth_rows(args))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rla_wm.control.latent_cost import check_prediction_length, latent_predictor
 from rla_wm.control.planner_session import MAX_HORIZON, MAX_ITERATIONS, MAX_SAMPLES, ChunkTiming, PlannerSession
 from rla_wm.control.planning import (
     LoadedPredictor,
@@ -74,6 +75,14 @@ def check_action_bounds(config: PlannerConfig, loaded: LoadedPredictor) -> str |
     )
 
 
+def check_cost_space(config: PlannerConfig, loaded: LoadedPredictor) -> None:
+    """PlanningError, before anything is planned, when the world model cannot give the config's
+    cost (a latent cost without a latent) or one prediction would get more actions than it takes."""
+    check_prediction_length(loaded.predictor, config)
+    if config.cost_space == "latent":
+        latent_predictor(loaded.predictor)
+
+
 def mpc_settings(
     planner: Planner, rate: float, horizon: int, num_samples: int, iterations: int, time_budget: float
 ) -> PlannerConfig:
@@ -133,6 +142,17 @@ class PlannerSettings:
     )
     time_budget: float = setting(0.0, "Default seconds per plan (0 = none).", (0.0, 3600.0))
     batch_size: int = setting(0, "Candidates per predictor call (0 = all).", (0, MAX_SAMPLES))
+    cost_space: str = setting(
+        "features",
+        "features (decode every candidate's final features) or latent (rla-wm: compare the "
+        "predicted residual latent with the goal's; decodes only what later predictions read).",
+    )
+    prediction_chunks: int = setting(
+        1,
+        "Chunks per world-model call while planning (1 = the training chunk; more needs a model "
+        "trained on that many actions, within its max_horizon).",
+        (1, MAX_HORIZON),
+    )
     # -- MPC ---------------------------------------------------------------------------------------------
     mpc_rate: float = setting(0.0, "Replanning rate (Hz) toward the current goal; 0 = no MPC.", (0.0, 1000.0))
     mpc_horizon: int = setting(0, "Plan length in chunks when replanning (0 = horizon).", (0, MAX_HORIZON))
@@ -165,6 +185,8 @@ class PlannerSettings:
             time_budget=self.time_budget,
             batch_size=self.batch_size,
             seed=self.seed,
+            cost_space=self.cost_space,
+            prediction_chunks=self.prediction_chunks,
         )
 
     def load_world_model(self) -> LoadedPredictor:
@@ -189,6 +211,7 @@ class PlannerSettings:
         try:
             defaults = self.optimiser()
             warning = check_action_bounds(defaults, loaded)
+            check_cost_space(defaults, loaded)
         except PlanningError as err:
             raise PlanningError(f"bad optimiser parameters: {err}") from err
         planner = Planner(loaded.predictor, defaults)

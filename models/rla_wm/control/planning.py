@@ -17,6 +17,10 @@ by softmax(-cost / (temperature * cost std)).
 
 The returned plan is the lowest-cost candidate of the last iteration; the population of
 every iteration includes the current mean, so a converged mean is always considered.
+
+`cost_space="latent"` (RLA-WM only) scores candidates in the RLA latent space instead of
+decoding the plan's end for every candidate; `prediction_chunks` > 1 predicts several chunks
+per world-model call. Why that is sound, and what it saves, is in `latent_cost`.
 """
 
 from __future__ import annotations
@@ -29,10 +33,11 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
-from rla_wm.models.prediction import Predictor, Reseedable
+from rla_wm.models.prediction import Predictor, Reseedable, SharedPredictor
 
 METHODS = ("cem", "mppi")
 COSTS = ("l2", "l1", "cosine")
+COST_SPACES = ("features", "latent")
 
 
 class PlanningError(ValueError):
@@ -67,13 +72,25 @@ class PlannerConfig:
     batch_size: int = 0  # candidates per predictor call (0 = all at once); bounds peak memory
     seed: int | None = 0
     shift: int = 1  # chunks dropped from the previous plan for a warm start (one chunk is executed)
+    # features: distance of the decoded final features to the goal's (every candidate decoded);
+    # latent: distance of the predicted z to the goal's residual latent (RLA-WM; see latent_cost).
+    cost_space: str = "features"
+    # Chunks per world-model call (its actions concatenated); 1 = the chunk the models were
+    # trained on. More cuts the calls per candidate, within the model's max_horizon.
+    prediction_chunks: int = 1
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise PlanningError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.cost not in COSTS:
             raise PlanningError(f"cost must be one of {COSTS}, got {self.cost!r}")
-        for name in ("horizon", "chunk_length", "num_samples", "iterations"):
+        if self.cost_space not in COST_SPACES:
+            raise PlanningError(f"cost_space must be one of {COST_SPACES}, got {self.cost_space!r}")
+        if self.cost_space == "latent" and self.intermediate_weight > 0:
+            raise PlanningError(
+                "intermediate_weight needs cost_space 'features': the latent cost scores the plan's end"
+            )
+        for name in ("horizon", "chunk_length", "num_samples", "iterations", "prediction_chunks"):
             if getattr(self, name) < 1:
                 raise PlanningError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.elites < 1:
@@ -125,6 +142,9 @@ class PlanResult:
     stats: list[IterationStats] = field(default_factory=list)
     stopped: str = "iterations"  # "iterations", "time_budget" or "cancelled"
     elapsed: float = 0.0
+    # `cost` is in the config's cost_space; this is the feature-space cost of `actions` (with
+    # cost_space latent: one rollout of the returned plan, decoded; None if not computed).
+    feature_cost: float | None = None
 
     @property
     def first_chunk(self) -> torch.Tensor:
@@ -146,6 +166,29 @@ def feature_distance(predicted: torch.Tensor, goal: torch.Tensor, kind: str = "l
     raise PlanningError(f"cost must be one of {COSTS}, got {kind!r}")
 
 
+def prediction_segments(chunks: int, per_prediction: int = 1) -> list[tuple[int, int]]:
+    """[begin, end) chunk ranges predicted by one world-model call each, in order."""
+    return [(begin, min(begin + per_prediction, chunks)) for begin in range(0, chunks, per_prediction)]
+
+
+def segment_actions(part: torch.Tensor, begin: int, end: int) -> torch.Tensor:
+    """The actions of chunks [begin, end) of (B, M, h, A) candidates as one (B, (end - begin) h, A) sequence."""
+    return part[:, begin:end].reshape(part.shape[0], -1, part.shape[-1])
+
+
+def predict_batch(predictor: Predictor, features: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """One prediction for B candidates from (1 or B, N, C) features; a SharedPredictor reads a
+    single map once instead of B copies."""
+    if isinstance(predictor, SharedPredictor):
+        return predictor.predict_shared(features, actions)
+    return predictor.predict(features.expand(actions.shape[0], -1, -1), actions)
+
+
+def finite_or_inf(costs: list[torch.Tensor]) -> torch.Tensor:
+    result = torch.cat(costs).cpu()
+    return torch.where(torch.isfinite(result), result, torch.full_like(result, math.inf))
+
+
 @torch.no_grad()
 def rollout_costs(
     predictor: Predictor,
@@ -155,33 +198,35 @@ def rollout_costs(
     cost: str = "l2",
     intermediate_weight: float = 0.0,
     batch_size: int = 0,
+    prediction_chunks: int = 1,
 ) -> torch.Tensor:
     """Cost of each of B candidate plans (B, M, h, A) from one observation (1, N, C) -> (B,).
 
     Chunks are rolled out autoregressively on the predicted features, as `prediction.rollout`
-    does, but only distances are kept: (B, M, N, C) predictions do not fit in memory for a
-    planning population at paper scale. Non-finite costs come back as +inf.
+    does, `prediction_chunks` chunks per prediction, but only distances are kept: (B, M, N, C)
+    predictions do not fit in memory for a planning population at paper scale. Intermediate
+    distances are taken after every prediction but the last. Non-finite costs come back as +inf.
     """
     if action_chunks.ndim != 4:
         raise PlanningError(f"action_chunks must be (B, M, h, A), got {tuple(action_chunks.shape)}")
     count, chunks = action_chunks.shape[:2]
     step = batch_size or count
     action_chunks = action_chunks.to(current.device, current.dtype)
+    segments = prediction_segments(chunks, prediction_chunks)
     costs = []
     for begin in range(0, count, step):
         part = action_chunks[begin : begin + step]
-        features = current.expand(part.shape[0], -1, -1)
+        features = current  # one map for the whole batch until the first prediction
         intermediate = torch.zeros(part.shape[0], device=current.device, dtype=torch.float32)
-        for index in range(chunks):
-            features = predictor.predict(features, part[:, index])
-            if index < chunks - 1 and intermediate_weight > 0:
+        for index, (first, last) in enumerate(segments):
+            features = predict_batch(predictor, features, segment_actions(part, first, last))
+            if index < len(segments) - 1 and intermediate_weight > 0:
                 intermediate += feature_distance(features, goal, cost).float()
         total = feature_distance(features, goal, cost).float()
-        if chunks > 1 and intermediate_weight > 0:
-            total = total + intermediate_weight * intermediate / (chunks - 1)
+        if len(segments) > 1 and intermediate_weight > 0:
+            total = total + intermediate_weight * intermediate / (len(segments) - 1)
         costs.append(total)
-    result = torch.cat(costs).cpu()
-    return torch.where(torch.isfinite(result), result, torch.full_like(result, math.inf))
+    return finite_or_inf(costs)
 
 
 def project_actions(
@@ -273,6 +318,9 @@ def plan(
     generator = torch.Generator().manual_seed(config.seed) if config.seed is not None else None
     if config.seed is not None and isinstance(predictor, Reseedable):
         predictor.reseed(config.seed)  # RLA-WM's flow noise: the same inputs give the same plan
+    from rla_wm.control.latent_cost import candidate_costs  # imports this module
+
+    score = candidate_costs(predictor, current, goal, config)  # the goal's latent: once per replan
 
     if warm_start is not None:
         if warm_start.ndim != 3 or tuple(warm_start.shape[1:]) != (config.chunk_length, dim):
@@ -301,15 +349,7 @@ def plan(
         # (already clamped) projections would shrink the std every iteration and stall the
         # search at max_delta per step.
         samples = project_actions(proposals, low, high, start, config.max_delta)
-        costs = rollout_costs(
-            predictor,
-            current,
-            goal,
-            samples.view(config.num_samples, config.horizon, config.chunk_length, dim),
-            config.cost,
-            config.intermediate_weight,
-            config.batch_size,
-        )
+        costs = score(samples.view(config.num_samples, config.horizon, config.chunk_length, dim))
         finite = torch.isfinite(costs)
         if not finite.any():
             raise PlanningError("every candidate's predicted cost is NaN/inf: the world model output is not finite")
@@ -352,7 +392,20 @@ def plan(
     actions = best_actions.reshape(config.horizon, config.chunk_length, dim).clone()
     if not torch.isfinite(actions).all() or not math.isfinite(best_cost):
         raise PlanningError("planner produced a non-finite plan")
-    return PlanResult(actions=actions, cost=best_cost, stats=stats, stopped=stopped, elapsed=clock() - started)
+    feature_cost = best_cost
+    if config.cost_space != "features":  # decode the chosen plan only, for a feature-space figure
+        chunks = actions[None].to(current.device, current.dtype)
+        feature_cost = float(
+            rollout_costs(predictor, current, goal, chunks, config.cost, 0.0, 0, config.prediction_chunks)
+        )
+    return PlanResult(
+        actions=actions,
+        cost=best_cost,
+        stats=stats,
+        stopped=stopped,
+        elapsed=clock() - started,
+        feature_cost=feature_cost,
+    )
 
 
 class Planner:

@@ -1,7 +1,10 @@
 """One interface over every feature predictor: (s_t, a_{t:t+h}) -> s_hat_{t+h}, and rollouts.
 
 Evaluation and planning take any `Predictor`, so RLA-WM and the baselines are
-measured and swapped through the same code.
+measured and swapped through the same code. Two optional capabilities serve the planner:
+`SharedPredictor` (one observation's features shared by a batch of candidate action
+sequences) and `LatentPredictor` (RLA-WM's residual latent z: predict, decode and encode it,
+so candidates can be scored without decoding them).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from rla_wm.models.regression import RegressionModel
-from rla_wm.models.rla import RLAAutoencoder
+from rla_wm.models.rla import RLAAutoencoder, check_features
 from rla_wm.models.world_model import RLAWorldModel
 
 
@@ -34,6 +37,28 @@ class Reseedable(Protocol):
         """Restart the random stream, from `seed` if given, else from the current seed."""
 
 
+@runtime_checkable
+class SharedPredictor(Protocol):
+    """A predictor that takes one feature map for a whole batch of action sequences."""
+
+    def predict_shared(self, current: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """(1 or B, N, C) features and (B, h, A) actions -> (B, N, C); `predict` to float rounding."""
+
+
+@runtime_checkable
+class LatentPredictor(Protocol):
+    """A predictor through a residual latent: s_hat = decode(predict_latent(s, a), s)."""
+
+    def predict_latent(self, current: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """(1 or B, N, C) features and (B, h, A) actions -> (B, K, D) predicted z."""
+
+    def decode(self, z: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        """(B, K, D) z from (1 or B, N, C) features -> (B, N, C) features."""
+
+    def encode(self, current: torch.Tensor, future: torch.Tensor) -> torch.Tensor:
+        """The z of the change current -> future; either may be one map broadcast to the other's batch."""
+
+
 class CopyLastPredictor:
     name = "copy-last"
 
@@ -50,6 +75,26 @@ class RegressionPredictor:
     @torch.no_grad()
     def predict(self, current: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         return self.model(current, actions)
+
+    @property
+    def max_horizon(self) -> int:
+        return self.model.config.max_horizon
+
+    @torch.no_grad()
+    def predict_shared(self, current: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """RegressionModel.forward with one feature map (1, N, C) for B action sequences: only the
+        input projection is shared, since adaLN puts the actions into every block. Mirrors
+        forward step for step (tests compare the two)."""
+        model = self.model
+        check_features(current, model.config, "current features")
+        batch = actions.shape[0]
+        if current.shape[0] not in (1, batch):
+            raise ValueError(f"{batch} action sequences for {current.shape[0]} feature maps (need 1 or {batch})")
+        condition = model.actions(actions)
+        x = (model.input(current) + model.position).expand(batch, -1, -1)
+        for block in model.blocks:
+            x = block(x, condition=condition)
+        return current + model.output(model.norm(x))
 
 
 class RLAWMPredictor:
@@ -76,6 +121,33 @@ class RLAWMPredictor:
         if self.seed is not None and self._generator is None:
             self._generator = torch.Generator(device=current.device).manual_seed(self.seed)
         return self.world_model.predict(self.autoencoder, current, actions, steps=self.steps, generator=self._generator)
+
+    # -- planning (SharedPredictor, LatentPredictor): the same random stream as predict ---------
+    @property
+    def max_horizon(self) -> int:
+        return self.world_model.config.max_horizon
+
+    def _stream(self, device: torch.device) -> torch.Generator | None:
+        if self.seed is not None and self._generator is None:
+            self._generator = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generator
+
+    @torch.no_grad()
+    def predict_latent(self, current: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        generator = self._stream(current.device)
+        return self.world_model.sample_shared(current, actions, steps=self.steps, generator=generator)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.decode_shared(z, current)
+
+    @torch.no_grad()
+    def encode(self, current: torch.Tensor, future: torch.Tensor) -> torch.Tensor:
+        return self.autoencoder.encode(current, future)
+
+    @torch.no_grad()
+    def predict_shared(self, current: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.predict_latent(current, actions), current)
 
 
 @torch.no_grad()

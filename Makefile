@@ -2,12 +2,26 @@
 SHELL := /bin/bash
 ENV := source scripts/env.sh
 EPISODES ?= 2
+# Which simulated robot `make demo` runs: pusht (the default) or so101 (the arm, docs/arms.md).
+ROBOT ?= pusht
+ifeq ($(ROBOT),pusht)
+DEMO_LAUNCH :=
 EPISODE_STEPS ?= 300
 DEMO_OUT ?= outputs/demo
 # The best policy today: the ladder's privileged rung (the policy on the sim's block pose: about
 # half of unseen Push-T starts through the graph; docs/closed_loop.md). `make demo DEMO_POLICY=` runs the
 # launch file's default instead, the visual policy on encoder features.
 DEMO_POLICY ?= policy_checkpoint:=builtin:sim-pusht-policy-block-state observation:=block_state execute_steps:=3
+else ifeq ($(ROBOT),so101)
+DEMO_LAUNCH := --launch-file launch/sim_arm_policy.launch.xml
+EPISODE_STEPS ?= 150
+DEMO_OUT ?= outputs/demo_so101
+# The launch file's default: the scripted expert on the cube pose through the policy path (rung 1;
+# no learned arm policy is shipped yet).
+DEMO_POLICY ?=
+else
+$(error ROBOT must be pusht or so101, not '$(ROBOT)')
+endif
 
 .PHONY: setup demo lint test clean
 
@@ -15,7 +29,7 @@ setup:
 	@bash scripts/setup_env.sh
 
 demo: setup
-	@$(ENV) && python -m rla_wm_ros.demo --episodes $(EPISODES) --episode-steps $(EPISODE_STEPS) --output $(DEMO_OUT) $(DEMO_POLICY)
+	@$(ENV) && python -m rla_wm_ros.demo $(DEMO_LAUNCH) --episodes $(EPISODES) --episode-steps $(EPISODE_STEPS) --output $(DEMO_OUT) $(DEMO_POLICY)
 
 # Lint (ruff: rules and formatting, whole repository) and types (mypy over the rla_wm library).
 lint: setup

@@ -170,7 +170,7 @@ def test_load_policy_untrained_is_seeded_and_unknown_names_are_checkpoint_errors
     assert all(torch.equal(value, second.state_dict()[key]) for key, value in state.items())
     assert not all(torch.equal(value, other.state_dict()[key]) for key, value in state.items())
     with pytest.raises(CheckpointError, match="unknown expert"):
-        load_policy("expert:so101")
+        load_policy("expert:ur5")
     with pytest.raises(CheckpointError):
         load_policy(str(tmp_path / "missing"))
     saved = Policy(tiny_policy_config()).save(tmp_path / "tiny")

@@ -5,8 +5,10 @@ The limits file (YAML) is always required: it carries ``max_step``. Its top-leve
 ``max_step`` (required)
     No point of a chunk may be farther than this from the measured state (per joint).
 ``urdf`` (optional)
-    Path of a URDF file; a relative path is taken from the YAML file's folder. The URDF may
-    instead come as text (the ``robot_description`` parameter); giving both is an error.
+    Path of a URDF file; a relative path is taken from the YAML file's folder, and a
+    ``package://NAME/PATH`` URI is resolved by `resolve_urdf_file`. The URDF may instead come
+    as text (the ``robot_description`` parameter) or as a file named outside the YAML (the
+    ``urdf_file`` argument, the gate's ``urdf_file`` parameter); giving more than one is an error.
 ``controlled_joints`` (optional, only with a URDF)
     The joints the gate governs, in this order. Default: every movable, non-mimic joint of
     the URDF (``revolute``, ``prismatic``, ``continuous``), in URDF order.
@@ -39,6 +41,7 @@ import numpy as np
 import yaml
 
 from rla_wm.control.safety import JointLimits
+from rla_wm.control.urdf_file import resolve_urdf_file
 
 __all__ = [
     "DuplicateKeyError",
@@ -47,6 +50,7 @@ __all__ = [
     "limits_from_urdf",
     "load_limits",
     "load_strict_yaml",
+    "resolve_urdf_file",
     "urdf_joints",
 ]
 
@@ -370,8 +374,11 @@ def _limits_from_yaml_only(joints: Any, where: str) -> JointLimits:
 # --------------------------------------------------------------------------- the limits file
 
 
-def load_limits(limits_file: str | os.PathLike[str], robot_description: str = "") -> tuple[JointLimits, float]:
-    """Read a limits YAML (and its URDF, or `robot_description` URDF text) -> (limits, max_step).
+def load_limits(
+    limits_file: str | os.PathLike[str], robot_description: str = "", urdf_file: str = ""
+) -> tuple[JointLimits, float]:
+    """Read a limits YAML (and its URDF, or `robot_description` URDF text, or the URDF file `urdf_file`:
+    a path or package:// URI, see `resolve_urdf_file`) -> (limits, max_step).
 
     See the module docstring for the layout. Every problem is a ValueError (FileNotFoundError
     for a missing file) that says which file and which key.
@@ -402,6 +409,10 @@ def load_limits(limits_file: str | os.PathLike[str], robot_description: str = ""
 
     urdf_path = content.get("urdf")
     description = robot_description if robot_description and robot_description.strip() else ""
+    urdf_file = urdf_file.strip() if urdf_file else ""
+    if urdf_file and ("urdf" in content or description):
+        other = "`urdf:` in the limits file" if "urdf" in content else "robot_description"
+        raise ValueError(f"{where}: urdf_file {urdf_file} is given and {other} too: give only one URDF")
     controlled = content.get("controlled_joints")
     if "controlled_joints" in content and not (isinstance(controlled, list) and controlled):
         raise ValueError(f"{where}: controlled_joints must be a non-empty list of joint names, got {controlled!r}")
@@ -411,13 +422,15 @@ def load_limits(limits_file: str | os.PathLike[str], robot_description: str = ""
             raise ValueError(f"{where}: `urdf` must be a path to a URDF file, got {urdf_path!r}")
         if description:
             raise ValueError(f"{where} names a URDF ({urdf_path}) and robot_description is set too: give only one")
-        path = Path(urdf_path).expanduser()
-        if not path.is_absolute():
-            path = file.parent / path
-        if not path.is_file():
-            raise FileNotFoundError(f"{where}: urdf {path} does not exist")
+        try:
+            path = resolve_urdf_file(urdf_path, relative_to=file.parent)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{where}: urdf {err}") from err
         urdf_text: str | bytes = path.read_bytes()  # bytes: the XML declaration's encoding applies
         source = f"URDF {path}"
+    elif urdf_file:
+        path = resolve_urdf_file(urdf_file)
+        urdf_text, source = path.read_bytes(), f"URDF {path}"
     elif description:
         urdf_text, source = description, "robot_description"
     else:

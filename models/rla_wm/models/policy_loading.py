@@ -3,6 +3,8 @@
 - "untrained": a randomly initialised `Policy` (seeded), to exercise the loop without a model;
 - "expert:pusht": the scripted Push-T expert on the simulator's block state
   (`rla_wm.envs.pusht.privileged.ExpertChunkPolicy`), the top rung of the closed-loop ladder;
+- "expert:so101": the scripted SO-101 push-cube expert on the arm simulator's environment state
+  (`rla_wm.envs.so101.chunk_policy.So101ExpertChunkPolicy`), the same rung for the arm;
 - anything else: a `Policy` checkpoint folder or builtin:NAME (`Policy.load`; CheckpointError
   if it is missing, corrupt or does not build the model).
 
@@ -25,7 +27,7 @@ from rla_wm.models.policy import Policy, PolicyConfig
 
 UNTRAINED = "untrained"
 EXPERT_PREFIX = "expert:"
-EXPERTS = ("pusht",)
+EXPERTS = ("pusht", "so101")
 
 
 class ChunkPolicyConfig(Protocol):
@@ -64,8 +66,13 @@ def load_policy(spec: str, seed: int = 0) -> ChunkPolicy:
         return Policy(PolicyConfig()).eval()
     if spec.startswith(EXPERT_PREFIX):
         name = spec.removeprefix(EXPERT_PREFIX)
-        if name != "pusht":
+        if name not in EXPERTS:
             raise CheckpointError(f"unknown expert {spec!r}; known: {', '.join(EXPERT_PREFIX + e for e in EXPERTS)}")
+        if name == "so101":
+            # Imported only here: it loads MuJoCo and the arm's model, which no other policy needs.
+            from rla_wm.envs.so101.chunk_policy import So101ExpertChunkPolicy
+
+            return So101ExpertChunkPolicy()
         from rla_wm.envs.pusht.privileged import ExpertChunkPolicy
 
         return ExpertChunkPolicy()

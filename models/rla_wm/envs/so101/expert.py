@@ -23,6 +23,7 @@ sag under gravity, so each command adds the model's gravity torque divided by th
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -76,6 +77,24 @@ class So101Expert:
         self._finished = False
         self._pushing = False
         self._solution = None
+
+    @property
+    def pushing(self) -> bool:
+        """Whether the last command pushes the cube (the tool moves on past the push point)."""
+        return self._pushing
+
+    @property
+    def solution(self) -> np.ndarray | None:
+        """Joint positions the last command settles at (its IK solution, before gravity compensation)."""
+        return None if self._solution is None else self._solution.copy()
+
+    def plan_copy(self) -> So101Expert:
+        """A copy with this expert's episode memory, for planning ahead without changing this one. It
+        shares the kinematics (scratch MuJoCo data, used by one call at a time): a deep copy of the
+        model per chunk would cost more than the plan."""
+        clone = copy.copy(self)
+        clone._solution = self.solution
+        return clone
 
     def __call__(self, frame: So101Frame) -> np.ndarray:
         return self.act(frame)

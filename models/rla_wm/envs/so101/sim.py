@@ -179,6 +179,11 @@ class So101Sim:
         if steps > 0:
             mujoco.mj_step(self.model, self.data, nstep=steps)
 
+    def joint_positions(self) -> np.ndarray:
+        """The joints' positions now (rad, `JOINT_NAMES` order), without observing or rendering: what a
+        controller reads between `advance` calls."""
+        return self.data.qpos[self._qpos].copy()
+
     def step(self, targets: np.ndarray) -> So101Frame:
         """Drive the joints toward `targets` for one control period; a no-op once the episode is done."""
         if self.frame.done:

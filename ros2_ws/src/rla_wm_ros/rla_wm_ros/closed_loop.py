@@ -61,6 +61,7 @@ class ClosedLoopObserver(Node):
         model_topic: str = "/policy/joint_trajectory",
         reset_service: str = "/sim_robot/reset",
         sim_clock: bool = False,
+        camera_topic: str = "/camera/image_raw",
     ) -> None:
         super().__init__("closed_loop_observer")
         self.model_topic = model_topic
@@ -74,7 +75,7 @@ class ClosedLoopObserver(Node):
         self._features: dict[int, FeatureMap] = {}
         self._chunks: dict[int, tuple[list[str], np.ndarray]] = {}  # stamp -> (joint names, positions)
         self.episode_images: list[Image] | None = None  # collected while not None
-        self.create_subscription(Image, "/camera/image_raw", self.on_image, CAMERA_QOS)
+        self.create_subscription(Image, camera_topic, self.on_image, CAMERA_QOS)
         self.create_subscription(FeatureMap, FEATURES_TOPIC, self.on_features, 10)
         self.create_subscription(JointTrajectory, model_topic, self.on_chunk, 10)
         self.create_subscription(JointTrajectory, command_topic, self.on_command, 10)
@@ -173,20 +174,30 @@ class ClosedLoopRunner:
     """Owns the observer and a background executor; runs episodes one after another."""
 
     def __init__(
-        self, command_topic: str, model_topic: str = "/policy/joint_trajectory", sim_clock: bool = False
+        self,
+        command_topic: str,
+        model_topic: str = "/policy/joint_trajectory",
+        sim_clock: bool = False,
+        camera_topic: str = "/camera/image_raw",
+        reset_service: str = "/sim_robot/reset",
     ) -> None:
-        self.observer = ClosedLoopObserver(command_topic, model_topic, sim_clock=sim_clock)
+        self.observer = ClosedLoopObserver(
+            command_topic, model_topic, reset_service=reset_service, sim_clock=sim_clock, camera_topic=camera_topic
+        )
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.observer)
         self._thread = threading.Thread(target=self.executor.spin, daemon=True)
         self._thread.start()
 
     def wait_until_flowing(self, timeout: float, alive: callable = lambda: True) -> None:
-        """Block until camera, features and gated commands are all flowing."""
+        """Block until the model's input (features, or another FeatureMap topic it reads) and gated
+        commands are flowing."""
         deadline = time.monotonic() + timeout
         observer = self.observer
         while time.monotonic() < deadline:
-            flowing = observer.latency.features and observer.commands > 0 and observer.status is not None
+            # No /features when the model reads something else (a sim's state) and no encoder runs.
+            fed = observer.latency.features or observer.latency.model_inputs
+            flowing = fed and observer.commands > 0 and observer.status is not None
             if flowing and observer.model_input_topic is not None:
                 return
             if not alive():
@@ -194,6 +205,7 @@ class ClosedLoopRunner:
             time.sleep(0.1)
         raise TimeoutError(
             f"graph not flowing after {timeout:.0f}s: features={len(observer.latency.features)} "
+            f"model inputs={len(observer.latency.model_inputs or {})} "
             f"chunks={len(observer.latency.chunks)} commands={observer.commands} status={observer.status is not None} "
             f"model input={observer.model_input_topic} (the FeatureMap topic of {observer.model_topic}'s publisher)"
         )

@@ -22,7 +22,9 @@ from tqdm import tqdm
 
 from rla_wm.evaluation.latency import STAGES, percentiles_ms
 from rla_wm_ros.closed_loop import ClosedLoopRunner
-from rla_wm_ros.launch_xml import LaunchedGraph, parse_launch_file
+from rla_wm_ros.launch_xml import LaunchDescription, LaunchedGraph, parse_launch_file
+
+SIMULATORS = ("sim_robot", "sim_arm")  # executables whose node has the ~/reset that starts an episode
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -94,6 +96,14 @@ def summarise(results: list) -> dict[str, float]:
     }
 
 
+def reset_service_of(description: LaunchDescription) -> str:
+    """The ~/reset service of the launch file's simulator node (sim_robot for Push-T, sim_arm for the SO-101)."""
+    for node in description.nodes:
+        if node.executable in SIMULATORS:
+            return f"{node.fully_qualified_name}/reset"
+    raise SystemExit(f"{description.source}: no simulator node ({', '.join(SIMULATORS)}) to reset between episodes")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     launch_file = (
@@ -118,7 +128,13 @@ def main(argv: list[str] | None = None) -> int:
         # Not the command line: rcl would read the launch arguments (NAME:=VALUE) as deprecated remap rules.
         rclpy.init(args=[])
         sim_clock = description.args.get("sim_clock", "false").lower() == "true"
-        runner = ClosedLoopRunner(command_topic, model_topic=args.model_topic, sim_clock=sim_clock)
+        runner = ClosedLoopRunner(
+            command_topic,
+            model_topic=args.model_topic,
+            sim_clock=sim_clock,
+            camera_topic=description.args.get("camera_topic", "/camera/image_raw"),
+            reset_service=reset_service_of(description),
+        )
         try:
             started = time.monotonic()
             runner.wait_until_flowing(args.startup_timeout, alive=lambda: all(graph.alive().values()))

@@ -38,6 +38,13 @@ class SafetyGateNode(Node):
         robot_description = declare(
             self, "robot_description", "", "URDF XML; joint limits are read from it (limits_file still gives max_step)."
         )
+        urdf_file = declare(
+            self,
+            "urdf_file",
+            "",
+            "URDF file (a path or package://PACKAGE/PATH, a ROS or Python package); joint limits are read from "
+            "it as from robot_description (limits_file still gives max_step).",
+        )
         camera_timeout = declare(
             self, "camera_timeout", 0.5, "Hold if no camera frame for this long (s).", (0.01, 60.0)
         )
@@ -66,7 +73,7 @@ class SafetyGateNode(Node):
         compressed_camera = declare(
             self, "compressed_camera", False, "The camera topic carries sensor_msgs/CompressedImage (liveness only)."
         )
-        limits, max_step = load_limits(limits_file, robot_description)
+        limits, max_step = load_limits(limits_file, robot_description, urdf_file)
         self.gate = SafetyGate(
             limits,
             max_step,

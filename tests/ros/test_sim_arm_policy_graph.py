@@ -1,0 +1,238 @@
+"""sim_arm_policy.launch.xml: the simulated SO-101 driven through robot_policy.launch.xml, the file a real arm
+uses. The running graph as ROS resolves it (each node's actual topics), the scripted expert (expert:so101)
+solving an episode through policy node and gate, the encoder path on the front camera in dry run (nothing
+reaches the arm), and the gate holding the arm when the policy's observation goes stale."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rclpy
+from ament_index_python.packages import get_package_share_directory
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Header
+from trajectory_msgs.msg import JointTrajectory
+
+from rla_wm.control.limits import limits_from_urdf
+from rla_wm.envs.so101.environment_state import CUBE_STATE_ENCODER_ID, cube_state_tokens
+from rla_wm.envs.so101.layout import sample_layout
+from rla_wm.envs.so101.scene import CUBE_HALF, ZONE_RADIUS
+from rla_wm.envs.so101.sim import HOME, JOINT_NAMES, urdf_limits
+from rla_wm_msgs.msg import FeatureMap
+from rla_wm_ros.closed_loop import ClosedLoopRunner
+from rla_wm_ros.conversions import features_to_msg
+from rla_wm_ros.launch_xml import LaunchDescription, LaunchedGraph, parse_launch_file
+
+from conftest import Inbox, so101_urdf, tiny_policy_config, wait_for
+
+pytestmark = pytest.mark.timeout(180)
+
+LAUNCH_FILE = Path(get_package_share_directory("rla_wm_ros")) / "launch" / "sim_arm_policy.launch.xml"
+STARTUP_TIMEOUT = 120.0  # torch and MuJoCo imports, the encoder's model, on a busy 2-core machine
+IMAGE, FEATURES = "sensor_msgs/msg/Image", "rla_wm_msgs/msg/FeatureMap"
+STATE, TRAJECTORY = "sensor_msgs/msg/JointState", "trajectory_msgs/msg/JointTrajectory"
+CONTROLLER = "/arm_controller/joint_trajectory"
+# Every node has these; they say nothing about the wiring.
+INFRASTRUCTURE = {"/rosout", "/parameter_events", "/diagnostics"}
+# The episode after the first reset runs seed 2 + 1, which the expert solves in 13 steps in the sim alone
+# and in 17-25 through chunks at 30-150 ms of latency (in process, tests/models/test_so101_chunk_policy.py).
+SEED = 2
+STEP_LIMIT = 80
+
+# The expert path's graph as ROS resolves it: each node's (subscriptions, publishers).
+EXPERT_GRAPH = {
+    "sim_arm": (
+        {(CONTROLLER, TRAJECTORY)},
+        {
+            ("/front/image_raw", IMAGE),
+            ("/wrist/image_raw", IMAGE),
+            ("/joint_states", STATE),
+            ("/episode_status", "rla_wm_msgs/msg/EpisodeStatus"),
+            ("/sim/environment_state", FEATURES),
+        },
+    ),
+    # The policy reads the sim's cube state and the joints, no camera and no /features.
+    "policy": (
+        {("/sim/environment_state", FEATURES), ("/joint_states", STATE)},
+        {("/policy/joint_trajectory", TRAJECTORY)},
+    ),
+    # Only the gate talks to the controller; it watches the front camera for liveness.
+    "safety_gate": (
+        {
+            ("/policy/joint_trajectory", TRAJECTORY),
+            ("/joint_states", STATE),
+            ("/front/image_raw", IMAGE),
+            ("/estop", "std_msgs/msg/Bool"),
+        },
+        {(CONTROLLER, TRAJECTORY)},
+    ),
+}
+
+
+def endpoints(probe, node: str) -> tuple[set, set]:
+    """(subscriptions, publishers) of a node as the ROS graph reports them, as {(topic, type)}, minus
+    INFRASTRUCTURE; empty until discovery has seen the node."""
+    try:
+        found = (
+            probe.get_subscriber_names_and_types_by_node(node, "/"),
+            probe.get_publisher_names_and_types_by_node(node, "/"),
+        )
+    except Exception:  # NodeNameNonExistentError until discovery has seen the node
+        return set(), set()
+    return tuple({(topic, t) for topic, types in kind for t in types if topic not in INFRASTRUCTURE} for kind in found)
+
+
+def wait_for_graph(probe, graph: LaunchedGraph, expected: dict[str, tuple[set, set]]) -> None:
+    """Wait until every node is on exactly its expected topics (no more, no fewer)."""
+    actual: dict[str, tuple[set, set]] = {}
+
+    def exact() -> bool:
+        actual.update({name: endpoints(probe, name) for name in expected})
+        return actual == expected
+
+    wait_for(exact, STARTUP_TIMEOUT, lambda: f"the resolved graph {expected}; it is {actual}", graph)
+
+
+@contextmanager
+def running(description: LaunchDescription, ros_domain: int, tmp_path: Path) -> Iterator[LaunchedGraph]:
+    with LaunchedGraph() as graph:
+        graph.start(description, env={"ROS_DOMAIN_ID": str(ros_domain)}, log_dir=tmp_path / "logs")
+        yield graph
+
+
+@contextmanager
+def closed_loop(ros_domain: int) -> Iterator[ClosedLoopRunner]:
+    """The demo's observer (rclpy's default context; `ros_node` has its own), watching the arm."""
+    rclpy.init(domain_id=ros_domain)
+    runner = ClosedLoopRunner(CONTROLLER, camera_topic="/front/image_raw", reset_service="/sim_arm/reset")
+    try:
+        yield runner
+    finally:
+        runner.close()
+        rclpy.try_shutdown()
+
+
+def test_the_expert_drives_the_sim_arm_through_the_real_arm_graph(ros_domain, ros_node, tmp_path):
+    description = parse_launch_file(LAUNCH_FILE, overrides={"seed": str(SEED), "max_episode_steps": str(STEP_LIMIT)})
+    assert [node.name for node in description.nodes] == ["sim_arm", "policy", "safety_gate"]  # no encoder
+    expected = EXPERT_GRAPH
+    with running(description, ros_domain, tmp_path) as graph, closed_loop(ros_domain) as runner:
+        wait_for_graph(ros_node, graph, expected)
+        try:
+            runner.wait_until_flowing(STARTUP_TIMEOUT, alive=lambda: all(graph.alive().values()))
+            result = runner.run_episode(timeout=60.0)
+        except (TimeoutError, RuntimeError) as err:
+            pytest.fail(f"{err}\n{graph.tail_logs(30)}")
+        assert runner.observer.model_input_topic == "/sim/environment_state"
+        assert result.success, f"episode {result.episode} not solved in {result.steps} steps\n{graph.tail_logs(30)}"
+        assert result.steps <= STEP_LIMIT
+        # Moved by the gate's copies of the expert's chunks, one a step or so, not by holds.
+        assert result.commands >= result.steps // 2, (result.commands, result.steps)
+        assert all(graph.alive().values()), graph.tail_logs(30)
+
+
+def test_the_camera_path_in_dry_run_never_commands_the_arm(ros_domain, ros_node, tmp_path):
+    """observation:=camera: the encoder reads the front camera, the policy its features. A random-weight
+    policy for the arm's six joints stands in for a trained one; dry run sends none of its commands."""
+    from rla_wm.models.policy import Policy
+
+    limits = urdf_limits()
+    config = tiny_policy_config(
+        token_dim=192,  # builtin:dinov2-tiny-random at 224 px: 16 x 16 patches of 192 channels
+        num_tokens=256,
+        encoder_id="builtin:dinov2-tiny-random@224",
+        state_dim=6,
+        action_dim=6,
+        chunk_length=4,
+        max_delta=(0.05,) * 6,
+        action_low=tuple(limits.lower),
+        action_high=tuple(limits.upper),
+        state_low=tuple(limits.lower),
+        state_high=tuple(limits.upper),
+    )
+    checkpoint = Policy(config).save(tmp_path / "policy")
+    description = parse_launch_file(
+        LAUNCH_FILE, overrides={"observation": "camera", "policy_checkpoint": str(checkpoint), "dry_run": "true"}
+    )
+    expected = EXPERT_GRAPH | {
+        # No privileged state on this path: the encoder reads the front camera, the policy its features.
+        "sim_arm": (EXPERT_GRAPH["sim_arm"][0], EXPERT_GRAPH["sim_arm"][1] - {("/sim/environment_state", FEATURES)}),
+        "encoder": ({("/front/image_raw", IMAGE)}, {("/features", FEATURES)}),
+        "policy": ({("/features", FEATURES), ("/joint_states", STATE)}, {("/policy/joint_trajectory", TRAJECTORY)}),
+    }
+    with running(description, ros_domain, tmp_path) as graph, closed_loop(ros_domain) as runner:
+        wait_for_graph(ros_node, graph, expected)
+        observer = runner.observer
+        wait_for(
+            lambda: len(observer.latency.chunks) >= 3, STARTUP_TIMEOUT, "policy chunks from camera features", graph
+        )
+        wait_for(lambda: "dry run: would send" in graph.tail_logs(200), 60, "the gate's dry-run log line", graph)
+        # The gate's controller publisher is matched with the observer: a command would arrive.
+        wait_for(lambda: observer.count_publishers(CONTROLLER) >= 1, 30, "the gate's controller publisher", graph)
+        chunks = len(observer.latency.chunks)
+        wait_for(lambda: len(observer.latency.chunks) >= chunks + 3, 60, "three more policy chunks", graph)
+        assert observer.commands == 0 and observer.holds == 0, "dry run sent commands to the arm's controller"
+        assert all(graph.alive().values()), graph.tail_logs(30)
+
+
+def test_the_gate_holds_the_arm_when_the_observation_goes_stale(ros_domain, ros_node, tmp_path):
+    """Policy and gate of the expert path, with this test as the arm: when sim/environment_state stops
+    (camera and joints still live) the policy falls silent and the gate holds; when it resumes, chunks pass."""
+    description = parse_launch_file(LAUNCH_FILE)
+    description.nodes = [node for node in description.nodes if node.name in ("policy", "safety_gate")]
+    layout = sample_layout(SEED + 1)
+    half_yaw = layout.cube_yaw / 2.0
+    cube = (*layout.cube_xy, CUBE_HALF, np.cos(half_yaw), 0.0, 0.0, np.sin(half_yaw))
+    tokens = cube_state_tokens(cube, (*layout.zone_xy, ZONE_RADIUS))
+    observing = threading.Event()
+    observing.set()
+    commands = Inbox()
+    ros_node.create_subscription(JointTrajectory, CONTROLLER, commands, 50)
+    camera = ros_node.create_publisher(Image, "/front/image_raw", qos_profile_sensor_data)
+    joints = ros_node.create_publisher(JointState, "/joint_states", 10)
+    environment = ros_node.create_publisher(FeatureMap, "/sim/environment_state", 10)
+
+    def tick() -> None:  # the arm at 10 Hz: camera and joints always, the cube state while `observing`
+        header = Header(stamp=ros_node.get_clock().now().to_msg(), frame_id="front_camera")
+        camera.publish(Image(header=header, height=2, width=2, encoding="rgb8", step=6, data=bytes(12)))
+        joints.publish(JointState(header=header, name=list(JOINT_NAMES), position=HOME.tolist()))
+        if observing.is_set():
+            environment.publish(features_to_msg(tokens, 1, 1, CUBE_STATE_ENCODER_ID, header))
+
+    def chunks_since(index: int) -> list[JointTrajectory]:  # the gate's copies of chunks: several points
+        return [m for m in commands.snapshot()[index:] if len(m.points) > 1]
+
+    timer = ros_node.create_timer(0.1, tick)
+    try:
+        with running(description, ros_domain, tmp_path) as graph:
+            wait_for(lambda: chunks_since(0), STARTUP_TIMEOUT, "the gate to forward the expert's chunks", graph)
+            observing.clear()
+            stopped = len(commands.snapshot())
+
+            def held() -> JointTrajectory | None:
+                after = commands.snapshot()[stopped:]
+                return next((m for m in after if len(m.points) == 1), None)
+
+            wait_for(lambda: held() is not None, 10, "the gate to hold once the policy falls silent", graph)
+            wait_for(lambda: "holding: stale inputs: model" in graph.tail_logs(100), 10, "the hold's reason", graph)
+            hold = held()
+            assert list(hold.joint_names) == list(limits_from_urdf(so101_urdf().read_bytes()).names)  # URDF order
+            assert hold.points[0].time_from_start.sec == 0 and hold.points[0].time_from_start.nanosec == 40_000_000
+            # The hold stops the arm near where it is: within max_step of the measured pose.
+            order = [JOINT_NAMES.index(name) for name in hold.joint_names]
+            assert np.abs(np.array(hold.points[0].positions) - HOME[order]).max() < 1.0
+            holding = len(commands.snapshot())
+            since_stop = commands.snapshot()[stopped:holding]
+            first_hold = next(i for i, m in enumerate(since_stop) if len(m.points) == 1)
+            assert not [m for m in since_stop[first_hold:] if len(m.points) > 1], "a chunk passed while stale"
+            observing.set()
+            wait_for(lambda: chunks_since(holding), 20, "chunks to pass again once the observation resumes", graph)
+            assert all(graph.alive().values()), graph.tail_logs(30)
+    finally:
+        timer.cancel()

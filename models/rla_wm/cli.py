@@ -402,6 +402,11 @@ class RolloutRun:
     # Chunk points executed before the next inference (1: replan every 10 Hz step).
     execute_steps: int = 1
     max_steps: int = 300
+    # The graph's chunk delivery, emulated (seconds; all 0: the sim waits for the policy). The
+    # policy node's defaults are min_lead_time 0.05 and blend_time 0.2 (config/policy.yaml).
+    latency: float = 0.0
+    min_lead_time: float = 0.0
+    blend_time: float = 0.0
     # Torch threads (0: torch's default). One thread is faster on a loaded 2-core machine.
     threads: int = 0
     # Also write rollouts.json here.
@@ -412,7 +417,7 @@ def command_rollout(config: RolloutRun) -> None:
     import dataclasses
     import json
 
-    from rla_wm.evaluation.rollout import run_rollouts, save_rollouts, tokens_function
+    from rla_wm.evaluation.rollout import GraphTiming, run_rollouts, save_rollouts, tokens_function
     from rla_wm.models.policy_loading import load_policy
 
     if config.threads:
@@ -420,12 +425,14 @@ def command_rollout(config: RolloutRun) -> None:
     policy = load_policy(config.policy)
     tokens_of = tokens_function(policy.config.encoder_id, torch.device("cpu"))
     seeds = range(config.seed, config.seed + config.episodes)
-    summary, episodes = run_rollouts(policy, tokens_of, seeds, config.execute_steps, config.max_steps)
+    timing = GraphTiming(config.latency, config.min_lead_time, config.blend_time)
+    summary, episodes = run_rollouts(policy, tokens_of, seeds, config.execute_steps, config.max_steps, timing=timing)
     low, high = summary.success_interval
     print(
         f"{summary.successes}/{summary.episodes} episodes succeeded (rate {summary.success_rate:.2f}, "
         f"95% CI {low:.2f}-{high:.2f}), mean final coverage {summary.mean_coverage:.3f}, "
-        f"execute_steps {summary.execute_steps}, {summary.wall_seconds:.0f} s"
+        f"execute_steps {summary.execute_steps}, latency {timing.latency:g} s, min_lead_time "
+        f"{timing.min_lead_time:g} s, blend_time {timing.blend_time:g} s, {summary.wall_seconds:.0f} s"
     )
     if config.out:
         path = save_rollouts(Path(config.out), summary, episodes, dataclasses.asdict(config))

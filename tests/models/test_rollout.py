@@ -77,3 +77,80 @@ def test_cli_prints_the_summary_and_writes_episodes(tmp_path, capsys):
     saved = json.loads((tmp_path / "rollouts.json").read_text())
     assert saved["summary"]["successes"] == 1 and saved["episodes"][0]["seed"] == 1003
     assert np.isclose(saved["summary"]["success_rate"], 1.0)
+
+
+class RecordingSim:
+    """The Push-T sim, remembering every target it was stepped with."""
+
+    def __init__(self, max_steps: int) -> None:
+        from rla_wm.envs.pusht.sim import PushTSim
+
+        self.sim = PushTSim(max_steps=max_steps, image_size=96)
+        self.targets: list[np.ndarray] = []
+
+    def reset(self, seed: int):
+        return self.sim.reset(seed)
+
+    def step(self, target):
+        self.targets.append(np.array(target, dtype=np.float64))
+        return self.sim.step(target)
+
+    def close(self) -> None:
+        self.sim.close()
+
+
+class Ramp:
+    """Chunks of 8 points 10 px apart along +x from the joint state: point k (1-based) is state + 10k."""
+
+    config = ExpertChunkConfig()
+
+    def __call__(self, tokens: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        steps = torch.arange(1, 9, dtype=torch.float32)[:, None] * torch.tensor([10.0, 0.0])
+        return state[:, None] + steps[None]
+
+
+def targets_with(timing, execute_steps: int, steps: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    from rla_wm.evaluation.rollout import run_episode
+
+    sim = RecordingSim(max_steps=steps)
+    try:
+        start = np.asarray(sim.reset(1001).position, dtype=np.float64)
+        tokens_of = tokens_function(BLOCK_STATE_ENCODER_ID, torch.device("cpu"))
+        run_episode(sim, Ramp(), tokens_of, 1001, execute_steps, torch.device("cpu"), timing)
+    finally:
+        sim.close()
+    return start, sim.targets
+
+
+def test_zero_graph_timing_makes_each_chunk_point_the_next_target():
+    from rla_wm.evaluation.rollout import GraphTiming
+
+    start, targets = targets_with(GraphTiming(), execute_steps=3, steps=3)
+    np.testing.assert_allclose(np.array(targets) - start, [[10, 0], [20, 0], [30, 0]], atol=1e-9)
+
+
+def test_a_point_dropped_for_latency_makes_the_controller_interpolate_toward_the_next():
+    from rla_wm.evaluation.rollout import GraphTiming
+
+    # 60 ms after the observation with a 50 ms lead, the point due at 100 ms is dropped: JTC moves
+    # from the state at receipt (60 ms) toward the 200 ms point, 40/140 of the way by the step at 100 ms.
+    start, targets = targets_with(GraphTiming(latency=0.06, min_lead_time=0.05), execute_steps=2, steps=2)
+    np.testing.assert_allclose(targets[0] - start, [20 * 0.04 / 0.14, 0], atol=1e-6)
+    np.testing.assert_allclose(targets[1] - start, [20, 0], atol=1e-6)
+    # With a 10 ms lead the same latency keeps that point: the in-process target again.
+    start, targets = targets_with(GraphTiming(latency=0.06, min_lead_time=0.01), execute_steps=1, steps=1)
+    np.testing.assert_allclose(targets[0] - start, [10, 0], atol=1e-6)
+
+
+def test_a_late_chunk_leaves_the_previous_one_running_and_blending_fades_the_seam():
+    from rla_wm.evaluation.rollout import GraphTiming
+
+    # 150 ms late: the first step holds (nothing commanded yet), later steps follow the chunk.
+    start, targets = targets_with(GraphTiming(latency=0.15), execute_steps=3, steps=3)
+    np.testing.assert_allclose(targets[0], start, atol=1e-9)
+    np.testing.assert_allclose(targets[1] - start, [20, 0], atol=1e-6)
+    # Blending: a new chunk's first point is where the previous chunk is at that time.
+    _, plain = targets_with(GraphTiming(), execute_steps=2, steps=4)
+    _, blended = targets_with(GraphTiming(blend_time=0.2), execute_steps=2, steps=4)
+    np.testing.assert_allclose(blended[:2], plain[:2], atol=1e-9)  # the first chunk has nothing to blend into
+    assert not np.allclose(blended[2], plain[2])  # the second chunk's first point is the first chunk's third

@@ -10,7 +10,15 @@ this and the graph's success rate is what the graph costs; a low rate here is th
 does at the camera rate); larger values commit to a chunk, which keeps a multimodal policy from
 switching modes between consecutive chunks.
 
+`GraphTiming` puts the graph's chunk handling back one piece at a time, without ROS and without
+wall-clock noise: a fixed observation-to-command latency, the policy node's `ChunkScheduler`
+(points due within `min_lead_time` of publishing are dropped, the seam is cross-faded over
+`blend_time`) and joint_trajectory_controller's execution (`rla_wm.control.jtc`: a new trajectory
+starts from the state at receipt, the previous one runs until then). All zero (the default) is the
+simulator waiting for the policy: each chunk's first point is the next step's target.
+
     rla-wm rollout --policy=builtin:sim-pusht-policy-block-state --episodes=50 --seed=1001 --execute_steps=4
+    rla-wm rollout ... --latency=0.06 --min_lead_time=0.05 --blend_time=0.2   # the policy node's defaults
 """
 
 from __future__ import annotations
@@ -24,12 +32,30 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rla_wm.control.chunking import ChunkScheduler
+from rla_wm.control.jtc import NANOSECONDS, JtcExecution, Trajectory
 from rla_wm.envs.pusht.privileged import BLOCK_STATE_ENCODER_ID, block_state_tokens
-from rla_wm.envs.pusht.sim import PushTSim, SimFrame
+from rla_wm.envs.pusht.sim import CONTROL_HZ, JOINT_NAMES, PushTSim, SimFrame
 from rla_wm.models.policy_loading import ChunkPolicy
 
 TokensOf = Callable[[SimFrame], torch.Tensor]
 CPU = torch.device("cpu")
+
+
+STEP_NANOSECONDS = NANOSECONDS // CONTROL_HZ
+
+
+@dataclass(frozen=True)
+class GraphTiming:
+    """How the graph delivers a chunk (seconds). All zero: the simulator waits for the policy."""
+
+    latency: float = 0.0  # observation stamp -> the command reaching the controller
+    min_lead_time: float = 0.0  # the policy node drops points due sooner than this after publishing
+    blend_time: float = 0.0  # the policy node's cross-fade into the previous chunk
+
+    def __post_init__(self) -> None:
+        if min(self.latency, self.min_lead_time, self.blend_time) < 0:
+            raise ValueError(f"graph timing values must be >= 0, got {self}")
 
 
 @dataclass(frozen=True)
@@ -52,6 +78,7 @@ class RolloutSummary:
     execute_steps: int
     max_steps: int
     wall_seconds: float
+    timing: GraphTiming = GraphTiming()
 
 
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
@@ -84,23 +111,48 @@ def tokens_function(encoder_id: str, device: torch.device, dtype: str = "float32
 
 
 def run_episode(
-    sim: PushTSim, policy: ChunkPolicy, tokens_of: TokensOf, seed: int, execute_steps: int, device: torch.device
+    sim: PushTSim,
+    policy: ChunkPolicy,
+    tokens_of: TokensOf,
+    seed: int,
+    execute_steps: int,
+    device: torch.device,
+    timing: GraphTiming = GraphTiming(),
 ) -> RolloutEpisode:
-    """One episode: replan, execute the chunk's first `execute_steps` points (fewer if the chunk is
-    shorter or the episode ends), repeat until the sim says done."""
+    """One episode: replan, execute `execute_steps` steps of the chunk (as `timing` delivers it),
+    repeat until the sim says done."""
     if execute_steps < 1:
         raise ValueError(f"execute_steps must be >= 1, got {execute_steps}")
     frame = sim.reset(seed)
     reset = getattr(policy, "reset", None)
     if callable(reset):
         reset()  # the scripted expert's memory of the contact it pushes belongs to one episode
+    scheduler = ChunkScheduler(blend_time=timing.blend_time, min_lead_time=timing.min_lead_time)
+    latency_ns = round(timing.latency * NANOSECONDS)
+    running: JtcExecution | None = None  # what the controller executes now
     replans = 0
     while not frame.done:
-        state = torch.as_tensor(np.asarray(frame.position, dtype=np.float32))[None].to(device)
+        # The observation's stamp on the sim clock (from 1 s: a zero stamp means "on receipt" to JTC).
+        observed_ns = NANOSECONDS + frame.step * STEP_NANOSECONDS
+        position = np.asarray(frame.position, dtype=np.float64)
+        state = torch.as_tensor(position, dtype=torch.float32)[None].to(device)
         with torch.no_grad():
-            chunk = policy(tokens_of(frame), state)[0].cpu().numpy()
+            chunk = policy(tokens_of(frame), state)[0].cpu().numpy().astype(np.float64)
         replans += 1
-        for target in chunk[:execute_steps]:
+        receipt_ns = observed_ns + latency_ns
+        times_ns = observed_ns + STEP_NANOSECONDS * np.arange(1, len(chunk) + 1)
+        scheduled = scheduler.schedule(times_ns / NANOSECONDS, chunk, now=receipt_ns / NANOSECONDS)
+        arriving = None  # None: every point was due too soon; the controller keeps the old one
+        if scheduled is not None:
+            offsets_ns = np.round(scheduled.times * NANOSECONDS).astype(np.int64) - observed_ns
+            arriving = Trajectory.from_arrays(JOINT_NAMES, scheduled.positions, offsets_ns, stamp_ns=observed_ns)
+        for step in range(1, execute_steps + 1):
+            now_ns = observed_ns + step * STEP_NANOSECONDS
+            if arriving is not None and receipt_ns <= now_ns:
+                # JTC starts a new trajectory from the state measured at receipt.
+                running = JtcExecution(arriving, JOINT_NAMES, receipt_ns, np.asarray(frame.position, np.float64))
+                arriving = None
+            target = frame.position if running is None else running.sample(now_ns)
             frame = sim.step(target)
             if frame.done:
                 break
@@ -115,6 +167,7 @@ def run_rollouts(
     max_steps: int = 300,
     device: torch.device = CPU,
     progress: bool = True,
+    timing: GraphTiming = GraphTiming(),
 ) -> tuple[RolloutSummary, list[RolloutEpisode]]:
     """Episodes on `seeds` with one simulator; returns the summary and every episode."""
     from tqdm.auto import tqdm
@@ -125,7 +178,7 @@ def run_rollouts(
     try:
         bar = tqdm(seeds, desc="rollouts", unit="episode", disable=not progress)
         for seed in bar:
-            episodes.append(run_episode(sim, policy, tokens_of, int(seed), execute_steps, device))
+            episodes.append(run_episode(sim, policy, tokens_of, int(seed), execute_steps, device, timing))
             bar.set_postfix(success=f"{sum(e.success for e in episodes)}/{len(episodes)}")
     finally:
         sim.close()
@@ -139,6 +192,7 @@ def run_rollouts(
         execute_steps=execute_steps,
         max_steps=max_steps,
         wall_seconds=time.monotonic() - started,
+        timing=timing,
     )
     return summary, episodes
 

@@ -289,7 +289,7 @@ class Policy(Checkpointable[PolicyConfig]):
 
     def _velocity(self, noisy: torch.Tensor, time: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Flow head: velocity (B, T, A) of the noisy normalised increments at flow time `time` (B,)."""
-        condition = self.flow_time(timestep_embedding(time, self.config.width))
+        condition = self.flow_time(timestep_embedding(time, self.config.width).to(noisy.dtype))
         queries = self.action_queries + self.noisy_action_in(noisy)
         for block in self.action_blocks:
             queries = block(queries, condition=condition, context=context)

@@ -157,7 +157,8 @@ class RLAWorldModel(Checkpointable[WorldModelConfig]):
     # -- flow stage ---------------------------------------------------------------------
     def velocity_field(self, x: torch.Tensor, tau: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
         h = self.latent_input(x) + self.latent_position
-        time = self.time(timestep_embedding(tau, self.config.width))
+        # The embedding is computed in float32 (sin of 1000 t); the layers may run in bfloat16.
+        time = self.time(timestep_embedding(tau, self.config.width).to(h.dtype))
         for block, cached in zip(self.flow_blocks, conditioning.cached_context):
             h = block(h, condition=time, cached_context=cached)
         return self.velocity(self.flow_norm(h))

@@ -44,7 +44,12 @@ def test_command_line_overrides_the_file_field_by_field(tmp_path):
     assert experiment.policy_training.labelled_fraction == 0.25
     assert experiment.encoder.resolution == 112
     assert [ref.repo_id for ref in experiment.data.action_free] == ["t/other"]
-    assert experiment.data.action_free[0].dataset_root == str((CONFIGS / "other").resolve())
+    # A path typed on the command line is relative to the current folder; the file's paths stay relative to it.
+    assert experiment.data.action_free[0].dataset_root == str(Path("other").resolve())
+    assert Path(experiment.data.dataset_root) == (CONFIGS / "../../data/sim_expert").resolve()
+    typed = parse_config(Experiment, [f"--config_path={CONFIGS / 'sim_pusht.yaml'}", "--data.dataset_root=data/x"])
+    assert typed.data.dataset_root == str(Path("data/x").resolve())
+    assert Path(typed.data.cache_root) == (CONFIGS / "../../data/feature_cache").resolve()
     # Without a file, everything comes from the command line; paths are relative to the current folder.
     bare = parse_config(Experiment, ["--data.dataset_root=d", "--data.repo_id=t/d"])
     assert bare.data.dataset_root == str(Path("d").resolve()) and bare.train.policy == TrainConfig()

@@ -358,9 +358,17 @@ def parse_config(kind: type[ConfigT], args: Sequence[str], prog: str | None = No
     except (draccus.utils.DraccusException, argparse.ArgumentError, yaml.YAMLError) as err:
         raise ConfigError(f"{where}: {_describe(err)}") from err
     if isinstance(config, Experiment):
-        base = config_path.resolve().parent if config_path is not None else Path.cwd()
-        config = with_data_paths_from(config, base)
+        # A path written in the YAML file is relative to that file; one typed on the command line, to
+        # the directory the command runs in (what a shell user expects).
+        file_base = config_path.resolve().parent if config_path is not None else Path.cwd()
+        typed = {key for key in ("dataset_root", "cache_root", "action_free") if _typed(args, f"data.{key}")}
+        config = with_data_paths_from(config, file_base, Path.cwd(), typed)
     return config
+
+
+def _typed(args: Sequence[str], key: str) -> bool:
+    """Whether `--key=value` or `--key value` is among the command-line arguments."""
+    return any(arg == f"--{key}" or arg.startswith(f"--{key}=") for arg in args)
 
 
 def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> Experiment:
@@ -368,20 +376,26 @@ def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> Experime
     return parse_config(Experiment, [f"{CONFIG_PATH_ARG}={path}", *overrides])
 
 
-def with_data_paths_from(experiment: ExperimentT, base: Path) -> ExperimentT:
-    """The experiment with its relative data paths made absolute against `base`."""
+def with_data_paths_from(
+    experiment: ExperimentT, base: Path, typed_base: Path | None = None, typed: frozenset[str] | set[str] = frozenset()
+) -> ExperimentT:
+    """The experiment with its relative data paths made absolute: against `typed_base` for the data
+    fields named in `typed` (given on the command line), against `base` for the others."""
 
-    def absolute(path: str) -> str:
+    def absolute(path: str, field: str) -> str:
         candidate = Path(path).expanduser()
-        return str(candidate if candidate.is_absolute() else (base / candidate).resolve())
+        root = typed_base if typed_base is not None and field in typed else base
+        return str(candidate if candidate.is_absolute() else (root / candidate).resolve())
 
     data = experiment.data
     return dataclasses.replace(
         experiment,
         data=dataclasses.replace(
             data,
-            dataset_root=absolute(data.dataset_root),
-            cache_root=absolute(data.cache_root),
-            action_free=tuple(DatasetRef(absolute(ref.dataset_root), ref.repo_id) for ref in data.action_free),
+            dataset_root=absolute(data.dataset_root, "dataset_root"),
+            cache_root=absolute(data.cache_root, "cache_root"),
+            action_free=tuple(
+                DatasetRef(absolute(ref.dataset_root, "action_free"), ref.repo_id) for ref in data.action_free
+            ),
         ),
     )

@@ -35,6 +35,7 @@ from rla_wm.control.planning import (
     PlannerConfig,
     PlanningError,
     PlanResult,
+    predict_plan_end,
 )
 
 Observation = TypeVar("Observation")
@@ -108,6 +109,7 @@ class ChunkTiming:
 class GoalPlan(Generic[Observation]):
     observation: Observation  # what the plan was made from
     plan: PlanResult
+    start: torch.Tensor  # (N, C): the observation's features, where the plan starts
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,8 @@ class Replan(Generic[Observation]):
     observation: Observation
     chunk: np.ndarray  # (chunk_length, action_dim): the actions to execute now
     cost: float  # the plan's predicted cost
+    start: torch.Tensor  # (N, C): the observation's features, where the plan starts
+    actions: torch.Tensor  # (horizon, chunk_length, action_dim): the whole plan
 
 
 @dataclass(frozen=True)
@@ -225,7 +229,7 @@ class PlannerSession(Generic[Observation]):
             except (PlanningError, ValueError, RuntimeError) as err:  # the models raise ValueError on bad input
                 raise Refusal("planning_failed", f"planning failed: {err}") from err
         self.record(plan)
-        return GoalPlan(observation, plan)
+        return GoalPlan(observation, plan, current)
 
     def state_for_execution(self) -> np.ndarray:
         """The fresh joint state a plan about to be executed needs; Refusal when it went stale."""
@@ -282,7 +286,16 @@ class PlannerSession(Generic[Observation]):
         finally:
             self.model_lock.release()
         self.record(step.result)
-        return Replan(observation, step.chunk.numpy(), float(step.result.cost))
+        return Replan(observation, step.chunk.numpy(), float(step.result.cost), current, step.result.actions)
+
+    def predicted_end(self, start: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """The (N, C) features a plan (H, h, A) made from `start` (N, C) is predicted to reach: one
+        more rollout of that plan alone (for a picture), waiting for the model if a plan holds it.
+
+        PlanningError (or the model's ValueError / RuntimeError) when it cannot be predicted.
+        """
+        with self.model_lock:
+            return predict_plan_end(self.planner.predictor, start, actions, self.planner.config.prediction_chunks)
 
     # -- bookkeeping --------------------------------------------------------------------------------
     def record(self, plan: PlanResult) -> None:

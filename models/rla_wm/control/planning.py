@@ -229,6 +229,23 @@ def rollout_costs(
     return finite_or_inf(costs)
 
 
+@torch.no_grad()
+def predict_plan_end(
+    predictor: Predictor, current: torch.Tensor, actions: torch.Tensor, prediction_chunks: int = 1
+) -> torch.Tensor:
+    """The (N, C) features one plan's actions (M, h, A) are predicted to reach from `current` (N, C):
+    one rollout of that plan alone, `prediction_chunks` chunks per prediction as `rollout_costs`
+    scores it (a picture of where the chosen plan leads; no cost mode keeps these features)."""
+    if actions.ndim != 3:
+        raise PlanningError(f"actions must be (M, h, A), got {tuple(actions.shape)}")
+    current = _check_features(current, "current features")
+    chunks = actions[None].to(current.device, current.dtype)
+    features = current
+    for first, last in prediction_segments(chunks.shape[1], prediction_chunks):
+        features = predict_batch(predictor, features, segment_actions(chunks, first, last))
+    return features[0]
+
+
 def project_actions(
     actions: torch.Tensor,
     low: torch.Tensor,

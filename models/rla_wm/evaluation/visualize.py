@@ -1,4 +1,5 @@
-"""Pictures of feature maps: PCA of patch tokens as RGB, side by side with the camera frame."""
+"""Pictures of feature maps: PCA of patch tokens as RGB, side by side with the camera frame, and at
+a readable size for the nodes' debug image topics (`feature_pca_picture`, `readable_size`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+# Shorter side of a feature picture meant for a person (the nodes' debug images): 224 px, the
+# usual ViT input, at which 14 px DINO patches are comfortably visible.
+READABLE_SIDE = 224
 
 
 def feature_pca_rgb(tokens: np.ndarray, grid_height: int, grid_width: int) -> np.ndarray:
@@ -16,6 +21,8 @@ def feature_pca_rgb(tokens: np.ndarray, grid_height: int, grid_width: int) -> np
     tokens = np.asarray(tokens, dtype=np.float64)
     if tokens.ndim != 2 or tokens.shape[0] != grid_height * grid_width:
         raise ValueError(f"tokens {tokens.shape} do not match a {grid_height}x{grid_width} grid")
+    if not np.isfinite(tokens).all():
+        raise ValueError("tokens contain NaN or inf: no principal components")
     centred = tokens - tokens.mean(axis=0, keepdims=True)
     # SVD of the centred tokens gives the principal axes without forming C x C covariance.
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
@@ -25,6 +32,33 @@ def feature_pca_rgb(tokens: np.ndarray, grid_height: int, grid_width: int) -> np
     low, high = components.min(axis=0), components.max(axis=0)
     scaled = (components - low) / np.maximum(high - low, 1e-12)
     return (scaled.reshape(grid_height, grid_width, 3) * 255).round().astype(np.uint8)
+
+
+def readable_size(height: int, width: int, min_side: int = READABLE_SIDE) -> tuple[int, int]:
+    """(height, width) times the smallest whole factor that makes the shorter side at least `min_side`.
+
+    A feature grid of 16x16 patches becomes 224x224 (each patch 14 px, its size in a 224 px encoder
+    input), a 96x96 camera frame 288x288, a 640x480 one stays as it is.
+    """
+    if height < 1 or width < 1 or min_side < 1:
+        raise ValueError(f"sizes must be positive, got {height}x{width} and min_side {min_side}")
+    factor = max(1, -(-min_side // min(height, width)))
+    return height * factor, width * factor
+
+
+def feature_pca_picture(tokens: np.ndarray, grid_height: int, grid_width: int, height: int, width: int) -> np.ndarray:
+    """`feature_pca_rgb` scaled by nearest neighbour to a (height, width, 3) uint8 picture.
+
+    Pixel row y shows patch row y * grid_height // height (columns alike): each patch fills the block
+    of pixels it covers when the encoder resizes a height x width frame to its square input, so the
+    picture of a camera frame's features lines up with the frame, pixel for pixel.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"picture size must be positive, got {height}x{width}")
+    small = feature_pca_rgb(tokens, grid_height, grid_width)
+    rows = np.arange(height) * grid_height // height
+    columns = np.arange(width) * grid_width // width
+    return np.ascontiguousarray(small[rows[:, None], columns[None, :]])
 
 
 def side_by_side(frame_rgb: np.ndarray, feature_rgb: np.ndarray, height: int = 256) -> np.ndarray:

@@ -4,6 +4,8 @@ the residual latent action z between frame t-h and frame t (rla_wm_msgs/LatentAc
 The camera subscription uses sensor-data QoS with depth 1: when encoding is
 slower than the camera, old frames are dropped, never queued, so the features
 always describe the newest frame. Feature maps carry the source image's stamp.
+With `publish_debug_image`, the PCA picture of each feature map goes out on `~/features_pca`
+(sensor_msgs/Image rgb8, the frame's header and size), made after the feature map is published.
 A frame that cannot be encoded is a counted rejection on /diagnostics (`rla_wm_ros.node_guard`).
 """
 
@@ -11,20 +13,23 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 from builtin_interfaces.msg import Time
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
 
 from rla_wm.control.latent_tracker import LatentTracker
+from rla_wm.evaluation.visualize import feature_pca_picture, readable_size
 from rla_wm.models.encoder import EncoderConfig, FeatureEncoder, FeatureEncoderError
 from rla_wm_msgs.msg import FeatureMap, LatentAction
 from rla_wm_ros.conversions import features_to_msg, latent_to_msg, stamp_to_seconds
-from rla_wm_ros.image_conversion import CvBridgeError, image_msg_to_rgb
+from rla_wm_ros.image_conversion import CvBridge, CvBridgeError, image_msg_to_rgb
 from rla_wm_ros.node_guard import WARN, Health, NodeGuard, Rejected
 from rla_wm_ros.params import declare
-from rla_wm_ros.qos import CAMERA_QOS, lost_sample_callbacks
+from rla_wm_ros.qos import CAMERA_QOS, LATEST_ONLY, lost_sample_callbacks
 
 
 class EncoderNode(Node):
@@ -62,6 +67,16 @@ class EncoderNode(Node):
             self.get_logger().info(f"publishing RLA latents over {horizon} frames ({horizon / fps:.2f} s)")
 
         self.features_pub = self.create_publisher(FeatureMap, "features", 10)
+        self.debug_pub = None  # no publisher, and no PCA computed, unless asked for
+        if declare(
+            self,
+            "publish_debug_image",
+            False,
+            "Also publish each feature map's PCA picture (sensor_msgs/Image rgb8, the camera frame's header, "
+            "its size or a whole multiple of it with at least 224 px on the shorter side) on ~/features_pca, "
+            "for RViz / Foxglove. Costs a PCA per frame, after the features are published.",
+        ):
+            self.debug_pub = self.create_publisher(Image, "~/features_pca", LATEST_ONLY)
         self.frames_encoded = 0
         self.last_encode_seconds = 0.0
         self.frames_lost = 0  # lost on the way (not those dropped because the encoder was busy)
@@ -126,6 +141,21 @@ class EncoderNode(Node):
                 self.latent_pub.publish(
                     latent_to_msg(z, self.latents.horizon, self.latents.model_id, msg.header, start)
                 )
+        self.publish_debug_image(tokens, rgb.shape[0], rgb.shape[1], msg.header)  # last: nothing waits for it
+
+    def publish_debug_image(self, tokens: np.ndarray, frame_height: int, frame_width: int, header: Header) -> None:
+        """With publish_debug_image, the feature map's PCA picture at the frame's size (a whole multiple
+        of it below 224 px), each patch over the frame pixels it was computed from; else nothing."""
+        if self.debug_pub is None:
+            return
+        grid = self.encoder.grid
+        height, width = readable_size(frame_height, frame_width)
+        try:
+            picture = feature_pca_picture(tokens, grid.height, grid.width, height, width)
+        except ValueError as err:  # non-finite features: counted apart from the frames
+            self.guard.reject("debug_image", "no_picture", str(err))
+            return
+        self.debug_pub.publish(CvBridge().cv2_to_imgmsg(picture, "rgb8", header))
 
 
 def main(args: list[str] | None = None) -> None:

@@ -8,6 +8,9 @@
   the newest feature map, warm-started with the shifted previous plan, and publishes the first
   chunk stamped with the observation's stamp plus the predicted cost on `planner/predicted_cost`.
   `~/clear_goal` stops it.
+- `publish_debug_image`: after each plan's chunk (or action result) is out, one more rollout of
+  the chosen plan alone; the PCA picture of its predicted final features goes out on
+  `~/predicted_features_pca` (sensor_msgs/Image rgb8, the observation's header, 224 px or more).
 
 Planning runs outside the subscription callbacks (action tasks on the multi-threaded executor's
 pool, the MPC timer in its own callback group). What is planned from what, and when nothing is,
@@ -32,6 +35,7 @@ from rla_wm.control.planner_session import PlannerSession, Refusal
 from rla_wm.control.planner_setup import PlannerSettings
 from rla_wm.control.planning import PlanningError
 from rla_wm.control.settings import setting_specs
+from rla_wm.evaluation.visualize import feature_pca_picture, readable_size
 from rla_wm.models.encoder import FeatureEncoder, FeatureEncoderError
 from rla_wm_msgs.action import PlanToGoal
 from rla_wm_msgs.msg import FeatureMap
@@ -42,7 +46,7 @@ from rla_wm_ros.conversions import (
     model_features_or_reject,
     stamp_to_seconds,
 )
-from rla_wm_ros.image_conversion import CvBridgeError, image_msg_to_rgb
+from rla_wm_ros.image_conversion import CvBridge, CvBridgeError, image_msg_to_rgb
 from rla_wm_ros.node_guard import WARN, Health, NodeGuard, Rejected
 from rla_wm_ros.params import declare
 from rla_wm_ros.qos import LATEST_ONLY
@@ -74,6 +78,17 @@ class PlannerNode(Node):
         guard = self.guard.wrap
         self.trajectory_pub = self.create_publisher(JointTrajectory, "planner/joint_trajectory", 10)
         self.cost_pub = self.create_publisher(Float32, "planner/predicted_cost", 10)
+        self.debug_pub = None  # no publisher, and no extra rollout, unless asked for
+        if declare(
+            self,
+            "publish_debug_image",
+            False,
+            "Also publish the PCA picture of the features each chosen plan is predicted to reach "
+            "(sensor_msgs/Image rgb8, the observation's header, square patches, at least 224 px) on "
+            "~/predicted_features_pca, for RViz / Foxglove. Costs one rollout of the chosen plan per plan, "
+            "after its chunk is published.",
+        ):
+            self.debug_pub = self.create_publisher(Image, "~/predicted_features_pca", LATEST_ONLY)
         self.create_subscription(FeatureMap, "features", guard(self.on_features), LATEST_ONLY)
         self.create_subscription(JointState, "joint_states", guard(self.on_joint_state), 10)
         self.action_server = ActionServer(
@@ -157,6 +172,7 @@ class PlannerNode(Node):
             if goal.execute:  # now, from where the robot was when planning began (the gate checks it)
                 self.session.state_for_execution()
                 self.publish_chunk(plan.first_chunk.numpy(), self.get_clock().now().to_msg())
+            self.publish_predicted_end(planned.observation, planned.start, plan.actions)
         except Refusal as refusal:
             self.session.last_error = refusal.detail
             self.guard.reject("execute_goal", refusal.reason, f"plan_to_goal aborted: {refusal.detail}")
@@ -193,6 +209,7 @@ class PlannerNode(Node):
             raise Rejected(refusal.reason, refusal.detail) from refusal
         if replan is not None and self.publish_chunk(replan.chunk, replan.observation.header.stamp):
             self.cost_pub.publish(Float32(data=replan.cost))
+            self.publish_predicted_end(replan.observation, replan.start, replan.actions)
 
     # -- outputs --------------------------------------------------------------------------------------
     def publish_chunk(self, positions: np.ndarray, stamp) -> bool:
@@ -204,6 +221,20 @@ class PlannerNode(Node):
         self.session.last_plan_delay, times = self.timing.late_start(len(positions), stamp_to_seconds(stamp), now)
         self.trajectory_pub.publish(chunk_to_msg(Chunk(self.joint_names, positions, times, stamp)))
         return True
+
+    def publish_predicted_end(self, observation: FeatureMap, start: torch.Tensor, actions: torch.Tensor) -> None:
+        """With publish_debug_image, the PCA picture of the features a plan is predicted to reach,
+        stamped with its observation's header; else nothing (and no rollout)."""
+        if self.debug_pub is None:
+            return
+        height, width = self.grid[0], self.grid[1]
+        try:
+            features = self.session.predicted_end(start, actions).float().cpu().numpy()
+            picture = feature_pca_picture(features, height, width, *readable_size(height, width))
+        except (PlanningError, ValueError, RuntimeError) as err:  # the plan itself went out already
+            self.guard.reject("debug_image", "no_picture", f"no predicted-features picture: {err}")
+            return
+        self.debug_pub.publish(CvBridge().cv2_to_imgmsg(picture, "rgb8", observation.header))
 
     def health(self) -> Health:
         if self.session.last_error:

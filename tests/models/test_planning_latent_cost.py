@@ -62,23 +62,23 @@ def test_shared_sampling_equals_per_candidate_sampling():
     for lens in (None, lengths):
         generator = lambda: torch.Generator().manual_seed(4)  # noqa: E731
         expected = wm.sample(current.expand(6, -1, -1), actions, lens, steps=4, generator=generator())
-        close(wm.sample_shared(current, actions, lens, steps=4, generator=generator()), expected)
-        close(wm.sample_shared(current.expand(6, -1, -1), actions, lens, steps=4, generator=generator()), expected)
+        close(wm.sample(current, actions, lens, steps=4, generator=generator()), expected)
+        close(wm.sample(current.expand(6, -1, -1), actions, lens, steps=4, generator=generator()), expected)
     assert (expected[0] - expected[1]).abs().max() > 1e-2  # the candidates' actions matter
     with pytest.raises(ValueError, match="need 1 or 6"):
-        wm.sample_shared(torch.randn(2, TOKENS, CHANNELS), actions)
+        wm.sample(torch.randn(2, TOKENS, CHANNELS), actions)
 
 
 def test_shared_decoding_and_regression_equal_the_per_candidate_forward():
     _, ae, reg = random_models()
     current, _, actions = inputs(batch=5)
     z = torch.randn(5, *LATENT)
-    close(ae.decode_shared(z, current), ae.decode(z, current.expand(5, -1, -1)))
+    close(ae.decode(z, current), ae.decode(z, current.expand(5, -1, -1)))
     assert (ae.decode(z, current.expand(5, -1, -1)) - current).abs().max() > 1e-2  # z is decoded
     regression = RegressionPredictor(reg)
     close(regression.predict_shared(current, actions), regression.predict(current.expand(5, -1, -1), actions))
     with pytest.raises(ValueError, match="feature map"):
-        ae.decode_shared(z, torch.randn(2, TOKENS, CHANNELS))
+        ae.decode(z, torch.randn(2, TOKENS, CHANNELS))
 
 
 class PerCandidate:

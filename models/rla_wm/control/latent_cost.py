@@ -31,7 +31,7 @@ one segment for the whole plan costs one (cond + flow) instead of H full predict
 RLA-WM on variable chunks of up to 15 steps, the shipped checkpoints only on 5-step chunks,
 hence `prediction_chunks` defaults to 1. What cannot be shared: the conditioning stage runs
 per candidate (only its input projection and the flow's time embedding are common to a
-batch, see `RLAWorldModel.sample_shared`), so a replan is never "condition once".
+batch, see `RLAWorldModel.sample`), so a replan is never "condition once".
 
 Quality. Latent distances rank candidates like feature distances as far as the decoder is
 locally an isometry up to scale; tests/models/test_planning_latent_cost.py checks the ranking

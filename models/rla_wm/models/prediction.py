@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from rla_wm.models.regression import RegressionModel
-from rla_wm.models.rla import RLAAutoencoder, check_features
+from rla_wm.models.rla import RLAAutoencoder
 from rla_wm.models.world_model import RLAWorldModel
 
 
@@ -82,19 +82,8 @@ class RegressionPredictor:
 
     @torch.no_grad()
     def predict_shared(self, current: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """RegressionModel.forward with one feature map (1, N, C) for B action sequences: only the
-        input projection is shared, since adaLN puts the actions into every block. Mirrors
-        forward step for step (tests compare the two)."""
-        model = self.model
-        check_features(current, model.config, "current features")
-        batch = actions.shape[0]
-        if current.shape[0] not in (1, batch):
-            raise ValueError(f"{batch} action sequences for {current.shape[0]} feature maps (need 1 or {batch})")
-        condition = model.actions(actions)
-        x = (model.input(current) + model.position).expand(batch, -1, -1)
-        for block in model.blocks:
-            x = block(x, condition=condition)
-        return current + model.output(model.norm(x))
+        """One feature map (1, N, C) may serve B action sequences (RegressionModel.forward)."""
+        return self.model(current, actions)
 
 
 class RLAWMPredictor:
@@ -135,11 +124,11 @@ class RLAWMPredictor:
     @torch.no_grad()
     def predict_latent(self, current: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         generator = self._stream(current.device)
-        return self.world_model.sample_shared(current, actions, steps=self.steps, generator=generator)
+        return self.world_model.sample(current, actions, steps=self.steps, generator=generator)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
-        return self.autoencoder.decode_shared(z, current)
+        return self.autoencoder.decode(z, current)
 
     @torch.no_grad()
     def encode(self, current: torch.Tensor, future: torch.Tensor) -> torch.Tensor:

@@ -56,11 +56,15 @@ class RegressionModel(Checkpointable[RegressionConfig]):
     def forward(
         self, current: torch.Tensor, actions: torch.Tensor, lengths: torch.Tensor | None = None
     ) -> torch.Tensor:
+        """(B, N, C) predicted features for B action sequences from B feature maps, or from one (1, N, C) map
+        shared by all B (a planner's candidates: its input projection then runs once; adaLN puts the
+        actions into every block, so the blocks run per sequence either way)."""
         check_features(current, self.config, "current features")
-        if actions.shape[0] != current.shape[0]:
-            raise ValueError(f"{actions.shape[0]} action sequences for {current.shape[0]} feature maps")
+        batch = actions.shape[0]
+        if current.shape[0] not in (1, batch):
+            raise ValueError(f"{batch} action sequences for {current.shape[0]} feature maps (need 1 or {batch})")
         condition = self.actions(actions, lengths)
-        x = self.input(current) + self.position
+        x = (self.input(current) + self.position).expand(batch, -1, -1)
         for block in self.blocks:
             x = block(x, condition=condition)
         return current + self.output(self.norm(x))

@@ -101,24 +101,14 @@ class RLADecoder(nn.Module):
         nn.init.zeros_(self.output.bias)
 
     def forward(self, z: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
-        latent = self.latent_input(z) + self.latent_position
-        features = self.feature_input(current) + self.feature_position
-        x = torch.cat([latent, features], dim=1)
-        for block in self.blocks:
-            x = block(x)
-        # The change is predicted in residual-scale units, like the encoder's input.
-        change = self.output(self.norm(x[:, self.config.latent_tokens :]))
-        return current + self.config.residual_scale * change
-
-    def forward_shared(self, z: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
-        """forward() where one feature map (1, N, C) may serve B latents (a planner's candidates
-        from one observation): its input projection runs once. Equal to forward() on the
-        expanded map up to float rounding."""
+        """Features (B, N, C) from B latents and B feature maps, or one (1, N, C) map shared by all B
+        (a planner's candidates from one observation: its input projection then runs once)."""
         latent = self.latent_input(z) + self.latent_position
         features = (self.feature_input(current) + self.feature_position).expand(z.shape[0], -1, -1)
         x = torch.cat([latent, features], dim=1)
         for block in self.blocks:
             x = block(x)
+        # The change is predicted in residual-scale units, like the encoder's input.
         change = self.output(self.norm(x[:, self.config.latent_tokens :]))
         return current + self.config.residual_scale * change
 
@@ -142,22 +132,13 @@ class RLAAutoencoder(Checkpointable[RLAConfig]):
     def decode(self, z: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
         check_features(current, self.config, "current features")
         expected = (self.config.latent_tokens, self.config.latent_dim)
-        if z.ndim != 3 or tuple(z.shape[1:]) != expected or z.shape[0] != current.shape[0]:
-            raise ValueError(
-                f"z has shape {tuple(z.shape)}, expected ({current.shape[0]}, {expected[0]}, {expected[1]})"
-            )
-        return self.decoder(z, current)
-
-    def decode_shared(self, z: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
-        """decode() for B latents from one feature map (1, N, C) or from B maps."""
-        check_features(current, self.config, "current features")
-        expected = (self.config.latent_tokens, self.config.latent_dim)
+        # B latents on B feature maps, or on one map shared by all (a planner's candidates).
         if z.ndim != 3 or tuple(z.shape[1:]) != expected or current.shape[0] not in (1, z.shape[0]):
             raise ValueError(
                 f"z has shape {tuple(z.shape)}, expected (B, {expected[0]}, {expected[1]}) "
                 f"for {current.shape[0]} feature map(s)"
             )
-        return self.decoder.forward_shared(z, current)
+        return self.decoder(z, current)
 
     def forward(self, current: torch.Tensor, future: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.encode(current, future)

@@ -140,11 +140,15 @@ class RLAWorldModel(Checkpointable[WorldModelConfig]):
     def condition(
         self, current: torch.Tensor, actions: torch.Tensor, lengths: torch.Tensor | None = None
     ) -> Conditioning:
+        """The conditioning of B action sequences on B feature maps, or on one (1, N, C) map shared by all
+        (a planner's candidates from one observation). Only the action-free input projection runs once
+        for a shared map: adaLN injects each sequence's actions into every conditioning block."""
         check_features(current, self.config, "current features")
-        if actions.shape[0] != current.shape[0]:
-            raise ValueError(f"{actions.shape[0]} action sequences for {current.shape[0]} feature maps")
+        batch = actions.shape[0]
+        if current.shape[0] not in (1, batch):
+            raise ValueError(f"{batch} action sequences for {current.shape[0]} feature maps (need 1 or {batch})")
         action_vector = self.actions(actions, lengths)
-        x = self.feature_input(current) + self.feature_position
+        x = (self.feature_input(current) + self.feature_position).expand(batch, -1, -1)
         for block in self.condition_blocks:
             x = block(x, condition=action_vector)
         context = self.condition_norm(x)
@@ -188,73 +192,17 @@ class RLAWorldModel(Checkpointable[WorldModelConfig]):
         steps: int = 30,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Predict z (B, K, D) with `steps` Euler steps from Gaussian noise; seeded via `generator`."""
+        """Predict z (B, K, D) for B action sequences with `steps` Euler steps from Gaussian noise, seeded
+        via `generator`; `current` is (B, N, C), or (1, N, C) shared by all B (a planner's candidates)."""
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         conditioning = self.condition(current, actions, lengths)
-        shape = (current.shape[0], self.config.latent_tokens, self.config.latent_dim)
-        x = torch.randn(shape, generator=generator, device=current.device, dtype=current.dtype)
-        taus = torch.linspace(1.0, 0.0, steps + 1, device=current.device)
-        for tau, next_tau in zip(taus[:-1], taus[1:]):
-            v = self.velocity_field(x, tau.expand(shape[0]), conditioning)
-            x = x + (next_tau - tau) * v
-        return x * self.config.latent_scale
-
-    # -- planning batches (additive: sample() keeps its numerics) ---------------------------
-    def condition_shared(
-        self, current: torch.Tensor, actions: torch.Tensor, lengths: torch.Tensor | None = None
-    ) -> Conditioning:
-        """condition() where one feature map (1, N, C) may serve B action sequences (a planner's
-        candidates from one observation); B maps work as in condition().
-
-        Only the action-free input projection runs once: adaLN injects each sequence's actions
-        into every conditioning block, so the blocks run per sequence either way.
-        """
-        check_features(current, self.config, "current features")
-        batch = actions.shape[0]
-        if current.shape[0] not in (1, batch):
-            raise ValueError(f"{batch} action sequences for {current.shape[0]} feature maps (need 1 or {batch})")
-        action_vector = self.actions(actions, lengths)
-        x = (self.feature_input(current) + self.feature_position).expand(batch, -1, -1)
-        for block in self.condition_blocks:
-            x = block(x, condition=action_vector)
-        context = self.condition_norm(x)
-        cached = []
-        for block in self.flow_blocks:
-            assert isinstance(block, Block) and block.cross_attention is not None  # flow blocks cross-attend
-            cached.append(block.cross_attention.keys_values(context))
-        return Conditioning(current=current, cached_context=cached)
-
-    def _velocity_one_time(self, x: torch.Tensor, tau: torch.Tensor, conditioning: Conditioning) -> torch.Tensor:
-        """velocity_field() at one flow time for the whole batch: the time embedding and each
-        block's adaLN modulation are computed for one row and broadcast (they depend on tau only)."""
-        h = self.latent_input(x) + self.latent_position
-        # Cast: the sinusoidal embedding is float32, the weights may be bfloat16 on a GPU.
-        time = self.time(timestep_embedding(tau.reshape(1), self.config.width).to(h.dtype))
-        for block, cached in zip(self.flow_blocks, conditioning.cached_context):
-            h = block(h, condition=time, cached_context=cached)
-        return self.velocity(self.flow_norm(h))
-
-    @torch.no_grad()
-    def sample_shared(
-        self,
-        current: torch.Tensor,
-        actions: torch.Tensor,
-        lengths: torch.Tensor | None = None,
-        steps: int = 30,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
-        """sample() for planning batches: `current` may be (1, N, C) shared by B action sequences
-        (condition_shared), and the flow time is embedded once per Euler step. Draws the same
-        noise as sample(), so the two agree to float rounding."""
-        if steps < 1:
-            raise ValueError(f"steps must be >= 1, got {steps}")
-        conditioning = self.condition_shared(current, actions, lengths)
         shape = (actions.shape[0], self.config.latent_tokens, self.config.latent_dim)
         x = torch.randn(shape, generator=generator, device=current.device, dtype=current.dtype)
         taus = torch.linspace(1.0, 0.0, steps + 1, device=current.device)
         for tau, next_tau in zip(taus[:-1], taus[1:]):
-            v = self._velocity_one_time(x, tau, conditioning)
+            # One flow time for the whole batch: embedded once and broadcast over the rows.
+            v = self.velocity_field(x, tau.reshape(1), conditioning)
             x = x + (next_tau - tau) * v
         return x * self.config.latent_scale
 

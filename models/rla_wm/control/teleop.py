@@ -11,6 +11,7 @@
   measured position (a blocked robot does not wind up a far target) and stays inside
   the joint limits, and the short trajectory chunk to send.
 - `PlaySource`: seeded random "play" over `rla_wm.envs.pusht.dataset.RandomWalkPolicy`.
+- `JointRandomWalk`: seeded random "play" of an arm in joint space, within its joint limits.
 
 Directions are in the Push-T image frame: +x right, +y down (w / up arrow = -y).
 """
@@ -255,3 +256,57 @@ class PlaySource:
         # The walk only reads the position of the frame it starts from.
         frame = SimpleNamespace(position=position)
         return np.asarray(self.walker(frame, self.rng), dtype=np.float64)  # type: ignore[arg-type]
+
+
+class JointRandomWalk:
+    """Random "play" for an arm's action-free data: seeded, in joint space, within the joint limits.
+
+    The target walks at `speed` (units per second, every joint) toward a waypoint drawn uniformly
+    inside the limits less `margin` of each joint's range at either end (the ends of a range are
+    where an arm folds into itself); on reaching it the next waypoint is drawn. Straight strokes
+    between random poses sweep the arm (and what it touches) across its workspace. Each call is one
+    tick of `period` seconds; `reset` starts from a measured position.
+    """
+
+    def __init__(
+        self,
+        low: np.ndarray,
+        high: np.ndarray,
+        seed: int | Sequence[int] = 0,
+        speed: float = 1.0,
+        period: float = 0.1,
+        margin: float = 0.15,
+    ) -> None:
+        self.low = np.asarray(low, dtype=np.float64)
+        self.high = np.asarray(high, dtype=np.float64)
+        if self.low.shape != self.high.shape or self.low.ndim != 1 or not self.low.size:
+            raise ValueError(f"limits must be two vectors of one length, got {self.low} and {self.high}")
+        if not (np.isfinite(self.low).all() and np.isfinite(self.high).all() and (self.low < self.high).all()):
+            raise ValueError(f"joint play needs finite limits with low < high, got {self.low} and {self.high}")
+        if speed <= 0 or period <= 0 or not 0.0 <= margin < 0.5:
+            raise ValueError(f"need speed > 0, period > 0 and 0 <= margin < 0.5, got {speed}, {period}, {margin}")
+        span = self.high - self.low
+        self.inner_low, self.inner_high = self.low + margin * span, self.high - margin * span
+        self.step = speed * period
+        self.rng = np.random.default_rng(seed)
+        self.target: np.ndarray | None = None
+        self.waypoint: np.ndarray | None = None
+
+    def _draw(self) -> np.ndarray:
+        return self.rng.uniform(self.inner_low, self.inner_high)
+
+    def reset(self, position: np.ndarray) -> None:
+        """Start a stroke from the measured `position` (clipped into the limits)."""
+        self.target = np.clip(np.asarray(position, dtype=np.float64), self.low, self.high)
+        self.waypoint = self._draw()
+
+    def __call__(self, position: np.ndarray) -> np.ndarray:
+        """The next target (within the limits, at most `speed * period` per joint from the last one)."""
+        if self.target is None or self.waypoint is None:
+            self.reset(position)
+        assert self.target is not None and self.waypoint is not None
+        move = np.clip(self.waypoint - self.target, -self.step, self.step)
+        self.target = np.clip(self.target + move, self.low, self.high)
+        if np.allclose(self.target, self.waypoint, rtol=0.0, atol=1e-9):
+            self.waypoint = self._draw()
+        return self.target.copy()

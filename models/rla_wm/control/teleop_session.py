@@ -5,7 +5,9 @@ one source into short trajectory chunks:
 
 - keyboard and joy: a velocity (`rla_wm.control.teleop`) integrated into a target on each
   control tick; the gamepad holds when its messages stop for `joy_timeout`;
-- play: seeded random play, a target per tick;
+- play: seeded random play, a target per tick: Push-T's random walk of the agent when the joints
+  are Push-T's (agent_x, agent_y), otherwise a random joint-space walk of an arm within its joint
+  limits (`JointRandomWalk`, at `play_joint_speed`);
 - expert: the scripted Push-T expert, once per simulator step (`rla_wm.control.expert_source`).
 
 No chunk is made without a joint state received within `state_timeout` (steady clock). Targets
@@ -26,6 +28,7 @@ from rla_wm.control.freshness import LatestSample
 from rla_wm.control.limits import load_limits
 from rla_wm.control.settings import setting
 from rla_wm.control.teleop import (
+    JointRandomWalk,
     JoyMapping,
     KeyboardTeleop,
     PlaySource,
@@ -59,7 +62,7 @@ class TeleopSettings:
     rate: float = setting(10.0, "Command rate (Hz) of keyboard, joy and play, on the node clock.", (1.0, 200.0))
     horizon_points: int = setting(3, "Points per chunk (a late chunk is still valid).", (1, 50))
     point_period: float = setting(0.1, "Seconds between chunk points.", (0.01, 1.0))
-    max_lead: float = setting(40.0, "Max distance of a target from the measured position.", (1.0, 1000.0))
+    max_lead: float = setting(40.0, "Max distance of a target from the measured position.", (0.001, 1000.0))
     state_timeout: float = setting(0.5, "No commands if joint states are older (s, steady).", (0.01, 60.0))
     # -- keyboard ----------------------------------------------------------------------------------
     speed: float = setting(100.0, "Initial keyboard speed (units/s).", (1.0, 5000.0))
@@ -80,6 +83,11 @@ class TeleopSettings:
         0.01, "Expert: act when object pose and joint state stamps agree this closely (s).", (0.0, 1.0)
     )
     seed: int = setting(0, "Seed of the random play.", (0, 2**31 - 1))
+    play_joint_speed: float = setting(
+        1.0,
+        "Play on an arm (joints other than Push-T's): speed of the joint-space random walk (units/s per joint).",
+        (0.001, 1000.0),
+    )
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -147,11 +155,24 @@ class TeleopSession:
         self.state: LatestSample[np.ndarray] = LatestSample(settings.state_timeout, clock)
         self.joy_input: LatestSample[tuple[Sequence[float], Sequence[int]]] = LatestSample(settings.joy_timeout, clock)
         self.expert = ExpertSource(settings.max_lead, settings.sync_tolerance) if settings.source == "expert" else None
-        self.play = PlaySource(settings.seed) if settings.source == "play" else None
+        self.play = self._play_source(settings) if settings.source == "play" else None
         self._restart_play = True
         self._episode: int | None = None
         self._last_tick_ns: int | None = None
         self._lock = threading.Lock()  # a keyboard thread vs. the executor
+
+    def _play_source(self, settings: TeleopSettings) -> PlaySource | JointRandomWalk:
+        """Push-T's random walk for Push-T's joints; a joint-space walk within the limits for an arm."""
+        if tuple(settings.joint_names) == tuple(JOINT_NAMES):
+            return PlaySource(settings.seed)
+        if not (np.isfinite(self.low).all() and np.isfinite(self.high).all()):
+            raise ValueError(
+                f"play on the joints {list(settings.joint_names)} walks within their limits: "
+                "give limits_file (or robot_description)"
+            )
+        return JointRandomWalk(
+            self.low, self.high, seed=settings.seed, speed=settings.play_joint_speed, period=1.0 / settings.rate
+        )
 
     # -- inputs -------------------------------------------------------------------------------------
     def observe_state(self, stamp_ns: int, position: np.ndarray) -> None:

@@ -11,6 +11,12 @@ features of different encoders — different feature spaces — can never be mix
     meta.json     encoder id, grid, dataset identity + fingerprint; written last, so a cache
                   without it is an interrupted build
 
+Joint units: the models work in the units of the ROS graph (radians on an arm). A dataset in
+LeRobot's SO-101 layout (state and action entries named `shoulder_pan.pos` ... `gripper.pos`,
+degrees and gripper 0..100, as `lerobot-record` and the recorder's `joint_layout: so101_lerobot`
+write them) is read back into radians in the URDF's joint order (`rla_wm.envs.so101.lerobot_units`);
+the cache's meta.json says so under "joint_conversion".
+
 Action convention (LeRobot's): row t holds the observation at frame t and the action
 commanded at frame t, which moves the scene from frame t to frame t+1. So the actions
 that take frame t to frame t+h are rows t .. t+h-1.
@@ -113,6 +119,32 @@ class _Source:
     # The rows of a non-camera input (image_key names a float feature such as
     # observation.environment_state): encoded instead of decoded frames.
     vectors: np.ndarray | None = None
+    # Feature key -> how its values were converted on reading (LeRobot SO-101 units -> radians).
+    joint_conversion: dict[str, str] | None = None
+
+
+SO101_CONVERSION = "LeRobot SO-101 units (degrees, gripper 0..100) -> radians, URDF joint order"
+
+
+def _feature_names(feature: Any) -> list[str]:
+    """A feature's entry names as a flat list (LeRobot v2 stored some as {"motors": [...]})."""
+    names = feature.get("names") if isinstance(feature, dict) else None
+    if isinstance(names, dict):
+        names = next(iter(names.values()), None)
+    return [str(name) for name in names] if isinstance(names, (list, tuple)) else []
+
+
+def _model_joint_units(values: np.ndarray | None, feature: Any) -> tuple[np.ndarray | None, bool]:
+    """A state or action column in the models' units: LeRobot SO-101 vectors become radians in
+    `JOINT_NAMES` order (True), anything else is returned as it is (False)."""
+    names = _feature_names(feature)
+    if values is None or not any(name.endswith(".pos") for name in names):
+        return values, False
+    from rla_wm.envs.so101.lerobot_units import default_units, lerobot_feature_order
+
+    if lerobot_feature_order(names) is None:
+        return values, False
+    return default_units().radians_from_features(values, names).astype(np.float32), True
 
 
 def _describe(err: BaseException) -> str:
@@ -217,6 +249,16 @@ def _open_source(dataset_root: str | Path, repo_id: str, image_key: str | None =
         actions = actions[:, None]
     if states is not None and states.ndim == 1:
         states = states[:, None]
+    conversion: dict[str, str] = {}
+    try:
+        states, converted = _model_joint_units(states, meta.features.get(STATE_KEY))
+        if converted:
+            conversion[STATE_KEY] = SO101_CONVERSION
+        actions, converted = _model_joint_units(actions, meta.features.get(ACTION_KEY))
+        if converted:
+            conversion[ACTION_KEY] = SO101_CONVERSION
+    except ValueError as err:  # e.g. a NaN in a stored vector
+        raise DataError(f"LeRobot dataset {root}: cannot convert its joint vectors to radians: {err}") from err
 
     episodes, counts = np.unique(episode_index, return_counts=True)
     expected = {int(meta_episodes[i]["episode_index"]): int(meta_episodes[i]["length"]) for i in range(total_episodes)}
@@ -248,6 +290,7 @@ def _open_source(dataset_root: str | Path, repo_id: str, image_key: str | None =
         fps=int(meta.fps),
         fingerprint=fingerprint,
         vectors=vectors,
+        joint_conversion=conversion or None,
     )
 
 
@@ -503,6 +546,7 @@ class FeatureCache:
                 "has_actions": source.actions is not None,
                 "action_dim": int(source.actions.shape[1]) if source.actions is not None else None,
                 "fingerprint": source.fingerprint,
+                "joint_conversion": source.joint_conversion,
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
             }
             # meta.json last: its presence marks a complete cache.

@@ -63,6 +63,10 @@ CAMERA_PREFIX = "observation.images."
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
 ACTION_TYPES = ("joint_trajectory", "joint_state")
+# How joint vectors are stored: "ros" as received (the JointState's names and units, radians on an arm);
+# "so101_lerobot" in LeRobot's SO-101 layout (`rla_wm.envs.so101.lerobot_units`: `<joint>.pos` names,
+# body joints in degrees, the gripper 0..100), so a dataset looks like one `lerobot-record` writes.
+JOINT_LAYOUTS = ("ros", "so101_lerobot")
 STALE_POLICIES = ("skip", "flag")
 LOG_THROTTLE_S = 1.0  # repeated per-frame warnings: at most one a second per kind
 
@@ -134,6 +138,7 @@ class RecorderConfig:
     # Recorded as observation.environment_state when the topic is set; one name per value.
     environment_state_topic: str = ""
     environment_state_names: list[str] = field(default_factory=list)
+    joint_layout: str = "ros"
 
     def __post_init__(self) -> None:
         if not self.dataset_root.strip():
@@ -162,6 +167,16 @@ class RecorderConfig:
             raise ValueError(f"action_type must be one of {ACTION_TYPES}, got {self.action_type!r}")
         if self.stale_policy not in STALE_POLICIES:
             raise ValueError(f"stale_policy must be one of {STALE_POLICIES}, got {self.stale_policy!r}")
+        if self.joint_layout not in JOINT_LAYOUTS:
+            raise ValueError(f"joint_layout must be one of {JOINT_LAYOUTS}, got {self.joint_layout!r}")
+        if self.joint_layout == "so101_lerobot":
+            from rla_wm.envs.so101.lerobot_units import JOINT_NAMES as SO101_JOINTS
+
+            if list(self.joint_names) != list(SO101_JOINTS):
+                raise ValueError(
+                    f"joint_layout so101_lerobot needs joint_names {list(SO101_JOINTS)} (LeRobot's SO-101 order), "
+                    f"got {self.joint_names}"
+                )
         if self.has_environment_state:
             # LeRobot fixes a feature's shape when the dataset is created, before any message
             # arrives, so the names (their count) fix the vector's size.
@@ -179,6 +194,24 @@ class RecorderConfig:
     def has_environment_state(self) -> bool:
         return bool(self.environment_state_topic)
 
+    @property
+    def dataset_joint_names(self) -> list[str]:
+        """The names of the state and action entries in the dataset (`joint_layout`)."""
+        if self.joint_layout == "so101_lerobot":
+            from rla_wm.envs.so101.lerobot_units import FEATURE_NAMES
+
+            return list(FEATURE_NAMES)
+        return list(self.joint_names)
+
+    def joint_converter(self) -> Callable[[np.ndarray], np.ndarray] | None:
+        """What turns a received joint vector (`joint_names` order) into the stored one; None: stored as is."""
+        if self.joint_layout != "so101_lerobot":
+            return None
+        from rla_wm.envs.so101.lerobot_units import default_units
+
+        units = default_units()
+        return lambda radians: units.to_lerobot(radians).astype(np.float32)
+
     def describe(self) -> str:
         """The streams and policies in one line (for the start-up log)."""
         streams = ", ".join(
@@ -191,8 +224,9 @@ class RecorderConfig:
                 else []
             )
         )
+        stored = f" stored as {self.dataset_joint_names} (LeRobot units)" if self.joint_layout != "ros" else ""
         return (
-            f"{self.fps} fps, {streams}; joints {self.joint_names}; "
+            f"{self.fps} fps, {streams}; joints {self.joint_names}{stored}; "
             f"{'action-free; ' if not self.has_actions else ''}stale_policy {self.stale_policy}; "
             f"save_on_shutdown {self.save_on_shutdown}"
         )
@@ -205,7 +239,8 @@ class RecorderConfig:
             "names": ["height", "width", "channels"],
         }
         features: dict[str, dict[str, Any]] = {key: dict(image) for key in self.camera_keys}
-        joints = {"dtype": "float32", "shape": (len(self.joint_names),), "names": list(self.joint_names)}
+        names = self.dataset_joint_names
+        joints = {"dtype": "float32", "shape": (len(names),), "names": names}
         features[STATE_KEY] = dict(joints)
         if self.has_actions:
             features[ACTION_KEY] = dict(joints)
@@ -306,6 +341,7 @@ class RecordingSession:
         self.log: Log = log if log is not None else logging.getLogger(__name__)
         self.on_change = on_change or (lambda: None)
         self.on_invalid = on_invalid or (lambda key, reason: None)
+        self._to_dataset = config.joint_converter()  # None: joint vectors are stored as received
         # Tolerance 0 means the synchronizer's default, half a frame period.
         self.sync = StreamSynchronizer(
             config.fps,
@@ -416,10 +452,14 @@ class RecordingSession:
         if not self.check_stamp(key, stamp):
             return
         try:
-            value: Any = joint_vector(names, positions, self.config.joint_names)
+            value: Any = self._stored_joints(joint_vector(names, positions, self.config.joint_names))
         except ValueError as err:
             value = Invalid(str(err))
         self.push(key, stamp, value)
+
+    def _stored_joints(self, vector: np.ndarray) -> np.ndarray:
+        """A received joint vector in the dataset's layout (`joint_layout`)."""
+        return vector if self._to_dataset is None else self._to_dataset(vector)
 
     def push_state(self, stamp: float, names: Sequence[str], positions: Sequence[float]) -> None:
         """A joint state (e.g. sensor_msgs/JointState's name and position)."""
@@ -456,7 +496,7 @@ class RecordingSession:
                 self._count_invalid(ACTION_KEY, "zero-stamped trajectory and no node clock yet; dropped")
                 return
         try:
-            value: Any = trajectory_action(names, positions, self.config.joint_names)
+            value: Any = self._stored_joints(trajectory_action(names, positions, self.config.joint_names))
         except ValueError as err:
             value = Invalid(str(err))
         self.push(ACTION_KEY, stamp, value)

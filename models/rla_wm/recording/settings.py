@@ -49,6 +49,12 @@ class RecorderSettings:
         ("block_x", "block_y", "block_cos", "block_sin"),
         "One name per environment state value; their count is the vector's size (other sizes are rejected).",
     )
+    joint_layout: str = setting(
+        "ros",
+        "How state and action vectors are stored: ros (as received: joint_names, radians on an arm) or "
+        "so101_lerobot (LeRobot's SO-101 layout: <joint>.pos names, degrees, gripper 0..100; joint_names must "
+        "be the SO-101's six joints in LeRobot's order).",
+    )
     tolerance: float = setting(0.0, "Largest |sample stamp - frame time| in s; 0 = half a frame period.", (0.0, 10.0))
     action_tolerance: float = setting(0.0, "Tolerance of the action stream in s; 0 = same as tolerance.", (0.0, 10.0))
     latency_budget: float = setting(

@@ -82,6 +82,9 @@ class DataConfig:
     # Share of the labelled episodes held out of training (for `evaluate`), split by `seed`.
     held_out_fraction: float = 0.2
     seed: int = 0
+    # The camera a ViT encoder reads (e.g. observation.images.front), needed when the datasets have
+    # several; empty: the dataset's only camera (or observation.image).
+    image_key: str = ""
 
     def __post_init__(self) -> None:
         _require(

@@ -81,7 +81,7 @@ def open_caches(
     data = experiment.data
     refs = [data.labelled] + (list(data.action_free) if include_action_free else [])
     # A privileged encoder (sim state) names the dataset column it reads; a ViT reads the camera.
-    image_key = getattr(encoder, "input_key", None)
+    image_key = getattr(encoder, "input_key", None) or data.image_key or None
     return [
         FeatureCache.load_or_build(ref.dataset_root, ref.repo_id, encoder, data.cache_root, image_key=image_key)
         for ref in refs

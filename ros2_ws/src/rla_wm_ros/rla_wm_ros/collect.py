@@ -1,15 +1,18 @@
-"""`collect`: record Push-T episodes from the simulator through the real ROS graph.
+"""`collect`: record simulated episodes (Push-T, or the SO-101 arm) through the real ROS graph.
 
-Brings up exactly the graph of `launch/sim_collect.launch.xml` (sim robot as the /clock
-source, teleop source, safety gate, recorder), then for each episode: resets the sim,
-starts a recorder episode, waits until the sim reports the episode done (success or step
-limit) and saves it. Prints a summary (episodes, successes, frames, dataset size, wall
-time) and writes it as JSON.
+Brings up exactly the graph of `launch/sim_collect.launch.xml` (Push-T: sim robot as the /clock
+source, teleop source, safety gate, recorder) or, with `--robot so101`, of
+`launch/sim_arm_collect.launch.xml` (the simulated SO-101 as the /clock source, the scripted
+expert through the policy node or random joint-space play through the teleop node, safety gate,
+recorder writing LeRobot's SO-101 layout), then for each episode: resets the sim, starts a
+recorder episode, waits until the sim reports the episode done (success or step limit) and saves
+it. Prints a summary (episodes, successes, frames, dataset size, wall time) and writes it as JSON.
 
   collect --episodes 20 --mode expert --dataset-root data/pusht_expert --real-time-factor 5
   collect --episodes 20 --mode play --dataset-root data/pusht_play      # action-free, task "play"
   collect --episodes 20 --mode expert --environment-state --dataset-root data/pusht_expert_state
       # also the block's state as observation.environment_state (for a privileged policy)
+  collect --robot so101 --episodes 20 --mode expert --dataset-root data/so101_expert
 """
 
 from __future__ import annotations
@@ -41,8 +44,40 @@ EXPERT_TASK = "Push the T block onto the target"
 PLAY_TASK = "play"
 
 
+@dataclass(frozen=True)
+class Robot:
+    """What differs between the simulated robots `collect` records."""
+
+    launch_file: str  # in the package's launch folder
+    reset_service: str  # the sim node's ~/reset
+    expert_task: str
+    repo_id: str
+    image_size: int
+    real_time_factor: float  # the default: fast, and still no frame skipped on a busy 2-core machine
+
+
+ROBOTS = {
+    "pusht": Robot("sim_collect.launch.xml", "/sim_robot/reset", EXPERT_TASK, "local/pusht_sim", 96, 3.0),
+    # Rendering two cameras and simulating the arm take most of a 2-core machine at 1x real time.
+    "so101": Robot(
+        "sim_arm_collect.launch.xml",
+        "/sim_arm/reset",
+        "Push the cube into the target zone",
+        "local/so101_sim",
+        128,
+        1.0,
+    ),
+}
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--robot",
+        choices=tuple(ROBOTS),
+        default="pusht",
+        help="pusht: the Push-T sim; so101: the simulated SO-101 arm, recorded in LeRobot's SO-101 layout",
+    )
     parser.add_argument("--episodes", type=int, default=10, help="episodes to record")
     parser.add_argument(
         "--mode",
@@ -53,7 +88,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--dataset-root", type=Path, required=True, help="LeRobot dataset folder (resumed if it exists)"
     )
-    parser.add_argument("--repo-id", default="local/pusht_sim", help="repo id stored in the dataset")
+    parser.add_argument(
+        "--repo-id", default=None, help="repo id stored in the dataset (default: local/pusht_sim, local/so101_sim)"
+    )
     parser.add_argument(
         "--seed",
         type=int,
@@ -63,24 +100,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--real-time-factor",
         type=float,
-        default=3.0,
-        help="simulated seconds per wall second (3: no frame skipped on a busy 2-core machine)",
+        default=None,
+        help="simulated seconds per wall second (default: 3 for pusht, 1 for so101: no frame skipped on a busy "
+        "2-core machine)",
     )
     parser.add_argument(
         "--environment-state",
         action="store_true",
-        help="also record the sim's block state (x, y, cos, sin) as observation.environment_state",
+        help="also record the sim's block state (x, y, cos, sin) as observation.environment_state (pusht only)",
     )
     parser.add_argument("--max-episode-steps", type=int, default=300, help="step limit per episode (10 Hz)")
-    parser.add_argument("--image-size", type=int, default=96, help="camera image side in pixels")
     parser.add_argument(
-        "--task", default=None, help=f"task string (default: {EXPERT_TASK!r}, or {PLAY_TASK!r} for play)"
+        "--image-size", type=int, default=None, help="camera image side in pixels (default: 96 pusht, 128 so101)"
+    )
+    parser.add_argument(
+        "--task",
+        default=None,
+        help=f"task string (default: {EXPERT_TASK!r}, {ROBOTS['so101'].expert_task!r} on so101, or {PLAY_TASK!r} "
+        "for play)",
     )
     parser.add_argument("--output", type=Path, default=Path("outputs/collect"), help="folder for summary.json and logs")
-    parser.add_argument("--launch-file", type=Path, default=None, help="default: the package's sim_collect.launch.xml")
+    parser.add_argument(
+        "--launch-file",
+        type=Path,
+        default=None,
+        help="default: the package's sim_collect.launch.xml (pusht) or sim_arm_collect.launch.xml (so101)",
+    )
     parser.add_argument("--startup-timeout", type=float, default=60.0, help="seconds for the graph to come up")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    robot = ROBOTS[args.robot]
+    args.repo_id = args.repo_id or robot.repo_id
+    args.image_size = robot.image_size if args.image_size is None else args.image_size
+    args.real_time_factor = robot.real_time_factor if args.real_time_factor is None else args.real_time_factor
+    if args.environment_state and args.robot != "pusht":
+        parser.error("--environment-state records Push-T's block state; it is not available with --robot so101")
     if args.episodes < 1 or args.max_episode_steps < 1 or args.image_size < 32:
         parser.error("--episodes and --max-episode-steps must be positive, --image-size at least 32")
     if not 0.1 <= args.real_time_factor <= 100.0:
@@ -104,13 +158,13 @@ class EpisodeRecord:
 class CollectClient(Node):
     """Talks to the running graph: sim reset and status, recorder services and status."""
 
-    def __init__(self, context: Context, command_topic: str) -> None:
+    def __init__(self, context: Context, command_topic: str, reset_service: str = "/sim_robot/reset") -> None:
         super().__init__("collect", context=context)
         self.lock = threading.Lock()
         self.status: EpisodeStatus | None = None
         self.recorder: RecorderStatus | None = None
         self.commands = 0
-        self.reset_client = self.create_client(Trigger, "/sim_robot/reset")
+        self.reset_client = self.create_client(Trigger, reset_service)
         self.start_client = self.create_client(StartEpisode, "/recorder/start_episode")
         self.stop_client = self.create_client(Trigger, "/recorder/stop_episode")
         self.discard_client = self.create_client(Trigger, "/recorder/discard_episode")
@@ -152,7 +206,11 @@ def folder_bytes(root: Path) -> int:
     return sum(path.stat().st_size for path in root.rglob("*") if path.is_file())
 
 
-def run_episode(client: CollectClient, task: str, timeout: float, alive: Callable[[], bool]) -> EpisodeRecord:
+def run_episode(
+    client: CollectClient, task: str, timeout: float, alive: Callable[[], bool], command_timeout: float = 10.0
+) -> EpisodeRecord:
+    """One episode; `command_timeout`: how long the command source may take to answer the reset
+    episode (the first time, a node may still be starting: the policy node imports torch)."""
     started = time.monotonic()
     with client.lock:
         previous = client.status.episode if client.status is not None else -1
@@ -174,7 +232,7 @@ def run_episode(client: CollectClient, task: str, timeout: float, alive: Callabl
     # Record once the gate forwards this episode's commands (camera, state and commands all fresh).
     with client.lock:
         commands = client.commands
-    wait_until(lambda: client.commands > commands, 10.0, "commands through the safety gate", alive)
+    wait_until(lambda: client.commands > commands, command_timeout, "commands through the safety gate", alive)
     start = client.call(client.start_client, StartEpisode.Request(task=task), 10.0, alive)
     if not start.success:
         raise RuntimeError(f"recorder refused to start an episode: {start.message}")
@@ -207,22 +265,26 @@ def run_episode(client: CollectClient, task: str, timeout: float, alive: Callabl
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    robot = ROBOTS[args.robot]
     share = Path(get_package_share_directory("rla_wm_ros"))
-    launch_file = args.launch_file or share / "launch" / "sim_collect.launch.xml"
+    launch_file = args.launch_file or share / "launch" / robot.launch_file
     dataset_root = args.dataset_root.expanduser().absolute()
     play = args.mode == "play"
-    task = args.task or (PLAY_TASK if play else EXPERT_TASK)
+    task = args.task or (PLAY_TASK if play else robot.expert_task)
     overrides = {
         "dataset_root": str(dataset_root),
         "repo_id": args.repo_id,
-        "teleop_source": "play" if play else "expert",
-        "record_actions": "false" if play else "true",
+        "record_actions": "false" if play else "true",  # play is action-free on both robots
         "seed": str(args.seed),
         "max_episode_steps": str(args.max_episode_steps),
         "image_size": str(args.image_size),
         "real_time_factor": str(args.real_time_factor),
-        "record_environment_state": "true" if args.environment_state else "false",
     }
+    if args.robot == "pusht":
+        overrides["teleop_source"] = "play" if play else "expert"
+        overrides["record_environment_state"] = "true" if args.environment_state else "false"
+    else:
+        overrides["command_source"] = args.mode
     description = parse_launch_file(launch_file, overrides=overrides)
     command_topic = description.args.get("command_topic", "/arm_controller/joint_trajectory")
     output = args.output
@@ -241,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         graph.start(description, env=dict(os.environ), log_dir=output / "logs")
         context = Context()
         rclpy.init(context=context)
-        client = CollectClient(context, command_topic)
+        client = CollectClient(context, command_topic, robot.reset_service)
         executor = SingleThreadedExecutor(context=context)
         executor.add_node(client)
         spinner = threading.Thread(target=executor.spin, daemon=True)
@@ -258,8 +320,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"[collect] graph flowing after {time.monotonic() - started:.1f} s", flush=True)
             with tqdm(total=args.episodes, unit="episode", disable=args.no_progress, desc="collect") as bar:
-                for _ in range(args.episodes):
-                    record = run_episode(client, task, episode_timeout, alive)
+                for k in range(args.episodes):
+                    command_timeout = args.startup_timeout if k == 0 else 10.0
+                    record = run_episode(client, task, episode_timeout, alive, command_timeout)
                     records.append(record)
                     successes = sum(r.success for r in records)
                     bar.set_postfix(success=f"{successes}/{len(records)}", frames=sum(r.frames for r in records))
@@ -279,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.monotonic() - started
     saved = [r for r in records if r.saved]
     summary = {
+        "robot": args.robot,
         "mode": args.mode,
         "task": task,
         "dataset_root": str(dataset_root),

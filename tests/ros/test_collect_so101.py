@@ -1,0 +1,129 @@
+"""`collect --robot so101` end to end: the simulated SO-101 recorded through the real graph (sim_arm -> expert
+or play source -> safety gate -> sim_arm, recorder listening) into LeRobot v3 datasets in LeRobot's SO-101
+layout (`shoulder_pan.pos` ... `gripper.pos` in degrees and 0..100, observation.images.front and .wrist)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from rclpy.qos import QoSProfile
+from sensor_msgs.msg import JointState
+
+from rla_wm.envs.so101.dataset import EXPERT_TASK, PLAY_TASK
+from rla_wm.envs.so101.lerobot_units import FEATURE_NAMES, JOINT_NAMES, ROBOT_TYPE, default_units
+from rla_wm.envs.so101.sim import HOME, urdf_limits
+from rla_wm_ros.conversions import stamp_to_nanoseconds
+
+pytestmark = pytest.mark.timeout(300)
+SIZE = 64  # smaller than the default 128: a faster render and encode, the same path
+
+
+def run_collect(tmp_path, mode: str, episodes: int, steps: int) -> tuple[dict, object, pd.DataFrame]:
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    from rla_wm_ros.collect import main
+
+    root = tmp_path / f"{mode}_dataset"
+    output = tmp_path / f"{mode}_out"
+    code = main(
+        [
+            "--robot",
+            "so101",
+            "--mode",
+            mode,
+            "--episodes",
+            str(episodes),
+            "--max-episode-steps",
+            str(steps),
+            "--dataset-root",
+            str(root),
+            "--repo-id",
+            f"test/so101_{mode}",
+            "--image-size",
+            str(SIZE),
+            "--seed",
+            "2",
+            "--output",
+            str(output),
+            "--no-progress",
+        ]
+    )
+    summary = json.loads((output / "summary.json").read_text())
+    logs = "\n".join(f"== {p.name}\n{p.read_text()[-3000:]}" for p in sorted((output / "logs").glob("*.log")))
+    assert code == 0, f"{summary['failure']}\n{logs}"
+    dataset = LeRobotDataset(f"test/so101_{mode}", root=root)
+    table = pd.concat([pd.read_parquet(f) for f in sorted((root / "data").rglob("*.parquet"))]).sort_values("index")
+    return summary, dataset, table
+
+
+def vectors(table: pd.DataFrame, key: str) -> np.ndarray:
+    return np.stack(table[key].to_numpy()).astype(np.float64)
+
+
+def test_collect_records_the_arm_in_lerobots_so101_layout(ros_node, tmp_path):
+    steps = 12
+    # The sim's joint states as the graph carries them (radians, by stamp), to check the dataset against.
+    published: dict[int, np.ndarray] = {}
+
+    def on_state(msg: JointState) -> None:
+        positions = dict(zip(msg.name, msg.position))
+        step = round(stamp_to_nanoseconds(msg.header.stamp) / 1e8)  # sim time moves in whole 0.1 s steps
+        published[step] = np.array([positions[name] for name in JOINT_NAMES])
+
+    ros_node.create_subscription(JointState, "/joint_states", on_state, QoSProfile(depth=1000))
+    summary, dataset, table = run_collect(tmp_path, "expert", 2, steps)
+    assert summary["robot"] == "so101" and (summary["episodes"], summary["episodes_saved"]) == (2, 2)
+    assert dataset.num_episodes == 2 and dataset.num_frames == summary["frames"]
+    meta = dataset.meta
+    assert meta.robot_type == ROBOT_TYPE and meta.fps == 10
+    assert list(meta.tasks.index) == [EXPERT_TASK]
+    for key in ("observation.state", "action"):
+        assert meta.features[key]["dtype"] == "float32" and meta.features[key]["names"] == list(FEATURE_NAMES)
+    for camera in ("front", "wrist"):
+        feature = meta.features[f"observation.images.{camera}"]
+        assert feature["dtype"] == "video" and tuple(feature["shape"]) == (SIZE, SIZE, 3)
+        image = dataset[0][f"observation.images.{camera}"]  # decoded from the episode's video
+        assert tuple(image.shape) == (3, SIZE, SIZE) and float(image.std()) > 0.0
+
+    units, limits = default_units(), urdf_limits()
+    states, actions = vectors(table, "observation.state"), vectors(table, "action")
+    # LeRobot's units: the body in degrees within the URDF's limits, the gripper in 0..100.
+    for values in (states, actions):
+        assert (np.abs(values[:, :5]) <= np.degrees(np.maximum(-limits.lower, limits.upper))[:5] + 3.0).all()
+        assert ((values[:, 5] >= 0.0) & (values[:, 5] <= 100.0)).all()
+        radians = units.to_radians(values)
+        assert (radians >= limits.lower - 0.05).all() and (radians <= limits.upper + 0.05).all()
+    # Each frame's state is the sim's joint state of its capture stamp, converted: degrees, not radians.
+    stamps = np.round(table["capture_stamp"].to_numpy(dtype=np.float64).ravel() * 10).astype(np.int64)
+    matched = [(row, published[int(stamp)]) for row, stamp in enumerate(stamps) if int(stamp) in published]
+    assert len(matched) >= 0.8 * len(stamps), f"{len(matched)} of {len(stamps)} frames matched a joint state"
+    for row, radians in matched:
+        np.testing.assert_allclose(states[row], units.to_lerobot(radians), atol=1e-3)
+    assert np.abs(states[:, :5]).max() > 10.0
+    # The expert's jaws stay shut at 0 rad (9.09 of 0..100) and its wrist unrolled (0 degrees).
+    closed = float(units.to_lerobot(HOME)[5])
+    np.testing.assert_allclose(actions[:, 5], closed, atol=1.0)
+    np.testing.assert_allclose(states[:, 5], closed, atol=3.0)
+    np.testing.assert_allclose(actions[:, 4], 0.0, atol=2.0)
+    for episode in range(2):
+        start = int(meta.episodes[episode]["dataset_from_index"])
+        end = int(meta.episodes[episode]["dataset_to_index"])
+        assert steps // 2 <= end - start <= steps + 1
+        # A command is a target near the measured joints (the gate's max_step is 1 rad = 57 degrees).
+        assert (np.abs(actions[start:end] - states[start:end])[:, :5] <= 57.3 + 1e-3).all()
+        assert np.abs(np.diff(states[start:end, :5], axis=0)).max() > 1.0, "the expert never moved the arm"
+        stamps = table["capture_stamp"].to_numpy(dtype=np.float64).ravel()[start:end]
+        gaps = np.diff(stamps) / 0.1
+        assert (np.abs(gaps - np.round(gaps)) < 1e-3).all() and (np.round(gaps) >= 1).all()
+
+    summary, dataset, table = run_collect(tmp_path, "play", 1, steps)
+    assert summary["episodes_saved"] == 1 and summary["task"] == PLAY_TASK
+    assert dataset.num_episodes == 1 and dataset.num_frames == summary["frames"] >= steps // 2
+    assert "action" not in dataset.meta.features, "play data is action-free, as on Push-T"
+    assert dataset.meta.features["observation.state"]["names"] == list(FEATURE_NAMES)
+    assert list(dataset.meta.tasks.index) == [PLAY_TASK]
+    states = vectors(table, "observation.state")
+    assert np.abs(states[-1, :5] - states[0, :5]).max() > 5.0, "random play did not move the arm (degrees)"

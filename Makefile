@@ -8,8 +8,8 @@ ifeq ($(ROBOT),pusht)
 DEMO_LAUNCH :=
 EPISODE_STEPS ?= 300
 DEMO_OUT ?= outputs/demo
-# The best policy today: the ladder's privileged rung (the policy on the sim's block pose: about
-# three quarters of unseen Push-T starts through the graph; docs/closed_loop.md). `make demo DEMO_POLICY=` runs the
+# The best policy today: the ladder's privileged rung (the policy on the sim's block pose: 50 of
+# 50 unseen Push-T starts through the graph; docs/closed_loop.md). `make demo DEMO_POLICY=` runs the
 # launch file's default instead, the visual policy on encoder features.
 DEMO_POLICY ?= policy_checkpoint:=builtin:sim-pusht-policy-block-state observation:=block_state execute_steps:=3
 else ifeq ($(ROBOT),so101)

@@ -144,11 +144,13 @@ def test_the_expert_drives_the_sim_arm_through_the_real_arm_graph(ros_domain, ro
         assert runner.observer.model_input_topic == "/sim/environment_state"
         assert result.success, f"episode {result.episode} not solved in {result.steps} steps\n{graph.tail_logs(30)}"
         assert result.steps <= STEP_LIMIT
-        # Moved by the gate's copies of the expert's chunks, one a step or so, not by holds.
-        assert result.commands >= result.steps // 2, (result.commands, result.steps)
+        # Moved by the gate's copies of the expert's chunks, not by holds (how many chunks depends on the
+        # machine's load: each runs until the next arrives).
+        assert result.commands >= 3 and result.holds < result.commands, (result.commands, result.holds)
         assert all(graph.alive().values()), graph.tail_logs(30)
 
 
+@pytest.mark.timeout(300)  # the encoder's start-up and 224 px encoding on a loaded 2-core machine
 def test_the_camera_path_in_dry_run_never_commands_the_arm(ros_domain, ros_node, tmp_path):
     """observation:=camera: the encoder reads the front camera, the policy its features. A random-weight
     policy for the arm's six joints stands in for a trained one; dry run sends none of its commands."""

@@ -108,16 +108,22 @@ def test_collect_records_the_arm_in_lerobots_so101_layout(ros_node, tmp_path):
     np.testing.assert_allclose(actions[:, 5], closed, atol=1.0)
     np.testing.assert_allclose(states[:, 5], closed, atol=3.0)
     np.testing.assert_allclose(actions[:, 4], 0.0, atol=2.0)
+    # Frames without a fresh command are skipped (recorder stale_policy: skip): when the expert's first chunk
+    # of the run comes late (its first inference on a busy machine) an episode the expert solves in ~12 steps
+    # keeps few frames. So: every episode has frames, and at least one most of its steps.
+    lengths = []
     for episode in range(2):
         start = int(meta.episodes[episode]["dataset_from_index"])
         end = int(meta.episodes[episode]["dataset_to_index"])
-        assert steps // 2 <= end - start <= steps + 1
+        lengths.append(end - start)
+        assert 1 <= end - start <= steps + 1
         # A command is a target near the measured joints (the gate's max_step is 1 rad = 57 degrees).
         assert (np.abs(actions[start:end] - states[start:end])[:, :5] <= 57.3 + 1e-3).all()
-        assert np.abs(np.diff(states[start:end, :5], axis=0)).max() > 1.0, "the expert never moved the arm"
         stamps = table["capture_stamp"].to_numpy(dtype=np.float64).ravel()[start:end]
         gaps = np.diff(stamps) / 0.1
         assert (np.abs(gaps - np.round(gaps)) < 1e-3).all() and (np.round(gaps) >= 1).all()
+    assert max(lengths) >= steps // 2, lengths
+    assert np.abs(np.diff(states[:, :5], axis=0)).max() > 1.0, "the expert never moved the arm"
 
     summary, dataset, table = run_collect(tmp_path, "play", 1, steps)
     assert summary["episodes_saved"] == 1 and summary["task"] == PLAY_TASK

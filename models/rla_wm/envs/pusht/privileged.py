@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from rla_wm.envs.expert_inputs import single_robot_inputs
 from rla_wm.envs.pusht.expert import AGENT_HIGH, AGENT_LOW, PushTExpert
 from rla_wm.envs.pusht.sim import GOAL_POSE, WORKSPACE_HIGH, WORKSPACE_LOW
 
@@ -156,15 +157,8 @@ class ExpertChunkPolicy:
         import torch
 
         config = self.config
-        if tokens.ndim != 3 or tuple(tokens.shape[1:]) != (config.num_tokens, config.token_dim):
-            raise ValueError(f"tokens have shape {tuple(tokens.shape)}, expected (B, 1, {config.token_dim})")
-        if tuple(state.shape) != (tokens.shape[0], config.state_dim):
-            raise ValueError(f"state has shape {tuple(state.shape)}, expected ({tokens.shape[0]}, {config.state_dim})")
-        if tokens.shape[0] != 1:
-            # The expert's memory belongs to one robot's episode; a batch would mix episodes.
-            raise ValueError(f"the expert serves one robot: batch size must be 1, got {tokens.shape[0]}")
-        block_pose = block_pose_from_tokens(tokens[0, 0].detach().cpu().double().numpy())
-        agent = state[0].detach().cpu().double().numpy()
+        token, agent = single_robot_inputs(config, tokens, state)
+        block_pose = block_pose_from_tokens(token)
         if not np.isfinite(agent).all():
             raise ValueError(f"state must be finite, got {agent}")
         if self._last is not None and self._jumped(block_pose, agent, *self._last):

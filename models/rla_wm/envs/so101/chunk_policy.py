@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from rla_wm.envs.expert_inputs import single_robot_inputs
 from rla_wm.envs.so101.environment_state import CUBE_STATE_CHANNELS, CUBE_STATE_ENCODER_ID, cube_state_from_tokens
 from rla_wm.envs.so101.expert import MAX_PUSH, So101Expert
 from rla_wm.envs.so101.sim import JOINT_NAMES
@@ -121,16 +122,9 @@ class So101ExpertChunkPolicy:
         """tokens (1, 1, CUBE_STATE_CHANNELS), state (1, 6) joint positions -> (1, chunk_length, 6) float32."""
         import torch
 
-        config = self.config
-        if tokens.ndim != 3 or tuple(tokens.shape[1:]) != (config.num_tokens, config.token_dim):
-            raise ValueError(f"tokens have shape {tuple(tokens.shape)}, expected (B, 1, {config.token_dim})")
-        if tuple(state.shape) != (tokens.shape[0], config.state_dim):
-            raise ValueError(f"state has shape {tuple(state.shape)}, expected ({tokens.shape[0]}, {config.state_dim})")
-        if tokens.shape[0] != 1:
-            # The expert's memory belongs to one robot's episode; a batch would mix episodes.
-            raise ValueError(f"the expert serves one robot: batch size must be 1, got {tokens.shape[0]}")
-        cube_pose, zone = cube_state_from_tokens(tokens[0, 0].detach().cpu().double().numpy())
-        chunk = self.plan(state[0].detach().cpu().double().numpy(), cube_pose, zone)
+        token, joints = single_robot_inputs(self.config, tokens, state)
+        cube_pose, zone = cube_state_from_tokens(token)
+        chunk = self.plan(joints, cube_pose, zone)
         return torch.from_numpy(chunk.astype(np.float32)[None]).to(tokens.device)
 
     @staticmethod

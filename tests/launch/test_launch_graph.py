@@ -84,7 +84,11 @@ ROBOT_POLICY_CASES = {
         COMPRESSED,
     ),
     "plain-default": ({}, "/camera/image_raw", IMAGE),
-    "plain-custom": ({"camera_topic": "/wrist_camera/image_raw"}, "/wrist_camera/image_raw", IMAGE),
+    "plain-custom": (
+        {"camera_topic": "/wrist_camera/image_raw", "encoder_resolution": "112"},
+        "/wrist_camera/image_raw",
+        IMAGE,
+    ),
 }
 
 
@@ -126,6 +130,15 @@ def test_robot_policy_nodes_resolve_to_the_given_topics(case, ros_domain, ros_no
         assert not camera_subscriptions(actual["policy"][0])
         # Only the gate talks to the controller.
         assert not any(topic == controller for topic, _ in actual["policy"][1] | actual["encoder"][1])
+        # The encoder runs at the size the launch argument gives (its default: 224), asked of the node itself.
+        from rcl_interfaces.srv import GetParameters
+
+        client = ros_node.create_client(GetParameters, "/encoder/get_parameters")
+        wait_for(lambda: client.wait_for_service(timeout_sec=0.2), STARTUP_TIMEOUT, "/encoder/get_parameters", graph)
+        future = client.call_async(GetParameters.Request(names=["resolution"]))
+        wait_for(future.done, 30.0, "the answer of /encoder/get_parameters", graph)
+        assert future.result().values[0].integer_value == int(overrides.get("encoder_resolution", 224))
+        ros_node.destroy_client(client)
 
 
 ROBOT_RECORD_CASES = {

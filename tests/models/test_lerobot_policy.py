@@ -228,3 +228,63 @@ def test_missing_or_corrupt_folders_are_clear_checkpoint_errors(lerobot_pretrain
     # The feature-policy loader names what the folder is instead of a confusing config error.
     with pytest.raises(CheckpointError, match="LeRobot policy folder"):
         load_policy(str(folder))
+
+
+class _HoldingPolicy:
+    """A LeRobot-shaped ACT policy over the six SO-101 joints that returns its input state as every chunk
+    point, plus 10 (degrees) on shoulder_pan: what units go in and come out is then visible."""
+
+    def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        feature = lambda *shape: SimpleNamespace(shape=shape)  # noqa: E731
+        self.config = SimpleNamespace(
+            type="act",
+            image_features={"observation.images.front": feature(3, 32, 32)},
+            env_state_feature=None,
+            action_feature=feature(6),
+            robot_state_feature=feature(6),
+            n_action_steps=4,
+            n_obs_steps=1,
+        )
+        self.seen_states: list[torch.Tensor] = []
+
+    def reset(self) -> None:
+        pass
+
+    def predict_action_chunk(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        state = batch[STATE_KEY]
+        self.seen_states.append(state.clone())
+        chunk = state[:, None].repeat(1, self.config.n_action_steps, 1)
+        chunk[..., 0] += 10.0
+        return chunk
+
+
+def test_so101_lerobot_units_are_converted_from_and_to_radians():
+    """A policy trained on LeRobot's SO-101 layout sees degrees and a 0..100 gripper; the node gets radians."""
+    from rla_wm.envs.so101.lerobot_units import default_units
+
+    units = default_units()
+    policy = _HoldingPolicy()
+    identity = lambda batch: batch  # noqa: E731
+    adapter = LeRobotChunkPolicy(policy, identity, identity, torch.device("cpu"), joint_units=units)
+    radians = np.array(
+        [[0.3, -0.5, 1.0, 0.2, -1.2, units.gripper_lower + 0.25 * (units.gripper_upper - units.gripper_lower)]]
+    )
+    chunk = adapter(np.zeros((1, 48, 64, 3), dtype=np.uint8), radians)
+    seen = policy.seen_states[-1].numpy()
+    np.testing.assert_allclose(seen[0, :5], np.degrees(radians[0, :5]), rtol=1e-5)
+    assert seen[0, 5] == pytest.approx(25.0, abs=1e-3)  # a quarter open
+    expected = radians.copy()
+    expected[0, 0] += np.radians(10.0)
+    assert chunk.shape == (1, 4, 6)
+    np.testing.assert_allclose(chunk[0].numpy(), np.repeat(expected, 4, axis=0), atol=1e-5)
+    # Without the conversion the same policy's chunk is in its own (degree) units: the difference is real.
+    plain = LeRobotChunkPolicy(_HoldingPolicy(), identity, identity, torch.device("cpu"))
+    assert plain(np.zeros((1, 48, 64, 3), dtype=np.uint8), radians)[0, 0, 0] == pytest.approx(10.3, abs=1e-5)
+
+    two_joint = _HoldingPolicy()
+    two_joint.config.action_feature.shape = (2,)
+    two_joint.config.robot_state_feature.shape = (2,)
+    with pytest.raises(CheckpointError, match="SO-101 joints"):
+        LeRobotChunkPolicy(two_joint, identity, identity, torch.device("cpu"), joint_units=units)

@@ -255,3 +255,43 @@ def test_missing_corrupt_and_mismatched_checkpoints(tmp_path):
     (tmp_path / "mismatch" / "config.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="expected 'world_action_model'"):
         Policy.load(tmp_path / "mismatch")
+
+
+def test_scene_head_learns_to_read_the_scene_it_never_takes_as_input(one_thread):
+    """Training-only supervision: the scene head reads a pose hidden in the tokens; acting needs no scene."""
+    torch.manual_seed(0)
+    config = tiny_policy_config(width=48, scene_dim=2, scene_low=(-1.0, -1.0), scene_high=(1.0, 1.0))
+    policy = Policy(config)
+    tokens, z, state, actions = make_batch(16, seed=2, config=config)
+    scene = torch.rand(16, 2) * 2 - 1
+    tokens[:, 5, :2] = scene * 3  # the "block" is visible in one patch
+    labelled = torch.ones(16, dtype=torch.bool)
+    weights = PolicyLossWeights(scene=1.0)
+    optimiser = torch.optim.Adam(policy.parameters(), lr=3e-3)
+    first = None
+    for _ in range(200):
+        loss, metrics = policy.loss(tokens, z, state, actions, labelled, labelled, weights, False, scene=scene)
+        first = metrics["scene_loss"] if first is None else first
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert metrics["scene_loss"] < 0.1 * first
+    with torch.no_grad():
+        estimate = policy.estimate_scene(tokens, state)
+        assert (estimate - scene).abs().mean() < 0.15  # a constant guess errs by 0.5 on average
+        assert policy(tokens, state).shape == (16, config.chunk_length, config.action_dim)
+
+    # Action-free windows carry no scene: their placeholder targets send no gradient.
+    policy.zero_grad()
+    unlabelled = torch.zeros(16, dtype=torch.bool)
+    only_scene = PolicyLossWeights(action=0.0, rla=0.0, state=0.0, scene=1.0)
+    loss, _ = policy.loss(tokens, z, state, actions, unlabelled, unlabelled, only_scene, False, scene=scene * 0 + 9)
+    loss.backward()
+    assert policy.scene_out[1].weight.grad.abs().max() == 0
+
+    with pytest.raises(ValueError, match="no scene head"):
+        Policy(CONFIG).loss(tokens, z, state, actions, labelled, labelled, weights, False, scene=scene)
+    with pytest.raises(ValueError, match="scene"):
+        policy.loss(tokens, z, state, actions, labelled, labelled, weights, False, scene=scene[:, :1])
+    with pytest.raises(ValueError, match="scene_low"):
+        Policy(tiny_policy_config(scene_dim=2, scene_low=(0.0,), scene_high=(1.0, 1.0)))

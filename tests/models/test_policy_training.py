@@ -70,12 +70,12 @@ def test_windows_pair_state_actions_and_rla_targets(tmp_path):
     assert len(dataset) == (12 - 4) + (9 - 4)
     for index in (0, 7, len(dataset) - 1):
         episode, t = dataset.sample(index)
-        current, z, state, actions, labelled = dataset[index]
+        current, z, state, actions, labelled, scene = dataset[index]
         assert current[0, 0] == t and current[0, 1] == episode
         assert z.tolist() == [[t, t + 4]]  # z between the window's first and last frame
         assert state.tolist() == [episode * 100 + t, t]
         assert actions[:, 1].tolist() == [t + 0.5, t + 1.5, t + 2.5]
-        assert labelled.item() is True
+        assert labelled.item() is True and scene.shape == (0,)  # no scenes asked for
 
     video = fake_cache(tmp_path / "video", labelled=False)
     free = PolicyWindowDataset(
@@ -83,7 +83,7 @@ def test_windows_pair_state_actions_and_rla_targets(tmp_path):
     )
     mixed = MixedWindows(dataset, [free])
     assert (mixed.labelled_count, mixed.action_free_count) == (13, 13)
-    current, z, state, actions, labelled = mixed[13]
+    current, z, state, actions, labelled, scene = mixed[13]
     assert labelled.item() is False and state.abs().sum() == 0 and actions.shape == (3, 2)
     with pytest.raises(TypeError):
         free[0]  # action-free windows have no label sizes of their own
@@ -141,14 +141,19 @@ def test_statistics_bound_every_recorded_step(tmp_path):
 # --------------------------------------------------------------------------- the commands end to end
 
 
-def _write_dataset(root, repo_id: str, episodes: int, steps: int, with_actions: bool, seed: int):
-    """A LeRobot dataset of a bright square moving along a random walk (state = its position)."""
+def _write_dataset(
+    root, repo_id: str, episodes: int, steps: int, with_actions: bool, seed: int, with_scene: bool = False
+):
+    """A LeRobot dataset of a bright square moving along a random walk (state = its position);
+    `with_scene` adds observation.environment_state (the square's position scaled to [-1, 1])."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     features = {
         "observation.image": {"dtype": "video", "shape": (32, 32, 3), "names": ["height", "width", "channel"]},
         "observation.state": {"dtype": "float32", "shape": (2,), "names": ["x", "y"]},
     }
+    if with_scene:
+        features["observation.environment_state"] = {"dtype": "float32", "shape": (2,), "names": ["u", "v"]}
     if with_actions:
         features["action"] = {"dtype": "float32", "shape": (2,), "names": ["x", "y"]}
     dataset = LeRobotDataset.create(repo_id, fps=10, features=features, root=root, use_videos=True)
@@ -161,6 +166,8 @@ def _write_dataset(root, repo_id: str, episodes: int, steps: int, with_actions: 
             x, y = position.round().astype(int)
             image[y - 3 : y + 3, x - 3 : x + 3] = 255
             frame = {"observation.image": image, "observation.state": position.astype(np.float32), "task": "move"}
+            if with_scene:
+                frame["observation.environment_state"] = (position / 16 - 1).astype(np.float32)
             if with_actions:
                 frame["action"] = target.astype(np.float32)
             dataset.add_frame(frame)
@@ -280,6 +287,45 @@ def test_train_policy_and_evaluate_policy_commands(experiment, capsys):
         ).all()
     assert len({line.count("|") for line in table.splitlines()[:5]}) == 1  # header, rule, 2 policies, hold
     assert (root / "eval" / "policy_chunks.png").stat().st_size > 1000
+
+
+def test_scene_readout_trains_from_the_recorded_environment_state(experiment, tmp_path):
+    """policy_training.scene_weight: the labelled dataset's observation.environment_state becomes the scene
+    head's target; a dataset without it is refused with the reason."""
+    from rla_wm.cli import main
+    from rla_wm.models.policy import Policy
+    from rla_wm.training.config import ConfigError
+
+    root = experiment.parent
+    _write_dataset(tmp_path / "scene", "t/scene", episodes=3, steps=16, with_actions=True, seed=3, with_scene=True)
+    args = [
+        "train-policy",
+        f"--config_path={experiment}",
+        f"--rla_checkpoint={root / 'rla'}",
+        "--policy_training.use_action_free=false",
+        "--policy_training.scene_weight=1.0",
+    ]
+    with pytest.raises(ConfigError, match="environment_state"):
+        main([*args, f"--out={tmp_path / 'refused'}"])  # the fixture's dataset records no scene
+    main(
+        [
+            *args,
+            f"--out={tmp_path / 'run'}",
+            f"--data.dataset_root={tmp_path / 'scene'}",
+            "--data.repo_id=t/scene",
+            f"--data.cache_root={tmp_path / 'cache'}",
+            "--data.held_out_fraction=0.3",
+        ]
+    )
+    meta = json.loads((tmp_path / "run" / "checkpoint" / "config.json").read_text())
+    assert meta["config"]["scene_dim"] == 2
+    assert all(low < high for low, high in zip(meta["config"]["scene_low"], meta["config"]["scene_high"]))
+    log = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(entry["scene_loss"] > 0 for entry in log)
+    policy, _ = Policy.load(tmp_path / "run" / "checkpoint")
+    tokens = torch.randn(2, 16, 32)
+    assert policy.estimate_scene(tokens).shape == (2, 2)
+    assert policy(tokens, torch.tensor([[16.0, 16.0], [8.0, 8.0]])).shape == (2, 4, 2)  # acts without a scene
 
 
 def test_policy_commands_refuse_bad_input(experiment, tmp_path):

@@ -318,3 +318,16 @@ def test_execute_steps_paces_inference_and_a_backwards_stamp_acts_at_once(ros_no
     send(-10 * step)  # stamps went backwards: a new episode, so the pacing restarts
     wait_for(lambda: -10 * step in acted_offsets(), 20, "a chunk for the earlier stamp", graph)
     assert skipped() == 6 and graph.alive() == {"policy": True}
+
+
+def test_lerobot_joint_units_parameter_picks_the_conversion_or_refuses():
+    from rla_wm.envs.so101.lerobot_units import JOINT_NAMES, So101LeRobotUnits, default_units
+    from rla_wm_ros.policy_node import lerobot_joint_units
+
+    assert lerobot_joint_units("dataset", "", ["agent_x", "agent_y"]) is None
+    units = lerobot_joint_units("so101_lerobot", "", list(JOINT_NAMES))
+    assert isinstance(units, So101LeRobotUnits) and units == default_units()
+    with pytest.raises(ValueError, match="SO-101 order"):
+        lerobot_joint_units("so101_lerobot", "", list(reversed(JOINT_NAMES)))
+    with pytest.raises(ValueError, match="'dataset' or 'so101_lerobot'"):
+        lerobot_joint_units("degrees", "", list(JOINT_NAMES))

@@ -53,6 +53,9 @@ INDEX_FILE = "index.npz"
 META_FILE = "meta.json"
 ACTION_KEY = "action"
 STATE_KEY = "observation.state"
+# The simulator's scene (e.g. Push-T's block pose), recorded next to the camera: never a model
+# input on a robot, but a training-time read-out target that teaches a policy to see it.
+SCENE_KEY = "observation.environment_state"
 DEFAULT_IMAGE_KEY = "observation.image"
 
 
@@ -69,6 +72,7 @@ class _IndexArrays(_IndexRows, total=False):
 
     states: np.ndarray
     actions: np.ndarray
+    scenes: np.ndarray
 
 
 class DataError(ValueError):
@@ -119,6 +123,8 @@ class _Source:
     # The rows of a non-camera input (image_key names a float feature such as
     # observation.environment_state): encoded instead of decoded frames.
     vectors: np.ndarray | None = None
+    # observation.environment_state rows when the dataset records them and they are not the input.
+    scenes: np.ndarray | None = None
     # Feature key -> how its values were converted on reading (LeRobot SO-101 units -> radians).
     joint_conversion: dict[str, str] | None = None
 
@@ -228,8 +234,10 @@ def _open_source(dataset_root: str | Path, repo_id: str, image_key: str | None =
         dataset = LeRobotDataset(repo_id, root=root)
         has_actions = ACTION_KEY in dataset.features
         has_states = STATE_KEY in dataset.features
+        has_scenes = SCENE_KEY in dataset.features and image_key != SCENE_KEY
         columns = ["episode_index", "frame_index", "timestamp"]
         columns += [STATE_KEY] if has_states else []
+        columns += [SCENE_KEY] if has_scenes else []
         columns += [ACTION_KEY] if has_actions else []
         columns += [image_key] if vector_input else []
         table = dataset.hf_dataset.with_format("numpy", columns=columns)[:]
@@ -245,6 +253,7 @@ def _open_source(dataset_root: str | Path, repo_id: str, image_key: str | None =
     states = np.asarray(table[STATE_KEY], dtype=np.float32)[rows] if has_states else None
     actions = np.asarray(table[ACTION_KEY], dtype=np.float32)[rows] if has_actions else None
     vectors = np.asarray(table[image_key], dtype=np.float32)[rows].reshape(len(rows), -1) if vector_input else None
+    scenes = np.asarray(table[SCENE_KEY], dtype=np.float32)[rows].reshape(len(rows), -1) if has_scenes else None
     if actions is not None and actions.ndim == 1:
         actions = actions[:, None]
     if states is not None and states.ndim == 1:
@@ -274,6 +283,9 @@ def _open_source(dataset_root: str | Path, repo_id: str, image_key: str | None =
             raise DataError(f"LeRobot dataset {root}: episode {int(e)} does not have frames 0..{n - 1}")
 
     fingerprint = _fingerprint(root, meta, image_key, episode_index, frame_index, timestamps, states, actions, vectors)
+    if scenes is not None:
+        # A cache built before scenes were read lacks them: this key makes it out of date.
+        fingerprint["scene_sha256"] = hashlib.sha256(np.ascontiguousarray(scenes).tobytes()).hexdigest()
     return _Source(
         dataset=dataset,
         root=root,
@@ -290,6 +302,7 @@ def _open_source(dataset_root: str | Path, repo_id: str, image_key: str | None =
         fps=int(meta.fps),
         fingerprint=fingerprint,
         vectors=vectors,
+        scenes=scenes,
         joint_conversion=conversion or None,
     )
 
@@ -400,6 +413,7 @@ class FeatureCache:
         self._timestamps = index.get("timestamps")
         self._states = index.get("states")
         self._actions = index.get("actions")
+        self._scenes = index.get("scenes")
         self._episodes: list[int] = [int(e) for e in meta["episodes"]]
         self._lengths = {e: int(n) for e, n in zip(self._episodes, meta["episode_lengths"])}
         starts = np.concatenate([[0], np.cumsum(meta["episode_lengths"])[:-1]]).astype(np.int64)
@@ -526,6 +540,8 @@ class FeatureCache:
                 index["states"] = source.states
             if source.actions is not None:
                 index["actions"] = source.actions
+            if source.scenes is not None:
+                index["scenes"] = source.scenes
             np.savez(tmp / INDEX_FILE, **index)
 
             meta = {
@@ -637,6 +653,8 @@ class FeatureCache:
                 raise DataError(f"feature cache {path} is corrupt: {INDEX_FILE} lacks {key} for {total} frames")
         if bool(meta["has_actions"]) != ("actions" in index) or ("actions" in index and len(index["actions"]) != total):
             raise DataError(f"feature cache {path} is corrupt: actions in {INDEX_FILE} disagree with {META_FILE}")
+        if "scenes" in index and len(index["scenes"]) != total:
+            raise DataError(f"feature cache {path} is corrupt: {INDEX_FILE} has scenes for {len(index['scenes'])} rows")
         expected_episode_index = np.repeat(np.asarray(meta["episodes"], dtype=np.int64), meta["episode_lengths"])
         if not np.array_equal(index["episode_index"], expected_episode_index):
             raise DataError(f"feature cache {path} is corrupt: row order in {INDEX_FILE} disagrees with {META_FILE}")
@@ -735,6 +753,20 @@ class FeatureCache:
             raise DataError(f"the dataset of feature cache {self.path} has no {STATE_KEY}")
         start = self._starts[self._check_episode(episode)]
         return np.array(self._states[start : start + self._lengths[int(episode)]], dtype=np.float32)
+
+    @property
+    def has_scenes(self) -> bool:
+        return self._scenes is not None
+
+    def scenes(self, episode: int) -> np.ndarray:
+        """The simulator's scene state (T, E) float32 of an episode (observation.environment_state)."""
+        if self._scenes is None:
+            raise DataError(
+                f"the dataset of feature cache {self.path} has no {SCENE_KEY} (or the cache predates reading it; "
+                "rebuild it)"
+            )
+        start = self._starts[self._check_episode(episode)]
+        return np.array(self._scenes[start : start + self._lengths[int(episode)]], dtype=np.float32)
 
     def _check_episode(self, episode: int) -> int:
         episode = int(episode)

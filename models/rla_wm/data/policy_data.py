@@ -5,6 +5,8 @@ A window starts at frame t of an episode and holds
     z                     the frozen RLA autoencoder's z(s_t, s_{t+H}), H = rla_horizon (the RLA target)
     state_t, a_{t:t+T}    the measured state and the T actions commanded at frames t .. t+T-1
                           (zeros in action-free windows, flagged by `labelled` = False)
+    scene_t               the simulator's scene state at t (observation.environment_state), when the
+                          window reads scenes: a training-only read-out target; (0,) otherwise
 Features are read from the memory-mapped FeatureCache on demand; only states and
 actions (small) are held in RAM.
 
@@ -125,13 +127,14 @@ def rla_targets(
 
 
 class PolicyWindowDataset(Dataset[tuple[torch.Tensor, ...]]):
-    """Windows (s_t, z, state_t, a_{t:t+T}, labelled) of one feature cache.
+    """Windows (s_t, z, state_t, a_{t:t+T}, labelled, scene_t) of one feature cache.
 
     `targets` is the cache's `rla_targets` array for H = rla_horizon.
 
     `labelled=True` needs a dataset with actions and states; `labelled=False` treats the
     episodes as video only, even if the dataset records states, as real action-free
-    video (e.g. from the web) has neither.
+    video (e.g. from the web) has neither. `scenes=True` (labelled windows only) adds the
+    dataset's observation.environment_state.
     """
 
     def __init__(
@@ -143,7 +146,10 @@ class PolicyWindowDataset(Dataset[tuple[torch.Tensor, ...]]):
         labelled: bool,
         targets: np.ndarray,
         skip_short: bool = True,
+        scenes: bool = False,
     ) -> None:
+        if scenes and not labelled:
+            raise ValueError("scene targets are labels: action-free windows cannot read them")
         if chunk_length < 1 or rla_horizon < 1:
             raise ValueError(f"chunk_length and rla_horizon must be >= 1, got {chunk_length}, {rla_horizon}")
         if labelled and not cache.has_actions:
@@ -158,12 +164,18 @@ class PolicyWindowDataset(Dataset[tuple[torch.Tensor, ...]]):
         self.episodes = _usable_episodes(cache, episodes, span, "PolicyWindowDataset", skip_short)
         self._actions: dict[int, torch.Tensor] = {}
         self._states: dict[int, torch.Tensor] = {}
+        self._scenes: dict[int, torch.Tensor] = {}
+        self.scene_dim = 0
         if self.labelled:
             for e in self.episodes:
                 self._actions[e] = torch.from_numpy(cache.actions(e))
                 self._states[e] = torch.from_numpy(cache.states(e))
+                if scenes:
+                    self._scenes[e] = torch.from_numpy(cache.scenes(e))
             self.action_dim = int(next(iter(self._actions.values())).shape[1])
             self.state_dim = int(next(iter(self._states.values())).shape[1])
+            if scenes:
+                self.scene_dim = int(next(iter(self._scenes.values())).shape[1])
         starts = [(e, t) for e in self.episodes for t in range(cache.episode_length(e) - span)]
         self._starts = np.array(starts, dtype=np.int64).reshape(-1, 2)
         if targets.ndim != 3 or targets.shape[0] != cache.total_frames:
@@ -181,7 +193,7 @@ class PolicyWindowDataset(Dataset[tuple[torch.Tensor, ...]]):
         episode, t = self._starts[index]
         return int(episode), int(t)
 
-    def item(self, index: int, state_dim: int, action_dim: int) -> tuple[torch.Tensor, ...]:
+    def item(self, index: int, state_dim: int, action_dim: int, scene_dim: int = 0) -> tuple[torch.Tensor, ...]:
         """The window, with placeholder zeros of the given sizes where there are no labels."""
         episode, t = self.sample(index)
         current = torch.from_numpy(self.cache.features(episode, t))
@@ -197,12 +209,13 @@ class PolicyWindowDataset(Dataset[tuple[torch.Tensor, ...]]):
         else:
             state = torch.zeros(state_dim)
             actions = torch.zeros(self.chunk_length, action_dim)
-        return current, z, state, actions, torch.tensor(self.labelled)
+        scene = self._scenes[episode][t].clone() if self._scenes else torch.zeros(scene_dim)
+        return current, z, state, actions, torch.tensor(self.labelled), scene
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         if not self.labelled:
             raise TypeError("action-free windows have no label sizes of their own; read them through MixedWindows")
-        return self.item(index, self.state_dim, self.action_dim)
+        return self.item(index, self.state_dim, self.action_dim, self.scene_dim)
 
 
 class MixedWindows(Dataset[tuple[torch.Tensor, ...]]):
@@ -212,7 +225,7 @@ class MixedWindows(Dataset[tuple[torch.Tensor, ...]]):
         if not labelled.labelled:
             raise ValueError("the first part of MixedWindows must be labelled")
         self.parts = [labelled, *action_free]
-        self.state_dim, self.action_dim = labelled.state_dim, labelled.action_dim
+        self.state_dim, self.action_dim, self.scene_dim = labelled.state_dim, labelled.action_dim, labelled.scene_dim
         self.labelled_count = len(labelled)
         self._ends = np.cumsum([len(p) for p in self.parts])
 
@@ -228,7 +241,7 @@ class MixedWindows(Dataset[tuple[torch.Tensor, ...]]):
             raise IndexError(f"index {index} out of range for {len(self)} windows")
         part = int(np.searchsorted(self._ends, index, side="right"))
         local = index - (int(self._ends[part - 1]) if part else 0)
-        return self.parts[part].item(local, self.state_dim, self.action_dim)
+        return self.parts[part].item(local, self.state_dim, self.action_dim, self.scene_dim)
 
 
 class MixedBatchSampler(Sampler[list[int]]):
@@ -280,9 +293,10 @@ class MixedBatchSampler(Sampler[list[int]]):
 
 
 def policy_statistics(
-    cache: FeatureCache, episodes: Sequence[int], margin: float = 1.1
+    cache: FeatureCache, episodes: Sequence[int], margin: float = 1.1, scenes: bool = False
 ) -> dict[str, tuple[float, ...]]:
-    """Normalisation of the labelled training episodes: state and action ranges, increment bound.
+    """Normalisation of the labelled training episodes: state and action ranges, increment bound,
+    and with `scenes` the range of the scene read-out target.
 
     max_delta bounds every step of a chunk, the first one (from the measured state to the
     first target) included; it is the 99.9th percentile of those steps with a margin, so
@@ -305,10 +319,16 @@ def policy_statistics(
 
     action_low, action_high = span(all_actions)
     state_low, state_high = span(all_states)
-    return {
+    statistics = {
         "max_delta": tuple(float(v) for v in max_delta),
         "action_low": action_low,
         "action_high": action_high,
         "state_low": state_low,
         "state_high": state_high,
     }
+    if scenes:
+        all_scenes = np.concatenate([cache.scenes(e) for e in episodes])
+        if not np.isfinite(all_scenes).all():
+            raise DataError(f"feature cache {cache.path}: scene states contain NaN or inf")
+        statistics["scene_low"], statistics["scene_high"] = span(all_scenes)
+    return statistics

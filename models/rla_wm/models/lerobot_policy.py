@@ -14,6 +14,12 @@ resets its queues at every episode start. What it leaves out: LeRobot's action q
 chunk one step at a time; the caller gets the whole chunk of `n_action_steps` points and replans on
 the next observation. ACT and diffusion are supported; other types (and policies that need more than
 one camera or an environment state) are refused at load.
+
+Joint units: the node works in radians with the URDF's joint names. A policy trained on a dataset in
+LeRobot's SO-101 layout (recorded by `lerobot-record`, a community SO-101 dataset, or this stack's
+recorder with joint_layout so101_lerobot) takes and gives degrees with the gripper in 0..100; with
+`joint_units` (`So101LeRobotUnits`) the adapter converts the state on the way in and the chunk on
+the way out, so the chunk that leaves it is always in radians.
 """
 
 from __future__ import annotations
@@ -21,13 +27,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from rla_wm.models.checkpoint import CheckpointError, first_non_finite
+
+if TYPE_CHECKING:
+    from rla_wm.envs.so101.lerobot_units import So101LeRobotUnits
 
 LEROBOT_PREFIX = "lerobot:"
 SUPPORTED_TYPES = ("act", "diffusion")
@@ -70,7 +79,10 @@ class LeRobotPolicyConfig:
 
 
 class LeRobotChunkPolicy:
-    """camera image (B, H, W, 3) uint8 + state (B, S) -> (B, T, A) absolute targets, float32 on the CPU."""
+    """camera image (B, H, W, 3) uint8 + state (B, S) -> (B, T, A) absolute targets, float32 on the CPU.
+
+    State and chunk are in the policy's dataset units, or in radians with `joint_units` (the policy
+    then works in LeRobot's SO-101 units, converted here both ways)."""
 
     def __init__(
         self,
@@ -79,13 +91,24 @@ class LeRobotChunkPolicy:
         postprocessor: Any,
         device: torch.device,
         history_timeout: float | None = None,
+        joint_units: So101LeRobotUnits | None = None,
     ) -> None:
         self.policy = policy
         self.preprocessor = preprocessor
         self.postprocessor = postprocessor
         self.device = device
         self.history_timeout = history_timeout
+        self.joint_units = joint_units
         self.config = _describe(policy.config)
+        if joint_units is not None:
+            from rla_wm.envs.so101.lerobot_units import JOINT_NAMES
+
+            dims = {self.config.action_dim, self.config.state_dim or self.config.action_dim}
+            if dims != {len(JOINT_NAMES)}:
+                raise CheckpointError(
+                    f"SO-101 joint units need a policy over the {len(JOINT_NAMES)} SO-101 joints; this one "
+                    f"takes a state of {self.config.state_dim} and acts on {self.config.action_dim}"
+                )
         self.observations = 0  # pushed into the history since the last reset
         self.last_stamp: float | None = None
         self.reset()
@@ -128,6 +151,8 @@ class LeRobotChunkPolicy:
                 self.reset()
         observation = {self.config.image_key: pixels}
         if self.config.state_dim:
+            if self.joint_units is not None:
+                state = torch.from_numpy(self.joint_units.to_lerobot(state.numpy())).float()
             observation[STATE_KEY] = state.to(self.device)
         batch = self.preprocessor(observation)
         # Only observations go to the model: the pre-processor's transition adds empty action/reward keys.
@@ -138,7 +163,12 @@ class LeRobotChunkPolicy:
             actions = self.policy.predict_action_chunk(batch)[:, : self.config.chunk_length]
         self.observations += 1
         self.last_stamp = stamp
-        return self.postprocessor(actions).float().cpu()
+        chunk = self.postprocessor(actions).float().cpu()
+        if self.joint_units is not None:
+            if not torch.isfinite(chunk).all():
+                return chunk  # left for the caller's non-finite check, which drops the chunk
+            chunk = torch.from_numpy(self.joint_units.to_radians(chunk.numpy())).float()
+        return chunk
 
     def _diffusion_chunk(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """As DiffusionPolicy.select_action up to its action queue: stack the cameras, push the observation
@@ -183,10 +213,14 @@ def _describe(config: Any) -> LeRobotPolicyConfig:
 
 
 def load_lerobot_policy(
-    spec: str | Path, device: str | torch.device = "cpu", history_timeout: float | None = None
+    spec: str | Path,
+    device: str | torch.device = "cpu",
+    history_timeout: float | None = None,
+    joint_units: So101LeRobotUnits | None = None,
 ) -> LeRobotChunkPolicy:
     """Load a LeRobot pretrained_model folder ("lerobot:<folder>" or the folder); CheckpointError when it is
-    missing, incomplete, corrupt, of an unsupported kind, or holds non-finite weights or statistics."""
+    missing, incomplete, corrupt, of an unsupported kind, or holds non-finite weights or statistics.
+    `joint_units`: the policy works in LeRobot's SO-101 units; state and chunk are converted from and to radians."""
     path = str(spec).removeprefix(LEROBOT_PREFIX)
     if not path:
         raise CheckpointError(f"{spec!r} names no folder; expected {LEROBOT_PREFIX}<pretrained_model folder>")
@@ -230,4 +264,4 @@ def load_lerobot_policy(
             bad = first_non_finite(step.state_dict())
     if bad is not None:
         raise CheckpointError(f"{folder}: non-finite weights or statistics, refusing to load: {bad}")
-    return LeRobotChunkPolicy(policy, preprocessor, postprocessor, device, history_timeout)
+    return LeRobotChunkPolicy(policy, preprocessor, postprocessor, device, history_timeout, joint_units)

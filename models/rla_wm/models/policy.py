@@ -86,6 +86,12 @@ class PolicyConfig:
     state_low: tuple[float, ...] = (0.0, 0.0)
     state_high: tuple[float, ...] = (512.0, 512.0)
     encoder_id: str = "builtin:dinov2-tiny-random@224"
+    # Scene read-out (training only): a head that estimates the simulator's scene state
+    # (observation.environment_state, e.g. the block pose) from the trunk, so the trunk learns to
+    # see what the task is about. 0 = no head. The policy never takes the scene as input.
+    scene_dim: int = 0
+    scene_low: tuple[float, ...] = ()
+    scene_high: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,8 @@ class PolicyLossWeights:
     # The state head only anchors chunks when no state is measured; a small weight keeps it
     # from pulling the trunk away from the action and RLA objectives.
     state: float = 0.5
+    # The scene read-out's weight (0 unless the model has a scene head and the data has scenes).
+    scene: float = 0.0
 
 
 ACTION_HEADS = ("regression", "flow")
@@ -129,6 +137,8 @@ class Policy(Checkpointable[PolicyConfig]):
     max_delta: torch.Tensor
     state_low: torch.Tensor
     state_high: torch.Tensor
+    scene_low: torch.Tensor
+    scene_high: torch.Tensor
 
     def __init__(self, config: PolicyConfig) -> None:
         super().__init__(config)
@@ -144,6 +154,8 @@ class Policy(Checkpointable[PolicyConfig]):
             ("action_high", config.action_dim),
             ("state_low", config.state_dim),
             ("state_high", config.state_dim),
+            ("scene_low", config.scene_dim),
+            ("scene_high", config.scene_dim),
         ):
             _check_tuple(config, name, length)
         if min(config.chunk_length, config.rla_horizon, config.token_merge, config.depth, config.head_depth) < 1:
@@ -195,12 +207,20 @@ class Policy(Checkpointable[PolicyConfig]):
             self.rla_in_position = nn.Parameter(torch.randn(1, config.latent_tokens, width) * 0.02)
 
         self.state_out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, config.state_dim))
+        self.scene_out = (
+            nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU(), nn.Linear(width, config.scene_dim))
+            if config.scene_dim
+            else None
+        )
 
         self.register_buffer("action_low", torch.tensor(config.action_low, dtype=torch.float32))
         self.register_buffer("action_high", torch.tensor(config.action_high, dtype=torch.float32))
         self.register_buffer("max_delta", torch.tensor(config.max_delta, dtype=torch.float32))
         self.register_buffer("state_low", torch.tensor(config.state_low, dtype=torch.float32))
         self.register_buffer("state_high", torch.tensor(config.state_high, dtype=torch.float32))
+        # Not saved: the config holds them, and checkpoints from before the scene head load unchanged.
+        self.register_buffer("scene_low", torch.tensor(config.scene_low, dtype=torch.float32), persistent=False)
+        self.register_buffer("scene_high", torch.tensor(config.scene_high, dtype=torch.float32), persistent=False)
 
     @property
     def feature_grid(self) -> tuple[int, int, int] | None:
@@ -337,6 +357,14 @@ class Policy(Checkpointable[PolicyConfig]):
         """Action chunk (B, T, A) of absolute targets; `state` None when no state is measured."""
         return self.clip_actions(self.predict(tokens, state).actions)
 
+    def estimate_scene(self, tokens: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
+        """The scene head's estimate (B, E) of the scene state, in the data's units (diagnostics)."""
+        if self.scene_out is None:
+            raise ValueError("this policy has no scene head (scene_dim 0)")
+        context = self._encode(tokens, state, None)[0]
+        normalised = self.scene_out(context[:, 0])
+        return self.scene_low + (normalised + 1) * (self.scene_high - self.scene_low) / 2
+
     def predict_rla(self, tokens: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted z (B, K, D) between s_t and s_{t + rla_horizon}, in the autoencoder's units."""
         return self.predict(tokens, state).rla * self.config.latent_scale
@@ -353,6 +381,7 @@ class Policy(Checkpointable[PolicyConfig]):
         state_visible: torch.Tensor,
         weights: PolicyLossWeights = PolicyLossWeights(),
         measure_actions: bool = True,
+        scene: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Masked multi-task loss over a batch that mixes labelled and action-free windows.
 
@@ -363,7 +392,9 @@ class Policy(Checkpointable[PolicyConfig]):
         state (B, S), actions (B, T, A): zeros (ignored) where `labelled` is False.
         labelled (B,): the window has actions and a state -> action and state losses.
         state_visible (B,): the state token gets the measured state (else the missing token).
-        The RLA loss uses every window. Action and state terms are averaged over the
+        scene (B, E): the simulator's scene state, the scene head's target on labelled windows
+        (needs a model with scene_dim E; None: no scene term).
+        The RLA loss uses every window. Action, state and scene terms are averaged over the
         labelled windows only and multiplied by the mask, so action-free windows send no
         gradient through them (their placeholder targets never matter).
         """
@@ -422,6 +453,20 @@ class Policy(Checkpointable[PolicyConfig]):
         state_loss = (state_error.pow(2).mean(dim=1) * mask).sum() / count
 
         total = weights.action * action_loss + weights.rla * rla_loss + weights.state * state_loss
+        scene_loss = torch.zeros(())
+        if scene is not None:
+            if self.scene_out is None:
+                raise ValueError("scene targets given, but the model has no scene head (scene_dim 0)")
+            if tuple(scene.shape) != (tokens.shape[0], config.scene_dim):
+                raise ValueError(f"scene {tuple(scene.shape)} != ({tokens.shape[0]}, {config.scene_dim})")
+            if not torch.isfinite(scene[labelled]).all():
+                raise ValueError("labelled windows have NaN or inf scene states")
+            span = self.scene_high - self.scene_low
+            estimate = self.scene_out(context[:, 0])  # normalised to [-1, 1] over the training range
+            scene_target = 2 * (torch.where(labelled[:, None], scene, self.scene_low) - self.scene_low) / span - 1
+            scene_error = torch.where(labelled[:, None], estimate - scene_target, torch.zeros_like(estimate))
+            scene_loss = (scene_error.pow(2).mean(dim=1) * mask).sum() / count
+            total = total + weights.scene * scene_loss
         with torch.no_grad():
             action_l1 = torch.tensor(float("nan"))
             if predicted_actions is not None:
@@ -433,6 +478,7 @@ class Policy(Checkpointable[PolicyConfig]):
             "action_loss": float(action_loss.detach()),
             "rla_loss": float(rla_loss.detach()),
             "state_loss": float(state_loss.detach()),
+            "scene_loss": float(scene_loss.detach()),
             "action_l1": float(action_l1),
             "rla_cosine": float(cosine),
             "labelled_fraction": float(mask.mean()),

@@ -17,13 +17,16 @@ that says so, and `load_any_policy` (what the policy node calls) returns it as a
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from rla_wm.models.checkpoint import CheckpointError
 from rla_wm.models.lerobot_policy import LeRobotChunkPolicy, lerobot_folder, load_lerobot_policy
 from rla_wm.models.policy import Policy, PolicyConfig
+
+if TYPE_CHECKING:
+    from rla_wm.envs.so101.lerobot_units import So101LeRobotUnits
 
 UNTRAINED = "untrained"
 EXPERT_PREFIX = "expert:"
@@ -86,10 +89,17 @@ def load_policy(spec: str, seed: int = 0) -> ChunkPolicy:
 
 
 def load_any_policy(
-    spec: str, seed: int = 0, device: str = "cpu", history_timeout: float | None = None
+    spec: str,
+    seed: int = 0,
+    device: str = "cpu",
+    history_timeout: float | None = None,
+    lerobot_joint_units: So101LeRobotUnits | None = None,
 ) -> ChunkPolicy | LeRobotChunkPolicy:
     """`load_policy(spec, seed)`, or for a LeRobot policy folder its image-driven policy on `device` whose
-    observation history resets after a gap of more than `history_timeout` s (see lerobot_policy)."""
+    observation history resets after a gap of more than `history_timeout` s, converting joints from and to
+    LeRobot's SO-101 units with `lerobot_joint_units` (see lerobot_policy)."""
     if lerobot_folder(spec) is not None:
-        return load_lerobot_policy(spec, device=device, history_timeout=history_timeout)
+        return load_lerobot_policy(
+            spec, device=device, history_timeout=history_timeout, joint_units=lerobot_joint_units
+        )
     return load_policy(spec, seed=seed)

@@ -172,8 +172,13 @@ class PolicyTrainingConfig:
     action_weight: float = 1.0
     rla_weight: float = 1.0
     state_weight: float = 0.5
+    # > 0: a scene head learns to read the simulator's scene state (observation.environment_state,
+    # e.g. Push-T's block pose) out of the trunk on labelled windows. Training-only supervision
+    # that makes the trunk see the block; the policy never takes the scene as input.
+    scene_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        _require(self.scene_weight >= 0.0, f"policy_training.scene_weight must be >= 0, got {self.scene_weight}")
         _require(
             0.0 < self.labelled_fraction <= 1.0,
             f"policy_training.labelled_fraction must be in (0, 1], got {self.labelled_fraction}",

@@ -396,7 +396,15 @@ def train_policy(experiment: Experiment, rla_checkpoint: str | Path, out: Path) 
         order = np.random.default_rng(experiment.data.seed).permutation(len(episodes))
         episodes = sorted(episodes[i] for i in order[: training.max_labelled_episodes])
     chunk_length = settings.chunk_length
-    labelled = PolicyWindowDataset(cache, episodes, chunk_length, rla_horizon, labelled=True, targets=targets[0])
+    scenes = training.scene_weight > 0
+    if scenes and not cache.has_scenes:
+        raise ConfigError(
+            f"policy_training.scene_weight {training.scene_weight} needs observation.environment_state in the "
+            f"labelled dataset; {cache.path} has none (record with environment_state, or set scene_weight 0)"
+        )
+    labelled = PolicyWindowDataset(
+        cache, episodes, chunk_length, rla_horizon, labelled=True, targets=targets[0], scenes=scenes
+    )
     action_free = [
         PolicyWindowDataset(c, c.episodes, chunk_length, rla_horizon, labelled=False, targets=t)
         for c, t in zip(caches[1:], targets[1:])
@@ -408,7 +416,8 @@ def train_policy(experiment: Experiment, rla_checkpoint: str | Path, out: Path) 
             PolicyConfig,
             settings,
             **feature_shape(cache),
-            **policy_statistics(cache, episodes),
+            **policy_statistics(cache, episodes, scenes=scenes),
+            scene_dim=dataset.scene_dim,
             state_dim=dataset.state_dim,
             action_dim=dataset.action_dim,
             latent_tokens=autoencoder.config.latent_tokens,
@@ -432,18 +441,28 @@ def train_policy(experiment: Experiment, rla_checkpoint: str | Path, out: Path) 
         )
     torch.manual_seed(config.seed)
     model = Policy(policy_config)
-    weights = PolicyLossWeights(action=training.action_weight, rla=training.rla_weight, state=training.state_weight)
+    weights = PolicyLossWeights(
+        action=training.action_weight, rla=training.rla_weight, state=training.state_weight, scene=training.scene_weight
+    )
 
     calls = itertools.count()  # fit calls loss_fn once per step, so this is the step
 
     def loss_fn(batch: tuple) -> tuple[torch.Tensor, dict[str, float]]:
-        current, z, state, actions, is_labelled = batch
+        current, z, state, actions, is_labelled, scene = batch
         step = next(calls)
         logged = step % config.log_every == 0 or step == config.steps - 1  # fit's logging rule
         # Drawn from torch's generator, which fit seeds per process: a rerun hides the same states.
         visible = is_labelled & (torch.rand(is_labelled.shape, device=is_labelled.device) >= training.state_dropout)
         return model.loss(
-            current.float(), z.float(), state.float(), actions.float(), is_labelled, visible, weights, logged
+            current.float(),
+            z.float(),
+            state.float(),
+            actions.float(),
+            is_labelled,
+            visible,
+            weights,
+            logged,
+            scene=scene.float() if scenes else None,
         )
 
     log = fit(model, loss_fn, dataset, config, out, "policy", accelerator, global_batches=sampler)

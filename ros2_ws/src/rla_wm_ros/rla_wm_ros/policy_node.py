@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -48,6 +49,9 @@ from rla_wm_ros.image_conversion import CvBridgeError, image_msg_to_rgb
 from rla_wm_ros.node_guard import Health, NodeGuard, Rejected
 from rla_wm_ros.params import declare
 from rla_wm_ros.qos import CAMERA_QOS, LATEST_ONLY
+
+if TYPE_CHECKING:
+    from rla_wm.envs.so101.lerobot_units import So101LeRobotUnits
 
 Observation = FeatureMap | Image | CompressedImage
 
@@ -137,11 +141,34 @@ class PolicyNode(Node):
             "project policy's max_delta for follow_tolerance_steps; 0 = no follow check (always blend).",
             (0.0, 1e6),
         )
+        joint_units_name = declare(
+            self,
+            "lerobot_joint_units",
+            "dataset",
+            "LeRobot policies: 'dataset' = the policy's joints are in the node's units (radians, e.g. trained on "
+            "this stack's recordings with joint_layout ros); 'so101_lerobot' = LeRobot's SO-101 units (degrees, "
+            "gripper 0..100, as lerobot-record and community SO-101 datasets store them), converted both ways; "
+            "needs joint_names in LeRobot's SO-101 order.",
+        )
+        gripper_urdf = declare(
+            self,
+            "lerobot_gripper_urdf",
+            "",
+            "so101_lerobot: the URDF (path or package://) whose gripper limits map to LeRobot's 0..100; "
+            "'' = the pinned so101_new_calib URDF, LeRobot's own calibration.",
+        )
+        joint_units = lerobot_joint_units(joint_units_name, gripper_urdf, self.joint_names)
         if threads:
             torch.set_num_threads(threads)
         self.device = torch.device(device)
         try:
-            self.policy = load_any_policy(checkpoint, seed=seed, device=device, history_timeout=history_timeout or None)
+            self.policy = load_any_policy(
+                checkpoint,
+                seed=seed,
+                device=device,
+                history_timeout=history_timeout or None,
+                lerobot_joint_units=joint_units,
+            )
         except CheckpointError as err:  # missing, corrupt, mismatched or non-finite: refuse to start
             self.get_logger().fatal(f"cannot load policy checkpoint {checkpoint!r}: {err}")
             raise RuntimeError(f"policy: cannot load checkpoint {checkpoint!r}: {err}") from err
@@ -316,6 +343,27 @@ class PolicyNode(Node):
         self.trajectory_pub.publish(chunk_to_msg(chunk))
         self.chunks_published += 1
         self.pacer.acted(stamp)
+
+
+def lerobot_joint_units(name: str, gripper_urdf: str, joint_names: list[str]) -> So101LeRobotUnits | None:
+    """The `lerobot_joint_units` parameter as a conversion (None: the policy's units are the node's)."""
+    if name == "dataset":
+        return None
+    # Imported here: the SO-101 package sets up MuJoCo's rendering, which other robots never need.
+    from rla_wm.control.urdf_file import resolve_urdf_file
+    from rla_wm.envs.so101.lerobot_units import JOINT_NAMES as SO101_JOINT_NAMES
+    from rla_wm.envs.so101.lerobot_units import So101LeRobotUnits, default_units
+
+    if name != "so101_lerobot":
+        raise ValueError(f"lerobot_joint_units must be 'dataset' or 'so101_lerobot', got {name!r}")
+    if tuple(joint_names) != SO101_JOINT_NAMES:
+        raise ValueError(
+            f"lerobot_joint_units so101_lerobot needs joint_names {list(SO101_JOINT_NAMES)} (LeRobot's SO-101 "
+            f"order), got {joint_names}"
+        )
+    if not gripper_urdf:
+        return default_units()
+    return So101LeRobotUnits.from_urdf(resolve_urdf_file(gripper_urdf))
 
 
 def main(args: list[str] | None = None) -> None:

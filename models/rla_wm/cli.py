@@ -293,6 +293,12 @@ def command_evaluate_policy(config: EvaluatePolicyRun) -> None:
             out / ("policy_chunks.png" if index == 0 else f"policy_chunks_{index}.png"), windows, same
         )
     print(table)
+    for name, metrics in results.items():
+        if "scene_l1" in metrics:  # the scene read-out: does the trunk see what the task is about?
+            errors = ", ".join(
+                f"{a:.3f} (mean {b:.3f})" for a, b in zip(metrics["scene_l1"], metrics["scene_l1_constant"])
+            )
+            print(f"{name}: scene read-out L1 per variable (observation.environment_state units): {errors}")
     print(f"\nreport, policy_chunks.png and results.json in {out}/")
 
 

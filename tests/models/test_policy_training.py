@@ -289,7 +289,7 @@ def test_train_policy_and_evaluate_policy_commands(experiment, capsys):
     assert (root / "eval" / "policy_chunks.png").stat().st_size > 1000
 
 
-def test_scene_readout_trains_from_the_recorded_environment_state(experiment, tmp_path):
+def test_scene_readout_trains_from_the_recorded_environment_state(experiment, tmp_path, capsys):
     """policy_training.scene_weight: the labelled dataset's observation.environment_state becomes the scene
     head's target; a dataset without it is refused with the reason."""
     from rla_wm.cli import main
@@ -326,6 +326,24 @@ def test_scene_readout_trains_from_the_recorded_environment_state(experiment, tm
     tokens = torch.randn(2, 16, 32)
     assert policy.estimate_scene(tokens).shape == (2, 2)
     assert policy(tokens, torch.tensor([[16.0, 16.0], [8.0, 8.0]])).shape == (2, 4, 2)  # acts without a scene
+
+    capsys.readouterr()
+    main(
+        [
+            "evaluate-policy",
+            f"--config_path={experiment}",
+            f"--policy_checkpoints=[{tmp_path / 'run' / 'checkpoint'}]",
+            f"--data.dataset_root={tmp_path / 'scene'}",
+            "--data.repo_id=t/scene",
+            f"--data.cache_root={tmp_path / 'cache'}",
+            "--data.held_out_fraction=0.3",
+            f"--out={tmp_path / 'eval'}",
+        ]
+    )
+    assert "scene read-out L1 per variable" in capsys.readouterr().out
+    (metrics,) = json.loads((tmp_path / "eval" / "results.json").read_text())["policies"].values()
+    assert len(metrics["scene_l1"]) == len(metrics["scene_l1_constant"]) == 2
+    assert all(np.isfinite(metrics["scene_l1"])) and min(metrics["scene_l1_constant"]) > 0
 
 
 def test_policy_commands_refuse_bad_input(experiment, tmp_path):

@@ -201,6 +201,7 @@ class PolicyWindows:
     actions: torch.Tensor  # (W, T, A)
     chunk_length: int
     rla_horizon: int
+    scene: torch.Tensor | None = None  # (W, E) recorded observation.environment_state, where the data has it
 
 
 def collect_policy_windows(
@@ -218,12 +219,15 @@ def collect_policy_windows(
     """
     from rla_wm.data.policy_data import PolicyWindowDataset
 
-    dataset = PolicyWindowDataset(cache, episodes, chunk_length, rla_horizon, labelled=True, targets=targets)
+    dataset = PolicyWindowDataset(
+        cache, episodes, chunk_length, rla_horizon, labelled=True, targets=targets, scenes=cache.has_scenes
+    )
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(len(dataset), min(max_windows, len(dataset)), replace=False))
     items = [dataset[int(i)] for i in chosen]
     stack = lambda k: torch.stack([item[k] for item in items]).float()  # noqa: E731
-    return PolicyWindows(stack(0), stack(1), stack(2), stack(3), chunk_length, rla_horizon)
+    scene = stack(5) if cache.has_scenes else None
+    return PolicyWindows(stack(0), stack(1), stack(2), stack(3), chunk_length, rla_horizon, scene)
 
 
 class ChunkErrors(TypedDict):
@@ -247,9 +251,13 @@ class _PolicyMetricsRequired(ChunkErrors):
 
 
 class PolicyMetrics(_PolicyMetricsRequired, total=False):
-    """What `evaluate_policy` measures; `checkpoint` is added by the caller that names the policy."""
+    """What `evaluate_policy` measures; `checkpoint` is added by the caller that names the policy.
+    `scene_l1` (the scene head's error per scene variable, data units) and `scene_l1_constant` (the
+    windows' mean guessed every time: the floor to beat), only for a policy with a scene head."""
 
     checkpoint: str
+    scene_l1: list[float]
+    scene_l1_constant: list[float]
 
 
 def _chunk_errors(predicted: torch.Tensor, truth: torch.Tensor) -> ChunkErrors:
@@ -283,10 +291,13 @@ def evaluate_policy(policy: Policy, windows: PolicyWindows, batch_size: int = 64
             f"windows are for chunk {windows.chunk_length} / rla horizon {windows.rla_horizon}, the "
             f"policy predicts {config.chunk_length} / {config.rla_horizon}"
         )
-    chunks, blind_chunks, blind_states, predicted_z, true_z = [], [], [], [], []
+    chunks, blind_chunks, blind_states, predicted_z, true_z, scenes = [], [], [], [], [], []
+    read_scene = policy.scene_out is not None and windows.scene is not None
     with torch.no_grad():
         for i in range(0, len(windows.current), batch_size):
             current, state = windows.current[i : i + batch_size], windows.state[i : i + batch_size]
+            if read_scene:
+                scenes.append(policy.estimate_scene(current, state))
             output = policy.predict(current, state)
             blind = policy.predict(current, None)
             chunks.append(policy.clip_actions(output.actions))
@@ -311,6 +322,11 @@ def evaluate_policy(policy: Policy, windows: PolicyWindows, batch_size: int = 64
         "rla_cosine_centred": float(F.cosine_similarity(predicted - mean_z, truth - mean_z, dim=1).mean()),
         "windows": len(windows.current),
     }
+    if read_scene:
+        assert windows.scene is not None
+        metrics["scene_l1"] = [float(v) for v in (torch.cat(scenes) - windows.scene).abs().mean(dim=0)]
+        constant = windows.scene.mean(dim=0, keepdim=True)
+        metrics["scene_l1_constant"] = [float(v) for v in (constant - windows.scene).abs().mean(dim=0)]
     return metrics, chunk
 
 

@@ -333,10 +333,12 @@ class PretrainEncoderRun(PretrainConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class ProbeRun:
-    """Linear probe from an encoder's features to the Push-T sim state."""
+    """A probe from an encoder's features to the Push-T sim state."""
 
     # Hub id, local folder or builtin:NAME.
     encoder: str = "builtin:dinov2-tiny-random"
+    # "linear" (ridge on the flattened grid) or "attentive" (a learned query over the patches, then an MLP).
+    kind: str = "linear"
     # Encoder input size (0: the model's own image_size).
     resolution: int = 0
     # State-frames .npz; empty: collect `episodes` episodes first.
@@ -388,12 +390,14 @@ def command_probe(config: ProbeRun) -> None:
     )
     resolution = config.resolution or model_image_size(config.encoder)
     encoder = FeatureEncoder(EncoderConfig(model=config.encoder, resolution=resolution))
-    result = probe_encoder(encoder, frames)
+    result = probe_encoder(encoder, frames, kind=config.kind)
     grid = encoder.grid
-    print(f"encoder {encoder.encoder_id}, grid {grid.height}x{grid.width}x{grid.channels}")
+    print(f"encoder {encoder.encoder_id}, grid {grid.height}x{grid.width}x{grid.channels}, {config.kind} probe")
     print(result.table())
     if config.json:
-        Path(config.json).write_text(json.dumps({"encoder": encoder.encoder_id, **result.as_dict()}, indent=2))
+        Path(config.json).write_text(
+            json.dumps({"encoder": encoder.encoder_id, "kind": config.kind, **result.as_dict()}, indent=2)
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -409,7 +413,7 @@ class RolloutRun:
     execute_steps: int = 1
     max_steps: int = 300
     # The graph's chunk delivery, emulated (seconds; all 0: the sim waits for the policy). The
-    # policy node's defaults are min_lead_time 0.05 and blend_time 0.2 (config/policy.yaml).
+    # policy node's defaults are min_lead_time 0.02 and blend_time 0 (config/policy.yaml).
     latency: float = 0.0
     min_lead_time: float = 0.0
     blend_time: float = 0.0

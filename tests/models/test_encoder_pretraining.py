@@ -87,6 +87,29 @@ def test_the_pretrained_encoder_loads_as_a_feature_encoder(sim_frames: StateFram
     assert {t.dtype for t in load_file(tmp_path / "encoder" / "model.safetensors").values()} == {torch.float16}
 
 
+def test_the_saved_encoder_output_is_standardised_per_channel_without_losing_information(
+    sim_frames: StateFrames,
+) -> None:
+    """standardise_output: mean 0, std 1 per channel on the calibration frames, an affine map of the old output."""
+    from rla_wm.training.pretrain_encoder import standardise_output
+
+    torch.manual_seed(0)
+    encoder = MaskedAutoencoder(TINY).encoder.eval()
+    with torch.no_grad():
+        encoder.layernorm.bias.add_(5.0)  # a large constant part, as a trained masked autoencoder has
+        encoder.layernorm.weight.mul_(0.01)
+        pixels = normalise(sim_frames.images)
+        before = encoder(pixel_values=pixels).last_hidden_state[:, 1:].reshape(-1, TINY.hidden_size)
+        standardise_output(encoder, sim_frames.images)
+        after = encoder(pixel_values=pixels).last_hidden_state[:, 1:].reshape(-1, TINY.hidden_size)
+    torch.testing.assert_close(after.mean(0), torch.zeros(TINY.hidden_size), atol=1e-3, rtol=0)
+    torch.testing.assert_close(after.std(0), torch.ones(TINY.hidden_size), atol=1e-3, rtol=0)
+    # Per channel the new output is the old one shifted and scaled: correlation 1.
+    for channel in range(TINY.hidden_size):
+        correlation = torch.corrcoef(torch.stack([before[:, channel], after[:, channel]]))[0, 1]
+        assert correlation > 0.999
+
+
 def test_pretraining_refuses_frames_of_another_size(sim_frames: StateFrames, tmp_path) -> None:
     with pytest.raises(ValueError, match="image_size"):
         pretrain(sim_frames, PretrainConfig(image_size=64, steps=1), tmp_path, progress=False)

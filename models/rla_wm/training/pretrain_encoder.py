@@ -40,6 +40,9 @@ if TYPE_CHECKING:
     from transformers import Dinov2Model
 
 
+CALIBRATION_FRAMES = 512
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     image_size: int = 96
@@ -154,12 +157,40 @@ def normalise(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return (pixels - mean) / std
 
 
-def save_encoder(model: MaskedAutoencoder, folder: Path) -> Path:
-    """The encoder alone, float16, as a transformers folder (FeatureEncoder casts on load)."""
+@torch.no_grad()
+def standardise_output(encoder: Dinov2Model, images: np.ndarray, batch_size: int = 64) -> dict[str, float]:
+    """Refit the final LayerNorm's affine so every output channel has mean 0 and std 1 over `images`' patch tokens.
+
+    A masked autoencoder's output tokens are mostly the LayerNorm's bias: over sim frames they vary by about
+    1 % of their size, which float16 storage and every downstream model (a LayerNorm over channels keeps
+    the constant part) would have to dig out. The new affine is a per-channel linear map of the old
+    output, so the features carry exactly the same information. Returns the spread before and after.
+    """
+    was_training = encoder.training
+    encoder.eval()
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        hidden = encoder(pixel_values=normalise(images[start : start + batch_size])).last_hidden_state[:, 1:]
+        outputs.append(hidden.float().reshape(-1, hidden.shape[-1]))
+    tokens = torch.cat(outputs)
+    mean, std = tokens.mean(0), tokens.std(0).clamp_min(1e-6)
+    norm = encoder.layernorm
+    # y = w * n + b  ->  (y - mean) / std = (w / std) * n + (b - mean) / std
+    norm.weight.copy_(norm.weight.float() / std)
+    norm.bias.copy_((norm.bias.float() - mean) / std)
+    encoder.train(was_training)
+    return {"frame_std_before": float(tokens.std(0).mean()), "abs_mean_before": float(tokens.abs().mean())}
+
+
+def save_encoder(model: MaskedAutoencoder, folder: Path, calibration_images: np.ndarray | None = None) -> Path:
+    """The encoder alone, float16, as a transformers folder (FeatureEncoder casts on load); with
+    `calibration_images` its output channels are standardised on them first (`standardise_output`)."""
     import copy
 
-    encoder = copy.deepcopy(model.encoder).half()
-    encoder.save_pretrained(folder, safe_serialization=True)
+    encoder = copy.deepcopy(model.encoder).float()
+    if calibration_images is not None:
+        standardise_output(encoder, calibration_images)
+    encoder.half().save_pretrained(folder, safe_serialization=True)
     return folder
 
 
@@ -185,6 +216,8 @@ def pretrain(
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     out.mkdir(parents=True, exist_ok=True)
+    # The frames the saved encoder's output is standardised on: a fixed, seeded sample.
+    calibration = frames.images[np.random.default_rng(config.seed).permutation(len(frames))[:CALIBRATION_FRAMES]]
     log: list[dict] = []
     started = time.monotonic()
     bar = tqdm(range(config.steps), desc="pretrain encoder", disable=not progress)
@@ -209,5 +242,5 @@ def pretrain(
                 log_file.flush()
                 bar.set_postfix(loss=f"{float(loss):.4f}")
             if (step + 1) % config.save_every == 0 or step == config.steps - 1:
-                save_encoder(model, out / "encoder")
+                save_encoder(model, out / "encoder", calibration)
     return model, log

@@ -287,10 +287,17 @@ def test_execute_steps_paces_inference_and_a_backwards_stamp_acts_at_once(ros_no
     # Stamps in the near future, so no chunk point is already past when it is scheduled.
     base_ns = ros_node.get_clock().now().nanoseconds + 60_000_000_000
 
-    def send(offset_ns: int) -> None:
+    def publish_state() -> None:
         state = JointState(name=["agent_x", "agent_y"], position=[250.0, 260.0])
         state.header.stamp = ros_node.get_clock().now().to_msg()
         state_pub.publish(state)
+
+    # The joint state streams at 20 Hz, as a robot's does: a map is never refused for a stale state
+    # (published once beside each map, a map handled before its state met a state older than
+    # state_timeout after the waits below, and was neither acted on nor counted as skipped).
+    state_timer = ros_node.create_timer(0.05, publish_state)
+
+    def send(offset_ns: int) -> None:
         stamp = base_ns + offset_ns
         header = Header(stamp=nanoseconds_to_stamp(stamp), frame_id="camera")
         tokens = rng.normal(size=(256, 192)).astype(np.float32)
@@ -318,6 +325,7 @@ def test_execute_steps_paces_inference_and_a_backwards_stamp_acts_at_once(ros_no
     send(-10 * step)  # stamps went backwards: a new episode, so the pacing restarts
     wait_for(lambda: -10 * step in acted_offsets(), 20, "a chunk for the earlier stamp", graph)
     assert skipped() == 6 and graph.alive() == {"policy": True}
+    ros_node.destroy_timer(state_timer)
 
 
 def test_lerobot_joint_units_parameter_picks_the_conversion_or_refuses():

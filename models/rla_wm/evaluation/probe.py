@@ -33,7 +33,7 @@ class ProbeResult:
     names: tuple[str, ...]
     probe_error: np.ndarray  # (V,) mean absolute error on the test episodes
     constant_error: np.ndarray  # (V,) same for the training mean
-    ridge: float
+    ridge: float | None  # the chosen ridge strength; None for the attentive probe
     train_frames: int
     test_frames: int
 
@@ -41,7 +41,7 @@ class ProbeResult:
         rows = [f"{'variable':<10} {'probe MAE':>10} {'constant MAE':>13}"]
         for name, probe, constant in zip(self.names, self.probe_error, self.constant_error, strict=True):
             rows.append(f"{name:<10} {probe:>10.3f} {constant:>13.3f}")
-        fitted = "attentive probe" if np.isnan(self.ridge) else f"ridge {self.ridge:g}"
+        fitted = "attentive probe" if self.ridge is None else f"ridge {self.ridge:g}"
         rows.append(f"{fitted}; {self.train_frames} training frames, {self.test_frames} test frames")
         return "\n".join(rows)
 
@@ -49,7 +49,7 @@ class ProbeResult:
         return {
             "probe_mae": dict(zip(self.names, self.probe_error.round(4).tolist(), strict=True)),
             "constant_mae": dict(zip(self.names, self.constant_error.round(4).tolist(), strict=True)),
-            "ridge": None if np.isnan(self.ridge) else self.ridge,  # None: the attentive probe
+            "ridge": self.ridge,
             "train_frames": self.train_frames,
             "test_frames": self.test_frames,
         }
@@ -185,7 +185,7 @@ def fit_attentive_probe(
         names=tuple(names),
         probe_error=np.abs(predicted - test_state).mean(0),
         constant_error=np.abs(y_mean - test_state).mean(0),
-        ridge=float("nan"),
+        ridge=None,
         train_frames=len(train_tokens),
         test_frames=len(test_tokens),
     )

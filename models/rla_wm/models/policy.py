@@ -121,6 +121,16 @@ class PolicyOutput:
     anchor: torch.Tensor  # (B, S) measured state where visible, else the estimate
 
 
+def _to_unit_range(values: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """[low, high] -> [-1, 1], per dimension."""
+    return 2 * (values - low) / (high - low) - 1
+
+
+def _from_unit_range(normalised: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [low, high], per dimension."""
+    return low + (normalised + 1) * (high - low) / 2
+
+
 def _check_tuple(config: PolicyConfig, name: str, length: int) -> None:
     if len(getattr(config, name)) != length:
         raise ValueError(f"{name} has {len(getattr(config, name))} entries, expected {length}")
@@ -235,10 +245,10 @@ class Policy(Checkpointable[PolicyConfig]):
     # -- normalisation
 
     def normalise_state(self, state: torch.Tensor) -> torch.Tensor:
-        return 2 * (state - self.state_low) / (self.state_high - self.state_low) - 1
+        return _to_unit_range(state, self.state_low, self.state_high)
 
     def denormalise_state(self, normalised: torch.Tensor) -> torch.Tensor:
-        return self.state_low + (normalised + 1) * (self.state_high - self.state_low) / 2
+        return _from_unit_range(normalised, self.state_low, self.state_high)
 
     # -- network
 
@@ -363,7 +373,7 @@ class Policy(Checkpointable[PolicyConfig]):
             raise ValueError("this policy has no scene head (scene_dim 0)")
         context = self._encode(tokens, state, None)[0]
         normalised = self.scene_out(context[:, 0])
-        return self.scene_low + (normalised + 1) * (self.scene_high - self.scene_low) / 2
+        return _from_unit_range(normalised, self.scene_low, self.scene_high)
 
     def predict_rla(self, tokens: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
         """Predicted z (B, K, D) between s_t and s_{t + rla_horizon}, in the autoencoder's units."""
@@ -461,9 +471,9 @@ class Policy(Checkpointable[PolicyConfig]):
                 raise ValueError(f"scene {tuple(scene.shape)} != ({tokens.shape[0]}, {config.scene_dim})")
             if not torch.isfinite(scene[labelled]).all():
                 raise ValueError("labelled windows have NaN or inf scene states")
-            span = self.scene_high - self.scene_low
             estimate = self.scene_out(context[:, 0])  # normalised to [-1, 1] over the training range
-            scene_target = 2 * (torch.where(labelled[:, None], scene, self.scene_low) - self.scene_low) / span - 1
+            known = torch.where(labelled[:, None], scene, self.scene_low)  # placeholders never reach the loss
+            scene_target = _to_unit_range(known, self.scene_low, self.scene_high)
             scene_error = torch.where(labelled[:, None], estimate - scene_target, torch.zeros_like(estimate))
             scene_loss = (scene_error.pow(2).mean(dim=1) * mask).sum() / count
             total = total + weights.scene * scene_loss

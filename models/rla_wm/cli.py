@@ -417,6 +417,10 @@ class RolloutRun:
     latency: float = 0.0
     min_lead_time: float = 0.0
     blend_time: float = 0.0
+    # Perception error for a block-state policy: Gaussian std of the block position it sees (pixels
+    # of the 512 px workspace) and of its angle (degrees), fresh each observation.
+    block_position_noise: float = 0.0
+    block_angle_noise: float = 0.0
     # Torch threads (0: torch's default). One thread is faster on a loaded 2-core machine.
     threads: int = 0
     # Also write rollouts.json here.
@@ -427,13 +431,14 @@ def command_rollout(config: RolloutRun) -> None:
     import dataclasses
     import json
 
-    from rla_wm.evaluation.rollout import GraphTiming, run_rollouts, save_rollouts, tokens_function
+    from rla_wm.evaluation.rollout import BlockPoseNoise, GraphTiming, run_rollouts, save_rollouts, tokens_function
     from rla_wm.models.policy_loading import load_policy
 
     if config.threads:
         torch.set_num_threads(config.threads)
     policy = load_policy(config.policy)
-    tokens_of = tokens_function(policy.config.encoder_id, torch.device("cpu"))
+    noise = BlockPoseNoise(config.block_position_noise, config.block_angle_noise, seed=config.seed)
+    tokens_of = tokens_function(policy.config.encoder_id, torch.device("cpu"), block_noise=noise)
     seeds = range(config.seed, config.seed + config.episodes)
     timing = GraphTiming(config.latency, config.min_lead_time, config.blend_time)
     summary, episodes = run_rollouts(policy, tokens_of, seeds, config.execute_steps, config.max_steps, timing=timing)
@@ -442,7 +447,8 @@ def command_rollout(config: RolloutRun) -> None:
         f"{summary.successes}/{summary.episodes} episodes succeeded (rate {summary.success_rate:.2f}, "
         f"95% CI {low:.2f}-{high:.2f}), mean final coverage {summary.mean_coverage:.3f}, "
         f"execute_steps {summary.execute_steps}, latency {timing.latency:g} s, min_lead_time "
-        f"{timing.min_lead_time:g} s, blend_time {timing.blend_time:g} s, {summary.wall_seconds:.0f} s"
+        f"{timing.min_lead_time:g} s, blend_time {timing.blend_time:g} s, block pose noise "
+        f"{noise.position:g} px / {noise.angle_degrees:g} deg, {summary.wall_seconds:.0f} s"
     )
     if config.out:
         path = save_rollouts(Path(config.out), summary, episodes, dataclasses.asdict(config))

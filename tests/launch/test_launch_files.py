@@ -15,6 +15,7 @@ LIMITS = str(Path(get_package_share_directory("rla_wm_ros")) / "config" / "pusht
 REQUIRED_ARGS = {
     "robot_policy.launch.xml": {"policy_checkpoint": "/opt/policy", "limits_file": LIMITS},
     "robot_record.launch.xml": {"dataset_root": "/data/teleop"},
+    "robot_teleop.launch.xml": {"limits_file": LIMITS},
 }
 
 
@@ -112,3 +113,24 @@ def test_robot_record_wiring():
     assert recorder.params["dataset_root"] == "/data/teleop"
     assert recorder.params["compressed"] == "true"
     assert (recorder.params["action_topic"], recorder.params["action_type"]) == ("/leader/joint_states", "joint_state")
+
+
+def test_sim_arm_collect_with_a_gamepad_routes_joy_through_teleop_and_the_gate():
+    description = parse_launch_file(
+        LAUNCH_DIR / "sim_arm_collect.launch.xml", overrides={"command_source": "joy", "teleop_space": "joint"}
+    )
+    nodes = {node.name: node for node in description.nodes}
+    assert set(nodes) == {"sim_arm", "teleop", "safety_gate", "recorder"}  # no expert
+    teleop, gate = dict(nodes["teleop"].remaps), dict(nodes["safety_gate"].remaps)
+    assert nodes["teleop"].params["source"] == "joy" and nodes["teleop"].params["space"] == "joint"
+    assert teleop["joy"] == "/joy"
+    assert gate["policy/joint_trajectory"] == teleop["teleop/joint_trajectory"]
+    assert gate["joint_trajectory"] == dict(nodes["sim_arm"].remaps)["joint_trajectory"]
+
+
+def test_robot_teleop_without_a_gamepad_starts_only_the_gate():
+    description = parse_launch_file(
+        LAUNCH_DIR / "robot_teleop.launch.xml", overrides={"limits_file": LIMITS, "teleop_source": "none"}
+    )
+    assert [node.name for node in description.nodes] == ["safety_gate"]
+    assert dict(description.nodes[0].remaps)["policy/joint_trajectory"] == "/teleop/joint_trajectory"

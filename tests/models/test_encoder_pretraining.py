@@ -73,6 +73,31 @@ def test_pretraining_lowers_the_reconstruction_loss(sim_frames: StateFrames) -> 
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
 
 
+def test_norm_pix_loss_targets_each_patch_normalised_by_its_own_statistics() -> None:
+    """A flat patch costs nothing to predict as zeros; a patch with structure is compared after its own z-scoring."""
+    import dataclasses
+
+    model = MaskedAutoencoder(dataclasses.replace(TINY, norm_pix_loss=True, mask_ratio=0.5))
+    flat = torch.full((1, 3, 32, 32), 0.7)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        torch.nn.init.zeros_(model.to_pixels.weight)
+        torch.nn.init.zeros_(model.to_pixels.bias)
+        flat_loss, _ = model(flat, generator)
+        # Zero prediction vs z-scored structured patches: mean squared target = (n-1)/n of unit variance.
+        checker = torch.from_numpy(np.indices((32, 32)).sum(0) % 2 * 2.0 - 1.0).float().expand(1, 3, 32, 32)
+        structured_loss, _ = model(checker.contiguous(), generator)
+    assert float(flat_loss) == pytest.approx(0.0, abs=1e-6)
+    assert float(structured_loss) == pytest.approx(1.0, abs=0.01)
+    # Without the option the same flat image costs its squared value.
+    plain = MaskedAutoencoder(dataclasses.replace(TINY, mask_ratio=0.5))
+    with torch.no_grad():
+        torch.nn.init.zeros_(plain.to_pixels.weight)
+        torch.nn.init.zeros_(plain.to_pixels.bias)
+        plain_loss, _ = plain(flat, generator)
+    assert float(plain_loss) == pytest.approx(0.49, abs=1e-4)
+
+
 def test_the_pretrained_encoder_loads_as_a_feature_encoder(sim_frames: StateFrames, tmp_path) -> None:
     _, log = pretrain(sim_frames, TINY, tmp_path, progress=False)
     assert [entry["step"] for entry in log] == [0, TINY.steps - 1]

@@ -154,3 +154,25 @@ def test_a_late_chunk_leaves_the_previous_one_running_and_blending_fades_the_sea
     _, blended = targets_with(GraphTiming(blend_time=0.2), execute_steps=2, steps=4)
     np.testing.assert_allclose(blended[:2], plain[:2], atol=1e-9)  # the first chunk has nothing to blend into
     assert not np.allclose(blended[2], plain[2])  # the second chunk's first point is the first chunk's third
+
+
+def test_block_pose_noise_perturbs_the_seen_pose_with_the_asked_spread():
+    from types import SimpleNamespace
+
+    from rla_wm.envs.pusht.privileged import block_pose_from_tokens
+    from rla_wm.evaluation.rollout import BlockPoseNoise
+
+    frame = SimpleNamespace(block_pose=(256.0, 300.0, 0.5))
+    exact = tokens_function(BLOCK_STATE_ENCODER_ID, torch.device("cpu"))
+    np.testing.assert_allclose(block_pose_from_tokens(exact(frame).numpy()[0, 0]), [256.0, 300.0, 0.5], atol=1e-3)
+    noisy = tokens_function(BLOCK_STATE_ENCODER_ID, torch.device("cpu"), block_noise=BlockPoseNoise(10.0, 20.0))
+    poses = np.array([block_pose_from_tokens(noisy(frame).numpy()[0, 0]) for _ in range(2000)])
+    errors = poses - [256.0, 300.0, 0.5]
+    # Fresh draws per observation around the true pose, with the asked standard deviations.
+    assert np.std(errors[:, 0]) == pytest.approx(10.0, rel=0.1) and np.std(errors[:, 1]) == pytest.approx(10.0, rel=0.1)
+    assert np.degrees(np.std(errors[:, 2])) == pytest.approx(20.0, rel=0.1)
+    assert abs(np.mean(errors[:, 0])) < 1.5
+    with pytest.raises(ValueError, match="block-state encoder only"):
+        tokens_function("builtin:dinov2-tiny-random@56", torch.device("cpu"), block_noise=BlockPoseNoise(1.0))
+    with pytest.raises(ValueError, match=">= 0"):
+        BlockPoseNoise(-1.0)

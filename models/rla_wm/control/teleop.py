@@ -28,6 +28,9 @@ import numpy as np
 # Names of the keys `parse_keys` reports, besides single characters.
 UP, DOWN, LEFT, RIGHT = "up", "down", "left", "right"
 FASTER, SLOWER, HOLD, QUIT = "faster", "slower", "hold", "quit"
+# An arm's extra keys (rla_wm.control.arm_teleop): tool up/down, gripper, and "select1".."select9"
+# to pick the joint the keyboard moves in joint space.
+RAISE, LOWER, OPEN, CLOSE, SELECT = "raise", "lower", "open", "close", "select"
 
 _ESCAPES = {
     b"\x1b[A": UP,
@@ -52,6 +55,11 @@ _CHARACTERS = {
     "q": QUIT,
     "\x03": QUIT,
     "\x04": QUIT,
+    "r": RAISE,
+    "f": LOWER,
+    "o": OPEN,
+    "c": CLOSE,
+    **{str(digit): f"{SELECT}{digit}" for digit in range(1, 10)},
 }
 DIRECTIONS = {UP: (0.0, -1.0), DOWN: (0.0, 1.0), LEFT: (-1.0, 0.0), RIGHT: (1.0, 0.0)}
 KEY_HELP = (

@@ -4,7 +4,9 @@
 one source into short trajectory chunks:
 
 - keyboard and joy: a velocity (`rla_wm.control.teleop`) integrated into a target on each
-  control tick; the gamepad holds when its messages stop for `joy_timeout`;
+  control tick; the gamepad holds when its messages stop for `joy_timeout`. On an arm (joints other
+  than Push-T's) the velocity is over `space`'s axes (`rla_wm.control.arm_teleop`): every joint,
+  or the tool point in Cartesian space through the arm's IK (`kinematics`), plus the gripper;
 - play: seeded random play, a target per tick: Push-T's random walk of the agent when the joints
   are Push-T's (agent_x, agent_y), otherwise a random joint-space walk of an arm within its joint
   limits (`JointRandomWalk`, at `play_joint_speed`);
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rla_wm.control.arm_teleop import KINEMATICS, SPACES, ArmJoyMapping, ArmKeyboard, ArmTeleop
 from rla_wm.control.expert_source import ExpertSource
 from rla_wm.control.freshness import LatestSample
 from rla_wm.control.limits import load_limits
@@ -59,15 +62,20 @@ class TeleopSettings:
         "", "Joint limits YAML (the gate's); targets stay inside. Empty = no clamping here (the gate still vets)."
     )
     robot_description: str = setting("", "URDF XML; joint limits are read from it (limits_file still gives max_step)")
+    urdf_file: str = setting(
+        "", "URDF path or package://PACKAGE/PATH; joint limits are read from it, as the gate's urdf_file"
+    )
     rate: float = setting(10.0, "Command rate (Hz) of keyboard, joy and play, on the node clock.", (1.0, 200.0))
     horizon_points: int = setting(3, "Points per chunk (a late chunk is still valid).", (1, 50))
     point_period: float = setting(0.1, "Seconds between chunk points.", (0.01, 1.0))
     max_lead: float = setting(40.0, "Max distance of a target from the measured position.", (0.001, 1000.0))
     state_timeout: float = setting(0.5, "No commands if joint states are older (s, steady).", (0.01, 60.0))
     # -- keyboard ----------------------------------------------------------------------------------
-    speed: float = setting(100.0, "Initial keyboard speed (units/s).", (1.0, 5000.0))
+    speed: float = setting(
+        100.0, "Initial keyboard speed (units/s; an arm: rad/s in joint space, m/s in Cartesian).", (0.001, 5000.0)
+    )
     speed_factor: float = setting(1.25, "+/- multiply / divide the speed by this.", (1.01, 10.0))
-    max_speed: float = setting(400.0, "Highest keyboard speed (units/s).", (1.0, 5000.0))
+    max_speed: float = setting(400.0, "Highest keyboard speed (units/s).", (0.001, 5000.0))
     key_timeout: float = setting(0.3, "A key moves the robot this long after its last repeat (s).", (0.05, 5.0))
     # -- joy ---------------------------------------------------------------------------------------
     axis_x: int = setting(0, "Joy axis for +x.", (0, 63))
@@ -78,6 +86,30 @@ class TeleopSettings:
     joy_max_speed: float = setting(150.0, "Speed at full deflection (units/s).", (1.0, 5000.0))
     deadman_button: int = setting(4, "Button that must be held (-1 = none).", (-1, 63))
     joy_timeout: float = setting(0.5, "Hold if no Joy message for this long (s, steady).", (0.01, 10.0))
+    # -- an arm's keyboard and joy (joint_names other than Push-T's agent_x, agent_y) ----------------
+    space: str = setting(
+        "joint", "Arm teleop space: joint (each joint an axis) or cartesian (the tool point through IK)."
+    )
+    kinematics: str = setting("so101", f"IK model of the arm for space cartesian: one of {', '.join(KINEMATICS)}.")
+    gripper_joint: str = setting("", "The gripper among joint_names (o/c keys, joy buttons); empty: no gripper.")
+    gripper_speed: float = setting(1.0, "Gripper speed while its key or button is held (units/s).", (0.001, 100.0))
+    cartesian_max_lead: float = setting(
+        0.03, "Cartesian: max distance of the tool target from the measured tool point (m).", (0.001, 1.0)
+    )
+    joy_cartesian_axes: Sequence[int] = setting(
+        (1, 0, 4), "Cartesian joy: axis indices driving tool x (forward), y (left), z (up); -1: none."
+    )
+    joy_cartesian_scales: Sequence[float] = setting(
+        (0.05, 0.05, 0.05), "Cartesian joy: m/s at full deflection per axis (negative inverts)."
+    )
+    joy_joint_axes: Sequence[int] = setting(
+        (0, 1, 4, 3, 6), "Joint-space joy: an axis index per joint other than the gripper, in order; -1: none."
+    )
+    joy_joint_scales: Sequence[float] = setting(
+        (1.0, 1.0, 1.0, 1.0, 1.0), "Joint-space joy: units/s at full deflection per joint (negative inverts)."
+    )
+    gripper_open_button: int = setting(1, "Joy button that opens the gripper while held.", (0, 63))
+    gripper_close_button: int = setting(0, "Joy button that closes the gripper while held.", (0, 63))
     # -- expert and play ---------------------------------------------------------------------------
     sync_tolerance: float = setting(
         0.01, "Expert: act when object pose and joint state stamps agree this closely (s).", (0.0, 1.0)
@@ -92,13 +124,74 @@ class TeleopSettings:
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
+        if self.space not in SPACES:
+            raise ValueError(f"space must be one of {SPACES}, got {self.space!r}")
+        if self.gripper_joint and self.gripper_joint not in self.joint_names:
+            raise ValueError(f"gripper_joint {self.gripper_joint!r} is not one of joint_names {list(self.joint_names)}")
+
+    @property
+    def is_arm(self) -> bool:
+        """Joints other than Push-T's agent (whose two joints are its own Cartesian position)."""
+        return tuple(self.joint_names) != tuple(JOINT_NAMES)
+
+    @property
+    def gripper_index(self) -> int | None:
+        return list(self.joint_names).index(self.gripper_joint) if self.gripper_joint else None
+
+    def arm_keyboard(self) -> ArmKeyboard:
+        return ArmKeyboard(
+            self.space,
+            len(self.joint_names),
+            self.gripper_index,
+            speed=self.speed,
+            gripper_speed=self.gripper_speed,
+            max_speed=self.max_speed,
+            speed_factor=self.speed_factor,
+            key_timeout=self.key_timeout,
+        )
+
+    def arm_joy(self) -> ArmJoyMapping:
+        """The gamepad mapping of the arm's space; its axis count is checked against the joints."""
+        if self.space == "cartesian":
+            axes, scales = tuple(self.joy_cartesian_axes), tuple(self.joy_cartesian_scales)
+            want = 3
+        else:
+            axes, scales = tuple(self.joy_joint_axes), tuple(self.joy_joint_scales)
+            want = len(self.joint_names) - (self.gripper_index is not None)
+        if len(axes) != want:
+            raise ValueError(f"{self.space} joy teleop needs {want} axes (one per non-gripper axis), got {list(axes)}")
+        return ArmJoyMapping(
+            axes=axes,
+            scales=scales,
+            gripper_speed=self.gripper_speed,
+            open_button=self.gripper_open_button,
+            close_button=self.gripper_close_button,
+            deadzone=self.deadzone,
+            deadman_button=self.deadman_button,
+        )
+
+    def arm_teleop(self, low: np.ndarray, high: np.ndarray) -> ArmTeleop:
+        kinematics = None
+        if self.space == "cartesian":
+            if self.kinematics not in KINEMATICS:
+                raise ValueError(f"kinematics must be one of {list(KINEMATICS)}, got {self.kinematics!r}")
+            kinematics = KINEMATICS[self.kinematics](self.joint_names)
+        return ArmTeleop(
+            self.space,
+            low,
+            high,
+            self.gripper_index,
+            self.cartesian_max_lead if kinematics else self.max_lead,
+            kinematics=kinematics,
+            gripper_max_lead=self.max_lead,
+        )
 
     def joint_limits(self) -> tuple[np.ndarray, np.ndarray]:
         """(low, high) of `joint_names` from limits_file / robot_description (the gate's limits);
         unbounded without either (the gate still vets every command)."""
-        if not (self.limits_file or self.robot_description):
+        if not (self.limits_file or self.robot_description or self.urdf_file):
             return np.full(len(self.joint_names), -np.inf), np.full(len(self.joint_names), np.inf)
-        limits, _ = load_limits(self.limits_file, self.robot_description)
+        limits, _ = load_limits(self.limits_file, self.robot_description, self.urdf_file)
         return joint_bounds(limits.names, limits.lower, limits.upper, self.joint_names)
 
     def keyboard(self) -> KeyboardTeleop:
@@ -149,9 +242,18 @@ class TeleopSession:
         self.settings = settings
         self.low, self.high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
         self.clock = clock
-        self.keyboard = settings.keyboard()
         self.joy = settings.joy()
         self.integrator = VelocityIntegrator(self.low, self.high, settings.max_lead)
+        # An arm's keyboard and joy sources move over its space's axes instead of Push-T's x/y.
+        self.arm: ArmTeleop | None = None
+        self.arm_joy: ArmJoyMapping | None = None
+        self.keyboard: KeyboardTeleop | ArmKeyboard
+        if settings.is_arm and settings.source in ("keyboard", "joy"):
+            self.arm = settings.arm_teleop(self.low, self.high)
+            self.keyboard = settings.arm_keyboard()
+            self.arm_joy = settings.arm_joy() if settings.source == "joy" else None
+        else:
+            self.keyboard = settings.keyboard()
         self.state: LatestSample[np.ndarray] = LatestSample(settings.state_timeout, clock)
         self.joy_input: LatestSample[tuple[Sequence[float], Sequence[int]]] = LatestSample(settings.joy_timeout, clock)
         self.expert = ExpertSource(settings.max_lead, settings.sync_tolerance) if settings.source == "expert" else None
@@ -239,6 +341,10 @@ class TeleopSession:
                     self._restart_play = False
                 target = limit_lead(self.play(position), position, self.settings.max_lead)
                 return self._hold(np.clip(target, self.low, self.high), now_ns)
+            if self.arm is not None:
+                arm_velocity = self.keyboard.velocity(self.clock()) if self.arm_joy is None else self._arm_joy()
+                positions, times = self.arm.chunk(arm_velocity, position, dt, self.settings.horizon_points, period)
+                return TeleopChunk(positions, times - TICK_MARGIN, now_ns)
             velocity = self.keyboard.velocity(self.clock()) if self.settings.source == "keyboard" else self._joy()
             self.integrator.step(velocity, position, dt)
             positions, times = self.integrator.chunk(velocity, self.settings.horizon_points, period)
@@ -247,6 +353,12 @@ class TeleopSession:
     def _joy(self) -> np.ndarray | None:
         joy = self.joy_input.fresh()
         return None if joy is None else self.joy.velocity(*joy)  # no gamepad, or it went quiet: hold
+
+    def _arm_joy(self) -> np.ndarray | None:
+        joy = self.joy_input.fresh()
+        if joy is None or self.arm_joy is None or self.arm is None:
+            return None
+        return self.arm_joy.velocity(*joy, gripper_axis=self.arm.gripper_axis)
 
     def _hold(self, target: np.ndarray, stamp_ns: int) -> TeleopChunk:
         positions, times = hold_chunk(target, self.settings.horizon_points, self.settings.point_period)

@@ -19,6 +19,12 @@ simulator waiting for the policy: each chunk's first point is the next step's ta
 
     rla-wm rollout --policy=builtin:sim-pusht-policy-block-state --episodes=50 --seed=1001 --execute_steps=4
     rla-wm rollout ... --latency=0.06 --min_lead_time=0.05 --blend_time=0.2   # the policy node's defaults
+
+`BlockPoseNoise` puts perception error into the privileged rung: the block pose the policy sees is
+the sim's plus Gaussian noise (pixels, degrees), drawn fresh for every observation from a seeded
+generator. It answers "how well must the visual rung see the block?" with the same policy and seeds.
+
+    rla-wm rollout --policy=builtin:sim-pusht-policy-block-state ... --block_position_noise=15 --block_angle_noise=20
 """
 
 from __future__ import annotations
@@ -81,6 +87,26 @@ class RolloutSummary:
     timing: GraphTiming = GraphTiming()
 
 
+@dataclass(frozen=True)
+class BlockPoseNoise:
+    """Gaussian error on the block pose the privileged policy sees: std in pixels and in degrees."""
+
+    position: float = 0.0
+    angle_degrees: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if (
+            not (np.isfinite(self.position) and np.isfinite(self.angle_degrees))
+            or min(self.position, self.angle_degrees) < 0
+        ):
+            raise ValueError(f"block pose noise must be finite and >= 0, got {self}")
+
+    @property
+    def active(self) -> bool:
+        return self.position > 0 or self.angle_degrees > 0
+
+
 def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
     """95 % Wilson score interval of a success rate (sensible at 0 and at `trials` successes too)."""
     if trials <= 0:
@@ -92,11 +118,25 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
     return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
 
 
-def tokens_function(encoder_id: str, device: torch.device, dtype: str = "float32") -> TokensOf:
+def tokens_function(
+    encoder_id: str, device: torch.device, dtype: str = "float32", block_noise: BlockPoseNoise = BlockPoseNoise()
+) -> TokensOf:
     """Frame -> (1, N, C) tokens in the feature space `encoder_id` names ("<model>@<resolution>", or the
-    block-state encoder's id), the same the policy node receives on its feature topic."""
+    block-state encoder's id), the same the policy node receives on its feature topic. `block_noise`
+    (block-state encoder only) perturbs the pose before it is tokenised."""
     if encoder_id == BLOCK_STATE_ENCODER_ID:
-        return lambda frame: torch.from_numpy(block_state_tokens(frame.block_pose)).float()[None].to(device)
+        rng = np.random.default_rng(block_noise.seed)
+        scale = np.array([block_noise.position, block_noise.position, np.radians(block_noise.angle_degrees)])
+
+        def block_tokens(frame: SimFrame) -> torch.Tensor:
+            pose = np.asarray(frame.block_pose, dtype=np.float64)
+            if block_noise.active:
+                pose = pose + rng.normal(size=3) * scale
+            return torch.from_numpy(block_state_tokens(pose)).float()[None].to(device)
+
+        return block_tokens
+    if block_noise.active:
+        raise ValueError(f"block pose noise applies to the block-state encoder only, not {encoder_id!r}")
     from rla_wm.models.encoder import EncoderConfig, FeatureEncoder
 
     model, _, resolution = encoder_id.rpartition("@")

@@ -54,6 +54,9 @@ class PretrainConfig:
     decoder_layers: int = 2
     decoder_heads: int = 4
     mask_ratio: float = 0.75
+    # Reconstruct each patch normalised by its own mean and std (MAE's norm_pix_loss): flat
+    # background patches then cost nothing, and the loss is spent on edges (block, agent, target).
+    norm_pix_loss: bool = False
     steps: int = 6000
     batch_size: int = 64
     lr: float = 5e-4
@@ -145,7 +148,11 @@ class MaskedAutoencoder(nn.Module):
         predicted = self.to_pixels(self.decoder_norm(self.decoder(tokens)))[:, 1:]
         masked = torch.ones(b, n, dtype=torch.bool, device=pixels.device)
         masked.scatter_(1, ids_keep, False)
-        error = (predicted - self.patchify(pixels)).pow(2).mean(dim=-1)
+        target = self.patchify(pixels)
+        if self.config.norm_pix_loss:
+            # eps as in MAE: a flat patch's target is all zeros, not amplified noise.
+            target = (target - target.mean(dim=-1, keepdim=True)) / (target.var(dim=-1, keepdim=True) + 1e-6).sqrt()
+        error = (predicted - target).pow(2).mean(dim=-1)
         return error[masked].mean(), predicted
 
 

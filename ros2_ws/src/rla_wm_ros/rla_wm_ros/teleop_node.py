@@ -6,7 +6,11 @@ Sources (parameter `source`):
 - joy: sensor_msgs/Joy on `joy` (gamepad axes -> velocity while the deadman button is held).
 - expert: the scripted Push-T expert (`rla_wm.envs.pusht.expert`) on the privileged `sim/object_pose`
   (+ `sim/goal_pose`), acting once per simulator step.
-- play: seeded random play (`rla_wm.envs.pusht.dataset.RandomWalkPolicy`).
+- play: seeded random play (`rla_wm.envs.pusht.dataset.RandomWalkPolicy`; on an arm a joint-space walk).
+
+On an arm (joint_names other than Push-T's agent_x, agent_y), keyboard and joy move it in joint
+space or in Cartesian space through its IK (`space`, `kinematics`, `gripper_joint`;
+`rla_wm.control.arm_teleop`, config/so101_teleop.yaml).
 
 Commands go to the robot only through the safety gate (the launch file routes this topic
 into it). What each source commands is `rla_wm.control.teleop_session`; this node only moves
@@ -27,6 +31,7 @@ from rclpy.time import Time as RosTime
 from sensor_msgs.msg import JointState, Joy
 from trajectory_msgs.msg import JointTrajectory
 
+from rla_wm.control.arm_teleop import ARM_KEY_HELP
 from rla_wm.control.expert_source import planar_pose
 from rla_wm.control.settings import setting_specs
 from rla_wm.control.teleop import KEY_HELP
@@ -53,6 +58,7 @@ class TeleopNode(Node):
         super().__init__("teleop")
         settings = TeleopSettings(**{spec.name: declare(self, *spec) for spec in setting_specs(TeleopSettings)})
         self.source, self.joint_names = settings.source, tuple(settings.joint_names)
+        self.key_help = ARM_KEY_HELP if settings.is_arm else KEY_HELP
         self.session = TeleopSession(settings, *settings.joint_limits())
         self.terminal: RawTerminal | None = None
         self.commands_published = 0
@@ -71,8 +77,9 @@ class TeleopNode(Node):
             self.create_subscription(PoseStamped, "sim/goal_pose", guard(self.on_goal), LATCHED)
         if self.source != "expert":  # the expert acts on simulator steps, the others on the node clock
             self.create_timer(1.0 / settings.rate, guard(self.on_tick))
+        space = f" in {settings.space} space" if settings.is_arm and self.source in ("keyboard", "joy") else ""
         self.get_logger().info(
-            f"teleop source {self.source!r}: {settings.horizon_points} points every {settings.point_period} s "
+            f"teleop source {self.source!r}{space}: {settings.horizon_points} points every {settings.point_period} s "
             f"on {self.command_pub.topic_name}"
         )
 
@@ -127,7 +134,7 @@ class TeleopNode(Node):
             )
             self.get_logger().fatal(message)
             raise SystemExit(f"teleop: {message}") from None
-        print(KEY_HELP, file=sys.stderr, flush=True)
+        print(self.key_help, file=sys.stderr, flush=True)
         threading.Thread(target=self.read_keys, daemon=True).start()
 
     def read_keys(self) -> None:

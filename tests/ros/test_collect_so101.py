@@ -13,6 +13,8 @@ from rclpy.qos import QoSProfile
 from sensor_msgs.msg import JointState
 
 from rla_wm.envs.so101.dataset import EXPERT_TASK, PLAY_TASK
+from rla_wm.envs.so101.environment_state import CUBE_STATE_NAMES
+from rla_wm.envs.so101.layout import sample_layout
 from rla_wm.envs.so101.lerobot_units import FEATURE_NAMES, JOINT_NAMES, ROBOT_TYPE, default_units
 from rla_wm.envs.so101.sim import HOME, urdf_limits
 from rla_wm_ros.conversions import stamp_to_nanoseconds
@@ -21,7 +23,9 @@ pytestmark = pytest.mark.timeout(300)
 SIZE = 64  # smaller than the default 128: a faster render and encode, the same path
 
 
-def run_collect(tmp_path, mode: str, episodes: int, steps: int) -> tuple[dict, object, pd.DataFrame]:
+def run_collect(
+    tmp_path, mode: str, episodes: int, steps: int, extra: tuple[str, ...] = ()
+) -> tuple[dict, object, pd.DataFrame]:
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
     from rla_wm_ros.collect import main
@@ -49,6 +53,7 @@ def run_collect(tmp_path, mode: str, episodes: int, steps: int) -> tuple[dict, o
             "--output",
             str(output),
             "--no-progress",
+            *extra,
         ]
     )
     summary = json.loads((output / "summary.json").read_text())
@@ -125,8 +130,20 @@ def test_collect_records_the_arm_in_lerobots_so101_layout(ros_node, tmp_path):
     assert max(lengths) >= steps // 2, lengths
     assert np.abs(np.diff(states[:, :5], axis=0)).max() > 1.0, "the expert never moved the arm"
 
-    summary, dataset, table = run_collect(tmp_path, "play", 1, steps)
+    # Play with --environment-state: the cube pose and zone recorded beside each frame.
+    summary, dataset, table = run_collect(tmp_path, "play", 1, steps, extra=("--environment-state",))
     assert summary["episodes_saved"] == 1 and summary["task"] == PLAY_TASK
+    feature = dataset.meta.features["observation.environment_state"]
+    assert feature["names"] == list(CUBE_STATE_NAMES) and tuple(feature["shape"]) == (len(CUBE_STATE_NAMES),)
+    scene = vectors(table, "observation.environment_state")
+    # The zone stays where the episode's seeded layout put it (collect's first episode runs seed 2 or, after
+    # the sim's own start, the next one); the cube starts at that layout's place.
+    np.testing.assert_allclose(scene[:, 7:9], np.repeat(scene[:1, 7:9], len(scene), 0), atol=1e-6)
+    layout = next(
+        sample_layout(seed) for seed in (2, 3) if np.allclose(sample_layout(seed).zone_xy, scene[0, 7:9], atol=1e-4)
+    )
+    np.testing.assert_allclose(scene[0, :2], layout.cube_xy, atol=0.02)
+    assert np.allclose(np.linalg.norm(scene[:, 3:7], axis=1), 1.0, atol=1e-3)  # unit quaternions
     assert dataset.num_episodes == 1 and dataset.num_frames == summary["frames"] >= steps // 2
     assert "action" not in dataset.meta.features, "play data is action-free, as on Push-T"
     assert dataset.meta.features["observation.state"]["names"] == list(FEATURE_NAMES)

@@ -248,12 +248,11 @@ class TeleopSession:
         self.arm: ArmTeleop | None = None
         self.arm_joy: ArmJoyMapping | None = None
         self.keyboard: KeyboardTeleop | ArmKeyboard
+        # Speeds are the arm's units (m/s, rad/s) on an arm, Push-T's pixels per second otherwise.
+        self.keyboard = settings.arm_keyboard() if settings.is_arm else settings.keyboard()
         if settings.is_arm and settings.source in ("keyboard", "joy"):
             self.arm = settings.arm_teleop(self.low, self.high)
-            self.keyboard = settings.arm_keyboard()
             self.arm_joy = settings.arm_joy() if settings.source == "joy" else None
-        else:
-            self.keyboard = settings.keyboard()
         self.state: LatestSample[np.ndarray] = LatestSample(settings.state_timeout, clock)
         self.joy_input: LatestSample[tuple[Sequence[float], Sequence[int]]] = LatestSample(settings.joy_timeout, clock)
         self.expert = ExpertSource(settings.max_lead, settings.sync_tolerance) if settings.source == "expert" else None

@@ -107,7 +107,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--environment-state",
         action="store_true",
-        help="also record the sim's block state (x, y, cos, sin) as observation.environment_state (pusht only)",
+        help="also record the sim's privileged state as observation.environment_state: Push-T's block (x, y, cos, "
+        "sin), or the SO-101's cube pose and zone (rla_wm.envs.so101.environment_state)",
     )
     parser.add_argument("--max-episode-steps", type=int, default=300, help="step limit per episode (10 Hz)")
     parser.add_argument(
@@ -133,8 +134,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.repo_id = args.repo_id or robot.repo_id
     args.image_size = robot.image_size if args.image_size is None else args.image_size
     args.real_time_factor = robot.real_time_factor if args.real_time_factor is None else args.real_time_factor
-    if args.environment_state and args.robot != "pusht":
-        parser.error("--environment-state records Push-T's block state; it is not available with --robot so101")
     if args.episodes < 1 or args.max_episode_steps < 1 or args.image_size < 32:
         parser.error("--episodes and --max-episode-steps must be positive, --image-size at least 32")
     if not 0.1 <= args.real_time_factor <= 100.0:
@@ -280,9 +279,9 @@ def main(argv: list[str] | None = None) -> int:
         "image_size": str(args.image_size),
         "real_time_factor": str(args.real_time_factor),
     }
+    overrides["record_environment_state"] = "true" if args.environment_state else "false"
     if args.robot == "pusht":
         overrides["teleop_source"] = "play" if play else "expert"
-        overrides["record_environment_state"] = "true" if args.environment_state else "false"
     else:
         overrides["command_source"] = args.mode
     description = parse_launch_file(launch_file, overrides=overrides)

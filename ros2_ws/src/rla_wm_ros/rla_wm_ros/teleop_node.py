@@ -56,11 +56,11 @@ def pose_of(msg: PoseStamped) -> np.ndarray:
 class TeleopNode(Node):
     def __init__(self) -> None:
         super().__init__("teleop")
+        self.terminal: RawTerminal | None = None  # before anything can fail: destroy_node reads it
         settings = TeleopSettings(**{spec.name: declare(self, *spec) for spec in setting_specs(TeleopSettings)})
         self.source, self.joint_names = settings.source, tuple(settings.joint_names)
         self.key_help = ARM_KEY_HELP if settings.is_arm else KEY_HELP
         self.session = TeleopSession(settings, *settings.joint_limits())
-        self.terminal: RawTerminal | None = None
         self.commands_published = 0
 
         self.guard = NodeGuard(self, "teleoperation", health=self.health)

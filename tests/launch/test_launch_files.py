@@ -16,6 +16,7 @@ REQUIRED_ARGS = {
     "robot_policy.launch.xml": {"policy_checkpoint": "/opt/policy", "limits_file": LIMITS},
     "robot_record.launch.xml": {"dataset_root": "/data/teleop"},
     "robot_teleop.launch.xml": {"limits_file": LIMITS},
+    "robot_planner.launch.xml": {"limits_file": LIMITS},
 }
 
 

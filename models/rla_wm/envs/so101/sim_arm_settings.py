@@ -42,6 +42,11 @@ class SimArmSettings:
         f"{CUBE_STATE_ENCODER_ID!r}), stamped like the cameras: privileged input for the scripted expert "
         "and observation.environment_state for the recorder.",
     )
+    publish_goal_image: bool = setting(
+        False,
+        "Also publish the front camera's view of the episode solved (the cube on the zone's centre, the arm at "
+        "home) on sim/goal_image (latched, re-sent at each reset): the world-model planner's goal.",
+    )
 
     def __post_init__(self) -> None:
         if self.update_rate % CONTROL_HZ:

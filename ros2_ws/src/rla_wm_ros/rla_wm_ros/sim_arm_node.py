@@ -21,6 +21,7 @@ the executor is single-threaded and spins on the thread that built the node.
 
 from __future__ import annotations
 
+import numpy as np
 from builtin_interfaces.msg import Time
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
@@ -42,6 +43,7 @@ from rla_wm_ros.conversions import MessageShapeError, features_to_msg, msg_to_tr
 from rla_wm_ros.image_conversion import CvBridge
 from rla_wm_ros.node_guard import Health, NodeGuard
 from rla_wm_ros.params import declare
+from rla_wm_ros.qos import LATCHED
 
 
 class SimArmNode(Node):
@@ -78,6 +80,10 @@ class SimArmNode(Node):
             if settings.publish_clock
             else None
         )
+        self.goal_image_pub = (
+            self.create_publisher(Image, "sim/goal_image", LATCHED) if settings.publish_goal_image else None
+        )
+        self.goal_image: np.ndarray | None = None  # rendered once per episode
         self.guard = NodeGuard(self, "simulated SO-101 arm", health=self.health)
         guard = self.guard.wrap
         self.create_subscription(JointTrajectory, "joint_trajectory", guard(self.on_trajectory), 10)
@@ -95,6 +101,11 @@ class SimArmNode(Node):
             f"{settings.update_rate} Hz, seed {self.seed}, {settings.max_episode_steps} steps per episode"
             + (f", publishing /clock at {settings.real_time_factor}x real time" if settings.publish_clock else "")
         )
+        if self.goal_image_pub is not None:
+            self.publish_goal_image()
+            # Latched for late joiners that ask for it, and repeated for volatile subscribers (a planner
+            # started after the sim) that cannot receive latched history.
+            self.create_timer(1.0, guard(self.publish_goal_image), clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     def now_nanoseconds(self) -> int:
         return self.sim_nanoseconds if self.settings.publish_clock else self.get_clock().now().nanoseconds
@@ -122,6 +133,8 @@ class SimArmNode(Node):
     def on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         self.episode += 1
         self.frame = self.driver.reset(self.seed + self.episode)
+        self.goal_image = None  # a new layout
+        self.publish_goal_image()
         response.success = True
         response.message = f"episode {self.episode} (seed {self.seed + self.episode})"
         self.get_logger().info(f"reset: {response.message}")
@@ -184,6 +197,17 @@ class SimArmNode(Node):
             header = Header(stamp=stamp, frame_id=self.settings.world_frame_id)
             tokens = cube_state_tokens(frame.cube_pose, frame.zone)
             self.environment_pub.publish(features_to_msg(tokens, 1, 1, CUBE_STATE_ENCODER_ID, header))
+
+    def publish_goal_image(self) -> None:
+        """The front camera's view of this episode's layout solved (a new layout at each reset)."""
+        if self.goal_image_pub is None:
+            return
+        if self.goal_image is None:
+            self.goal_image = self.driver.sim.goal_images()[SCENE_CAMERA]
+        image = self.bridge.cv2_to_imgmsg(self.goal_image, encoding="rgb8")
+        image.header.stamp = self.stamp()
+        image.header.frame_id = self.settings.front_frame_id
+        self.goal_image_pub.publish(image)
 
     def destroy_node(self) -> None:
         self.driver.sim.close()  # on the thread that made the GL context, like every other sim call

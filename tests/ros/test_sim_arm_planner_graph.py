@@ -1,0 +1,126 @@
+"""sim_arm_planner.launch.xml: the simulated SO-101 planned for through robot_planner.launch.xml, the file a real
+arm uses. The graph as ROS resolves it, the sim's goal image reaching the planner, MPC plans for the arm's six
+joints inside the URDF's ranges, and dry run: the gate vets them and nothing reaches the arm.
+
+The world model is tiny and random (no SO-101 world model is trained yet): this checks the wiring and the
+messages, not planning quality."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ament_index_python.packages import get_package_share_directory
+from trajectory_msgs.msg import JointTrajectory
+
+from rla_wm.envs.so101.sim import JOINT_NAMES, urdf_limits
+from rla_wm.models.rla import RLAAutoencoder, RLAConfig
+from rla_wm.models.world_model import RLAWorldModel, WorldModelConfig
+from rla_wm_ros.conversions import msg_to_chunk
+from rla_wm_ros.launch_xml import LaunchedGraph, parse_launch_file
+
+from conftest import Inbox, wait_for
+
+pytestmark = pytest.mark.timeout(300)
+
+LAUNCH_FILE = Path(get_package_share_directory("rla_wm_ros")) / "launch" / "sim_arm_planner.launch.xml"
+RESOLUTION, SIDE, CHANNELS = 112, 8, 192  # builtin:dinov2-tiny-random at 112 px: 8 x 8 patches
+CONTROLLER = "/arm_controller/joint_trajectory"
+IMAGE, FEATURES = "sensor_msgs/msg/Image", "rla_wm_msgs/msg/FeatureMap"
+STATE, TRAJECTORY = "sensor_msgs/msg/JointState", "trajectory_msgs/msg/JointTrajectory"
+MAX_DELTA = 0.2  # config/so101_planner.yaml
+
+
+def tiny_arm_world_model(folder: Path) -> dict[str, str]:
+    """Random RLA autoencoder + RLA-WM for the SO-101's six joints on the 8x8 tiny-random features."""
+    torch.manual_seed(0)
+    limits = urdf_limits()
+    order = [limits.names.index(name) for name in JOINT_NAMES]
+    shared = dict(token_dim=CHANNELS, num_tokens=SIDE * SIDE, encoder_id=f"builtin:dinov2-tiny-random@{RESOLUTION}")
+    autoencoder = RLAAutoencoder(
+        RLAConfig(latent_tokens=2, latent_dim=4, width=32, encoder_depth=1, decoder_depth=1, heads=2, **shared)
+    )
+    world_model = RLAWorldModel(
+        WorldModelConfig(
+            latent_tokens=2,
+            latent_dim=4,
+            width=32,
+            condition_depth=1,
+            flow_depth=1,
+            heads=2,
+            latent_scale=1.0,
+            action_low=tuple(float(limits.lower[i]) for i in order),
+            action_high=tuple(float(limits.upper[i]) for i in order),
+            action_dim=len(JOINT_NAMES),
+            max_horizon=6,
+            **shared,
+        )
+    )
+    with torch.no_grad():  # zero-initialised outputs would make every plan cost the same
+        for layer in (autoencoder.decoder.output, world_model.velocity):
+            layer.weight.normal_(0, 0.05)
+    autoencoder.save(folder / "rla")
+    world_model.save(folder / "wm")
+    return {"rla_checkpoint": str(folder / "rla"), "wm_checkpoint": str(folder / "wm")}
+
+
+def endpoints(probe, node: str) -> tuple[set, set]:
+    try:
+        found = (
+            probe.get_subscriber_names_and_types_by_node(node, "/"),
+            probe.get_publisher_names_and_types_by_node(node, "/"),
+        )
+    except Exception:  # not discovered yet
+        return set(), set()
+    return tuple({(topic, t) for topic, types in kind for t in types} for kind in found)
+
+
+def test_the_planner_plans_for_the_arm_toward_the_sims_goal_image_in_dry_run(ros_domain, ros_node, tmp_path):
+    checkpoints = tiny_arm_world_model(tmp_path)
+    description = parse_launch_file(
+        LAUNCH_FILE,
+        overrides={"encoder_resolution": str(RESOLUTION), "dry_run": "true", "mpc_rate": "2.0", **checkpoints},
+    )
+    assert [node.name for node in description.nodes] == ["sim_arm", "encoder", "planner", "safety_gate"]
+    # What each node must be on, as ROS resolves it (nodes also have parameter, log and action topics).
+    expected = {
+        "sim_arm": ({(CONTROLLER, TRAJECTORY)}, {("/front/image_raw", IMAGE), ("/sim/goal_image", IMAGE)}),
+        "encoder": ({("/front/image_raw", IMAGE)}, {("/features", FEATURES)}),
+        "planner": (
+            {("/features", FEATURES), ("/joint_states", STATE), ("/sim/goal_image", IMAGE)},
+            {("/planner/joint_trajectory", TRAJECTORY)},
+        ),
+        "safety_gate": (
+            {("/planner/joint_trajectory", TRAJECTORY), ("/front/image_raw", IMAGE)},
+            {(CONTROLLER, TRAJECTORY)},
+        ),
+    }
+    plans, sent = Inbox(), Inbox()
+    ros_node.create_subscription(JointTrajectory, "/planner/joint_trajectory", plans, 10)
+    ros_node.create_subscription(JointTrajectory, CONTROLLER, sent, 10)
+    with LaunchedGraph() as graph:
+        graph.start(description, env={"ROS_DOMAIN_ID": str(ros_domain)}, log_dir=tmp_path / "logs")
+        actual: dict = {}
+
+        def resolved() -> bool:
+            actual.update({name: endpoints(ros_node, name) for name in expected})
+            return all(subs <= actual[name][0] and pubs <= actual[name][1] for name, (subs, pubs) in expected.items())
+
+        wait_for(resolved, 150, lambda: f"the resolved graph to include {expected}; it is {actual}", graph)
+        # Only the gate publishes to the arm's controller.
+        assert [info.node_name for info in ros_node.get_publishers_info_by_topic(CONTROLLER)] == ["safety_gate"]
+        wait_for(lambda: "MPC goal set from goal_image" in graph.tail_logs(200), 120, "the sim's goal image", graph)
+        wait_for(lambda: len(plans.snapshot()) >= 2, 120, "two MPC plans", graph)
+        limits = urdf_limits()
+        order = [limits.names.index(name) for name in JOINT_NAMES]
+        for msg in plans.snapshot():
+            assert list(msg.joint_names) == list(JOINT_NAMES)
+            chunk = msg_to_chunk(msg)
+            assert np.all(chunk.positions >= limits.lower[order] - 1e-6)
+            assert np.all(chunk.positions <= limits.upper[order] + 1e-6)
+            assert np.abs(np.diff(chunk.positions, axis=0)).max() <= MAX_DELTA + 1e-6
+        wait_for(lambda: "dry run: would send" in graph.tail_logs(200), 60, "the gate's dry-run log line", graph)
+        assert not sent.snapshot(), "dry run sent a command to the arm's controller"
+        assert all(graph.alive().values()), graph.tail_logs(30)

@@ -135,3 +135,10 @@ def test_robot_teleop_without_a_gamepad_starts_only_the_gate():
     )
     assert [node.name for node in description.nodes] == ["safety_gate"]
     assert dict(description.nodes[0].remaps)["policy/joint_trajectory"] == "/teleop/joint_trajectory"
+
+
+def test_sim_policy_encodes_every_frame_for_a_camera_policy_and_once_a_second_beside_block_state():
+    for observation, rate in (("camera", "0.0"), ("block_state", "1.0")):
+        description = parse_launch_file(LAUNCH_DIR / "sim_policy.launch.xml", overrides={"observation": observation})
+        encoder = next(node for node in description.nodes if node.name == "encoder")
+        assert encoder.params["max_rate"] == rate, observation

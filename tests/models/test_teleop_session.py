@@ -35,6 +35,19 @@ def session_for(source: str, clock: SimulatedClock, **changes) -> TeleopSession:
     return TeleopSession(TeleopSettings(source=source, **changes), LOW, HIGH, clock=clock)
 
 
+def test_stamp_throttle_admits_at_most_max_rate_samples_per_second_of_stamps():
+    from rla_wm.control.freshness import StampThrottle
+
+    throttle = StampThrottle(2.0)
+    admitted = [t for t in np.arange(0.0, 3.0, 0.1) if throttle.admit(float(t))]
+    np.testing.assert_allclose(admitted, [0.0, 0.5, 1.0, 1.5, 2.0, 2.5], atol=1e-9)
+    assert throttle.skipped == 24
+    assert throttle.admit(0.2)  # an older stamp (a restarted source) starts over
+    assert all(StampThrottle(0.0).admit(0.0) for _ in range(3))  # 0: every sample
+    with pytest.raises(ValueError, match="max_rate"):
+        StampThrottle(-1.0)
+
+
 def test_latest_sample_is_fresh_only_within_its_timeout():
     clock = SimulatedClock()
     sample: LatestSample[str] = LatestSample(0.5, clock)

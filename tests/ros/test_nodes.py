@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from builtin_interfaces.msg import Time
@@ -168,6 +170,36 @@ def test_encoder_drops_a_backlog_instead_of_queueing_it(ros_node, start_nodes):
     burst = [m.header.stamp.sec for m in features.snapshot() if m.header.stamp.sec >= 2000]
     assert burst[-1] == 2059 and burst == sorted(burst)
     assert len(burst) < 60, "every frame of the burst was encoded: the camera queue is not depth 1"
+
+
+def test_encoder_max_rate_encodes_frames_at_most_that_often_by_their_stamps(ros_node, start_nodes):
+    graph = start_nodes(
+        NodeSpec(
+            "rla_wm_ros",
+            "encoder",
+            name="encoder",
+            param_files=[config_file("encoder.yaml")],
+            params={"max_rate": "2.0"},
+        )
+    )
+    features = Inbox()
+    ros_node.create_subscription(FeatureMap, "features", features, 100)
+    camera = ros_node.create_publisher(Image, "camera/image_raw", qos_profile_sensor_data)
+    wait_for(lambda: camera.get_subscription_count() > 0, 60, "the encoder to subscribe", graph)
+    publish_until(
+        lambda: camera.publish(image_msg(1, Time(sec=1))), features.snapshot, 60, "a first feature map", graph
+    )
+    # A 10 Hz camera, paced so the encoder keeps up: 40 frames over 4 s of stamps.
+    pause = threading.Event()
+    for index in range(40):
+        camera.publish(image_msg(index, Time(sec=100 + index // 10, nanosec=(index % 10) * 100_000_000)))
+        pause.wait(0.1)
+    wait_for(lambda: any(m.header.stamp.sec >= 103 for m in features.snapshot()), 30, "the last second's frame", graph)
+    stamps = [m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 for m in features.snapshot()]
+    stamps = [t for t in stamps if t >= 100]
+    # 2 per second of stamps: 0.5 s apart (frames lost in transport could only widen a gap), 8 of 40.
+    assert 5 <= len(stamps) <= 8, stamps
+    assert min(np.diff(stamps)) >= 0.49, stamps
 
 
 def test_sim_robot_executes_trajectory_and_resets(ros_node, start_nodes):

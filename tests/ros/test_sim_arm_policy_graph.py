@@ -151,10 +151,9 @@ def test_the_expert_drives_the_sim_arm_through_the_real_arm_graph(ros_domain, ro
 
 
 @pytest.mark.timeout(300)  # the encoder's start-up and 224 px encoding on a loaded 2-core machine
-# Known defect, open: run alone it passes (3 of 3, ~10 s); after test_lerobot_policy_graph.py in the same
-# session the encoder node's endpoints are never discovered (the other three nodes are) within 120 s. It
-# still runs in CI; a pass is reported as XPASS. Cause not found yet.
-@pytest.mark.xfail(reason="encoder endpoints undiscovered after other graph tests in one session", strict=False)
+# It once failed after test_lerobot_policy_graph.py in one session (the encoder's endpoints undiscovered
+# while the encoder and policy processes each spun a core): rclpy's multi-threaded executor re-polled in a
+# busy loop; both nodes now run single-threaded (node_main.spin_node).
 def test_the_camera_path_in_dry_run_never_commands_the_arm(ros_domain, ros_node, tmp_path):
     """observation:=camera: the encoder reads the front camera, the policy its features. A random-weight
     policy for the arm's six joints stands in for a trained one; dry run sends none of its commands."""

@@ -49,3 +49,26 @@ class LatestSample(Generic[T]):
         """Seconds since the newest value arrived (inf before the first one)."""
         sample = self._sample
         return float("inf") if sample is None else self.clock() - sample[0]
+
+
+class StampThrottle:
+    """Admits at most `max_rate` samples per second of their own stamps (0: every sample).
+
+    Stamps, not arrival times, so it holds under simulated time too; a stamp older than the last
+    admitted one (a restarted source, a rewound clock) is admitted and starts over.
+    """
+
+    def __init__(self, max_rate: float) -> None:
+        if not max_rate >= 0.0:
+            raise ValueError(f"max_rate must be >= 0, got {max_rate}")
+        # A 1 % margin: frames at exactly the limit's period are not dropped for stamp jitter.
+        self.period = 0.99 / max_rate if max_rate > 0 else 0.0
+        self.last: float | None = None
+        self.skipped = 0
+
+    def admit(self, stamp_seconds: float) -> bool:
+        if self.last is not None and 0.0 <= stamp_seconds - self.last < self.period:
+            self.skipped += 1
+            return False
+        self.last = stamp_seconds
+        return True

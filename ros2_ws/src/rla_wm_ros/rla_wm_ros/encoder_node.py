@@ -21,6 +21,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
+from rla_wm.control.freshness import StampThrottle
 from rla_wm.control.latent_tracker import LatentTracker
 from rla_wm.evaluation.visualize import feature_pca_picture, readable_size
 from rla_wm.models.encoder import EncoderConfig, FeatureEncoder, FeatureEncoderError
@@ -77,12 +78,23 @@ class EncoderNode(Node):
             "for RViz / Foxglove. Costs a PCA per frame, after the features are published.",
         ):
             self.debug_pub = self.create_publisher(Image, "~/features_pca", LATEST_ONLY)
+        # A policy that acts on something else (a simulator's privileged state) still shows the features
+        # in a debug picture; encoding every frame for that only takes CPU from the loop.
+        self.throttle = StampThrottle(
+            declare(
+                self,
+                "max_rate",
+                0.0,
+                "Encode at most this many frames per second of camera stamps, skip the others (0 = every frame).",
+                (0.0, 1000.0),
+            )
+        )
         self.frames_encoded = 0
         self.last_encode_seconds = 0.0
         self.frames_lost = 0  # lost on the way (not those dropped because the encoder was busy)
         self.last_lost = -float("inf")
-        # Diagnostics run in the node's default group, inference in its own, so diagnostics keep
-        # flowing while a frame is encoded.
+        # Inference in its own group, diagnostics in the default one: on the single executor thread
+        # (main) diagnostics wait at most one encode; with more threads they would not wait at all.
         self.guard = NodeGuard(self, "feature encoder", health=self.health, hardware_id=self.encoder.encoder_id)
         inference_group = MutuallyExclusiveCallbackGroup()
         image_type = CompressedImage if compressed else Image
@@ -101,6 +113,7 @@ class EncoderNode(Node):
             "frames_encoded": self.frames_encoded,
             "frames_rejected": sum(n for key, n in self.guard.counts().items() if key.startswith("on_image/")),
             "frames_lost": self.frames_lost,
+            "frames_skipped": self.throttle.skipped,
             "encode_ms": f"{self.last_encode_seconds * 1e3:.1f}",
         }
         if time.monotonic() - self.last_lost < 10.0:
@@ -120,6 +133,8 @@ class EncoderNode(Node):
         )
 
     def on_image(self, msg: Image | CompressedImage) -> None:
+        if not self.throttle.admit(stamp_to_seconds(msg.header.stamp)):
+            return
         try:
             rgb = image_msg_to_rgb(msg)
         except CvBridgeError as err:
@@ -161,7 +176,9 @@ class EncoderNode(Node):
 def main(args: list[str] | None = None) -> None:
     from rla_wm_ros.node_main import spin_node
 
-    spin_node(EncoderNode, args, threads=2)
+    # One thread: a frame that arrives while one is encoded waits in its depth-1 queue (the newest
+    # replaces it) instead of spinning a second executor thread (node_main.spin_node).
+    spin_node(EncoderNode, args, threads=1)
 
 
 if __name__ == "__main__":

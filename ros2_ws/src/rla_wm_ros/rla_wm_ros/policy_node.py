@@ -213,7 +213,11 @@ class PolicyNode(Node):
         self.policy_lock = threading.Lock()  # the policy's history and the scheduler: one writer at a time
         guard = self.guard.wrap
         self.create_subscription(JointState, "joint_states", guard(self.on_joint_state), 10)
+        # One executor thread: inference blocks it for a prediction's time and the inputs wait in their
+        # queues (see node_main.spin_node). A LeRobot folder keeps three for its ~/reset (below).
+        self.executor_threads = 1
         if isinstance(self.policy, LeRobotChunkPolicy):
+            self.executor_threads = 3  # inference, inputs, ~/reset
             # Newest frame only (as the encoder): a frame that waits for a busy policy is stale anyway.
             observation_type: type = CompressedImage if compressed else Image
             topic, qos = ("camera/image_raw/compressed" if compressed else "camera/image_raw"), CAMERA_QOS
@@ -369,7 +373,7 @@ def lerobot_joint_units(name: str, gripper_urdf: str, joint_names: list[str]) ->
 def main(args: list[str] | None = None) -> None:
     from rla_wm_ros.node_main import spin_node
 
-    spin_node(PolicyNode, args, threads=3)  # inference, inputs, ~/reset
+    spin_node(PolicyNode, args)  # the node sets executor_threads
 
 
 if __name__ == "__main__":

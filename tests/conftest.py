@@ -206,6 +206,25 @@ def start_nodes(tmp_path, ros_domain):
         graph.stop()
 
 
+# Topics every node has; they say nothing about a graph's wiring.
+INFRASTRUCTURE_TOPICS = frozenset({"/rosout", "/parameter_events", "/diagnostics"})
+
+
+def node_endpoints(probe, node: str) -> tuple[set, set]:
+    """(subscriptions, publishers) of a node as the ROS graph reports them, as {(topic, type)}, minus
+    INFRASTRUCTURE_TOPICS; empty until discovery has seen the node."""
+    try:
+        found = (
+            probe.get_subscriber_names_and_types_by_node(node, "/"),
+            probe.get_publisher_names_and_types_by_node(node, "/"),
+        )
+    except Exception:  # NodeNameNonExistentError until discovery has seen the node
+        return set(), set()
+    return tuple(
+        {(topic, t) for topic, types in kind for t in types if topic not in INFRASTRUCTURE_TOPICS} for kind in found
+    )
+
+
 def config_file(name: str) -> str:
     from ament_index_python.packages import get_package_share_directory
 

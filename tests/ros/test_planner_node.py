@@ -41,11 +41,19 @@ LOW, HIGH, MAX_DELTA, CHUNK = 20.0, 492.0, 40.0, 3
 STATE = [250.0, 260.0]
 
 
-def make_checkpoints(folder, encoder_id: str = ENCODER_ID) -> dict[str, str]:
-    """Tiny random RLA autoencoder, RLA-WM and regression checkpoints for the 8x8 feature grid."""
+def make_checkpoints(
+    folder,
+    encoder_id: str = ENCODER_ID,
+    action_low: tuple[float, ...] = (LOW, LOW),
+    action_high: tuple[float, ...] = (HIGH, HIGH),
+) -> dict[str, str]:
+    """Tiny random RLA autoencoder, RLA-WM and regression checkpoints for the 8x8 feature grid, for
+    actions within [action_low, action_high] (Push-T's two joints by default)."""
     torch.manual_seed(0)
     shared = dict(token_dim=CHANNELS, num_tokens=SIDE * SIDE, encoder_id=encoder_id)
-    actions = dict(action_low=(LOW, LOW), action_high=(HIGH, HIGH), max_horizon=6)
+    actions = dict(
+        action_dim=len(action_low), action_low=tuple(action_low), action_high=tuple(action_high), max_horizon=6
+    )
     autoencoder = RLAAutoencoder(
         RLAConfig(latent_tokens=2, latent_dim=4, width=32, encoder_depth=1, decoder_depth=1, heads=2, **shared)
     )

@@ -11,22 +11,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from ament_index_python.packages import get_package_share_directory
 from trajectory_msgs.msg import JointTrajectory
 
 from rla_wm.envs.so101.sim import JOINT_NAMES, urdf_limits
-from rla_wm.models.rla import RLAAutoencoder, RLAConfig
-from rla_wm.models.world_model import RLAWorldModel, WorldModelConfig
 from rla_wm_ros.conversions import msg_to_chunk
 from rla_wm_ros.launch_xml import LaunchedGraph, parse_launch_file
 
-from conftest import Inbox, wait_for
+from conftest import Inbox, node_endpoints, wait_for
+from test_planner_node import make_checkpoints
 
 pytestmark = pytest.mark.timeout(300)
 
 LAUNCH_FILE = Path(get_package_share_directory("rla_wm_ros")) / "launch" / "sim_arm_planner.launch.xml"
-RESOLUTION, SIDE, CHANNELS = 112, 8, 192  # builtin:dinov2-tiny-random at 112 px: 8 x 8 patches
+RESOLUTION = 112  # builtin:dinov2-tiny-random at 112 px: 8 x 8 patches, make_checkpoints' grid
 CONTROLLER = "/arm_controller/joint_trajectory"
 IMAGE, FEATURES = "sensor_msgs/msg/Image", "rla_wm_msgs/msg/FeatureMap"
 STATE, TRAJECTORY = "sensor_msgs/msg/JointState", "trajectory_msgs/msg/JointTrajectory"
@@ -34,47 +32,16 @@ MAX_DELTA = 0.2  # config/so101_planner.yaml
 
 
 def tiny_arm_world_model(folder: Path) -> dict[str, str]:
-    """Random RLA autoencoder + RLA-WM for the SO-101's six joints on the 8x8 tiny-random features."""
-    torch.manual_seed(0)
+    """Random RLA autoencoder, RLA-WM and regression for the SO-101's six joints (the URDF's ranges) on
+    the 8x8 tiny-random features."""
     limits = urdf_limits()
     order = [limits.names.index(name) for name in JOINT_NAMES]
-    shared = dict(token_dim=CHANNELS, num_tokens=SIDE * SIDE, encoder_id=f"builtin:dinov2-tiny-random@{RESOLUTION}")
-    autoencoder = RLAAutoencoder(
-        RLAConfig(latent_tokens=2, latent_dim=4, width=32, encoder_depth=1, decoder_depth=1, heads=2, **shared)
+    return make_checkpoints(
+        folder,
+        f"builtin:dinov2-tiny-random@{RESOLUTION}",
+        action_low=tuple(float(limits.lower[i]) for i in order),
+        action_high=tuple(float(limits.upper[i]) for i in order),
     )
-    world_model = RLAWorldModel(
-        WorldModelConfig(
-            latent_tokens=2,
-            latent_dim=4,
-            width=32,
-            condition_depth=1,
-            flow_depth=1,
-            heads=2,
-            latent_scale=1.0,
-            action_low=tuple(float(limits.lower[i]) for i in order),
-            action_high=tuple(float(limits.upper[i]) for i in order),
-            action_dim=len(JOINT_NAMES),
-            max_horizon=6,
-            **shared,
-        )
-    )
-    with torch.no_grad():  # zero-initialised outputs would make every plan cost the same
-        for layer in (autoencoder.decoder.output, world_model.velocity):
-            layer.weight.normal_(0, 0.05)
-    autoencoder.save(folder / "rla")
-    world_model.save(folder / "wm")
-    return {"rla_checkpoint": str(folder / "rla"), "wm_checkpoint": str(folder / "wm")}
-
-
-def endpoints(probe, node: str) -> tuple[set, set]:
-    try:
-        found = (
-            probe.get_subscriber_names_and_types_by_node(node, "/"),
-            probe.get_publisher_names_and_types_by_node(node, "/"),
-        )
-    except Exception:  # not discovered yet
-        return set(), set()
-    return tuple({(topic, t) for topic, types in kind for t in types} for kind in found)
 
 
 def test_the_planner_plans_for_the_arm_toward_the_sims_goal_image_in_dry_run(ros_domain, ros_node, tmp_path):
@@ -105,7 +72,7 @@ def test_the_planner_plans_for_the_arm_toward_the_sims_goal_image_in_dry_run(ros
         actual: dict = {}
 
         def resolved() -> bool:
-            actual.update({name: endpoints(ros_node, name) for name in expected})
+            actual.update({name: node_endpoints(ros_node, name) for name in expected})
             return all(subs <= actual[name][0] and pubs <= actual[name][1] for name, (subs, pubs) in expected.items())
 
         wait_for(resolved, 150, lambda: f"the resolved graph to include {expected}; it is {actual}", graph)

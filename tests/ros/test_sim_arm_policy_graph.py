@@ -30,7 +30,7 @@ from rla_wm_ros.closed_loop import ClosedLoopRunner
 from rla_wm_ros.conversions import features_to_msg
 from rla_wm_ros.launch_xml import LaunchDescription, LaunchedGraph, parse_launch_file
 
-from conftest import Inbox, so101_urdf, tiny_policy_config, wait_for
+from conftest import Inbox, node_endpoints, so101_urdf, tiny_policy_config, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -40,8 +40,6 @@ IMAGE, FEATURES = "sensor_msgs/msg/Image", "rla_wm_msgs/msg/FeatureMap"
 STATE, TRAJECTORY = "sensor_msgs/msg/JointState", "trajectory_msgs/msg/JointTrajectory"
 CLOCK = ("/clock", "rosgraph_msgs/msg/Clock")
 CONTROLLER = "/arm_controller/joint_trajectory"
-# Every node has these; they say nothing about the wiring.
-INFRASTRUCTURE = {"/rosout", "/parameter_events", "/diagnostics"}
 # The episode after the first reset runs seed 2 + 1, which the expert solves in 13 steps in the sim alone
 # and in 17-25 through chunks at 30-150 ms of latency (in process, tests/models/test_so101_chunk_policy.py).
 SEED = 2
@@ -77,25 +75,12 @@ EXPERT_GRAPH = {
 }
 
 
-def endpoints(probe, node: str) -> tuple[set, set]:
-    """(subscriptions, publishers) of a node as the ROS graph reports them, as {(topic, type)}, minus
-    INFRASTRUCTURE; empty until discovery has seen the node."""
-    try:
-        found = (
-            probe.get_subscriber_names_and_types_by_node(node, "/"),
-            probe.get_publisher_names_and_types_by_node(node, "/"),
-        )
-    except Exception:  # NodeNameNonExistentError until discovery has seen the node
-        return set(), set()
-    return tuple({(topic, t) for topic, types in kind for t in types if topic not in INFRASTRUCTURE} for kind in found)
-
-
 def wait_for_graph(probe, graph: LaunchedGraph, expected: dict[str, tuple[set, set]]) -> None:
     """Wait until every node is on exactly its expected topics (no more, no fewer)."""
     actual: dict[str, tuple[set, set]] = {}
 
     def exact() -> bool:
-        actual.update({name: endpoints(probe, name) for name in expected})
+        actual.update({name: node_endpoints(probe, name) for name in expected})
         return actual == expected
 
     wait_for(exact, STARTUP_TIMEOUT, lambda: f"the resolved graph {expected}; it is {actual}", graph)

@@ -42,6 +42,8 @@ from rla_wm.control.teleop import (
     SLOWER,
     UP,
     VelocityIntegrator,
+    beyond_deadzone,
+    deadman_released,
 )
 
 SPACES = ("joint", "cartesian")
@@ -73,6 +75,13 @@ def space_axes(space: str, joints: int, gripper: int | None) -> int:
     return joints if space == "joint" else 3 + (gripper is not None)
 
 
+def gripper_axis(space: str, gripper: int | None) -> int | None:
+    """Index of the gripper among a space's velocity axes: its joint index, or 3 after tool x/y/z."""
+    if gripper is None:
+        return None
+    return gripper if space == "joint" else 3
+
+
 class ArmKeyboard:
     """Key presses -> a velocity over the space's axes. A key moves its axis for `key_timeout` s after
     its last repeat (a terminal reports no key releases); opposite keys on one axis replace each other."""
@@ -101,10 +110,8 @@ class ArmKeyboard:
 
     def _axis_of(self, key: str) -> tuple[int, float] | None:
         if key in (OPEN, CLOSE):
-            if self.gripper is None:
-                return None
-            axis = self.gripper if self.space == "joint" else 3
-            return axis, 1.0 if key == OPEN else -1.0
+            axis = gripper_axis(self.space, self.gripper)
+            return None if axis is None else (axis, 1.0 if key == OPEN else -1.0)
         if self.space == "cartesian":
             return CARTESIAN_KEYS.get(key)
         if key in (UP, DOWN):
@@ -139,13 +146,13 @@ class ArmKeyboard:
         velocity = np.zeros(self.axes)
         for axis, (sign, _) in self._pressed.items():
             velocity[axis] = sign
-        gripper_axis = None if self.gripper is None else (self.gripper if self.space == "joint" else 3)
-        motion = [axis for axis in range(self.axes) if axis != gripper_axis]
+        grip = gripper_axis(self.space, self.gripper)
+        motion = [axis for axis in range(self.axes) if axis != grip]
         norm = float(np.linalg.norm(velocity[motion]))
         if norm > 0:
             velocity[motion] *= self.speed / norm
-        if gripper_axis is not None:
-            velocity[gripper_axis] *= self.gripper_speed
+        if grip is not None:
+            velocity[grip] *= self.gripper_speed
         return velocity
 
 
@@ -176,15 +183,12 @@ class ArmJoyMapping:
 
     def velocity(self, axes: Sequence[float], buttons: Sequence[int], gripper_axis: int | None) -> np.ndarray | None:
         """Velocity over len(self.axes) axes (+1 with a gripper axis at `gripper_axis`), or None = hold."""
-        if self.deadman_button >= 0 and (len(buttons) <= self.deadman_button or not buttons[self.deadman_button]):
-            return None
-        if len(axes) <= max(self.axes):
+        if deadman_released(buttons, self.deadman_button) or len(axes) <= max(self.axes):
             return None
         raw = np.array([axes[index] if index >= 0 else 0.0 for index in self.axes], dtype=np.float64)
         if not np.isfinite(raw).all():
             return None
-        magnitude = np.clip((np.abs(raw) - self.deadzone) / (1.0 - self.deadzone), 0.0, 1.0)
-        motion = np.sign(raw) * magnitude * np.asarray(self.scales)
+        motion = beyond_deadzone(raw, self.deadzone) * np.asarray(self.scales)
         if gripper_axis is None:
             return motion
 
@@ -200,8 +204,8 @@ class CartesianIntegrator:
 
     The tool target advances from where it was, at most `max_lead` metres from the measured tool
     point; the jaws keep the axis they had when motion started; joints not solved for (the wrist
-    roll) stay where they were measured; the gripper integrates like a joint. `velocity=None`
-    holds: the targets snap to the measured arm.
+    roll) stay where they were measured; the gripper integrates like a joint. Holding is
+    `ArmTeleop`'s; `release()` makes the next step start from the measured arm.
     """
 
     def __init__(
@@ -237,13 +241,14 @@ class CartesianIntegrator:
             q[self.gripper] = grip
         return np.clip(q, self.low, self.high)
 
-    def step(self, velocity: np.ndarray | None, measured: np.ndarray, dt: float) -> np.ndarray:
+    def release(self) -> None:
+        self.tool = None
+
+    def step(self, velocity: np.ndarray, measured: np.ndarray, dt: float) -> np.ndarray:
         """Advance the tool (and gripper) target by velocity * dt; return the joint target."""
         measured = np.asarray(measured, dtype=np.float64)
-        if velocity is None or self.tool is None:
+        if self.tool is None:
             self._restart(measured)
-            if velocity is None:
-                return np.clip(measured, self.low, self.high)
         assert self.tool is not None
         velocity = np.asarray(velocity, dtype=np.float64)
         tool, _ = self.kinematics.forward(measured)
@@ -261,7 +266,7 @@ class CartesianIntegrator:
         self.solution = self._joints(self.tool, self.grip, measured)
         return self.solution.copy()
 
-    def chunk(self, velocity: np.ndarray | None, points: int, period: float) -> tuple[np.ndarray, np.ndarray]:
+    def chunk(self, velocity: np.ndarray, points: int, period: float) -> tuple[np.ndarray, np.ndarray]:
         """Joint positions (points, J) and times (points,) continuing the tool's motion from the current
         target for `points` periods (so a late next chunk still moves smoothly), then stopping."""
         if self.tool is None or self.solution is None:
@@ -269,14 +274,12 @@ class CartesianIntegrator:
         if points < 1 or period <= 0:
             raise ValueError("need points >= 1 and period > 0")
         times = period * np.arange(1, points + 1)
-        if velocity is None:
-            return np.repeat(self.solution[None], points, axis=0), times
         velocity = np.asarray(velocity, dtype=np.float64)
         positions = [self.solution.copy()]
         for ahead in times[1:] - period:
             grip = self.grip
-            if self.gripper is not None and grip is not None and len(velocity) > 3:
-                grip = float(np.clip(grip + velocity[3] * ahead, self.low[self.gripper], self.high[self.gripper]))
+            if grip is not None and len(velocity) > 3:
+                grip += float(velocity[3]) * ahead  # _joints clips it to the gripper's limits
             positions.append(self._joints(self.tool + velocity[:3] * ahead, grip, positions[-1]))
         return np.array(positions), times
 
@@ -311,9 +314,7 @@ class ArmTeleop:
     @property
     def gripper_axis(self) -> int | None:
         """Index of the gripper among the velocity axes (None: no gripper)."""
-        if self.gripper is None:
-            return None
-        return self.gripper if self.space == "joint" else 3
+        return gripper_axis(self.space, self.gripper)
 
     def chunk(
         self, velocity: np.ndarray | None, measured: np.ndarray, dt: float, points: int, period: float
@@ -325,11 +326,7 @@ class ArmTeleop:
         if velocity is None:
             if self.held is None:
                 self.held = np.clip(np.asarray(measured, dtype=np.float64), self.low, self.high)
-                # The next motion starts from the arm, not from an old target.
-                if isinstance(self.integrator, CartesianIntegrator):
-                    self.integrator.tool = None
-                else:
-                    self.integrator.target = None
+                self.integrator.release()  # the next motion starts from the arm, not from an old target
             return np.repeat(self.held[None], points, axis=0), times
         if np.shape(velocity) != (self.axes,):
             raise ValueError(f"{self.space} teleop velocity needs {self.axes} axes, got shape {np.shape(velocity)}")

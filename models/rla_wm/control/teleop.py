@@ -166,17 +166,24 @@ class JoyMapping:
 
     def velocity(self, axes: Sequence[float], buttons: Sequence[int]) -> np.ndarray | None:
         """Velocity (units/s), or None = hold (deadman released, or a message too short for the mapping)."""
-        if self.deadman_button >= 0 and (len(buttons) <= self.deadman_button or not buttons[self.deadman_button]):
-            return None
-        if len(axes) <= max(self.axis_x, self.axis_y):
+        if deadman_released(buttons, self.deadman_button) or len(axes) <= max(self.axis_x, self.axis_y):
             return None
         raw = np.array([axes[self.axis_x], axes[self.axis_y]], dtype=np.float64)
         if not np.isfinite(raw).all():
             return None
         raw *= np.array([-1.0 if self.invert_x else 1.0, -1.0 if self.invert_y else 1.0])
-        # Rescaled deadzone: no step in speed at its edge, full speed at full deflection.
-        magnitude = np.clip((np.abs(raw) - self.deadzone) / (1.0 - self.deadzone), 0.0, 1.0)
-        return np.sign(raw) * magnitude * self.max_speed
+        return beyond_deadzone(raw, self.deadzone) * self.max_speed
+
+
+def deadman_released(buttons: Sequence[int], deadman_button: int) -> bool:
+    """Whether a Joy message's buttons do not hold the deadman (-1: no deadman; a short message: released)."""
+    return deadman_button >= 0 and (len(buttons) <= deadman_button or not buttons[deadman_button])
+
+
+def beyond_deadzone(raw: np.ndarray, deadzone: float) -> np.ndarray:
+    """Stick deflections in [-1, 1] with the deadzone rescaled away: no step in speed at its edge, full
+    deflection still 1."""
+    return np.sign(raw) * np.clip((np.abs(raw) - deadzone) / (1.0 - deadzone), 0.0, 1.0)
 
 
 class VelocityIntegrator:
@@ -212,6 +219,10 @@ class VelocityIntegrator:
             target = measured + lead * (self.max_lead / norm)
         self.target = np.clip(target, self.low, self.high)
         return self.target.copy()
+
+    def release(self) -> None:
+        """Forget the target: the next step starts from the measured position."""
+        self.target = None
 
     def chunk(self, velocity: np.ndarray | None, points: int, period: float) -> tuple[np.ndarray, np.ndarray]:
         """Positions (points, J) and times_from_start (points,) continuing from the current target:

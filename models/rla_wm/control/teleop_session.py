@@ -247,9 +247,10 @@ class TeleopSession:
         # An arm's keyboard and joy sources move over its space's axes instead of Push-T's x/y.
         self.arm: ArmTeleop | None = None
         self.arm_joy: ArmJoyMapping | None = None
-        self.keyboard: KeyboardTeleop | ArmKeyboard
         # Speeds are the arm's units (m/s, rad/s) on an arm, Push-T's pixels per second otherwise.
-        self.keyboard = settings.arm_keyboard() if settings.is_arm else settings.keyboard()
+        self.keyboard: KeyboardTeleop | ArmKeyboard = (
+            settings.arm_keyboard() if settings.is_arm else settings.keyboard()
+        )
         if settings.is_arm and settings.source in ("keyboard", "joy"):
             self.arm = settings.arm_teleop(self.low, self.high)
             self.arm_joy = settings.arm_joy() if settings.source == "joy" else None

@@ -8,10 +8,10 @@ ifeq ($(ROBOT),pusht)
 DEMO_LAUNCH :=
 EPISODE_STEPS ?= 300
 DEMO_OUT ?= outputs/demo
-# The best policy today: the ladder's privileged rung (the policy on the sim's block pose: 50 of
-# 50 unseen Push-T starts through the graph; docs/closed_loop.md). `make demo DEMO_POLICY=` runs the
-# launch file's default instead, the visual policy on encoder features.
-DEMO_POLICY ?= policy_checkpoint:=builtin:sim-pusht-policy-block-state observation:=block_state execute_steps:=3
+# The best camera policy today: the block pose read from the camera by the shipped pose estimator,
+# and the flow policy on that pose (48 of 50 unseen Push-T starts through the graph; docs/closed_loop.md,
+# rung 3a). `make demo DEMO_POLICY=` runs the launch file's default instead.
+DEMO_POLICY ?= policy_checkpoint:=builtin:sim-pusht-policy-block-state encoder_model:=builtin:sim-pusht-pose-cnn execute_steps:=3
 else ifeq ($(ROBOT),so101)
 DEMO_LAUNCH := --launch-file launch/sim_arm_policy.launch.xml
 EPISODE_STEPS ?= 150

@@ -30,7 +30,7 @@ NODES = ("sim_robot", "sim_arm", "encoder", "policy", "planner", "safety_gate")
 # The `make demo` policy (Makefile DEMO_POLICY).
 DEMO_POLICY = [
     "policy_checkpoint:=builtin:sim-pusht-policy-block-state",
-    "observation:=block_state",
+    "encoder_model:=builtin:sim-pusht-pose-cnn",
     "execute_steps:=3",
 ]
 FRAME = re.compile(r"^(?P<function>.*) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")

@@ -24,13 +24,15 @@ planner() {  # name world_model
     world_model:="$2" seed:="$SEED" sim_clock:=true real_time_factor:=0.5 mpc_rate:=2.0 mpc_horizon:=1
 }
 
-# The ladder (docs/closed_loop.md): the expert, a policy on the sim's block state, then the visual policy on the
-# project's own encoder, through the same path.
-ONLY=${ONLY:-expert privileged visual bc bc_rla planner_rla_wm planner_regression bc_rla_direct}
+# The ladder (docs/closed_loop.md): the expert, a policy on the sim's block state, that policy on the block pose
+# read from the camera (the pose estimator), then the visual policy on the project's own encoder, through the same path.
+ONLY=${ONLY:-expert privileged visual_pose visual bc bc_rla planner_rla_wm planner_regression bc_rla_direct}
 for name in $ONLY; do
   case $name in
     expert) policy expert expert:pusht observation:=block_state ;;
     privileged) policy privileged builtin:sim-pusht-policy-block-state observation:=block_state execute_steps:=3 ;;
+    visual_pose) policy visual_pose builtin:sim-pusht-policy-block-state encoder_model:=builtin:sim-pusht-pose-cnn \
+      execute_steps:=3 ;;
     visual) policy visual builtin:sim-pusht-policy-visual encoder_model:=builtin:sim-pusht-vit-mae \
       encoder_resolution:=96 execute_steps:=3 ;;
     bc) policy bc builtin:sim-pusht-policy-bc ;;
@@ -46,6 +48,7 @@ done
 declare -A LABEL=(
   [expert]="scripted expert (block state)"
   [privileged]="policy on block state"
+  [visual_pose]="camera pose estimator + block-state policy"
   [visual]="visual policy (own encoder)"
   [bc]="BC (labelled only)"
   [bc_rla]="BC + RLA (action-free added)"
@@ -54,7 +57,7 @@ declare -A LABEL=(
   [planner_regression]="planner, regression"
 )
 runs=()
-for name in expert privileged visual bc bc_rla bc_rla_direct planner_rla_wm planner_regression; do
+for name in expert privileged visual_pose visual bc bc_rla bc_rla_direct planner_rla_wm planner_regression; do
   [ -f "$OUT/$name/metrics.json" ] && runs+=(--run "${LABEL[$name]}=$OUT/$name")
 done
 python -m rla_wm.evaluation.closed_loop_report --out "$OUT" "${runs[@]}"

@@ -15,6 +15,7 @@
     rla-wm collect-frames    --out=runs/frames.npz --episodes=300      (sim frames + logged state)
     rla-wm pretrain-encoder  --frames=runs/frames.npz --out=runs/encoder --steps=5000
     rla-wm probe             --encoder=builtin:NAME [--frames=runs/probe_frames.npz]
+    rla-wm train-pose-estimator --frames=runs/frames.npz --eval_frames=runs/probe_frames.npz --out=runs/pose
     rla-wm rollout           --policy=runs/policy/checkpoint --episodes=50 --execute_steps=4
 
 Every command takes draccus-style `--field=value` arguments; those that read an experiment
@@ -377,6 +378,63 @@ def command_pretrain_encoder(config: PretrainEncoderRun) -> None:
     print(f"final loss {log[-1]['loss']:.4f} after {log[-1]['step'] + 1} steps; encoder in {out / 'encoder'}")
 
 
+@dataclass(frozen=True, kw_only=True)
+class TrainPoseEstimatorRun:
+    """Supervised CNN that reads the block pose from the camera (rla_wm.models.pose_estimator)."""
+
+    # State-frames .npz from collect-frames: training frames, and held-out frames (other seeds).
+    frames: str
+    eval_frames: str
+    # Run folder: pose_estimator/ (float16 weights + config + metrics.json), log.jsonl, loss.png.
+    out: str
+    # Held-out frames used for the evaluations during training (a seeded sample; 0: all).
+    eval_limit: int = 1500
+    image_size: int = 96
+    width: int = 32
+    steps: int = 6000
+    batch_size: int = 32
+    lr: float = 2e-3
+    evaluate_every: int = 500
+    seed: int = 0
+    # torch CPU threads (0: torch's default).
+    threads: int = 0
+
+
+def command_train_pose_estimator(config: TrainPoseEstimatorRun) -> None:
+    import json
+
+    import numpy as np
+
+    from rla_wm.evaluation.visualize import plot_loss_curves
+    from rla_wm.models.pose_estimator import PoseNetConfig
+    from rla_wm.training.train_pose_estimator import PoseTrainConfig, train_pose_estimator, write_pose_examples
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    frames = StateFrames.load(config.frames)
+    held_out = StateFrames.load(config.eval_frames)
+    if config.eval_limit and len(held_out) > config.eval_limit:
+        keep = np.sort(np.random.default_rng(config.seed).permutation(len(held_out))[: config.eval_limit])
+        held_out = StateFrames(held_out.images[keep], held_out.state[keep], held_out.episode[keep])
+    out = Path(config.out)
+    train_config = PoseTrainConfig(
+        steps=config.steps,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        seed=config.seed,
+        evaluate_every=config.evaluate_every,
+    )
+    net, log = train_pose_estimator(
+        frames, held_out, out, PoseNetConfig(image_size=config.image_size, width=config.width), train_config
+    )
+    curve = [{"step": entry["step"], "loss": entry["loss_px"]} for entry in log]
+    plot_loss_curves({"keypoint L1 (workspace px)": curve}, out / "loss.png")
+    write_pose_examples(net, held_out, out / "examples.png")
+    final = log[-1]["held_out"]
+    print(f"held-out block pose error after {log[-1]['step'] + 1} steps: {json.dumps(final)}")
+    print(f"pose estimator in {out / 'pose_estimator'}")
+
+
 def command_probe(config: ProbeRun) -> None:
     import json
 
@@ -421,6 +479,9 @@ class RolloutRun:
     # of the 512 px workspace) and of its angle (degrees), fresh each observation.
     block_position_noise: float = 0.0
     block_angle_noise: float = 0.0
+    # A camera encoder that makes the policy's observation instead of the one its checkpoint names, e.g.
+    # builtin:sim-pusht-pose-cnn (block pose read from the camera) for a block-state policy.
+    camera_encoder: str = ""
     # Torch threads (0: torch's default). One thread is faster on a loaded 2-core machine.
     threads: int = 0
     # Also write rollouts.json here.
@@ -438,7 +499,9 @@ def command_rollout(config: RolloutRun) -> None:
         torch.set_num_threads(config.threads)
     policy = load_policy(config.policy)
     noise = BlockPoseNoise(config.block_position_noise, config.block_angle_noise, seed=config.seed)
-    tokens_of = tokens_function(policy.config.encoder_id, torch.device("cpu"), block_noise=noise)
+    tokens_of = tokens_function(
+        policy.config.encoder_id, torch.device("cpu"), block_noise=noise, camera_encoder=config.camera_encoder
+    )
     seeds = range(config.seed, config.seed + config.episodes)
     timing = GraphTiming(config.latency, config.min_lead_time, config.blend_time)
     summary, episodes = run_rollouts(policy, tokens_of, seeds, config.execute_steps, config.max_steps, timing=timing)
@@ -448,7 +511,8 @@ def command_rollout(config: RolloutRun) -> None:
         f"95% CI {low:.2f}-{high:.2f}), mean final coverage {summary.mean_coverage:.3f}, "
         f"execute_steps {summary.execute_steps}, latency {timing.latency:g} s, min_lead_time "
         f"{timing.min_lead_time:g} s, blend_time {timing.blend_time:g} s, block pose noise "
-        f"{noise.position:g} px / {noise.angle_degrees:g} deg, {summary.wall_seconds:.0f} s"
+        f"{noise.position:g} px / {noise.angle_degrees:g} deg, camera encoder {config.camera_encoder or 'none'}, "
+        f"{summary.wall_seconds:.0f} s"
     )
     if config.out:
         path = save_rollouts(Path(config.out), summary, episodes, dataclasses.asdict(config))
@@ -486,6 +550,9 @@ COMMANDS: dict[str, Command] = {
     ),
     "pretrain-encoder": Command(
         PretrainEncoderRun, command_pretrain_encoder, "self-supervised (masked autoencoder) ViT encoder pretraining"
+    ),
+    "train-pose-estimator": Command(
+        TrainPoseEstimatorRun, command_train_pose_estimator, "CNN reading the block pose from the camera (supervised)"
     ),
     "probe": Command(ProbeRun, command_probe, "linear probe from encoder features to the sim state, per variable"),
     "rollout": Command(RolloutRun, command_rollout, "closed-loop Push-T episodes in process, no ROS"),

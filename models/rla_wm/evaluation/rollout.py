@@ -119,11 +119,32 @@ def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float
 
 
 def tokens_function(
-    encoder_id: str, device: torch.device, dtype: str = "float32", block_noise: BlockPoseNoise = BlockPoseNoise()
+    encoder_id: str,
+    device: torch.device,
+    dtype: str = "float32",
+    block_noise: BlockPoseNoise = BlockPoseNoise(),
+    camera_encoder: str = "",
 ) -> TokensOf:
     """Frame -> (1, N, C) tokens in the feature space `encoder_id` names ("<model>@<resolution>", or the
     block-state encoder's id), the same the policy node receives on its feature topic. `block_noise`
-    (block-state encoder only) perturbs the pose before it is tokenised."""
+    (block-state encoder only) perturbs the pose before it is tokenised. `camera_encoder` (a model spec,
+    e.g. a block-pose estimator for a block-state policy) makes the tokens from the camera image instead;
+    it must produce `encoder_id`'s feature space."""
+    if camera_encoder:
+        from rla_wm.models.encoder import EncoderConfig, load_encoder
+
+        if block_noise.active:
+            raise ValueError("block pose noise applies to the sim's block pose, not to a camera encoder's")
+        camera = load_encoder(EncoderConfig(model=camera_encoder, device=str(device), dtype=dtype))
+        if camera.encoder_id != encoder_id:
+            raise ValueError(
+                f"{camera_encoder!r} produces {camera.encoder_id!r} features, the policy takes {encoder_id!r}"
+            )
+
+        def camera_tokens(frame: SimFrame) -> torch.Tensor:
+            return camera(torch.from_numpy(frame.image[None])).float()
+
+        return camera_tokens
     if encoder_id == BLOCK_STATE_ENCODER_ID:
         rng = np.random.default_rng(block_noise.seed)
         scale = np.array([block_noise.position, block_noise.position, np.radians(block_noise.angle_degrees)])

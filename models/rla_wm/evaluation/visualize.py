@@ -73,6 +73,45 @@ def side_by_side(frame_rgb: np.ndarray, feature_rgb: np.ndarray, height: int = 2
     return np.concatenate([panels[0], gap, panels[1]], axis=1)
 
 
+# gym-pusht's T in its body frame (pixels): the outline of the bar (120 x 30) and the stem (30 x 90) below it.
+T_OUTLINE = np.array(
+    [[-60, 0], [60, 0], [60, 30], [15, 30], [15, 120], [-15, 120], [-15, 30], [-60, 30]], dtype=np.float64
+)
+
+
+def block_pose_overlay(
+    frame_rgb: np.ndarray, block_pose: np.ndarray, workspace: float = 512.0, height: int = 256
+) -> np.ndarray:
+    """The camera frame scaled to `height` with the T drawn (red outline) where `block_pose` (x, y pixels of
+    the `workspace`, angle rad) puts it: what a pose estimator read from the frame, to compare by eye."""
+    from PIL import ImageDraw
+
+    x, y, angle = np.asarray(block_pose, dtype=np.float64)
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    outline = T_OUTLINE @ rotation.T + [x, y]
+    pil = Image.fromarray(np.asarray(frame_rgb, dtype=np.uint8))
+    width = max(1, round(pil.width * height / pil.height))
+    pil = pil.resize((width, height), Image.Resampling.BILINEAR)
+    points = [(float(px * width / workspace), float(py * height / workspace)) for px, py in outline]
+    ImageDraw.Draw(pil).polygon(points, outline=(220, 20, 20), width=2)
+    return np.asarray(pil)
+
+
+def image_grid(images: list[np.ndarray], columns: int, gap: int = 6) -> np.ndarray:
+    """Equal-size (H, W, 3) uint8 pictures in rows of `columns`, white gaps between them."""
+    if not images or columns < 1:
+        raise ValueError(f"need at least one image and one column, got {len(images)} and {columns}")
+    height, width = images[0].shape[:2]
+    if any(image.shape[:2] != (height, width) for image in images):
+        raise ValueError("the pictures of a grid must have one size")
+    rows = -(-len(images) // columns)
+    sheet = np.full((rows * (height + gap) - gap, columns * (width + gap) - gap, 3), 255, dtype=np.uint8)
+    for index, image in enumerate(images):
+        top, left = (index // columns) * (height + gap), (index % columns) * (width + gap)
+        sheet[top : top + height, left : left + width] = image
+    return sheet
+
+
 def save_gif(frames: list[np.ndarray], path: str | Path, fps: float = 10.0, height: int = 256) -> Path:
     """An episode's camera frames (H, W, 3) uint8 as a looping animated GIF, scaled to `height` pixels."""
     if not frames:

@@ -193,3 +193,14 @@ def make_random_dinov2(
     folder = Path(folder)
     model.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def load_encoder(config: EncoderConfig) -> TokenEncoder:
+    """The encoder `config.model` names: a block-pose estimator folder (`rla_wm.models.pose_estimator`,
+    whose tokens are the block-state feature space; `resolution` and `dtype` do not apply, it has its
+    own input size) or a ViT (`FeatureEncoder`)."""
+    from rla_wm.models.pose_estimator import BlockPoseEstimator, is_pose_estimator
+
+    if is_pose_estimator(config.model):
+        return BlockPoseEstimator.load(config.model, config.device)
+    return FeatureEncoder(config)

@@ -156,18 +156,29 @@ class ClosedLoopObserver(Node):
     def on_status(self, msg: EpisodeStatus) -> None:
         self.status = msg
 
-    def latest_frame_and_features(self) -> tuple[np.ndarray, np.ndarray, int, int] | None:
-        """Newest camera frame that has a feature map: (rgb, tokens, grid_h, grid_w)."""
+    def latest_frame_and_features(self) -> tuple[np.ndarray, FeatureMap, np.ndarray] | None:
+        """Newest camera frame that has a feature map: (rgb, the feature map, its tokens)."""
         with self._lock:
             for stamp in sorted(self._features, reverse=True):
                 if stamp in self._frames:
                     msg = self._features[stamp]
                     try:
                         rgb = image_msg_to_rgb(self._frames[stamp])
-                        return rgb, msg_to_features(msg), msg.grid_height, msg.grid_width
+                        return rgb, msg, msg_to_features(msg)
                     except (MessageShapeError, CvBridgeError):
                         continue
         return None
+
+
+def camera_and_features_picture(frame: np.ndarray, msg: FeatureMap, tokens: np.ndarray) -> np.ndarray:
+    """The camera frame next to what the encoder made of it: the PCA of a patch-feature map, or for a
+    block-pose estimator (block-state feature space) the frame with the T drawn at the estimated pose."""
+    from rla_wm.envs.pusht.privileged import BLOCK_STATE_ENCODER_ID, block_pose_from_tokens
+    from rla_wm.evaluation.visualize import block_pose_overlay, feature_pca_rgb, side_by_side
+
+    if msg.encoder_id == BLOCK_STATE_ENCODER_ID:
+        return side_by_side(frame, block_pose_overlay(frame, block_pose_from_tokens(tokens)[0]))
+    return side_by_side(frame, feature_pca_rgb(tokens, msg.grid_height, msg.grid_width))
 
 
 class ClosedLoopRunner:
@@ -241,10 +252,7 @@ class ClosedLoopRunner:
         picture = None
         snapshot = observer.latest_frame_and_features()
         if snapshot is not None:
-            from rla_wm.evaluation.visualize import feature_pca_rgb, side_by_side
-
-            frame, tokens, grid_h, grid_w = snapshot
-            picture = side_by_side(frame, feature_pca_rgb(tokens, grid_h, grid_w))
+            picture = camera_and_features_picture(*snapshot)
         return EpisodeResult(
             episode=status.episode,
             success=status.success,

@@ -24,7 +24,7 @@ from std_msgs.msg import Header
 from rla_wm.control.freshness import StampThrottle
 from rla_wm.control.latent_tracker import LatentTracker
 from rla_wm.evaluation.visualize import feature_pca_picture, readable_size
-from rla_wm.models.encoder import EncoderConfig, FeatureEncoder, FeatureEncoderError
+from rla_wm.models.encoder import EncoderConfig, FeatureEncoderError, load_encoder
 from rla_wm_msgs.msg import FeatureMap, LatentAction
 from rla_wm_ros.conversions import features_to_msg, latent_to_msg, stamp_to_seconds
 from rla_wm_ros.image_conversion import CvBridge, CvBridgeError, image_msg_to_rgb
@@ -40,7 +40,8 @@ class EncoderNode(Node):
             self,
             "model",
             "builtin:dinov2-tiny-random",
-            "Encoder weights: hub id (facebook/dinov2-small), local folder, or builtin:<name>.",
+            "Encoder weights: hub id (facebook/dinov2-small), local folder, or builtin:<name>; a block-pose "
+            "estimator folder (builtin:sim-pusht-pose-cnn) publishes the sim's block-state feature space.",
         )
         resolution = declare(self, "resolution", 224, "Square input size; a multiple of the patch size.", (14, 2048))
         device = declare(self, "device", "cpu", "Torch device, e.g. cpu or cuda:0.")
@@ -51,7 +52,7 @@ class EncoderNode(Node):
         threads = declare(self, "torch_threads", 0, "CPU threads for torch (0 = torch default).", (0, 256))
         if threads:
             torch.set_num_threads(threads)
-        self.encoder = FeatureEncoder(EncoderConfig(model=model, resolution=resolution, device=device, dtype=dtype))
+        self.encoder = load_encoder(EncoderConfig(model=model, resolution=resolution, device=device, dtype=dtype))
         if "random" in self.encoder.model_path:
             self.get_logger().warning(
                 f"encoder {model!r} has RANDOM weights (no pretrained DINO here): features are random projections. "

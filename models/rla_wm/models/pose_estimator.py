@@ -1,0 +1,212 @@
+"""A small CNN that reads the Push-T block's pose (x, y, angle) from one camera frame.
+
+The visual rung's loss is perception: the shipped block-state policy solves 49/50 with the
+true pose, 25/50 with 5 px / 5 deg of noise, and about 1/50 at the ~15 px / ~20 deg that
+features of the project's self-supervised encoder carry (docs/closed_loop.md). A 20 px wide
+T in a 96 px image must be placed to about one image pixel, which a patch-8 ViT's frozen
+tokens do not keep. This network is trained with the sim's logged block pose as labels
+(`StateFrames`), at full resolution: it finds four points of the T as heat-map soft-argmaxes
+(sub-pixel by construction) and fits the rigid pose through them (2-D Procrustes), so the
+angle comes from ~100 px of lever arm instead of from one regressed number.
+
+Its output is the block-state token of `rla_wm.envs.pusht.privileged` in that encoder's
+feature space (`BLOCK_STATE_ENCODER_ID`), so the shipped block-state policy runs on the
+camera unchanged: camera -> pose estimator -> policy. On a real robot the same recipe needs
+labelled frames (fiducials or motion capture for the object pose).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rla_wm.assets import resolve_model_path
+from rla_wm.envs.pusht.privileged import BLOCK_STATE_CHANNELS, BLOCK_STATE_ENCODER_ID
+from rla_wm.envs.pusht.sim import WORKSPACE_HIGH, WORKSPACE_LOW
+from rla_wm.models.encoder import FeatureEncoderError, FeatureGrid
+
+# Points of gym-pusht's T in the block's body frame (pixels; origin at the middle of the bar's
+# top edge, the stem along +y): the bar's two ends and two points down the stem. Spread out, so
+# the Procrustes fit's angle has a long lever arm.
+T_KEYPOINTS = np.array([[-52.5, 15.0], [52.5, 15.0], [0.0, 60.0], [0.0, 105.0]], dtype=np.float32)
+CONFIG_FILE = "pose_estimator.json"
+WEIGHTS_FILE = "pose_estimator.pt"
+
+
+class PoseEstimatorError(FeatureEncoderError):
+    """A frame the pose estimator cannot read (wrong shape or type, NaN) or a bad checkpoint."""
+
+
+@dataclass(frozen=True)
+class PoseNetConfig:
+    image_size: int = 96
+    width: int = 32  # channels at the heat maps' resolution (half the input's); 2x that below
+    keypoints: tuple[tuple[float, float], ...] = tuple(map(tuple, T_KEYPOINTS.tolist()))
+
+    def __post_init__(self) -> None:
+        if self.image_size % 4 or self.image_size < 32:
+            raise PoseEstimatorError(f"image_size must be a multiple of 4 and >= 32, got {self.image_size}")
+        if self.width < 4 or len(self.keypoints) < 2:
+            raise PoseEstimatorError(f"width >= 4 and >= 2 keypoints needed, got {self.width}, {self.keypoints}")
+
+
+def _conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation, bias=False),
+        nn.GroupNorm(min(8, cout // 4), cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class BlockPoseNet(nn.Module):
+    """(B, 3, S, S) images in [0, 1] -> (B, K, 2) keypoints in workspace pixels.
+
+    A stride-2 feature map for detail, a stride-4 one with dilated convolutions for context
+    (which end of the T is which), fused back at stride 2 into one heat map per keypoint.
+    """
+
+    def __init__(self, config: PoseNetConfig = PoseNetConfig()) -> None:
+        super().__init__()
+        self.config = config
+        w = config.width
+        self.fine = nn.Sequential(_conv(3, w // 2), _conv(w // 2, w, stride=2), _conv(w, w))
+        self.coarse = nn.Sequential(
+            _conv(w, 2 * w, stride=2),
+            _conv(2 * w, 2 * w),
+            _conv(2 * w, 2 * w, dilation=2),
+            _conv(2 * w, 2 * w, dilation=4),
+        )
+        self.fuse = nn.Sequential(_conv(3 * w, w), nn.Conv2d(w, len(config.keypoints), 1))
+        side = config.image_size // 2
+        # Heat-map cell centres in workspace pixels (the camera sees the whole 512 px workspace).
+        cell = (WORKSPACE_HIGH - WORKSPACE_LOW) / side
+        centres = (torch.arange(side, dtype=torch.float32) + 0.5) * cell + WORKSPACE_LOW
+        self.register_buffer("centres", centres, persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        fine = self.fine(images)
+        coarse = F.interpolate(self.coarse(fine), size=fine.shape[-2:], mode="bilinear", align_corners=False)
+        logits = self.fuse(torch.cat([fine, coarse], dim=1)).float()  # (B, K, s, s)
+        b, k, h, w = logits.shape
+        weights = logits.flatten(2).softmax(-1).view(b, k, h, w)
+        x = (weights.sum(2) * self.centres).sum(-1)
+        y = (weights.sum(3) * self.centres).sum(-1)
+        return torch.stack([x, y], dim=-1)
+
+
+def keypoints_of_pose(pose: torch.Tensor, model_points: torch.Tensor) -> torch.Tensor:
+    """(B, 4) rows [x, y, cos, sin] -> (B, K, 2) world positions of the body-frame `model_points`."""
+    c, s = pose[:, 2:3], pose[:, 3:4]
+    px, py = model_points[:, 0], model_points[:, 1]
+    return torch.stack([pose[:, :1] + c * px - s * py, pose[:, 1:2] + s * px + c * py], dim=-1)
+
+
+def pose_from_keypoints(points: torch.Tensor, model_points: torch.Tensor) -> torch.Tensor:
+    """Least-squares rigid fit (2-D Procrustes): (B, K, 2) world points -> (B, 3) [x, y, angle]."""
+    model_centre = model_points.mean(0)
+    centre = points.mean(1)
+    a = model_points - model_centre  # (K, 2)
+    b = points - centre[:, None]  # (B, K, 2)
+    dot = (a[None, :, 0] * b[..., 0] + a[None, :, 1] * b[..., 1]).sum(-1)
+    cross = (a[None, :, 0] * b[..., 1] - a[None, :, 1] * b[..., 0]).sum(-1)
+    angle = torch.atan2(cross, dot)
+    c, s = torch.cos(angle), torch.sin(angle)
+    origin_x = centre[:, 0] - (c * model_centre[0] - s * model_centre[1])
+    origin_y = centre[:, 1] - (s * model_centre[0] + c * model_centre[1])
+    return torch.stack([origin_x, origin_y, angle], dim=-1)
+
+
+def images_to_input(frames: np.ndarray | torch.Tensor, image_size: int, device: torch.device) -> torch.Tensor:
+    """(B, H, W, 3) uint8 RGB (or one (H, W, 3) frame) -> (B, 3, S, S) float in [0, 1] on `device`."""
+    images = torch.as_tensor(frames)
+    if images.ndim == 3:
+        images = images.unsqueeze(0)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != torch.uint8:
+        raise PoseEstimatorError(f"expected (B, H, W, 3) uint8 RGB frames, got {tuple(images.shape)} {images.dtype}")
+    if 0 in images.shape:
+        raise PoseEstimatorError(f"empty frames {tuple(images.shape)}")
+    images = images.to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    if tuple(images.shape[-2:]) != (image_size, image_size):
+        images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", antialias=True)
+    return images
+
+
+class BlockPoseEstimator:
+    """A trained `BlockPoseNet` as a token encoder: frames -> (B, 1, BLOCK_STATE_CHANNELS) block-state
+    tokens, in the feature space of the privileged rung (`encoder_id` = BLOCK_STATE_ENCODER_ID)."""
+
+    grid = FeatureGrid(1, 1, BLOCK_STATE_CHANNELS)
+
+    def __init__(self, net: BlockPoseNet, device: str = "cpu", model_path: str = "") -> None:
+        self.model_path = model_path
+        self.device = torch.device(device)
+        self.net = net.float().to(self.device).eval()
+        self.model_points = torch.as_tensor(np.asarray(net.config.keypoints, dtype=np.float32), device=self.device)
+
+    @property
+    def encoder_id(self) -> str:
+        return BLOCK_STATE_ENCODER_ID
+
+    @classmethod
+    def load(cls, spec: str, device: str = "cpu") -> BlockPoseEstimator:
+        """`spec`: builtin:<name> or a folder written by `save_pose_estimator`."""
+        folder = Path(resolve_model_path(spec))
+        config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+        if not config_path.is_file() or not weights_path.is_file():
+            raise FileNotFoundError(f"{spec!r} is not a pose-estimator folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+        try:
+            raw = json.loads(config_path.read_text())
+            config = PoseNetConfig(
+                image_size=int(raw["image_size"]),
+                width=int(raw["width"]),
+                keypoints=tuple((float(x), float(y)) for x, y in raw["keypoints"]),
+            )
+            net = BlockPoseNet(config)
+            state = torch.load(weights_path, map_location="cpu", weights_only=True)
+            net.load_state_dict({name: value.float() for name, value in state.items()})
+        except (KeyError, TypeError, ValueError, RuntimeError, json.JSONDecodeError) as err:
+            raise PoseEstimatorError(f"cannot load the pose estimator {spec!r}: {err}") from err
+        return cls(net, device, str(folder))
+
+    @torch.inference_mode()
+    def poses(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Frames -> (B, 3) [x, y (workspace px), angle (rad)]."""
+        images = images_to_input(frames, self.net.config.image_size, self.device)
+        points = self.net(images)
+        if not torch.isfinite(points).all():
+            raise PoseEstimatorError("the pose estimator returned NaN or inf")
+        return pose_from_keypoints(points, self.model_points)
+
+    def __call__(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        pose = self.poses(frames)
+        # The block-state token's layout (privileged.block_state_tokens): x, y scaled to [-1, 1], cos, sin.
+        position = 2.0 * (pose[:, :2] - WORKSPACE_LOW) / (WORKSPACE_HIGH - WORKSPACE_LOW) - 1.0
+        tokens = torch.cat([position, torch.cos(pose[:, 2:]), torch.sin(pose[:, 2:])], dim=-1)
+        return tokens.view(-1, 1, BLOCK_STATE_CHANNELS)
+
+
+def save_pose_estimator(net: BlockPoseNet, folder: str | Path, card: dict | None = None) -> Path:
+    """Write `net` (float16 weights, they load back as float32) and its config; `card` goes to metrics.json."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = asdict(net.config)
+    config["keypoints"] = [list(point) for point in net.config.keypoints]
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    torch.save({name: value.half() for name, value in net.state_dict().items()}, folder / WEIGHTS_FILE)
+    if card is not None:
+        (folder / "metrics.json").write_text(json.dumps(card, indent=2) + "\n")
+    return folder
+
+
+def is_pose_estimator(spec: str) -> bool:
+    """Whether `spec` (builtin:<name> or a path) names a pose-estimator folder."""
+    try:
+        return (Path(resolve_model_path(spec)) / CONFIG_FILE).is_file()
+    except FileNotFoundError:
+        return False

@@ -23,7 +23,6 @@ autoencoder predicts pixels instead of a teacher's tokens.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from torch import nn
 
 from rla_wm.envs.pusht.frames import StateFrames
 from rla_wm.models.encoder import IMAGENET_MEAN, IMAGENET_STD
+from rla_wm.training.schedule import warmup_cosine
 
 if TYPE_CHECKING:
     from transformers import Dinov2Model
@@ -215,13 +215,7 @@ def pretrain(
     model = MaskedAutoencoder(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
 
-    def schedule(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        progress_ = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = warmup_cosine(optimizer, config.warmup_steps, config.steps)
     out.mkdir(parents=True, exist_ok=True)
     # The frames the saved encoder's output is standardised on: a fixed, seeded sample.
     calibration = frames.images[np.random.default_rng(config.seed).permutation(len(frames))[:CALIBRATION_FRAMES]]

@@ -50,6 +50,7 @@ from rla_wm.training.distributed import (
     save_on_main,
     start_run,
 )
+from rla_wm.training.schedule import warmup_cosine
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -156,13 +157,7 @@ def fit(
         [p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
     )
 
-    def schedule(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, schedule)
+    scheduler = warmup_cosine(optimiser, config.warmup_steps, config.steps, floor=0.1)
     objective, optimiser, scheduler = accelerator.prepare(Objective(model, loss_fn), optimiser, scheduler)
     # Each process draws its own noise (flow-matching noise, state dropout, worker seeds): the
     # same draws on different samples would correlate the processes' gradients.

@@ -9,7 +9,6 @@ through the keypoints, on held-out episodes (a separate frames file, other seeds
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from rla_wm.models.pose_estimator import (
     pose_from_keypoints,
     save_pose_estimator,
 )
+from rla_wm.training.schedule import warmup_cosine
 
 BLOCK_COLUMNS = slice(2, 6)  # block_x, block_y, block_cos, block_sin in frames.STATE_NAMES
 
@@ -88,13 +88,7 @@ def train_pose_estimator(
     model_points = torch.tensor(net_config.keypoints, dtype=torch.float32)
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
-    def schedule(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        done = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    scheduler = warmup_cosine(optimizer, config.warmup_steps, config.steps)
     targets = keypoints_of_pose(torch.from_numpy(frames.state[:, BLOCK_COLUMNS]), model_points)
     out.mkdir(parents=True, exist_ok=True)
     log: list[dict] = []

@@ -10,6 +10,10 @@ spent: by own time (the frame on top of the stack) and by inclusive time within 
     python benchmarks/profile_graph.py ... policy_checkpoint:=builtin:sim-pusht-policy-visual \\
         encoder_model:=builtin:sim-pusht-vit-mae encoder_resolution:=96 execute_steps:=3
 
+    python benchmarks/profile_graph.py --launch-file launch/sim_planner.launch.xml \
+        --model-topic /planner/joint_trajectory --episodes 3 --episode-steps 100 --profile-seconds 60 \
+        world_model:=rla-wm sim_clock:=true real_time_factor:=0.5 mpc_rate:=2.0 mpc_horizon:=1
+
 Raw stacks (py-spy's collapsed format) are kept in --output for flame graphs.
 """
 
@@ -94,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=50, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=10)
     parser.add_argument("--output", type=Path, default=Path("outputs/profile_graph"))
+    parser.add_argument("--launch-file", default="", help="another sim launch file (the demo's --launch-file)")
+    parser.add_argument("--model-topic", default="", help="the model's chunk topic (the demo's --model-topic)")
     parser.add_argument("launch_args", nargs="*", metavar="NAME:=VALUE")
     args = parser.parse_args(argv)
     if shutil.which("py-spy") is None:
@@ -109,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         str(args.episode_steps),
         "--output",
         str(args.output / "demo"),
-        *(args.launch_args or DEMO_POLICY),
+        *(["--launch-file", args.launch_file] if args.launch_file else []),
+        *(["--model-topic", args.model_topic] if args.model_topic else []),
+        *(args.launch_args or ([] if args.launch_file else DEMO_POLICY)),
     ]
     print("[profile] " + " ".join(demo_command[1:]), flush=True)
     demo_log = open(args.output / "demo.log", "w")

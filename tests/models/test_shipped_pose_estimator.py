@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from rla_wm.assets import CHECKPOINT_DIR
@@ -16,7 +17,7 @@ from rla_wm.envs.pusht.sim import PushTSim
 from rla_wm.evaluation.rollout import run_rollouts, tokens_function
 from rla_wm.models.encoder import EncoderConfig, load_encoder
 from rla_wm.models.policy_loading import load_policy
-from rla_wm.models.pose_estimator import WEIGHTS_FILE, BlockPoseEstimator
+from rla_wm.models.pose_estimator import WEIGHTS_FILE, BlockPoseEstimator, PoseEstimatorError
 
 NAME = "sim-pusht-pose-cnn"
 POLICY = "builtin:sim-pusht-policy-block-state"
@@ -82,3 +83,27 @@ def test_the_block_state_policy_on_the_camera_estimate_solves_unseen_starts_in_c
     tokens_of = tokens_function(policy.config.encoder_id, torch.device("cpu"), camera_encoder=f"builtin:{NAME}")
     summary, _ = run_rollouts(policy, tokens_of, [1002, 1003, 1004], execute_steps=3, max_steps=300, progress=False)
     assert summary.successes >= 2, summary
+
+
+def test_frames_without_the_t_are_refused_not_read_as_a_confident_pose():
+    """A dead camera (black), an overexposed one (white), noise and the block painted out of a real frame:
+    the keypoints fit no rigid T (residuals > 40 px when measured, the limit is 6), so no pose comes out."""
+    estimator = BlockPoseEstimator.load(f"builtin:{NAME}")
+    frame = PushTSim(max_steps=5).reset(seed=7).image
+    painted = frame.copy()
+    block = (np.abs(frame.astype(int) - [119, 136, 153]).sum(-1) < 120) & (frame[..., 1] < 200)  # slate-grey T
+    assert block.sum() > 100
+    painted[block] = 255
+    noise = np.random.default_rng(0).integers(0, 255, frame.shape, dtype=np.uint8)
+    for name, image in (
+        ("black", np.zeros_like(frame)),
+        ("white", np.full_like(frame, 255)),
+        ("noise", noise),
+        ("painted out", painted),
+    ):
+        with pytest.raises(PoseEstimatorError, match="no block pose"):
+            estimator(image)
+        _, residual = estimator.poses_and_residuals(image)
+        assert float(residual[0]) > 2 * estimator.max_fit_residual, name
+    _, residual = estimator.poses_and_residuals(frame)
+    assert float(residual[0]) < estimator.max_fit_residual / 2

@@ -366,3 +366,56 @@ def test_encoder_publishes_latent_actions_between_frame_t_minus_h_and_t(ros_node
         assert abs(gap - 200_000_000) < 1_000, f"latent spans {gap} ns, expected 0.2 s"
         assert (msg.tokens, msg.dim, msg.horizon) == (4, 6, 2)
         assert np.isfinite(msg_to_latent(msg)).all()
+
+
+def test_encoder_with_the_pose_estimator_publishes_the_block_pose_and_refuses_a_frame_without_a_t(
+    ros_node, start_nodes
+):
+    """A sim camera frame becomes the block-state token of its true pose; a black frame (a dead camera)
+    is a counted rejection with nothing published, so no policy acts on a made-up pose."""
+    from rla_wm.envs.pusht.privileged import BLOCK_STATE_ENCODER_ID, block_pose_from_tokens
+    from rla_wm.envs.pusht.sim import PushTSim
+
+    graph = start_nodes(
+        NodeSpec(
+            "rla_wm_ros",
+            "encoder",
+            name="encoder",
+            param_files=[config_file("encoder.yaml")],
+            params={"model": "builtin:sim-pusht-pose-cnn"},
+        )
+    )
+    features, diagnostics = Inbox(), Inbox()
+    ros_node.create_subscription(FeatureMap, "features", features, 10)
+    ros_node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics, 10)
+    camera = ros_node.create_publisher(Image, "camera/image_raw", qos_profile_sensor_data)
+    wait_for(lambda: camera.get_subscription_count() > 0, 60, "the encoder to subscribe to the camera", graph)
+
+    sim = PushTSim(max_steps=5)
+    frame = sim.reset(seed=7)
+    good = CvBridge().cv2_to_imgmsg(frame.image, encoding="rgb8")
+    good.header.stamp = Time(sec=10)
+    publish_until(
+        lambda: camera.publish(good),
+        lambda: stamp_to_nanoseconds(good.header.stamp) in feature_stamps(features),
+        60,
+        "the block pose of the sim frame",
+        graph,
+        every=3.0,
+    )
+    msg = features.snapshot()[-1]
+    assert msg.encoder_id == BLOCK_STATE_ENCODER_ID and (msg.grid_height, msg.grid_width) == (1, 1)
+    pose = block_pose_from_tokens(msg_to_features(msg))[0]
+    assert np.hypot(*(pose[:2] - frame.block_pose[:2])) < 3.0, (pose, frame.block_pose)
+
+    dead = CvBridge().cv2_to_imgmsg(np.zeros_like(frame.image), encoding="rgb8")
+    dead.header.stamp = Time(sec=20)
+    publish_until(
+        lambda: camera.publish(dead),
+        lambda: int(encoder_status(diagnostics).get("rejected/on_image/unencodable_image", 0)) >= 1,
+        30,
+        "the encoder to refuse the black frame",
+        graph,
+        every=3.0,
+    )
+    assert all(m.header.stamp.sec != 20 for m in features.snapshot()), "a frame without a T produced a pose"

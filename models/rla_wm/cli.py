@@ -16,6 +16,7 @@
     rla-wm pretrain-encoder  --frames=runs/frames.npz --out=runs/encoder --steps=5000
     rla-wm probe             --encoder=builtin:NAME [--frames=runs/probe_frames.npz]
     rla-wm train-pose-estimator --frames=runs/frames.npz --eval_frames=runs/probe_frames.npz --out=runs/pose
+    rla-wm evaluate-pose-estimator --estimator=builtin:sim-pusht-pose-cnn --frames=runs/probe_frames.npz
     rla-wm rollout           --policy=runs/policy/checkpoint --episodes=50 --execute_steps=4
 
 Every command takes draccus-style `--field=value` arguments; those that read an experiment
@@ -435,6 +436,40 @@ def command_train_pose_estimator(config: TrainPoseEstimatorRun) -> None:
     print(f"pose estimator in {out / 'pose_estimator'}")
 
 
+@dataclass(frozen=True, kw_only=True)
+class EvaluatePoseEstimatorRun:
+    """Held-out pose error of a block-pose estimator, per group of frames (the numbers of its card)."""
+
+    # builtin:NAME or a pose_estimator folder.
+    estimator: str = "builtin:sim-pusht-pose-cnn"
+    # State-frames .npz never trained on (collect-frames with other seeds).
+    frames: str
+    json: str = ""
+    threads: int = 0
+
+
+def command_evaluate_pose_estimator(config: EvaluatePoseEstimatorRun) -> None:
+    import json
+
+    from rla_wm.models.pose_estimator import BlockPoseEstimator
+    from rla_wm.training.train_pose_estimator import EDGE_MARGIN, held_out_report
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    estimator = BlockPoseEstimator.load(config.estimator)
+    report = held_out_report(estimator, StateFrames.load(config.frames))
+    labels = {"all": "all", "inner": f"block centre >= {EDGE_MARGIN:g} px inside the edge", "edge": "near the edge"}
+    print(f"{config.estimator} on {config.frames} (refused: fit residual > {estimator.max_fit_residual:g} px)")
+    print("| frames | n | refused | position median / p90 / p99 / max (px) | angle median / p90 / p99 / max (deg) |")
+    print("|---|---|---|---|---|")
+    for name, row in report.items():
+        position = " / ".join(f"{row[f'position_px_{q}']:.2f}" for q in ("median", "p90", "p99", "max"))
+        angle = " / ".join(f"{row[f'angle_deg_{q}']:.2f}" for q in ("median", "p90", "p99", "max"))
+        print(f"| {labels[name]} | {row['frames']} | {row['refused']} | {position} | {angle} |")
+    if config.json:
+        Path(config.json).write_text(json.dumps(report, indent=2) + "\n")
+
+
 def command_probe(config: ProbeRun) -> None:
     import json
 
@@ -553,6 +588,9 @@ COMMANDS: dict[str, Command] = {
     ),
     "train-pose-estimator": Command(
         TrainPoseEstimatorRun, command_train_pose_estimator, "CNN reading the block pose from the camera (supervised)"
+    ),
+    "evaluate-pose-estimator": Command(
+        EvaluatePoseEstimatorRun, command_evaluate_pose_estimator, "held-out pose error of a pose estimator"
     ),
     "probe": Command(ProbeRun, command_probe, "linear probe from encoder features to the sim state, per variable"),
     "rollout": Command(RolloutRun, command_rollout, "closed-loop Push-T episodes in process, no ROS"),

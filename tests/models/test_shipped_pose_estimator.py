@@ -107,3 +107,18 @@ def test_frames_without_the_t_are_refused_not_read_as_a_confident_pose():
         assert float(residual[0]) > 2 * estimator.max_fit_residual, name
     _, residual = estimator.poses_and_residuals(frame)
     assert float(residual[0]) < estimator.max_fit_residual / 2
+
+
+def test_evaluate_pose_estimator_prints_the_cards_table_for_held_out_frames(tmp_path, capsys):
+    from rla_wm.cli import main
+    from rla_wm.envs.pusht.frames import collect_state_frames
+
+    collected = collect_state_frames(episodes=2, steps=40, seed=170_000, every=4, progress=False)
+    frames = collected.save(tmp_path / "f.npz")
+    main(["evaluate-pose-estimator", f"--frames={frames}", f"--json={tmp_path / 'report.json'}", "--threads=1"])
+    out = capsys.readouterr().out
+    assert f"| all | {len(collected)} | 0 |" in out, out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["all"]["frames"] == sum(report[g]["frames"] for g in ("inner", "edge") if g in report)
+    assert report["all"]["position_px_median"] < MEDIAN_POSITION_PX
+    assert report["all"]["angle_deg_median"] < MEDIAN_ANGLE_DEG

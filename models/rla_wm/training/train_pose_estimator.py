@@ -18,6 +18,7 @@ import torch
 
 from rla_wm.envs.pusht.frames import StateFrames
 from rla_wm.models.pose_estimator import (
+    BlockPoseEstimator,
     BlockPoseNet,
     PoseNetConfig,
     images_to_input,
@@ -53,6 +54,39 @@ def pose_errors(estimated: np.ndarray, state: np.ndarray) -> dict[str, float]:
         out[f"{name}_mean"] = float(values.mean())
         out[f"{name}_p90"] = float(np.percentile(values, 90))
     return out
+
+
+# Block centres closer than this to the workspace's edge (px) are reported apart: random play pushes the
+# block partly out of the camera's view there, which the task's episodes do not do.
+EDGE_MARGIN = 60.0
+
+
+def held_out_report(estimator: BlockPoseEstimator, frames: StateFrames) -> dict[str, dict[str, float]]:
+    """Per group of frames (all, block centre >= EDGE_MARGIN inside the edge, the rest): frame count,
+    position and angle error median / p90 / p99 / max, and how many frames the estimator refuses."""
+    poses, residuals = [], []
+    for start in range(0, len(frames), 256):
+        pose, residual = estimator.poses_and_residuals(frames.images[start : start + 256])
+        poses.append(pose.cpu().numpy())
+        residuals.append(residual.cpu().numpy())
+    estimated, residual = np.concatenate(poses), np.concatenate(residuals)
+    block = frames.state[:, BLOCK_COLUMNS]
+    position = np.hypot(estimated[:, 0] - block[:, 0], estimated[:, 1] - block[:, 1])
+    angle = np.degrees(np.abs(np.angle(np.exp(1j * (estimated[:, 2] - np.arctan2(block[:, 3], block[:, 2]))))))
+    inner = ((block[:, :2] >= EDGE_MARGIN) & (block[:, :2] <= 512.0 - EDGE_MARGIN)).all(axis=1)
+    report = {}
+    for name, keep in (("all", np.ones(len(frames), bool)), ("inner", inner), ("edge", ~inner)):
+        if not keep.any():
+            continue
+        row: dict[str, float] = {
+            "frames": int(keep.sum()),
+            "refused": int((residual[keep] > estimator.max_fit_residual).sum()),
+        }
+        for variable, values in (("position_px", position[keep]), ("angle_deg", angle[keep])):
+            for label, q in (("median", 50), ("p90", 90), ("p99", 99), ("max", 100)):
+                row[f"{variable}_{label}"] = float(np.percentile(values, q))
+        report[name] = row
+    return report
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -208,6 +209,14 @@ def start_nodes(tmp_path, ros_domain):
 
 # Topics every node has; they say nothing about a graph's wiring.
 INFRASTRUCTURE_TOPICS = frozenset({"/rosout", "/parameter_events", "/diagnostics"})
+
+
+def planar_pose_of(pose) -> np.ndarray:
+    """A geometry_msgs/Pose on the sim table -> (x, y, yaw), as the sim's block pose is logged."""
+    from rla_wm.control.expert_source import planar_pose
+
+    q = pose.orientation
+    return planar_pose(pose.position.x, pose.position.y, (q.x, q.y, q.z, q.w))
 
 
 def node_endpoints(probe, node: str) -> tuple[set, set]:

@@ -17,7 +17,6 @@ from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from rla_wm.control.expert_source import planar_pose
 from rla_wm.control.jtc import is_tail_of
 from rla_wm.envs.pusht.privileged import BLOCK_STATE_CHANNELS, BLOCK_STATE_ENCODER_ID, block_pose_from_tokens
 from rla_wm_msgs.msg import EpisodeStatus, FeatureMap
@@ -26,7 +25,7 @@ from rla_wm_ros.conversions import msg_to_features, stamp_to_nanoseconds
 from rla_wm_ros.launch_xml import LaunchedGraph, parse_launch_file
 from rla_wm_ros.qos import CAMERA_QOS
 
-from conftest import Inbox, call_service, wait_for
+from conftest import Inbox, call_service, planar_pose_of, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -112,12 +111,7 @@ def test_expert_on_block_state_drives_the_sim_through_policy_node_and_gate(ros_d
             if stamp in cameras:
                 assert msg.header.frame_id == cameras[stamp]
             if stamp in pose_by_stamp:
-                pose = pose_by_stamp[stamp]
-                expected = planar_pose(
-                    pose.position.x,
-                    pose.position.y,
-                    (pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w),
-                )
+                expected = planar_pose_of(pose_by_stamp[stamp])
                 decoded = block_pose_from_tokens(msg_to_features(msg))[0]
                 np.testing.assert_allclose(decoded[:2], expected[:2], atol=0.05)
                 assert abs((decoded[2] - expected[2] + np.pi) % (2 * np.pi) - np.pi) < 1e-3

@@ -14,13 +14,12 @@ from geometry_msgs.msg import PoseStamped
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from rla_wm.control.expert_source import planar_pose
 from rla_wm.envs.pusht.privileged import BLOCK_STATE_CHANNELS, BLOCK_STATE_ENCODER_ID, block_pose_from_tokens
 from rla_wm_msgs.msg import EpisodeStatus, FeatureMap
 from rla_wm_ros.conversions import msg_to_features, stamp_to_nanoseconds
 from rla_wm_ros.launch_xml import LaunchedGraph, parse_launch_file
 
-from conftest import Inbox, call_service, node_endpoints, wait_for
+from conftest import Inbox, call_service, node_endpoints, planar_pose_of, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -73,12 +72,7 @@ def test_the_camera_pose_estimator_feeds_the_block_state_policy_through_the_gate
             for msg in features.snapshot():
                 pose = truth.get(stamp_to_nanoseconds(msg.header.stamp))
                 if pose is not None:
-                    expected = planar_pose(
-                        pose.position.x,
-                        pose.position.y,
-                        (pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w),
-                    )
-                    pairs.append((block_pose_from_tokens(msg_to_features(msg))[0], np.asarray(expected)))
+                    pairs.append((block_pose_from_tokens(msg_to_features(msg))[0], np.asarray(planar_pose_of(pose))))
             return pairs
 
         wait_for(lambda: len(compared()) >= 20, 90, "20 feature maps with their frame's true block pose", graph)

@@ -98,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=50, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=10)
     parser.add_argument("--output", type=Path, default=Path("outputs/profile_graph"))
-    parser.add_argument("--launch-file", default="", help="another sim launch file (the demo's --launch-file)")
-    parser.add_argument("--model-topic", default="", help="the model's chunk topic (the demo's --model-topic)")
+    parser.add_argument("--launch-file", type=Path, default=None, help="another sim launch file (the demo's)")
+    parser.add_argument("--model-topic", default=None, help="the model's chunk topic (the demo's --model-topic)")
     parser.add_argument("launch_args", nargs="*", metavar="NAME:=VALUE")
     args = parser.parse_args(argv)
     if shutil.which("py-spy") is None:
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         str(args.episode_steps),
         "--output",
         str(args.output / "demo"),
-        *(["--launch-file", args.launch_file] if args.launch_file else []),
+        *(["--launch-file", str(args.launch_file)] if args.launch_file else []),
         *(["--model-topic", args.model_topic] if args.model_topic else []),
         *(args.launch_args or ([] if args.launch_file else DEMO_POLICY)),
     ]

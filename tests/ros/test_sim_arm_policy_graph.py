@@ -97,7 +97,12 @@ def running(description: LaunchDescription, ros_domain: int, tmp_path: Path) -> 
 def closed_loop(ros_domain: int) -> Iterator[ClosedLoopRunner]:
     """The demo's observer (rclpy's default context; `ros_node` has its own), watching the arm."""
     rclpy.init(domain_id=ros_domain)
-    runner = ClosedLoopRunner(CONTROLLER, camera_topic="/front/image_raw", reset_service="/sim_arm/reset")
+    runner = ClosedLoopRunner(
+        CONTROLLER,
+        camera_topic="/front/image_raw",
+        reset_service="/sim_arm/reset",
+        extra_camera_topics=("/wrist/image_raw",),
+    )
     try:
         yield runner
     finally:
@@ -132,6 +137,13 @@ def test_the_expert_drives_the_sim_arm_through_the_real_arm_graph(ros_domain, ro
         # Moved by the gate's copies of the expert's chunks, not by holds (how many chunks depends on the
         # machine's load: each runs until the next arrives).
         assert result.commands >= 3 and result.holds < result.commands, (result.commands, result.holds)
+        # The episode picture: the front camera on top (no encoder runs, so no feature map beside it), the
+        # wrist camera below, each scaled to 256 px high; two different views, neither blank.
+        picture = result.picture
+        assert picture is not None and picture.shape[0] == 256 + 8 + 256, None if picture is None else picture.shape
+        front, wrist = picture[:256, :256].astype(int), picture[264:, :256].astype(int)
+        assert front.std() > 10 and wrist.std() > 10
+        assert np.abs(front - wrist).mean() > 10
         assert all(graph.alive().values()), graph.tail_logs(30)
 
 

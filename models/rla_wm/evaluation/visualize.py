@@ -112,6 +112,31 @@ def image_grid(images: list[np.ndarray], columns: int, gap: int = 6) -> np.ndarr
     return sheet
 
 
+def stack_rows(pictures: list[np.ndarray], height: int = 256, horizontal: bool = False, gap: int = 8) -> np.ndarray:
+    """Pictures of any sizes in one image: scaled to `height` and joined left to right (`horizontal`), or
+    stacked top to bottom at their own widths, each row padded with white to the widest."""
+    if not pictures:
+        raise ValueError("no pictures to stack")
+    if horizontal:
+        scaled = []
+        for picture in pictures:
+            pil = Image.fromarray(np.asarray(picture, dtype=np.uint8))
+            width = max(1, round(pil.width * height / pil.height))
+            scaled.append(np.asarray(pil.resize((width, height), Image.Resampling.NEAREST)))
+        joined = [scaled[0]]
+        for picture in scaled[1:]:
+            joined += [np.full((height, gap, 3), 255, dtype=np.uint8), picture]
+        return np.concatenate(joined, axis=1)
+    width = max(picture.shape[1] for picture in pictures)
+    rows = []
+    for index, picture in enumerate(pictures):
+        if index:
+            rows.append(np.full((gap, width, 3), 255, dtype=np.uint8))
+        pad = np.full((picture.shape[0], width - picture.shape[1], 3), 255, dtype=np.uint8)
+        rows.append(np.concatenate([np.asarray(picture, dtype=np.uint8), pad], axis=1))
+    return np.concatenate(rows, axis=0)
+
+
 def save_gif(frames: list[np.ndarray], path: str | Path, fps: float = 10.0, height: int = 256) -> Path:
     """An episode's camera frames (H, W, 3) uint8 as a looping animated GIF, scaled to `height` pixels."""
     if not frames:

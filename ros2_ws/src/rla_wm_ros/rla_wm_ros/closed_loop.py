@@ -52,6 +52,15 @@ class EpisodeResult:
     frames: list[np.ndarray] | None = None  # the episode's camera frames, when asked for (keep_frames)
 
 
+def _rgb_or_none(msg: Image | None) -> np.ndarray | None:
+    if msg is None:
+        return None
+    try:
+        return image_msg_to_rgb(msg)
+    except CvBridgeError:
+        return None
+
+
 class ClosedLoopObserver(Node):
     """Resets the simulated robot, watches episodes, and logs stage latencies."""
 
@@ -62,6 +71,7 @@ class ClosedLoopObserver(Node):
         reset_service: str = "/sim_robot/reset",
         sim_clock: bool = False,
         camera_topic: str = "/camera/image_raw",
+        extra_camera_topics: tuple[str, ...] = (),
     ) -> None:
         super().__init__("closed_loop_observer")
         self.model_topic = model_topic
@@ -76,6 +86,10 @@ class ClosedLoopObserver(Node):
         self._chunks: dict[int, tuple[list[str], np.ndarray]] = {}  # stamp -> (joint names, positions)
         self.episode_images: list[Image] | None = None  # collected while not None
         self.create_subscription(Image, camera_topic, self.on_image, CAMERA_QOS)
+        # Other cameras (the arm's wrist camera): only their newest frame, for the episode picture.
+        self.extra_frames: dict[str, Image] = {}
+        for topic in extra_camera_topics:
+            self.create_subscription(Image, topic, lambda msg, topic=topic: self.on_extra_image(topic, msg), CAMERA_QOS)
         self.create_subscription(FeatureMap, FEATURES_TOPIC, self.on_features, 10)
         self.create_subscription(JointTrajectory, model_topic, self.on_chunk, 10)
         self.create_subscription(JointTrajectory, command_topic, self.on_command, 10)
@@ -110,6 +124,17 @@ class ClosedLoopObserver(Node):
             remember_newest(self._frames, stamp, msg, RECENT)
             if self.episode_images is not None and len(self.episode_images) < MAX_EPISODE_FRAMES:
                 self.episode_images.append(msg)
+
+    def on_extra_image(self, topic: str, msg: Image) -> None:
+        with self._lock:
+            self.extra_frames[topic] = msg
+
+    def latest_frames(self) -> tuple[np.ndarray | None, list[np.ndarray]]:
+        """The newest frame of the main camera and of each extra camera that has sent one (decoded)."""
+        with self._lock:
+            main = self._frames[max(self._frames)] if self._frames else None
+            extra = list(self.extra_frames.values())
+        return _rgb_or_none(main), [frame for frame in map(_rgb_or_none, extra) if frame is not None]
 
     def on_features(self, msg: FeatureMap) -> None:
         stamp = stamp_to_nanoseconds(msg.header.stamp)
@@ -170,6 +195,23 @@ class ClosedLoopObserver(Node):
         return None
 
 
+def episode_picture(observer: ClosedLoopObserver) -> np.ndarray | None:
+    """The main camera's newest frame beside what the encoder made of it (when an encoder runs), with the
+    other cameras' newest frames in a row below; None before any frame."""
+    from rla_wm.evaluation.visualize import stack_rows
+
+    snapshot = observer.latest_frame_and_features()
+    main, extra = observer.latest_frames()
+    rows = []
+    if snapshot is not None:
+        rows.append(camera_and_features_picture(*snapshot))
+    elif main is not None:
+        rows.append(stack_rows([main], horizontal=True))
+    if extra:
+        rows.append(stack_rows(extra, horizontal=True))
+    return stack_rows(rows) if rows else None
+
+
 def camera_and_features_picture(frame: np.ndarray, msg: FeatureMap, tokens: np.ndarray) -> np.ndarray:
     """The camera frame next to what the encoder made of it: the PCA of a patch-feature map, or for a
     block-pose estimator (block-state feature space) the frame with the T drawn at the estimated pose."""
@@ -191,9 +233,15 @@ class ClosedLoopRunner:
         sim_clock: bool = False,
         camera_topic: str = "/camera/image_raw",
         reset_service: str = "/sim_robot/reset",
+        extra_camera_topics: tuple[str, ...] = (),
     ) -> None:
         self.observer = ClosedLoopObserver(
-            command_topic, model_topic, reset_service=reset_service, sim_clock=sim_clock, camera_topic=camera_topic
+            command_topic,
+            model_topic,
+            reset_service=reset_service,
+            sim_clock=sim_clock,
+            camera_topic=camera_topic,
+            extra_camera_topics=extra_camera_topics,
         )
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.observer)
@@ -250,9 +298,7 @@ class ClosedLoopRunner:
             images, observer.episode_images = observer.episode_images, None
         frames = [image_msg_to_rgb(msg) for msg in images] if images is not None else None
         picture = None
-        snapshot = observer.latest_frame_and_features()
-        if snapshot is not None:
-            picture = camera_and_features_picture(*snapshot)
+        picture = episode_picture(observer)
         return EpisodeResult(
             episode=status.episode,
             success=status.success,

@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             model_topic=args.model_topic,
             sim_clock=sim_clock,
             camera_topic=description.args.get("camera_topic", "/camera/image_raw"),
+            # A launch file with a second camera (the arm's wrist camera) declares it: the picture shows it too.
+            extra_camera_topics=tuple(t for t in [description.args.get("wrist_camera_topic", "")] if t),
             reset_service=reset_service_of(description),
         )
         try:

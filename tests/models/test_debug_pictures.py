@@ -169,11 +169,11 @@ def test_session_plans_carry_their_start_and_predicted_end_rolls_out_the_whole_p
     )
 
 
-def test_stack_rows_scales_side_by_side_and_pads_rows_to_the_widest():
-    from rla_wm.evaluation.visualize import stack_rows
+def test_side_by_side_scales_any_number_and_stack_rows_pads_rows_to_the_widest():
+    from rla_wm.evaluation.visualize import side_by_side, stack_rows
 
     a, b = np.full((64, 64, 3), 10, np.uint8), np.full((32, 64, 3), 200, np.uint8)
-    row = stack_rows([a, b], height=128, horizontal=True, gap=4)
+    row = side_by_side(a, b, height=128, gap=4)
     assert row.shape == (128, 128 + 4 + 256, 3)
     assert (row[:, :128] == 10).all() and (row[:, 132:] == 200).all() and (row[:, 128:132] == 255).all()
     column = stack_rows([row, a], gap=4)
@@ -181,3 +181,5 @@ def test_stack_rows_scales_side_by_side_and_pads_rows_to_the_widest():
     assert (column[132:, :64] == 10).all() and (column[132:, 64:] == 255).all()  # padded with white
     with pytest.raises(ValueError):
         stack_rows([])
+    with pytest.raises(ValueError):
+        side_by_side()

@@ -61,16 +61,20 @@ def feature_pca_picture(tokens: np.ndarray, grid_height: int, grid_width: int, h
     return np.ascontiguousarray(small[rows[:, None], columns[None, :]])
 
 
-def side_by_side(frame_rgb: np.ndarray, feature_rgb: np.ndarray, height: int = 256) -> np.ndarray:
-    """Camera frame and feature PCA image scaled to one height, joined left to right."""
-    panels = []
-    for image in (frame_rgb, feature_rgb):
+def side_by_side(*pictures: np.ndarray, height: int = 256, gap: int = 8) -> np.ndarray:
+    """Pictures (a camera frame, its feature PCA image, ...) scaled to one height, joined left to right
+    with white gaps."""
+    if not pictures:
+        raise ValueError("no pictures to join")
+    panels: list[np.ndarray] = []
+    for index, image in enumerate(pictures):
         pil = Image.fromarray(np.asarray(image, dtype=np.uint8))
         width = max(1, round(pil.width * height / pil.height))
+        if index:
+            panels.append(np.full((height, gap, 3), 255, dtype=np.uint8))
         # Nearest keeps patch boundaries visible in the feature image.
         panels.append(np.asarray(pil.resize((width, height), Image.Resampling.NEAREST)))
-    gap = np.full((height, 8, 3), 255, dtype=np.uint8)
-    return np.concatenate([panels[0], gap, panels[1]], axis=1)
+    return np.concatenate(panels, axis=1)
 
 
 # gym-pusht's T in its body frame (pixels): the outline of the bar (120 x 30) and the stem (30 x 90) below it.
@@ -112,21 +116,10 @@ def image_grid(images: list[np.ndarray], columns: int, gap: int = 6) -> np.ndarr
     return sheet
 
 
-def stack_rows(pictures: list[np.ndarray], height: int = 256, horizontal: bool = False, gap: int = 8) -> np.ndarray:
-    """Pictures of any sizes in one image: scaled to `height` and joined left to right (`horizontal`), or
-    stacked top to bottom at their own widths, each row padded with white to the widest."""
+def stack_rows(pictures: list[np.ndarray], gap: int = 8) -> np.ndarray:
+    """Pictures stacked top to bottom at their own sizes, each row padded with white to the widest."""
     if not pictures:
         raise ValueError("no pictures to stack")
-    if horizontal:
-        scaled = []
-        for picture in pictures:
-            pil = Image.fromarray(np.asarray(picture, dtype=np.uint8))
-            width = max(1, round(pil.width * height / pil.height))
-            scaled.append(np.asarray(pil.resize((width, height), Image.Resampling.NEAREST)))
-        joined = [scaled[0]]
-        for picture in scaled[1:]:
-            joined += [np.full((height, gap, 3), 255, dtype=np.uint8), picture]
-        return np.concatenate(joined, axis=1)
     width = max(picture.shape[1] for picture in pictures)
     rows = []
     for index, picture in enumerate(pictures):

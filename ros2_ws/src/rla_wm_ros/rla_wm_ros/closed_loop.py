@@ -129,12 +129,17 @@ class ClosedLoopObserver(Node):
         with self._lock:
             self.extra_frames[topic] = msg
 
-    def latest_frames(self) -> tuple[np.ndarray | None, list[np.ndarray]]:
-        """The newest frame of the main camera and of each extra camera that has sent one (decoded)."""
+    def latest_frame(self) -> np.ndarray | None:
+        """The main camera's newest frame, decoded (None before one, or if it cannot be)."""
         with self._lock:
-            main = self._frames[max(self._frames)] if self._frames else None
-            extra = list(self.extra_frames.values())
-        return _rgb_or_none(main), [frame for frame in map(_rgb_or_none, extra) if frame is not None]
+            newest = self._frames[max(self._frames)] if self._frames else None
+        return _rgb_or_none(newest)
+
+    def latest_extra_frames(self) -> list[np.ndarray]:
+        """The newest frame of each extra camera that has sent a decodable one."""
+        with self._lock:
+            messages = list(self.extra_frames.values())
+        return [frame for frame in map(_rgb_or_none, messages) if frame is not None]
 
     def on_features(self, msg: FeatureMap) -> None:
         stamp = stamp_to_nanoseconds(msg.header.stamp)
@@ -198,17 +203,17 @@ class ClosedLoopObserver(Node):
 def episode_picture(observer: ClosedLoopObserver) -> np.ndarray | None:
     """The main camera's newest frame beside what the encoder made of it (when an encoder runs), with the
     other cameras' newest frames in a row below; None before any frame."""
-    from rla_wm.evaluation.visualize import stack_rows
+    from rla_wm.evaluation.visualize import side_by_side, stack_rows
 
-    snapshot = observer.latest_frame_and_features()
-    main, extra = observer.latest_frames()
     rows = []
+    snapshot = observer.latest_frame_and_features()
     if snapshot is not None:
         rows.append(camera_and_features_picture(*snapshot))
-    elif main is not None:
-        rows.append(stack_rows([main], horizontal=True))
+    elif (frame := observer.latest_frame()) is not None:
+        rows.append(side_by_side(frame))  # scaled to the height of the rows around it
+    extra = observer.latest_extra_frames()
     if extra:
-        rows.append(stack_rows(extra, horizontal=True))
+        rows.append(side_by_side(*extra))
     return stack_rows(rows) if rows else None
 
 
@@ -297,8 +302,6 @@ class ClosedLoopRunner:
         with observer._lock:
             images, observer.episode_images = observer.episode_images, None
         frames = [image_msg_to_rgb(msg) for msg in images] if images is not None else None
-        picture = None
-        picture = episode_picture(observer)
         return EpisodeResult(
             episode=status.episode,
             success=status.success,
@@ -307,7 +310,7 @@ class ClosedLoopRunner:
             wall_seconds=time.monotonic() - start,
             commands=observer.commands - commands_before,
             holds=observer.holds - holds_before,
-            picture=picture,
+            picture=episode_picture(observer),
             frames=frames,
         )
 

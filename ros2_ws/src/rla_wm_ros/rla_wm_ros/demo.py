@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             sim_clock=sim_clock,
             camera_topic=description.args.get("camera_topic", "/camera/image_raw"),
             # A launch file with a second camera (the arm's wrist camera) declares it: the picture shows it too.
-            extra_camera_topics=tuple(t for t in [description.args.get("wrist_camera_topic", "")] if t),
+            extra_camera_topics=(wrist,) if (wrist := description.args.get("wrist_camera_topic")) else (),
             reset_service=reset_service_of(description),
         )
         try:

@@ -118,7 +118,7 @@ def test_training_on_sim_frames_lowers_the_held_out_pose_error(tmp_path):
     held_out = collect_state_frames(episodes=2, steps=60, seed=310_000, every=4, progress=False)
     config = PoseNetConfig(image_size=96, width=8)
     torch.manual_seed(0)
-    before = pose_errors(estimate_poses(BlockPoseNet(config), held_out.images), held_out.state)
+    before = pose_errors(estimate_poses(BlockPoseNet(config), held_out.images)[0], held_out.state)
     net, log = train_pose_estimator(
         train,
         held_out,

@@ -122,6 +122,14 @@ def pose_from_keypoints(points: torch.Tensor, model_points: torch.Tensor) -> tor
     return torch.stack([origin_x, origin_y, angle], dim=-1)
 
 
+def fit_pose(points: torch.Tensor, model_points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, K, 2) predicted keypoints -> (B, 3) fitted pose [x, y, angle] and (B,) residual: the largest
+    distance of a keypoint from where the fitted pose puts it (how well the points make a rigid T)."""
+    pose = pose_from_keypoints(points, model_points)
+    rows = torch.cat([pose[:, :2], torch.cos(pose[:, 2:]), torch.sin(pose[:, 2:])], dim=-1)
+    return pose, (keypoints_of_pose(rows, model_points) - points).norm(dim=-1).amax(dim=-1)
+
+
 def images_to_input(frames: np.ndarray | torch.Tensor, image_size: int, device: torch.device) -> torch.Tensor:
     """(B, H, W, 3) uint8 RGB (or one (H, W, 3) frame) -> (B, 3, S, S) float in [0, 1] on `device`."""
     images = torch.as_tensor(frames)
@@ -199,10 +207,7 @@ class BlockPoseEstimator:
         points = self.net(images)
         if not torch.isfinite(points).all():
             raise PoseEstimatorError("the pose estimator returned NaN or inf")
-        pose = pose_from_keypoints(points, self.model_points)
-        rows = torch.cat([pose[:, :2], torch.cos(pose[:, 2:]), torch.sin(pose[:, 2:])], dim=-1)
-        residuals = (keypoints_of_pose(rows, self.model_points) - points).norm(dim=-1).amax(dim=-1)
-        return pose, residuals
+        return fit_pose(points, self.model_points)
 
     def poses(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Frames -> (B, 3) [x, y (workspace px), angle (rad)]; PoseEstimatorError if a frame shows no T."""

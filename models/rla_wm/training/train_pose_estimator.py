@@ -21,9 +21,9 @@ from rla_wm.models.pose_estimator import (
     BlockPoseEstimator,
     BlockPoseNet,
     PoseNetConfig,
+    fit_pose,
     images_to_input,
     keypoints_of_pose,
-    pose_from_keypoints,
     save_pose_estimator,
 )
 from rla_wm.training.schedule import warmup_cosine
@@ -42,13 +42,20 @@ class PoseTrainConfig:
     evaluate_every: int = 500
 
 
+def block_errors(estimated: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, 3) estimated [x, y, angle] vs (N, 6) frame state -> absolute x and y errors (px), angle error (deg)."""
+    block = state[:, BLOCK_COLUMNS]
+    true_angle = np.arctan2(block[:, 3], block[:, 2])
+    return (
+        np.abs(estimated[:, 0] - block[:, 0]),
+        np.abs(estimated[:, 1] - block[:, 1]),
+        np.degrees(np.abs(np.angle(np.exp(1j * (estimated[:, 2] - true_angle))))),
+    )
+
+
 def pose_errors(estimated: np.ndarray, state: np.ndarray) -> dict[str, float]:
     """(N, 3) estimated [x, y, angle] vs (N, 6) frame state -> mean / p90 absolute errors (px, deg)."""
-    block = state[:, BLOCK_COLUMNS]
-    dx = np.abs(estimated[:, 0] - block[:, 0])
-    dy = np.abs(estimated[:, 1] - block[:, 1])
-    true_angle = np.arctan2(block[:, 3], block[:, 2])
-    dangle = np.degrees(np.abs(np.angle(np.exp(1j * (estimated[:, 2] - true_angle)))))
+    dx, dy, dangle = block_errors(estimated, state)
     out = {}
     for name, values in (("x_px", dx), ("y_px", dy), ("angle_deg", dangle)):
         out[f"{name}_mean"] = float(values.mean())
@@ -64,15 +71,10 @@ EDGE_MARGIN = 60.0
 def held_out_report(estimator: BlockPoseEstimator, frames: StateFrames) -> dict[str, dict[str, float]]:
     """Per group of frames (all, block centre >= EDGE_MARGIN inside the edge, the rest): frame count,
     position and angle error median / p90 / p99 / max, and how many frames the estimator refuses."""
-    poses, residuals = [], []
-    for start in range(0, len(frames), 256):
-        pose, residual = estimator.poses_and_residuals(frames.images[start : start + 256])
-        poses.append(pose.cpu().numpy())
-        residuals.append(residual.cpu().numpy())
-    estimated, residual = np.concatenate(poses), np.concatenate(residuals)
+    estimated, residual = estimate_poses(estimator.net, frames.images)
+    dx, dy, angle = block_errors(estimated, frames.state)
+    position = np.hypot(dx, dy)
     block = frames.state[:, BLOCK_COLUMNS]
-    position = np.hypot(estimated[:, 0] - block[:, 0], estimated[:, 1] - block[:, 1])
-    angle = np.degrees(np.abs(np.angle(np.exp(1j * (estimated[:, 2] - np.arctan2(block[:, 3], block[:, 2]))))))
     inner = ((block[:, :2] >= EDGE_MARGIN) & (block[:, :2] <= 512.0 - EDGE_MARGIN)).all(axis=1)
     report = {}
     for name, keep in (("all", np.ones(len(frames), bool)), ("inner", inner), ("edge", ~inner)):
@@ -90,17 +92,20 @@ def held_out_report(estimator: BlockPoseEstimator, frames: StateFrames) -> dict[
 
 
 @torch.no_grad()
-def estimate_poses(net: BlockPoseNet, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """uint8 (N, H, W, 3) -> (N, 3) [x, y, angle] through `net` (eval mode, CPU)."""
+def estimate_poses(net: BlockPoseNet, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 (N, H, W, 3) -> (N, 3) [x, y, angle] and (N,) fit residuals (px) through `net` in eval mode."""
     was_training = net.training
     net.eval()
-    model_points = torch.tensor(net.config.keypoints, dtype=torch.float32)
-    out = []
+    device = next(net.parameters()).device
+    model_points = torch.tensor(net.config.keypoints, dtype=torch.float32, device=device)
+    poses, residuals = [], []
     for start in range(0, len(images), batch_size):
-        points = net(images_to_input(images[start : start + batch_size], net.config.image_size, torch.device("cpu")))
-        out.append(pose_from_keypoints(points, model_points).numpy())
+        points = net(images_to_input(images[start : start + batch_size], net.config.image_size, device))
+        pose, residual = fit_pose(points, model_points)
+        poses.append(pose.cpu().numpy())
+        residuals.append(residual.cpu().numpy())
     net.train(was_training)
-    return np.concatenate(out)
+    return np.concatenate(poses), np.concatenate(residuals)
 
 
 def train_pose_estimator(
@@ -140,7 +145,7 @@ def train_pose_estimator(
             scheduler.step()
             entry: dict = {"step": step, "loss_px": loss.item(), "seconds": time.monotonic() - started}
             if (step + 1) % config.evaluate_every == 0 or step == config.steps - 1:
-                entry["held_out"] = pose_errors(estimate_poses(net, eval_frames.images), eval_frames.state)
+                entry["held_out"] = pose_errors(estimate_poses(net, eval_frames.images)[0], eval_frames.state)
                 save_pose_estimator(net, out / "pose_estimator", {"step": step, "held_out": entry["held_out"]})
                 bar.write(f"step {step + 1}: held-out {json.dumps(entry['held_out'])}")
             if step % 25 == 0 or "held_out" in entry:
@@ -156,9 +161,9 @@ def write_pose_examples(net: BlockPoseNet, frames: StateFrames, path: Path, show
     `worst` by position error (where a person sees what the estimator gets wrong)."""
     from rla_wm.evaluation.visualize import block_pose_overlay, image_grid, save_png
 
-    poses = estimate_poses(net, frames.images)
-    block = frames.state[:, BLOCK_COLUMNS]
-    error = np.hypot(poses[:, 0] - block[:, 0], poses[:, 1] - block[:, 1])
+    poses, _ = estimate_poses(net, frames.images)
+    dx, dy, _ = block_errors(poses, frames.state)
+    error = np.hypot(dx, dy)
     picks = list(np.random.default_rng(0).permutation(len(frames))[:shown]) + list(np.argsort(-error)[:worst])
     pictures = [block_pose_overlay(frames.images[i], poses[i], height=192) for i in picks]
     return save_png(image_grid(pictures, columns=4), path)

@@ -43,13 +43,22 @@ def feature_stamps(features: Inbox) -> set[int]:
     return {stamp_to_nanoseconds(msg.header.stamp) for msg in features.snapshot()}
 
 
+def start_encoder(ros_node, start_nodes, **params: str):
+    """The encoder node with config/encoder.yaml (and `params`), and a camera publisher with the QoS of a
+    camera driver, once the encoder has subscribed to it: (graph, camera)."""
+    graph = start_nodes(
+        NodeSpec("rla_wm_ros", "encoder", name="encoder", param_files=[config_file("encoder.yaml")], params=params)
+    )
+    camera = ros_node.create_publisher(Image, "camera/image_raw", qos_profile_sensor_data)
+    wait_for(lambda: camera.get_subscription_count() > 0, 60, "the encoder to subscribe to the camera", graph)
+    return graph, camera
+
+
 def test_encoder_turns_images_into_feature_maps_with_source_stamp(ros_node, start_nodes):
-    graph = start_nodes(NodeSpec("rla_wm_ros", "encoder", name="encoder", param_files=[config_file("encoder.yaml")]))
     features, diagnostics = Inbox(), Inbox()
     ros_node.create_subscription(FeatureMap, "features", features, 10)
     ros_node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics, 10)
-    camera = ros_node.create_publisher(Image, "camera/image_raw", qos_profile_sensor_data)
-    wait_for(lambda: camera.get_subscription_count() > 0, 60, "the encoder to subscribe to the camera", graph)
+    graph, camera = start_encoder(ros_node, start_nodes)
 
     sent: list[Time] = []
     for index in range(3):
@@ -100,17 +109,11 @@ def test_encoder_turns_images_into_feature_maps_with_source_stamp(ros_node, star
 
 
 def test_encoder_counts_malformed_images_on_diagnostics_and_keeps_encoding(ros_node, start_nodes):
-    graph = start_nodes(NodeSpec("rla_wm_ros", "encoder", name="encoder", param_files=[config_file("encoder.yaml")]))
     features, diagnostics = Inbox(), Inbox()
     ros_node.create_subscription(FeatureMap, "features", features, 10)
     ros_node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics, 10)
-    camera = ros_node.create_publisher(Image, "camera/image_raw", qos_profile_sensor_data)
-    wait_for(
-        lambda: camera.get_subscription_count() > 0 and encoder_status(diagnostics),
-        60,
-        "the encoder to subscribe and report",
-        graph,
-    )
+    graph, camera = start_encoder(ros_node, start_nodes)
+    wait_for(lambda: encoder_status(diagnostics), 60, "the encoder to report", graph)
 
     def raw(encoding: str, height: int, width: int, step: int, data: bytes) -> Image:
         msg = Image(encoding=encoding, height=height, width=width, step=step, data=data)
@@ -145,11 +148,9 @@ def test_encoder_counts_malformed_images_on_diagnostics_and_keeps_encoding(ros_n
 
 
 def test_encoder_drops_a_backlog_instead_of_queueing_it(ros_node, start_nodes):
-    graph = start_nodes(NodeSpec("rla_wm_ros", "encoder", name="encoder", param_files=[config_file("encoder.yaml")]))
     features = Inbox()
     ros_node.create_subscription(FeatureMap, "features", features, 100)
-    camera = ros_node.create_publisher(Image, "camera/image_raw", qos_profile_sensor_data)
-    wait_for(lambda: camera.get_subscription_count() > 0, 60, "the encoder to subscribe", graph)
+    graph, camera = start_encoder(ros_node, start_nodes)
     # Warm up until the first feature map comes back, then burst 60 frames far faster
     # than the encoder can run.
     publish_until(
@@ -173,19 +174,9 @@ def test_encoder_drops_a_backlog_instead_of_queueing_it(ros_node, start_nodes):
 
 
 def test_encoder_max_rate_encodes_frames_at_most_that_often_by_their_stamps(ros_node, start_nodes):
-    graph = start_nodes(
-        NodeSpec(
-            "rla_wm_ros",
-            "encoder",
-            name="encoder",
-            param_files=[config_file("encoder.yaml")],
-            params={"max_rate": "2.0"},
-        )
-    )
     features = Inbox()
     ros_node.create_subscription(FeatureMap, "features", features, 100)
-    camera = ros_node.create_publisher(Image, "camera/image_raw", qos_profile_sensor_data)
-    wait_for(lambda: camera.get_subscription_count() > 0, 60, "the encoder to subscribe", graph)
+    graph, camera = start_encoder(ros_node, start_nodes, max_rate="2.0")
     publish_until(
         lambda: camera.publish(image_msg(1, Time(sec=1))), features.snapshot, 60, "a first feature map", graph
     )
@@ -329,20 +320,12 @@ def test_encoder_publishes_latent_actions_between_frame_t_minus_h_and_t(ros_node
 
     config = RLAConfig(latent_tokens=4, latent_dim=6, width=32, encoder_depth=1, decoder_depth=1, heads=2)
     RLAAutoencoder(config).save(tmp_path / "rla")
-    graph = start_nodes(
-        NodeSpec(
-            "rla_wm_ros",
-            "encoder",
-            name="encoder",
-            param_files=[config_file("encoder.yaml")],
-            params={"rla_checkpoint": str(tmp_path / "rla"), "rla_horizon": "2", "rla_fps": "10.0"},
-        )
-    )
     latents, features = Inbox(), Inbox()
     ros_node.create_subscription(LatentAction, "latent_action", latents, 10)
     ros_node.create_subscription(FeatureMap, "features", features, 10)
-    camera = ros_node.create_publisher(Image, "camera/image_raw", qos_profile_sensor_data)
-    wait_for(lambda: camera.get_subscription_count() > 0, 60, "the encoder to subscribe", graph)
+    graph, camera = start_encoder(
+        ros_node, start_nodes, rla_checkpoint=str(tmp_path / "rla"), rla_horizon="2", rla_fps="10.0"
+    )
     for index in range(6):
         # Camera stamps 0.1 s apart, each frame sent once the previous one is encoded, so none is dropped.
         stamp = Time(sec=500 + index // 10, nanosec=(index % 10) * 100_000_000)
@@ -376,20 +359,10 @@ def test_encoder_with_the_pose_estimator_publishes_the_block_pose_and_refuses_a_
     from rla_wm.envs.pusht.privileged import BLOCK_STATE_ENCODER_ID, block_pose_from_tokens
     from rla_wm.envs.pusht.sim import PushTSim
 
-    graph = start_nodes(
-        NodeSpec(
-            "rla_wm_ros",
-            "encoder",
-            name="encoder",
-            param_files=[config_file("encoder.yaml")],
-            params={"model": "builtin:sim-pusht-pose-cnn"},
-        )
-    )
     features, diagnostics = Inbox(), Inbox()
     ros_node.create_subscription(FeatureMap, "features", features, 10)
     ros_node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics, 10)
-    camera = ros_node.create_publisher(Image, "camera/image_raw", qos_profile_sensor_data)
-    wait_for(lambda: camera.get_subscription_count() > 0, 60, "the encoder to subscribe to the camera", graph)
+    graph, camera = start_encoder(ros_node, start_nodes, model="builtin:sim-pusht-pose-cnn")
 
     sim = PushTSim(max_steps=5)
     frame = sim.reset(seed=7)

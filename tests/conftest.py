@@ -211,6 +211,21 @@ def start_nodes(tmp_path, ros_domain):
 INFRASTRUCTURE_TOPICS = frozenset({"/rosout", "/parameter_events", "/diagnostics"})
 
 
+def episode_until_progress(statuses: Inbox, episode: int, coverage_gain: float, timeout: float, graph=None) -> list:
+    """Wait until `episode`'s status messages (an Inbox of EpisodeStatus) show it done or its coverage
+    `coverage_gain` above its first; return them in arrival order."""
+
+    def steps() -> list:
+        return [s for s in statuses.snapshot() if s.episode == episode]
+
+    def progressed() -> bool:
+        seen = steps()
+        return bool(seen) and (seen[-1].done or seen[-1].coverage >= seen[0].coverage + coverage_gain)
+
+    wait_for(progressed, timeout, lambda: f"episode {episode} to end or progress: {steps()[-1:]}", graph)
+    return steps()
+
+
 def planar_pose_of(pose) -> np.ndarray:
     """A geometry_msgs/Pose on the sim table -> (x, y, yaw), as the sim's block pose is logged."""
     from rla_wm.control.expert_source import planar_pose

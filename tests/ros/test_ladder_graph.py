@@ -25,7 +25,7 @@ from rla_wm_ros.conversions import msg_to_features, stamp_to_nanoseconds
 from rla_wm_ros.launch_xml import LaunchedGraph, parse_launch_file
 from rla_wm_ros.qos import CAMERA_QOS
 
-from conftest import Inbox, call_service, planar_pose_of, wait_for
+from conftest import Inbox, call_service, episode_until_progress, planar_pose_of, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -124,15 +124,7 @@ def test_expert_on_block_state_drives_the_sim_through_policy_node_and_gate(ros_d
         answer = call_service(ros_node.create_client(Trigger, "/sim_robot/reset"), timeout=30.0, graph=graph)
         assert answer.success, answer.message
 
-        def episode() -> list[EpisodeStatus]:
-            return [s for s in statuses.snapshot() if s.episode == 1]
-
-        def progressed() -> bool:
-            steps = episode()
-            return bool(steps) and (steps[-1].done or steps[-1].coverage >= steps[0].coverage + COVERAGE_GAIN)
-
-        wait_for(progressed, STARTUP_TIMEOUT, lambda: f"episode 1 to end or progress: {episode()[-1:]}", graph)
-        steps = episode()
+        steps = episode_until_progress(statuses, 1, COVERAGE_GAIN, STARTUP_TIMEOUT, graph)
         start = steps[0]
         reached = next((s for s in steps if s.coverage >= start.coverage + COVERAGE_GAIN), None)
         best = max(s.coverage for s in steps)

@@ -19,7 +19,7 @@ from rla_wm_msgs.msg import EpisodeStatus, FeatureMap
 from rla_wm_ros.conversions import msg_to_features, stamp_to_nanoseconds
 from rla_wm_ros.launch_xml import LaunchedGraph, parse_launch_file
 
-from conftest import Inbox, call_service, node_endpoints, planar_pose_of, wait_for
+from conftest import Inbox, call_service, episode_until_progress, node_endpoints, planar_pose_of, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -92,15 +92,7 @@ def test_the_camera_pose_estimator_feeds_the_block_state_policy_through_the_gate
         answer = call_service(ros_node.create_client(Trigger, "/sim_robot/reset"), timeout=30.0, graph=graph)
         assert answer.success, answer.message
 
-        def episode() -> list[EpisodeStatus]:
-            return [s for s in statuses.snapshot() if s.episode == 1]
-
-        def progressed() -> bool:
-            steps = episode()
-            return bool(steps) and (steps[-1].done or steps[-1].coverage >= steps[0].coverage + COVERAGE_GAIN)
-
-        wait_for(progressed, 200, lambda: f"episode 1 to end or progress: {episode()[-1:]}", graph)
-        steps = episode()
+        steps = episode_until_progress(statuses, 1, COVERAGE_GAIN, 200, graph)
         best = max(s.coverage for s in steps)
         assert best >= steps[0].coverage + COVERAGE_GAIN, f"coverage went from {steps[0].coverage:.3f} to {best:.3f}"
         assert len(commands.snapshot()) >= 10

@@ -41,6 +41,7 @@ import torch
 from rla_wm.envs.pusht.frames import FRAMES_SEED_BASE, StateFrames, collect_state_frames
 from rla_wm.training.config import ConfigError, Experiment, parse_config
 from rla_wm.training.pretrain_encoder import PretrainConfig
+from rla_wm.training.train_pose_estimator import PoseTrainConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -380,7 +381,7 @@ def command_pretrain_encoder(config: PretrainEncoderRun) -> None:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TrainPoseEstimatorRun:
+class TrainPoseEstimatorRun(PoseTrainConfig):
     """Supervised CNN that reads the block pose from the camera (rla_wm.models.pose_estimator)."""
 
     # State-frames .npz from collect-frames: training frames, and held-out frames (other seeds).
@@ -392,23 +393,19 @@ class TrainPoseEstimatorRun:
     eval_limit: int = 1500
     image_size: int = 96
     width: int = 32
-    steps: int = 6000
-    batch_size: int = 32
-    lr: float = 2e-3
-    evaluate_every: int = 500
-    seed: int = 0
     # torch CPU threads (0: torch's default).
     threads: int = 0
 
 
 def command_train_pose_estimator(config: TrainPoseEstimatorRun) -> None:
+    import dataclasses
     import json
 
     import numpy as np
 
     from rla_wm.evaluation.visualize import plot_loss_curves
     from rla_wm.models.pose_estimator import PoseNetConfig
-    from rla_wm.training.train_pose_estimator import PoseTrainConfig, train_pose_estimator, write_pose_examples
+    from rla_wm.training.train_pose_estimator import train_pose_estimator, write_pose_examples
 
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -418,13 +415,7 @@ def command_train_pose_estimator(config: TrainPoseEstimatorRun) -> None:
         keep = np.sort(np.random.default_rng(config.seed).permutation(len(held_out))[: config.eval_limit])
         held_out = StateFrames(held_out.images[keep], held_out.state[keep], held_out.episode[keep])
     out = Path(config.out)
-    train_config = PoseTrainConfig(
-        steps=config.steps,
-        batch_size=config.batch_size,
-        lr=config.lr,
-        seed=config.seed,
-        evaluate_every=config.evaluate_every,
-    )
+    train_config = PoseTrainConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(PoseTrainConfig)})
     net, log = train_pose_estimator(
         frames, held_out, out, PoseNetConfig(image_size=config.image_size, width=config.width), train_config
     )

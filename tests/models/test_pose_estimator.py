@@ -180,3 +180,24 @@ def test_the_overlay_draws_the_t_where_the_pose_puts_it():
     assert sheet.shape == (3 * 10 + 2 * 4, 2 * 12 + 4, 3)
     with pytest.raises(ValueError):
         image_grid([np.zeros((10, 12, 3), np.uint8), np.zeros((11, 12, 3), np.uint8)], columns=2)
+
+
+def test_the_train_command_writes_the_estimator_its_curve_and_examples(tmp_path, capsys):
+    from rla_wm.cli import main
+
+    frames = collect_state_frames(episodes=3, steps=30, seed=320_000, every=3, progress=False).save(tmp_path / "f.npz")
+    out = tmp_path / "run"
+    arguments = [f"--frames={frames}", f"--eval_frames={frames}", f"--out={out}", "--steps=10", "--evaluate_every=5"]
+    main(["train-pose-estimator", *arguments, "--width=8", "--warmup_steps=2", "--threads=1"])
+    assert "held-out block pose error after 10 steps" in capsys.readouterr().out
+    for written in (
+        "pose_estimator/pose_estimator.pt",
+        "pose_estimator/metrics.json",
+        "log.jsonl",
+        "loss.png",
+        "examples.png",
+    ):
+        assert (out / written).is_file(), written
+    # The folder loads back as an encoder of the block-state feature space.
+    encoder = load_encoder(EncoderConfig(model=str(out / "pose_estimator")))
+    assert isinstance(encoder, BlockPoseEstimator) and encoder.net.config.width == 8

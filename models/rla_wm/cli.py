@@ -1,6 +1,7 @@
 """`rla-wm`: record sim data, cache features, train, evaluate.
 
     rla-wm record-pusht      --root=data/pusht_random --episodes=40 --steps=100
+    rla-wm record-so101      --root=data/so101_expert --episodes=50 --policy=expert --environment_state=true
     rla-wm cache-features    --config_path=models/configs/pusht_small.yaml
     rla-wm train-rla         --config_path=... --out=runs/rla
     rla-wm train-wm          --config_path=... --rla_checkpoint=runs/rla/checkpoint --out=runs/wm
@@ -17,6 +18,7 @@
     rla-wm probe             --encoder=builtin:NAME [--frames=runs/probe_frames.npz]
     rla-wm train-pose-estimator --frames=runs/frames.npz --eval_frames=runs/probe_frames.npz --out=runs/pose
     rla-wm evaluate-pose-estimator --estimator=builtin:sim-pusht-pose-cnn --frames=runs/probe_frames.npz
+    rla-wm train-cube-estimator --out=runs/cube_estimator    (SO-101: collects its labelled frames, then trains)
     rla-wm rollout           --policy=runs/policy/checkpoint --episodes=50 --execute_steps=4
 
 Every command takes draccus-style `--field=value` arguments; those that read an experiment
@@ -41,6 +43,7 @@ import torch
 from rla_wm.envs.pusht.frames import FRAMES_SEED_BASE, StateFrames, collect_state_frames
 from rla_wm.training.config import ConfigError, Experiment, parse_config
 from rla_wm.training.pretrain_encoder import PretrainConfig
+from rla_wm.training.train_cube_estimator import CubeTrainConfig
 from rla_wm.training.train_pose_estimator import PoseTrainConfig
 
 
@@ -62,6 +65,26 @@ class RecordPushT:
     environment_state: bool = False
     # Std (px) of noise added to each executed action, the recorded action kept clean (DART).
     execution_noise: float = 0.0
+
+
+@dataclass(frozen=True)
+class RecordSo101:
+    """Record the simulated SO-101 push-cube task in process (no ROS), in LeRobot's SO-101 layout."""
+
+    # Folder of the new dataset.
+    root: str
+    repo_id: str = "local/so101_sim"
+    episodes: int = 20
+    steps: int = 150
+    seed: int = 0
+    # "expert" (the scripted push-cube expert; an episode ends on success) or "play" (joint random walk).
+    policy: str = "expert"
+    # Store the cube's pose and the zone as observation.environment_state (the cube-state rung).
+    environment_state: bool = False
+    # Std (rad) of noise added to each executed joint target, the recorded target kept clean (DART).
+    execution_noise: float = 0.0
+    # Camera images are image_size x image_size.
+    image_size: int = 128
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,6 +145,26 @@ def command_record_pusht(config: RecordPushT) -> None:
         with_actions=not config.action_free,
         with_environment_state=config.environment_state,
         execution_noise_px=config.execution_noise,
+    )
+    print(f"dataset written to {path}")
+
+
+def command_record_so101(config: RecordSo101) -> None:
+    from rla_wm.envs.so101.dataset import POLICIES, record_so101_dataset
+
+    if config.policy not in POLICIES:
+        raise ConfigError(f"policy must be one of {list(POLICIES)}, got {config.policy!r}")
+    path = record_so101_dataset(
+        config.root,
+        repo_id=config.repo_id,
+        episodes=config.episodes,
+        steps_per_episode=config.steps,
+        seed=config.seed,
+        policy=config.policy,
+        image_size=config.image_size,
+        with_environment_state=config.environment_state,
+        execution_noise=config.execution_noise,
+        progress=True,
     )
     print(f"dataset written to {path}")
 
@@ -428,6 +471,49 @@ def command_train_pose_estimator(config: TrainPoseEstimatorRun) -> None:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TrainCubeEstimatorRun(CubeTrainConfig):
+    """Supervised CNN that reads the SO-101 cube's and zone's positions from the front camera
+    (rla_wm.models.cube_estimator); collects its labelled frames in process first."""
+
+    # Run folder: cube_estimator/ (float16 weights, camera model, metrics.json), log.jsonl, loss.png, examples.png.
+    out: str
+    # Training episodes (seeds seed, seed + 1, ...; every 4th a joint random walk, the rest the noisy expert)
+    # and held-out episodes (seeds eval_seed, ...).
+    episodes: int = 600
+    frame_seed: int = 40000
+    eval_episodes: int = 60
+    eval_seed: int = 41000
+    # Std (rad) of the noise executed on the expert's joint targets.
+    execution_noise: float = 0.05
+    # The network's input size (frames are resized) and width.
+    image_size: int = 96
+    width: int = 32
+    threads: int = 0
+
+
+def command_train_cube_estimator(config: TrainCubeEstimatorRun) -> None:
+    import dataclasses
+    import json
+
+    from rla_wm.evaluation.visualize import plot_loss_curves
+    from rla_wm.training.train_cube_estimator import collect_cube_frames, train_cube_estimator, write_cube_examples
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    frames, camera = collect_cube_frames(config.episodes, config.frame_seed, execution_noise=config.execution_noise)
+    held_out, _ = collect_cube_frames(config.eval_episodes, config.eval_seed, execution_noise=config.execution_noise)
+    print(f"{len(frames)} training frames, {len(held_out)} held-out frames")
+    out = Path(config.out)
+    train_config = CubeTrainConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(CubeTrainConfig)})
+    estimator, log = train_cube_estimator(frames, held_out, camera, out, config.image_size, config.width, train_config)
+    curve = [{"step": entry["step"], "loss": entry["loss_px"]} for entry in log]
+    plot_loss_curves({"keypoint L1 (camera px)": curve}, out / "loss.png")
+    write_cube_examples(estimator, held_out, out / "examples.png")
+    print(f"held-out error after {log[-1]['step'] + 1} steps: {json.dumps(log[-1]['held_out'])}")
+    print(f"cube estimator in {out / 'cube_estimator'}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class EvaluatePoseEstimatorRun:
     """Held-out pose error of a block-pose estimator, per group of frames (the numbers of its card)."""
 
@@ -486,10 +572,12 @@ def command_probe(config: ProbeRun) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class RolloutRun:
-    """Closed-loop Push-T episodes in process (no ROS, the sim waits for the policy)."""
+    """Closed-loop episodes in process (no ROS, the sim waits for the policy): Push-T or the SO-101 arm."""
 
-    # A policy checkpoint, builtin:NAME or expert:pusht (what the policy node's policy_checkpoint takes).
+    # A policy checkpoint, builtin:NAME, expert:pusht or expert:so101 (what the policy node's policy_checkpoint takes).
     policy: str = "builtin:sim-pusht-policy"
+    # "pusht" or "so101" (the simulated arm's push-cube task; max_steps 150 is its evaluation length).
+    robot: str = "pusht"
     episodes: int = 50
     # Episode k uses seed + k; 1001.. are the ladder's unseen seeds.
     seed: int = 1001
@@ -518,7 +606,14 @@ def command_rollout(config: RolloutRun) -> None:
     import dataclasses
     import json
 
-    from rla_wm.evaluation.rollout import BlockPoseNoise, GraphTiming, run_rollouts, save_rollouts, tokens_function
+    from rla_wm.evaluation.rollout import (
+        ROBOTS,
+        BlockPoseNoise,
+        GraphTiming,
+        run_rollouts,
+        save_rollouts,
+        tokens_function,
+    )
     from rla_wm.models.policy_loading import load_policy
 
     if config.threads:
@@ -530,7 +625,11 @@ def command_rollout(config: RolloutRun) -> None:
     )
     seeds = range(config.seed, config.seed + config.episodes)
     timing = GraphTiming(config.latency, config.min_lead_time, config.blend_time)
-    summary, episodes = run_rollouts(policy, tokens_of, seeds, config.execute_steps, config.max_steps, timing=timing)
+    if config.robot not in ROBOTS:
+        raise ConfigError(f"robot must be one of {list(ROBOTS)}, got {config.robot!r}")
+    summary, episodes = run_rollouts(
+        policy, tokens_of, seeds, config.execute_steps, config.max_steps, timing=timing, robot=config.robot
+    )
     low, high = summary.success_interval
     print(
         f"{summary.successes}/{summary.episodes} episodes succeeded (rate {summary.success_rate:.2f}, "
@@ -556,6 +655,7 @@ class Command:
 
 COMMANDS: dict[str, Command] = {
     "record-pusht": Command(RecordPushT, command_record_pusht, "record a Push-T LeRobot dataset with random play"),
+    "record-so101": Command(RecordSo101, command_record_so101, "record a simulated SO-101 LeRobot dataset (push-cube)"),
     "cache-features": Command(Experiment, command_cache_features, "encode every frame once into the feature cache"),
     "train-rla": Command(TrainRun, command_train_rla, "train the RLA autoencoder"),
     "train-wm": Command(TrainOnAutoencoderRun, command_train_wm, "train RLA-WM (flow matching over z)"),
@@ -580,11 +680,16 @@ COMMANDS: dict[str, Command] = {
     "train-pose-estimator": Command(
         TrainPoseEstimatorRun, command_train_pose_estimator, "CNN reading the block pose from the camera (supervised)"
     ),
+    "train-cube-estimator": Command(
+        TrainCubeEstimatorRun,
+        command_train_cube_estimator,
+        "CNN reading the SO-101 cube and zone from the front camera (supervised)",
+    ),
     "evaluate-pose-estimator": Command(
         EvaluatePoseEstimatorRun, command_evaluate_pose_estimator, "held-out pose error of a pose estimator"
     ),
     "probe": Command(ProbeRun, command_probe, "linear probe from encoder features to the sim state, per variable"),
-    "rollout": Command(RolloutRun, command_rollout, "closed-loop Push-T episodes in process, no ROS"),
+    "rollout": Command(RolloutRun, command_rollout, "closed-loop Push-T or SO-101 episodes in process, no ROS"),
 }
 
 

@@ -9,16 +9,16 @@ import yaml
 
 from rla_wm.cli import main
 from rla_wm.data.datasets import DataError, FeatureCache
+from rla_wm.envs.environment_state_encoder import EnvironmentStateEncoder
 from rla_wm.envs.pusht.privileged import (
     BLOCK_STATE_CHANNELS,
     BLOCK_STATE_ENCODER_ID,
-    ENVIRONMENT_STATE_KEY,
-    BlockStateEncoder,
     block_pose_from_tokens,
 )
 from rla_wm.envs.pusht.sim import PushTSim
 from rla_wm.models.encoder import EncoderConfig
 from rla_wm.models.policy_loading import load_policy
+from rla_wm.recording.environment import ENVIRONMENT_STATE_KEY
 from rla_wm.training.train import build_encoder
 
 pytestmark = pytest.mark.timeout(600)
@@ -46,7 +46,7 @@ def demos(tmp_path_factory):
 
 def test_block_state_encoder_is_built_from_its_id():
     encoder = build_encoder(EncoderConfig(model=BLOCK_STATE_ENCODER_ID))
-    assert isinstance(encoder, BlockStateEncoder)
+    assert isinstance(encoder, EnvironmentStateEncoder) and encoder.encoder_id == BLOCK_STATE_ENCODER_ID
     assert (encoder.grid.height, encoder.grid.width, encoder.grid.channels) == (1, 1, BLOCK_STATE_CHANNELS)
     with pytest.raises(ValueError, match="not finite"):
         encoder(torch.full((1, BLOCK_STATE_CHANNELS), float("nan")))
@@ -54,7 +54,11 @@ def test_block_state_encoder_is_built_from_its_id():
 
 def test_cache_holds_the_simulated_block_pose_of_every_frame(demos, tmp_path):
     cache = FeatureCache.build(
-        demos / "demos", "t/demos", BlockStateEncoder(), tmp_path / "cache", image_key=ENVIRONMENT_STATE_KEY
+        demos / "demos",
+        "t/demos",
+        EnvironmentStateEncoder(BLOCK_STATE_ENCODER_ID),
+        tmp_path / "cache",
+        image_key=ENVIRONMENT_STATE_KEY,
     )
     assert cache.encoder_id == BLOCK_STATE_ENCODER_ID
     assert cache.token_shape == (1, BLOCK_STATE_CHANNELS)
@@ -84,7 +88,11 @@ def test_dataset_without_environment_state_is_refused_by_name(tmp_path):
     main(["record-pusht", f"--root={tmp_path / 'plain'}", "--repo_id=t/plain", "--episodes=1", "--steps=5"])
     with pytest.raises(DataError, match=ENVIRONMENT_STATE_KEY.replace(".", r"\.")):
         FeatureCache.build(
-            tmp_path / "plain", "t/plain", BlockStateEncoder(), tmp_path / "cache", image_key=ENVIRONMENT_STATE_KEY
+            tmp_path / "plain",
+            "t/plain",
+            EnvironmentStateEncoder(BLOCK_STATE_ENCODER_ID),
+            tmp_path / "cache",
+            image_key=ENVIRONMENT_STATE_KEY,
         )
 
 

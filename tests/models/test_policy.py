@@ -295,3 +295,25 @@ def test_scene_head_learns_to_read_the_scene_it_never_takes_as_input(one_thread)
         policy.loss(tokens, z, state, actions, labelled, labelled, weights, False, scene=scene[:, :1])
     with pytest.raises(ValueError, match="scene_low"):
         Policy(tiny_policy_config(scene_dim=2, scene_low=(0.0,), scene_high=(1.0, 1.0)))
+
+
+def test_token_range_maps_each_state_channel_to_the_unit_range_and_survives_a_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    # A 3-channel state token (e.g. metres, a wide coordinate, a sine): each channel's range -> [-1, 1].
+    low, high = (0.1, 100.0, -1.0), (0.3, 300.0, 1.0)
+    scaled_config = tiny_policy_config(num_tokens=1, token_dim=3, token_merge=1, token_norm=False)
+    ranged = Policy(tiny_policy_config(**{**vars(scaled_config), "token_low": low, "token_high": high})).eval()
+    plain = Policy(scaled_config).eval()
+    plain.load_state_dict(ranged.state_dict())  # same weights; the range is not a saved weight
+    tokens = torch.tensor([[[0.2, 250.0, 0.5]], [[0.1, 100.0, -1.0]]])
+    unit = torch.tensor([[[0.0, 0.5, 0.5]], [[-1.0, -1.0, -1.0]]])
+    state = torch.tensor([[10.0, 20.0], [30.0, 40.0]])
+    torch.testing.assert_close(ranged(tokens, state), plain(unit, state))
+    assert not torch.allclose(ranged(tokens, state), plain(tokens, state))
+    ranged.save(tmp_path / "ckpt")
+    loaded, _ = Policy.load(tmp_path / "ckpt")
+    torch.testing.assert_close(loaded(tokens, state), ranged(tokens, state))
+    with pytest.raises(ValueError, match="token_norm"):
+        Policy(tiny_policy_config(token_low=(0.0,) * 16, token_high=(1.0,) * 16))
+    with pytest.raises(ValueError, match="token_low has 2 entries"):
+        Policy(tiny_policy_config(**{**vars(scaled_config), "token_low": (0.0, 0.0), "token_high": (1.0, 1.0)}))

@@ -93,6 +93,25 @@ def test_windows_pair_state_actions_and_rla_targets(tmp_path):
         PolicyWindowDataset(cache, [0], 3, 3, labelled=True, targets=targets)[8]  # t + 4 is past the end
 
 
+def test_padded_windows_start_at_every_frame_and_hold_the_last_action_and_frame(tmp_path):
+    cache = fake_cache(tmp_path / "labelled", labelled=True)
+    stub = StubAutoencoder()
+    targets = rla_targets(cache, stub, "d" * 64, horizon=4, progress=False, pad_end=True)
+    assert stub.pairs == 12 + 9 and np.isfinite(targets).all()
+    # Unpadded targets of the same weights and horizon are another file: NaN past the end again.
+    assert np.isnan(rla_targets(cache, stub, "d" * 64, horizon=4, progress=False)[cache.row(0, 11)]).all()
+    dataset = PolicyWindowDataset(cache, [0, 1], 3, 4, labelled=True, targets=targets, pad_end=True)
+    assert len(dataset) == 12 + 9
+    last = {(episode, t): index for index in range(len(dataset)) for episode, t in [dataset.sample(index)]}
+    _, z, state, actions, _, _ = dataset[last[(0, 10)]]
+    assert z.tolist() == [[10, 11]]  # the RLA frame t + 4 is past the end: the last frame instead
+    assert actions[:, 1].tolist() == [10.5, 11.5, 11.5]  # the last action held for the missing point
+    _, z, state, actions, _, _ = dataset[last[(1, 8)]]
+    assert z.tolist() == [[8, 8]] and actions[:, 1].tolist() == [8.5, 8.5, 8.5] and state.tolist() == [108, 8]
+    _, z, _, actions, _, _ = dataset[last[(0, 2)]]
+    assert z.tolist() == [[2, 6]] and actions[:, 1].tolist() == [2.5, 3.5, 4.5]  # inside: as unpadded
+
+
 def test_rla_targets_are_computed_once_per_autoencoder_and_horizon(tmp_path):
     cache = fake_cache(tmp_path / "labelled", labelled=True)
     stub = StubAutoencoder()

@@ -87,6 +87,7 @@ class RecordingSim:
 
         self.sim = PushTSim(max_steps=max_steps, image_size=96)
         self.targets: list[np.ndarray] = []
+        self.joint_names = self.sim.joint_names
 
     def reset(self, seed: int):
         return self.sim.reset(seed)
@@ -157,12 +158,21 @@ def test_a_late_chunk_leaves_the_previous_one_running_and_blending_fades_the_sea
 
 
 def test_block_pose_noise_perturbs_the_seen_pose_with_the_asked_spread():
-    from types import SimpleNamespace
-
     from rla_wm.envs.pusht.privileged import block_pose_from_tokens
+    from rla_wm.envs.pusht.sim import SimFrame
     from rla_wm.evaluation.rollout import BlockPoseNoise
 
-    frame = SimpleNamespace(block_pose=(256.0, 300.0, 0.5))
+    frame = SimFrame(
+        image=np.zeros((8, 8, 3), np.uint8),
+        position=np.zeros(2),
+        velocity=np.zeros(2),
+        reward=0.0,
+        coverage=0.0,
+        success=False,
+        done=False,
+        step=0,
+        block_pose=np.array([256.0, 300.0, 0.5]),
+    )
     exact = tokens_function(BLOCK_STATE_ENCODER_ID, torch.device("cpu"))
     np.testing.assert_allclose(block_pose_from_tokens(exact(frame).numpy()[0, 0]), [256.0, 300.0, 0.5], atol=1e-3)
     noisy = tokens_function(BLOCK_STATE_ENCODER_ID, torch.device("cpu"), block_noise=BlockPoseNoise(10.0, 20.0))

@@ -57,11 +57,13 @@ def rla_targets(
     horizon: int,
     batch_size: int = 64,
     progress: bool = True,
+    pad_end: bool = False,
 ) -> np.ndarray:
     """z(s_t, s_{t+H}) for every row of the cache, (total_frames, K, D) float32, memory-mapped.
 
-    Rows whose frame t + H lies past the end of their episode hold NaN. Computed once for
-    (autoencoder weights `digest`, H, this cache's build) and reused by later runs.
+    Rows whose frame t + H lies past the end of their episode hold NaN, or with `pad_end` the
+    change to the episode's last frame (the episode padded by repeating it). Computed once for
+    (autoencoder weights `digest`, H, padding, this cache's build) and reused by later runs.
     """
     from tqdm.auto import tqdm
 
@@ -73,7 +75,7 @@ def rla_targets(
             f"{cache.path} holds {cache.encoder_id!r}"
         )
     folder = cache.path / TARGETS_DIR
-    name = f"{digest[:16]}_h{horizon}"
+    name = f"{digest[:16]}_h{horizon}" + ("_padded" if pad_end else "")
     path, meta_path = folder / f"{name}.npy", folder / f"{name}.json"
     shape = (cache.total_frames, autoencoder.config.latent_tokens, autoencoder.config.latent_dim)
     identity = {
@@ -83,6 +85,8 @@ def rla_targets(
         "fingerprint": cache.meta.get("fingerprint"),
         "shape": list(shape),
     }
+    if pad_end:
+        identity["pad_end"] = True
     if path.is_file() and meta_path.is_file():
         try:
             if json.loads(meta_path.read_text()) == identity:
@@ -96,9 +100,9 @@ def rla_targets(
     targets = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
     targets[:] = np.nan
     pairs = [
-        (cache.row(e, t), cache.row(e, t + horizon))
+        (cache.row(e, t), cache.row(e, min(t + horizon, cache.episode_length(e) - 1)))
         for e in cache.episodes
-        for t in range(cache.episode_length(e) - horizon)
+        for t in range(cache.episode_length(e) if pad_end else cache.episode_length(e) - horizon)
     ]
     try:
         with (
@@ -135,6 +139,12 @@ class PolicyWindowDataset(Dataset[tuple[torch.Tensor, ...]]):
     episodes as video only, even if the dataset records states, as real action-free
     video (e.g. from the web) has neither. `scenes=True` (labelled windows only) adds the
     dataset's observation.environment_state.
+
+    `pad_end=True` starts a window at every frame: chunk points past the episode's end repeat its
+    last action, and `targets` must hold the RLA target to the last frame there (`rla_targets`
+    with pad_end), as Diffusion Policy and LeRobot pad. Without it a window's chunk and RLA frame
+    must end inside the episode, which drops the last max(T - 1, H) frames of every episode: for
+    demonstrations that stop at success (the SO-101's, ~19 frames) that is the final push.
     """
 
     def __init__(
@@ -147,6 +157,7 @@ class PolicyWindowDataset(Dataset[tuple[torch.Tensor, ...]]):
         targets: np.ndarray,
         skip_short: bool = True,
         scenes: bool = False,
+        pad_end: bool = False,
     ) -> None:
         if scenes and not labelled:
             raise ValueError("scene targets are labels: action-free windows cannot read them")
@@ -160,7 +171,7 @@ class PolicyWindowDataset(Dataset[tuple[torch.Tensor, ...]]):
         self.labelled = bool(labelled)
         # The last window's chunk must end inside the episode (t + T - 1 <= len - 1) and so
         # must its RLA frame (t + H <= len - 1).
-        span = max(self.chunk_length - 1, self.rla_horizon)
+        span = 0 if pad_end else max(self.chunk_length - 1, self.rla_horizon)
         self.episodes = _usable_episodes(cache, episodes, span, "PolicyWindowDataset", skip_short)
         self._actions: dict[int, torch.Tensor] = {}
         self._states: dict[int, torch.Tensor] = {}
@@ -206,6 +217,8 @@ class PolicyWindowDataset(Dataset[tuple[torch.Tensor, ...]]):
         if self.labelled:
             state = self._states[episode][t].clone()
             actions = self._actions[episode][t : t + self.chunk_length].clone()
+            if len(actions) < self.chunk_length:  # pad_end: the episode's last action, held
+                actions = torch.cat([actions, actions[-1:].expand(self.chunk_length - len(actions), -1)])
         else:
             state = torch.zeros(state_dim)
             actions = torch.zeros(self.chunk_length, action_dim)
@@ -292,11 +305,15 @@ class MixedBatchSampler(Sampler[list[int]]):
             yield [int(i) for i in batch]
 
 
+TOKEN_SPAN_FLOOR = 0.1
+
+
 def policy_statistics(
-    cache: FeatureCache, episodes: Sequence[int], margin: float = 1.1, scenes: bool = False
+    cache: FeatureCache, episodes: Sequence[int], margin: float = 1.1, scenes: bool = False, tokens: bool = False
 ) -> dict[str, tuple[float, ...]]:
     """Normalisation of the labelled training episodes: state and action ranges, increment bound,
-    and with `scenes` the range of the scene read-out target.
+    with `scenes` the range of the scene read-out target, and with `tokens` each token channel's range
+    (for a few-channel privileged state that reaches the policy without a layer norm).
 
     max_delta bounds every step of a chunk, the first one (from the measured state to the
     first target) included; it is the 99.9th percentile of those steps with a margin, so
@@ -331,4 +348,12 @@ def policy_statistics(
         if not np.isfinite(all_scenes).all():
             raise DataError(f"feature cache {cache.path}: scene states contain NaN or inf")
         statistics["scene_low"], statistics["scene_high"] = span(all_scenes)
+    if tokens:
+        all_tokens = np.concatenate([cache.episode_features(e).reshape(-1, cache.token_shape[1]) for e in episodes])
+        low, high = all_tokens.min(axis=0), all_tokens.max(axis=0)
+        # A channel that hardly varies (the cube's height on the table, the zone's radius) keeps a
+        # span of at least TOKEN_SPAN_FLOOR of the widest one, so its noise is not blown up to [-1, 1].
+        spread = np.maximum(high - low, TOKEN_SPAN_FLOOR * float(np.max(high - low)) + 1e-6)
+        statistics["token_low"] = tuple(float(v) for v in low)
+        statistics["token_high"] = tuple(float(v) for v in low + spread)
     return statistics

@@ -1,4 +1,5 @@
-"""Closed-loop Push-T episodes in process, without ROS: what a chunk policy does once timing is taken out.
+"""Closed-loop episodes in process (Push-T or the SO-101 arm), without ROS: what a chunk policy does once
+timing is taken out.
 
 The ladder (docs/closed_loop.md) runs every policy through the ROS graph, where inference
 latency, dropped points, blending and the safety gate all act. Here the simulator waits for the
@@ -25,6 +26,12 @@ the sim's plus Gaussian noise (pixels, degrees), drawn fresh for every observati
 generator. It answers "how well must the visual rung see the block?" with the same policy and seeds.
 
     rla-wm rollout --policy=builtin:sim-pusht-policy-block-state ... --block_position_noise=15 --block_angle_noise=20
+
+`robot="so101"` runs the simulated SO-101 push-cube task instead (`So101Sim`, the policy's joint
+targets in radians; a cube-state policy reads the sim's cube pose and zone, a visual one the front
+camera):
+
+    rla-wm rollout --robot=so101 --policy=builtin:sim-so101-policy-cube-state --episodes=50 --max_steps=150
 """
 
 from __future__ import annotations
@@ -41,11 +48,17 @@ import torch
 from rla_wm.control.chunking import ChunkScheduler
 from rla_wm.control.jtc import NANOSECONDS, JtcExecution, Trajectory
 from rla_wm.envs.pusht.privileged import BLOCK_STATE_ENCODER_ID, block_state_tokens
-from rla_wm.envs.pusht.sim import CONTROL_HZ, JOINT_NAMES, PushTSim, SimFrame
+from rla_wm.envs.pusht.sim import CONTROL_HZ, PushTSim, SimFrame
+from rla_wm.envs.so101.environment_state import CUBE_STATE_ENCODER_ID, cube_state_tokens
+from rla_wm.envs.so101.sim import CONTROL_HZ as SO101_CONTROL_HZ
+from rla_wm.envs.so101.sim import So101Frame, So101Sim
 from rla_wm.models.policy_loading import ChunkPolicy
 
-TokensOf = Callable[[SimFrame], torch.Tensor]
+Frame = SimFrame | So101Frame
+TokensOf = Callable[[Frame], torch.Tensor]
 CPU = torch.device("cpu")
+ROBOTS = ("pusht", "so101")
+assert SO101_CONTROL_HZ == CONTROL_HZ  # one step length for both simulators
 
 
 STEP_NANOSECONDS = NANOSECONDS // CONTROL_HZ
@@ -141,7 +154,7 @@ def tokens_function(
                 f"{camera_encoder!r} produces {camera.encoder_id!r} features, the policy takes {encoder_id!r}"
             )
 
-        def camera_tokens(frame: SimFrame) -> torch.Tensor:
+        def camera_tokens(frame: Frame) -> torch.Tensor:
             return camera(torch.from_numpy(frame.image[None])).float()
 
         return camera_tokens
@@ -149,7 +162,8 @@ def tokens_function(
         rng = np.random.default_rng(block_noise.seed)
         scale = np.array([block_noise.position, block_noise.position, np.radians(block_noise.angle_degrees)])
 
-        def block_tokens(frame: SimFrame) -> torch.Tensor:
+        def block_tokens(frame: Frame) -> torch.Tensor:
+            assert isinstance(frame, SimFrame)
             pose = np.asarray(frame.block_pose, dtype=np.float64)
             if block_noise.active:
                 pose = pose + rng.normal(size=3) * scale
@@ -158,6 +172,13 @@ def tokens_function(
         return block_tokens
     if block_noise.active:
         raise ValueError(f"block pose noise applies to the block-state encoder only, not {encoder_id!r}")
+    if encoder_id == CUBE_STATE_ENCODER_ID:
+
+        def cube_tokens(frame: Frame) -> torch.Tensor:
+            assert isinstance(frame, So101Frame)
+            return torch.from_numpy(cube_state_tokens(frame.cube_pose, frame.zone)).float()[None].to(device)
+
+        return cube_tokens
     from rla_wm.models.encoder import EncoderConfig, FeatureEncoder
 
     model, _, resolution = encoder_id.rpartition("@")
@@ -165,14 +186,14 @@ def tokens_function(
         raise ValueError(f"encoder id {encoder_id!r} is neither the block-state encoder nor '<model>@<resolution>'")
     encoder = FeatureEncoder(EncoderConfig(model=model, resolution=int(resolution), device=str(device), dtype=dtype))
 
-    def tokens(frame: SimFrame) -> torch.Tensor:
+    def tokens(frame: Frame) -> torch.Tensor:
         return encoder(frame.image[None]).float()
 
     return tokens
 
 
 def run_episode(
-    sim: PushTSim,
+    sim: PushTSim | So101Sim,
     policy: ChunkPolicy,
     tokens_of: TokensOf,
     seed: int,
@@ -182,6 +203,7 @@ def run_episode(
 ) -> RolloutEpisode:
     """One episode: replan, execute `execute_steps` steps of the chunk (as `timing` delivers it),
     repeat until the sim says done."""
+    joint_names = sim.joint_names
     if execute_steps < 1:
         raise ValueError(f"execute_steps must be >= 1, got {execute_steps}")
     frame = sim.reset(seed)
@@ -206,12 +228,12 @@ def run_episode(
         arriving = None  # None: every point was due too soon; the controller keeps the old one
         if scheduled is not None:
             offsets_ns = np.round(scheduled.times * NANOSECONDS).astype(np.int64) - observed_ns
-            arriving = Trajectory.from_arrays(JOINT_NAMES, scheduled.positions, offsets_ns, stamp_ns=observed_ns)
+            arriving = Trajectory.from_arrays(joint_names, scheduled.positions, offsets_ns, stamp_ns=observed_ns)
         for step in range(1, execute_steps + 1):
             now_ns = observed_ns + step * STEP_NANOSECONDS
             if arriving is not None and receipt_ns <= now_ns:
                 # JTC starts a new trajectory from the state measured at receipt.
-                running = JtcExecution(arriving, JOINT_NAMES, receipt_ns, np.asarray(frame.position, np.float64))
+                running = JtcExecution(arriving, joint_names, receipt_ns, np.asarray(frame.position, np.float64))
                 arriving = None
             target = frame.position if running is None else running.sample(now_ns)
             frame = sim.step(target)
@@ -229,11 +251,15 @@ def run_rollouts(
     device: torch.device = CPU,
     progress: bool = True,
     timing: GraphTiming = GraphTiming(),
+    robot: str = "pusht",
 ) -> tuple[RolloutSummary, list[RolloutEpisode]]:
-    """Episodes on `seeds` with one simulator; returns the summary and every episode."""
+    """Episodes on `seeds` with one simulator of `robot` (ROBOTS); returns the summary and every episode."""
     from tqdm.auto import tqdm
 
-    sim = PushTSim(max_steps=max_steps, image_size=96)
+    if robot not in ROBOTS:
+        raise ValueError(f"robot must be one of {ROBOTS}, got {robot!r}")
+    # Each at the size its sim node publishes by default (sim_robot.yaml, sim_arm.yaml).
+    sim = PushTSim(max_steps=max_steps, image_size=96) if robot == "pusht" else So101Sim(max_steps=max_steps)
     started = time.monotonic()
     episodes: list[RolloutEpisode] = []
     try:

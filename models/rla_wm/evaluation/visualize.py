@@ -101,6 +101,24 @@ def block_pose_overlay(
     return np.asarray(pil)
 
 
+def points_overlay(
+    frame_rgb: np.ndarray, marks: list[tuple[np.ndarray, tuple[int, int, int]]], height: int = 256
+) -> np.ndarray:
+    """The camera frame scaled to `height` with a cross at each (pixel (u, v) of the frame, RGB colour) mark."""
+    from PIL import ImageDraw
+
+    pil = Image.fromarray(np.asarray(frame_rgb, dtype=np.uint8))
+    scale = height / pil.height
+    pil = pil.resize((max(1, round(pil.width * scale)), height), Image.Resampling.BILINEAR)
+    draw = ImageDraw.Draw(pil)
+    arm = max(3.0, height / 40)
+    for (u, v), colour in marks:
+        x, y = float(u) * scale, float(v) * scale
+        draw.line([(x - arm, y), (x + arm, y)], fill=colour, width=2)
+        draw.line([(x, y - arm), (x, y + arm)], fill=colour, width=2)
+    return np.asarray(pil)
+
+
 def image_grid(images: list[np.ndarray], columns: int, gap: int = 6) -> np.ndarray:
     """Equal-size (H, W, 3) uint8 pictures in rows of `columns`, white gaps between them."""
     if not images or columns < 1:

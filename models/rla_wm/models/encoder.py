@@ -60,7 +60,7 @@ class FeatureGrid:
 
 class TokenEncoder(Protocol):
     """What the feature cache needs of an encoder: the ViT below, or a privileged sim-state encoder
-    (`rla_wm.envs.pusht.privileged.BlockStateEncoder`, which also names the dataset column it reads)."""
+    (`rla_wm.envs.environment_state_encoder.EnvironmentStateEncoder`, which also names the dataset column it reads)."""
 
     grid: FeatureGrid
 
@@ -196,11 +196,15 @@ def make_random_dinov2(
 
 
 def load_encoder(config: EncoderConfig) -> TokenEncoder:
-    """The encoder `config.model` names: a block-pose estimator folder (`rla_wm.models.pose_estimator`,
-    whose tokens are the block-state feature space; `resolution` and `dtype` do not apply, it has its
+    """The encoder `config.model` names: a camera estimator of a privileged state (Push-T's block pose,
+    `rla_wm.models.pose_estimator`; the SO-101's cube and zone, `rla_wm.models.cube_estimator`: their
+    tokens are the sim's privileged feature space; `resolution` and `dtype` do not apply, each has its
     own input size) or a ViT (`FeatureEncoder`)."""
+    from rla_wm.models.cube_estimator import CubeStateEstimator, is_cube_estimator
     from rla_wm.models.pose_estimator import BlockPoseEstimator, is_pose_estimator
 
     if is_pose_estimator(config.model):
         return BlockPoseEstimator.load(config.model, config.device)
+    if is_cube_estimator(config.model):
+        return CubeStateEstimator.load(config.model, config.device)
     return FeatureEncoder(config)

@@ -70,6 +70,11 @@ class PolicyConfig:
     # Layer-normalise the incoming tokens: right for encoder features (hundreds of channels);
     # wrong for a few-channel state vector, whose norm and mean it would erase.
     token_norm: bool = True
+    # Without token_norm, each channel's range in the training data (empty: tokens as they come),
+    # mapped to [-1, 1] before the projection: a privileged state in metres (the SO-101 cube moves
+    # over ~0.2 m and must be placed to ~1 cm) would otherwise reach the network as tiny differences.
+    token_low: tuple[float, ...] = ()
+    token_high: tuple[float, ...] = ()
     width: int = 96
     depth: int = 3
     head_depth: int = 1
@@ -149,6 +154,8 @@ class Policy(Checkpointable[PolicyConfig]):
     state_high: torch.Tensor
     scene_low: torch.Tensor
     scene_high: torch.Tensor
+    token_low: torch.Tensor
+    token_high: torch.Tensor
 
     def __init__(self, config: PolicyConfig) -> None:
         super().__init__(config)
@@ -168,6 +175,11 @@ class Policy(Checkpointable[PolicyConfig]):
             ("scene_high", config.scene_dim),
         ):
             _check_tuple(config, name, length)
+        if config.token_low or config.token_high:
+            if config.token_norm:
+                raise ValueError("token_low/token_high scale a state's channels; they do not go with token_norm")
+            _check_tuple(config, "token_low", config.token_dim)
+            _check_tuple(config, "token_high", config.token_dim)
         if min(config.chunk_length, config.rla_horizon, config.token_merge, config.depth, config.head_depth) < 1:
             raise ValueError("chunk_length, rla_horizon, token_merge, depth and head_depth must be >= 1")
         if not (math.isfinite(config.latent_scale) and config.latent_scale > 0):
@@ -231,6 +243,8 @@ class Policy(Checkpointable[PolicyConfig]):
         # Not saved: the config holds them, and checkpoints from before the scene head load unchanged.
         self.register_buffer("scene_low", torch.tensor(config.scene_low, dtype=torch.float32), persistent=False)
         self.register_buffer("scene_high", torch.tensor(config.scene_high, dtype=torch.float32), persistent=False)
+        self.register_buffer("token_low", torch.tensor(config.token_low, dtype=torch.float32), persistent=False)
+        self.register_buffer("token_high", torch.tensor(config.token_high, dtype=torch.float32), persistent=False)
 
     @property
     def feature_grid(self) -> tuple[int, int, int] | None:
@@ -291,6 +305,8 @@ class Policy(Checkpointable[PolicyConfig]):
         """Trunk and RLA head: (action context, rla, state estimate, anchor)."""
         visible = self._check_inputs(tokens, state, state_visible)
         batch = tokens.shape[0]
+        if self.config.token_low:
+            tokens = _to_unit_range(tokens, self.token_low, self.token_high)
         patches = self.token_proj(self._merge(tokens)) + self.token_position
         if state is None:
             state_token = self.missing_state.expand(batch, -1)

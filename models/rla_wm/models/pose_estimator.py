@@ -23,13 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from rla_wm.assets import resolve_model_path
 from rla_wm.envs.pusht.privileged import BLOCK_STATE_CHANNELS, BLOCK_STATE_ENCODER_ID
 from rla_wm.envs.pusht.sim import WORKSPACE_HIGH, WORKSPACE_LOW
-from rla_wm.models.encoder import FeatureEncoderError, FeatureGrid
+from rla_wm.models.encoder import FeatureGrid
+from rla_wm.models.keypoint_net import KeypointNet, KeypointNetConfig, PoseEstimatorError, images_to_input
 
 # Points of gym-pusht's T in the block's body frame (pixels; origin at the middle of the bar's
 # top edge, the stem along +y): the bar's two ends and two points down the stem. Spread out, so
@@ -39,10 +38,6 @@ CONFIG_FILE = "pose_estimator.json"
 WEIGHTS_FILE = "pose_estimator.pt"
 
 
-class PoseEstimatorError(FeatureEncoderError):
-    """A frame the pose estimator cannot read (wrong shape or type, NaN) or a bad checkpoint."""
-
-
 @dataclass(frozen=True)
 class PoseNetConfig:
     image_size: int = 96
@@ -50,54 +45,22 @@ class PoseNetConfig:
     keypoints: tuple[tuple[float, float], ...] = tuple(map(tuple, T_KEYPOINTS.tolist()))
 
     def __post_init__(self) -> None:
-        if self.image_size % 4 or self.image_size < 32:
-            raise PoseEstimatorError(f"image_size must be a multiple of 4 and >= 32, got {self.image_size}")
-        if self.width < 4 or len(self.keypoints) < 2:
-            raise PoseEstimatorError(f"width >= 4 and >= 2 keypoints needed, got {self.width}, {self.keypoints}")
+        if len(self.keypoints) < 2:
+            raise PoseEstimatorError(f">= 2 keypoints needed for a rigid fit, got {self.keypoints}")
+        _ = self.net_config  # KeypointNetConfig checks image_size and width
+
+    @property
+    def net_config(self) -> KeypointNetConfig:
+        # The camera sees the whole workspace: heat maps in workspace pixels.
+        return KeypointNetConfig(self.image_size, self.width, len(self.keypoints), (WORKSPACE_LOW, WORKSPACE_HIGH))
 
 
-def _conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation, bias=False),
-        nn.GroupNorm(min(8, cout // 4), cout),
-        nn.ReLU(inplace=True),
-    )
-
-
-class BlockPoseNet(nn.Module):
-    """(B, 3, S, S) images in [0, 1] -> (B, K, 2) keypoints in workspace pixels.
-
-    A stride-2 feature map for detail, a stride-4 one with dilated convolutions for context
-    (which end of the T is which), fused back at stride 2 into one heat map per keypoint.
-    """
+class BlockPoseNet(KeypointNet):
+    """(B, 3, S, S) images in [0, 1] -> (B, K, 2) keypoints of the T in workspace pixels."""
 
     def __init__(self, config: PoseNetConfig = PoseNetConfig()) -> None:
-        super().__init__()
-        self.config = config
-        w = config.width
-        self.fine = nn.Sequential(_conv(3, w // 2), _conv(w // 2, w, stride=2), _conv(w, w))
-        self.coarse = nn.Sequential(
-            _conv(w, 2 * w, stride=2),
-            _conv(2 * w, 2 * w),
-            _conv(2 * w, 2 * w, dilation=2),
-            _conv(2 * w, 2 * w, dilation=4),
-        )
-        self.fuse = nn.Sequential(_conv(3 * w, w), nn.Conv2d(w, len(config.keypoints), 1))
-        side = config.image_size // 2
-        # Heat-map cell centres in workspace pixels (the camera sees the whole 512 px workspace).
-        cell = (WORKSPACE_HIGH - WORKSPACE_LOW) / side
-        centres = (torch.arange(side, dtype=torch.float32) + 0.5) * cell + WORKSPACE_LOW
-        self.register_buffer("centres", centres, persistent=False)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        fine = self.fine(images)
-        coarse = F.interpolate(self.coarse(fine), size=fine.shape[-2:], mode="bilinear", align_corners=False)
-        logits = self.fuse(torch.cat([fine, coarse], dim=1)).float()  # (B, K, s, s)
-        b, k, h, w = logits.shape
-        weights = logits.flatten(2).softmax(-1).view(b, k, h, w)
-        x = (weights.sum(2) * self.centres).sum(-1)
-        y = (weights.sum(3) * self.centres).sum(-1)
-        return torch.stack([x, y], dim=-1)
+        super().__init__(config.net_config)
+        self.pose_config = config
 
 
 def keypoints_of_pose(pose: torch.Tensor, model_points: torch.Tensor) -> torch.Tensor:
@@ -130,21 +93,6 @@ def fit_pose(points: torch.Tensor, model_points: torch.Tensor) -> tuple[torch.Te
     return pose, (keypoints_of_pose(rows, model_points) - points).norm(dim=-1).amax(dim=-1)
 
 
-def images_to_input(frames: np.ndarray | torch.Tensor, image_size: int, device: torch.device) -> torch.Tensor:
-    """(B, H, W, 3) uint8 RGB (or one (H, W, 3) frame) -> (B, 3, S, S) float in [0, 1] on `device`."""
-    images = torch.as_tensor(frames)
-    if images.ndim == 3:
-        images = images.unsqueeze(0)
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != torch.uint8:
-        raise PoseEstimatorError(f"expected (B, H, W, 3) uint8 RGB frames, got {tuple(images.shape)} {images.dtype}")
-    if 0 in images.shape:
-        raise PoseEstimatorError(f"empty frames {tuple(images.shape)}")
-    images = images.to(device).permute(0, 3, 1, 2).float().div_(255.0)
-    if tuple(images.shape[-2:]) != (image_size, image_size):
-        images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", antialias=True)
-    return images
-
-
 # Largest distance (workspace px) of a predicted keypoint from the rigid T fitted through all four, for
 # a frame to count as showing the block. On the shipped estimator's 4,992 held-out frames: frames read to
 # within 5 px / 5 deg have residuals up to 5.0 px (p99 1.3), the 33 frames read worse (the block pushed
@@ -172,7 +120,7 @@ class BlockPoseEstimator:
         self.model_path = model_path
         self.device = torch.device(device)
         self.net = net.float().to(self.device).eval()
-        self.model_points = torch.as_tensor(np.asarray(net.config.keypoints, dtype=np.float32), device=self.device)
+        self.model_points = torch.as_tensor(np.asarray(net.pose_config.keypoints, dtype=np.float32), device=self.device)
 
     @property
     def encoder_id(self) -> str:
@@ -203,7 +151,7 @@ class BlockPoseEstimator:
     @torch.inference_mode()
     def poses_and_residuals(self, frames: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Frames -> (B, 3) [x, y (workspace px), angle (rad)] and (B,) fit residuals (px), unchecked."""
-        images = images_to_input(frames, self.net.config.image_size, self.device)
+        images = images_to_input(frames, self.net.pose_config.image_size, self.device)
         points = self.net(images)
         if not torch.isfinite(points).all():
             raise PoseEstimatorError("the pose estimator returned NaN or inf")
@@ -234,8 +182,8 @@ def save_pose_estimator(
     """Write `net` (float16 weights, they load back as float32) and its config; `card` goes to metrics.json."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    config = asdict(net.config)
-    config["keypoints"] = [list(point) for point in net.config.keypoints]
+    config = asdict(net.pose_config)
+    config["keypoints"] = [list(point) for point in net.pose_config.keypoints]
     config["max_fit_residual"] = max_fit_residual
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     torch.save({name: value.half() for name, value in net.state_dict().items()}, folder / WEIGHTS_FILE)

@@ -176,6 +176,11 @@ class PolicyTrainingConfig:
     # e.g. Push-T's block pose) out of the trunk on labelled windows. Training-only supervision
     # that makes the trunk see the block; the policy never takes the scene as input.
     scene_weight: float = 0.0
+    # Start a window at every frame, padding chunks and RLA targets past an episode's end with its
+    # last action and frame (Diffusion Policy's and LeRobot's padding). Off: windows end inside the
+    # episode, which loses each episode's last chunk_length frames: little of Push-T's 300-frame
+    # episodes, the whole final push of the SO-101's ~19-frame demonstrations.
+    pad_episode_end: bool = False
 
     def __post_init__(self) -> None:
         _require(self.scene_weight >= 0.0, f"policy_training.scene_weight must be >= 0, got {self.scene_weight}")

@@ -60,11 +60,12 @@ ConfigT = TypeVar("ConfigT")
 
 
 def build_encoder(config: EncoderConfig) -> TokenEncoder:
-    """The encoder `encoder.model` names: a ViT, or the Push-T block state for the ladder's privileged rung."""
-    from rla_wm.envs.pusht.privileged import BLOCK_STATE_ENCODER_ID, BlockStateEncoder
+    """The encoder `encoder.model` names: a ViT, or a simulator's privileged state (Push-T's block, the
+    SO-101's cube and zone) for the ladder's privileged rung."""
+    from rla_wm.envs.environment_state_encoder import ENVIRONMENT_STATE_CHANNELS, EnvironmentStateEncoder
 
-    if config.model == BLOCK_STATE_ENCODER_ID:
-        return BlockStateEncoder()
+    if config.model in ENVIRONMENT_STATE_CHANNELS:
+        return EnvironmentStateEncoder(config.model)
     return FeatureEncoder(config)
 
 
@@ -385,7 +386,7 @@ def train_policy(experiment: Experiment, rla_checkpoint: str | Path, out: Path) 
         )
     digest = checkpoint_digest(rla_checkpoint)
     with accelerator.main_process_first():  # computed once, by the main process, then read by the others
-        targets = [rla_targets(c, autoencoder, digest, rla_horizon) for c in caches]
+        targets = [rla_targets(c, autoencoder, digest, rla_horizon, pad_end=training.pad_episode_end) for c in caches]
     episodes = train_split(experiment, cache)[0]
     if 0 < training.max_labelled_episodes < len(episodes):
         order = np.random.default_rng(experiment.data.seed).permutation(len(episodes))
@@ -397,11 +398,12 @@ def train_policy(experiment: Experiment, rla_checkpoint: str | Path, out: Path) 
             f"policy_training.scene_weight {training.scene_weight} needs observation.environment_state in the "
             f"labelled dataset; {cache.path} has none (record with environment_state, or set scene_weight 0)"
         )
+    pad = training.pad_episode_end
     labelled = PolicyWindowDataset(
-        cache, episodes, chunk_length, rla_horizon, labelled=True, targets=targets[0], scenes=scenes
+        cache, episodes, chunk_length, rla_horizon, labelled=True, targets=targets[0], scenes=scenes, pad_end=pad
     )
     action_free = [
-        PolicyWindowDataset(c, c.episodes, chunk_length, rla_horizon, labelled=False, targets=t)
+        PolicyWindowDataset(c, c.episodes, chunk_length, rla_horizon, labelled=False, targets=t, pad_end=pad)
         for c, t in zip(caches[1:], targets[1:])
     ]
     dataset = MixedWindows(labelled, action_free)
@@ -411,7 +413,7 @@ def train_policy(experiment: Experiment, rla_checkpoint: str | Path, out: Path) 
             PolicyConfig,
             settings,
             **feature_shape(cache),
-            **policy_statistics(cache, episodes, scenes=scenes),
+            **policy_statistics(cache, episodes, scenes=scenes, tokens=not settings.token_norm),
             scene_dim=dataset.scene_dim,
             state_dim=dataset.state_dim,
             action_dim=dataset.action_dim,

@@ -97,7 +97,7 @@ def estimate_poses(net: BlockPoseNet, images: np.ndarray, batch_size: int = 256)
     was_training = net.training
     net.eval()
     device = next(net.parameters()).device
-    model_points = torch.tensor(net.config.keypoints, dtype=torch.float32, device=device)
+    model_points = torch.tensor(net.pose_config.keypoints, dtype=torch.float32, device=device)
     poses, residuals = [], []
     for start in range(0, len(images), batch_size):
         points = net(images_to_input(images[start : start + batch_size], net.config.image_size, device))

@@ -24,10 +24,10 @@ import numpy as np
 from rla_wm.envs.pusht.privileged import (
     BLOCK_STATE_CHANNELS,
     BLOCK_STATE_NAMES,
-    ENVIRONMENT_STATE_KEY,
     block_state_tokens,
 )
 from rla_wm.envs.pusht.sim import CONTROL_HZ, JOINT_NAMES, PushTSim, SimFrame
+from rla_wm.recording.environment import ENVIRONMENT_STATE_KEY
 
 # Keep the random walk away from the walls: targets on the border pin the agent there.
 TARGET_LOW = 20.0

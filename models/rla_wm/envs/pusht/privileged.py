@@ -33,9 +33,6 @@ BLOCK_STATE_ENCODER_ID = "sim:pusht-block-state"
 # most of the pose.
 BLOCK_STATE_CHANNELS = 4
 BLOCK_STATE_NAMES = ("block_x", "block_y", "block_cos", "block_sin")
-# The LeRobot column that holds block_state_tokens in recorded datasets (LeRobot's name for
-# non-camera observations of the scene).
-ENVIRONMENT_STATE_KEY = "observation.environment_state"
 # Largest change of the block between two observations of one episode: the expert moves it at
 # most ~13 px and ~0.12 rad per 10 Hz step; these bounds allow for several skipped frames.
 # A larger jump is a reset to a new episode.
@@ -67,28 +64,6 @@ def block_pose_from_tokens(tokens: npt.ArrayLike) -> np.ndarray:
     position = (values[..., :2] + 1.0) / 2.0 * (WORKSPACE_HIGH - WORKSPACE_LOW) + WORKSPACE_LOW
     angle = np.arctan2(values[..., 3], values[..., 2])
     return np.concatenate([position, angle[..., None]], axis=-1)
-
-
-class BlockStateEncoder:
-    """The feature "encoder" of the privileged rung: a dataset's `observation.environment_state` rows
-    (block_state_tokens, flattened) -> (B, 1, BLOCK_STATE_CHANNELS) tokens, the same 1x1 map the sim
-    robot publishes on /sim/block_state. The feature cache reads `input_key` instead of a camera."""
-
-    encoder_id = BLOCK_STATE_ENCODER_ID
-    input_key = ENVIRONMENT_STATE_KEY
-
-    def __init__(self) -> None:
-        from rla_wm.models.encoder import FeatureGrid
-
-        self.grid = FeatureGrid(1, 1, BLOCK_STATE_CHANNELS)
-
-    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
-        """rows (B, BLOCK_STATE_CHANNELS) -> (B, 1, BLOCK_STATE_CHANNELS) float32."""
-        if rows.ndim != 2 or rows.shape[1] != BLOCK_STATE_CHANNELS:
-            raise ValueError(f"block state rows have shape {tuple(rows.shape)}, expected (B, {BLOCK_STATE_CHANNELS})")
-        if not bool(rows.isfinite().all()):
-            raise ValueError("block state rows are not finite")
-        return rows.float().unsqueeze(1)
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,10 @@ class PushTSim:
         self._frame: SimFrame | None = None
 
     @property
+    def joint_names(self) -> tuple[str, ...]:
+        return JOINT_NAMES
+
+    @property
     def frame(self) -> SimFrame:
         if self._frame is None:
             raise RuntimeError("call reset() first")

@@ -31,6 +31,7 @@ from rla_wm.envs.so101.scene import (
     CUBE_HALF,
     CUBE_JOINT,
     MESH_CELL,
+    SCENE_CAMERA,
     TOOL_SITE,
     ZONE_GEOM,
     ZONE_RADIUS,
@@ -72,6 +73,17 @@ class So101Frame:
     cube_velocity: np.ndarray = field(default_factory=lambda: np.full(6, np.nan))  # linear (m/s), angular (rad/s)
     zone: np.ndarray = field(default_factory=lambda: np.full(3, np.nan))  # centre x, y and radius (m)
     tool_position: np.ndarray = field(default_factory=lambda: np.full(3, np.nan))  # the fixed jaw's tip
+
+    @property
+    def position(self) -> np.ndarray:
+        """The measured joint positions under the name Push-T's frame gives its robot's, so the in-process
+        rollout (`rla_wm.evaluation.rollout`) runs either simulator."""
+        return self.joint_positions
+
+    @property
+    def image(self) -> np.ndarray:
+        """The scene camera's image: what the encoder and the gate watch (the launch files' camera_topic)."""
+        return self.images[SCENE_CAMERA]
 
     @property
     def distance(self) -> float:

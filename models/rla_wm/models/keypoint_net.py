@@ -1,0 +1,105 @@
+"""A small CNN that finds K points in a camera frame as heat-map soft-argmaxes (sub-pixel by construction).
+
+Shared by the camera estimators of the privileged rungs: Push-T's block pose
+(`rla_wm.models.pose_estimator`: four points of the T in workspace pixels) and the SO-101's cube
+and zone (`rla_wm.models.cube_estimator`: two points in image coordinates, turned into metres on
+the table by the camera's model). A stride-2 feature map for detail and a stride-4 one with
+dilated convolutions for context are fused back at stride 2 into one heat map per point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rla_wm.models.encoder import FeatureEncoderError
+
+
+class PoseEstimatorError(FeatureEncoderError):
+    """A frame a camera estimator cannot read (wrong shape or type, NaN, nothing to find) or a bad checkpoint."""
+
+
+@dataclass(frozen=True)
+class KeypointNetConfig:
+    image_size: int = 96  # frames are resized to image_size x image_size
+    width: int = 32  # channels at the heat maps' resolution (half the input's); 2x that below
+    num_keypoints: int = 4
+    # The heat maps' coordinates: the frame's left/top edge is coordinate_range[0], its right/bottom
+    # edge coordinate_range[1] (Push-T: workspace pixels; the arm: fractions of the image).
+    coordinate_range: tuple[float, float] = (0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if self.image_size % 4 or self.image_size < 32:
+            raise PoseEstimatorError(f"image_size must be a multiple of 4 and >= 32, got {self.image_size}")
+        if self.width < 4 or self.num_keypoints < 1:
+            raise PoseEstimatorError(f"width >= 4 and >= 1 keypoint needed, got {self.width}, {self.num_keypoints}")
+        low, high = self.coordinate_range
+        if not high > low:
+            raise PoseEstimatorError(f"coordinate_range must increase, got {self.coordinate_range}")
+
+
+def _conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation, bias=False),
+        nn.GroupNorm(min(8, cout // 4), cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class KeypointNet(nn.Module):
+    """(B, 3, S, S) images in [0, 1] -> (B, K, 2) points (x right, y down) in `coordinate_range` units."""
+
+    def __init__(self, config: KeypointNetConfig) -> None:
+        super().__init__()
+        self.config = config
+        w = config.width
+        self.fine = nn.Sequential(_conv(3, w // 2), _conv(w // 2, w, stride=2), _conv(w, w))
+        self.coarse = nn.Sequential(
+            _conv(w, 2 * w, stride=2),
+            _conv(2 * w, 2 * w),
+            _conv(2 * w, 2 * w, dilation=2),
+            _conv(2 * w, 2 * w, dilation=4),
+        )
+        self.fuse = nn.Sequential(_conv(3 * w, w), nn.Conv2d(w, config.num_keypoints, 1))
+        side = config.image_size // 2
+        low, high = config.coordinate_range
+        centres = (torch.arange(side, dtype=torch.float32) + 0.5) * ((high - low) / side) + low
+        self.register_buffer("centres", centres, persistent=False)
+
+    def locate(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, K, 2) points and (B, K) spreads: each heat map's RMS distance from its point (a peaked,
+        confident map has a spread of about a cell; a frame without the thing, a diffuse one)."""
+        fine = self.fine(images)
+        coarse = F.interpolate(self.coarse(fine), size=fine.shape[-2:], mode="bilinear", align_corners=False)
+        logits = self.fuse(torch.cat([fine, coarse], dim=1)).float()  # (B, K, s, s)
+        b, k, h, w = logits.shape
+        weights = logits.flatten(2).softmax(-1).view(b, k, h, w)
+        column, row = weights.sum(2), weights.sum(3)  # (B, K, s) marginals over x and over y
+        x = (column * self.centres).sum(-1)
+        y = (row * self.centres).sum(-1)
+        variance = (column * (self.centres - x[..., None]) ** 2).sum(-1) + (
+            row * (self.centres - y[..., None]) ** 2
+        ).sum(-1)
+        return torch.stack([x, y], dim=-1), variance.clamp_min(0).sqrt()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.locate(images)[0]
+
+
+def images_to_input(frames: np.ndarray | torch.Tensor, image_size: int, device: torch.device) -> torch.Tensor:
+    """(B, H, W, 3) uint8 RGB (or one (H, W, 3) frame) -> (B, 3, S, S) float in [0, 1] on `device`."""
+    images = torch.as_tensor(frames)
+    if images.ndim == 3:
+        images = images.unsqueeze(0)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != torch.uint8:
+        raise PoseEstimatorError(f"expected (B, H, W, 3) uint8 RGB frames, got {tuple(images.shape)} {images.dtype}")
+    if 0 in images.shape:
+        raise PoseEstimatorError(f"empty frames {tuple(images.shape)}")
+    images = images.to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    if tuple(images.shape[-2:]) != (image_size, image_size):
+        images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", antialias=True)
+    return images

@@ -108,6 +108,8 @@ def test_tokens_refusals_and_a_float16_round_trip(sim, tmp_path):
         (frame.image.astype(np.float32), "uint8"),
         (frame.image[..., :2], "RGB"),
         (np.zeros((0, SIZE, SIZE, 3), np.uint8), "empty"),
+        # A 640x480 camera is another field of view than the square camera the estimator models.
+        (np.zeros((1, 480, 640, 3), np.uint8), "aspect ratio"),
     ]:
         with pytest.raises(PoseEstimatorError, match=words):
             trusting(bad)

@@ -47,6 +47,29 @@ def test_holding_still_fails_and_execute_steps_sets_the_replans():
         run_rollouts(policy, tokens_of, [1001], execute_steps=0, progress=False)
 
 
+def test_a_refused_frame_makes_no_chunk_and_the_episode_goes_on():
+    """A camera estimator refusing a frame (PoseEstimatorError, a FeatureEncoderError) must not end the
+    episode: as in the graph, that observation makes no chunk and the next frame is tried."""
+    from rla_wm.models.keypoint_net import PoseEstimatorError
+
+    policy = HoldStill()
+    exact = tokens_function(BLOCK_STATE_ENCODER_ID, torch.device("cpu"))
+    seen = []
+
+    def every_other_refused(frame):
+        seen.append(frame.step)
+        if len(seen) % 2 == 0:
+            raise PoseEstimatorError("no block pose in the frame")
+        return exact(frame)
+
+    summary, episodes = run_rollouts(policy, every_other_refused, [1001], execute_steps=2, max_steps=30, progress=False)
+    episode = episodes[0]
+    assert episode.steps == 30 and episode.refused > 0
+    assert episode.replans == policy.calls == len(seen) - episode.refused
+    # Each chunk runs 2 steps, each refusal 1: together they fill the episode.
+    assert 2 * episode.replans + episode.refused == 30
+
+
 def test_wilson_interval_brackets_the_rate():
     low, high = wilson_interval(25, 50)
     assert low < 0.5 < high and high - low == pytest.approx(0.27, abs=0.02)

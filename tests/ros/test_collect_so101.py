@@ -122,7 +122,7 @@ def test_collect_records_the_arm_in_lerobots_so101_layout(ros_node, tmp_path):
         end = int(meta.episodes[episode]["dataset_to_index"])
         lengths.append(end - start)
         assert 1 <= end - start <= steps + 1
-        # A command is a target near the measured joints (the gate's max_step is 1 rad = 57 degrees).
+        # A command is a target near the measured joints: the expert's stay within 0.72 rad (41 degrees).
         assert (np.abs(actions[start:end] - states[start:end])[:, :5] <= 57.3 + 1e-3).all()
         stamps = table["capture_stamp"].to_numpy(dtype=np.float64).ravel()[start:end]
         gaps = np.diff(stamps) / 0.1

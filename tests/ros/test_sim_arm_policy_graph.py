@@ -1,6 +1,7 @@
 """sim_arm_policy.launch.xml: the simulated SO-101 driven through robot_policy.launch.xml, the file a real arm
-uses. The running graph as ROS resolves it (each node's actual topics), the scripted expert (expert:so101)
-solving an episode through policy node and gate, the encoder path on the front camera in dry run (nothing
+uses. The running graph as ROS resolves it (each node's actual topics), the scripted expert (expert:so101) and
+the shipped policy learned from its demonstrations (builtin:sim-so101-policy-cube-state) each solving an episode
+through policy node and gate, the encoder path on the front camera in dry run (nothing
 reaches the arm), and the gate holding the arm when the policy's observation goes stale."""
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ import numpy as np
 import pytest
 import rclpy
 from ament_index_python.packages import get_package_share_directory
+from rcl_interfaces.srv import GetParameters
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Header
 from trajectory_msgs.msg import JointTrajectory
 
 from rla_wm.control.limits import limits_from_urdf
+from rla_wm.envs.so101.camera import front_camera
 from rla_wm.envs.so101.environment_state import CUBE_STATE_ENCODER_ID, cube_state_tokens
 from rla_wm.envs.so101.layout import sample_layout
 from rla_wm.envs.so101.scene import CUBE_HALF, ZONE_RADIUS
@@ -30,7 +33,7 @@ from rla_wm_ros.closed_loop import ClosedLoopRunner
 from rla_wm_ros.conversions import features_to_msg
 from rla_wm_ros.launch_xml import LaunchDescription, LaunchedGraph, parse_launch_file
 
-from conftest import Inbox, node_endpoints, so101_urdf, tiny_policy_config, wait_for
+from conftest import Inbox, call_service, node_endpoints, so101_urdf, tiny_policy_config, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -44,8 +47,13 @@ CONTROLLER = "/arm_controller/joint_trajectory"
 # and in 17-25 through chunks at 30-150 ms of latency (in process, tests/models/test_so101_chunk_policy.py).
 SEED = 2
 STEP_LIMIT = 80
+# The shipped cube-state policy's execute_steps and blend_time (its model card); the expert's blend is the
+# launch file's default.
+LEARNED_EXECUTE_STEPS = 2
+LEARNED_BLEND_TIME = 0.0
+EXPERT_BLEND_TIME = 0.2
 
-# The expert path's graph as ROS resolves it: each node's (subscriptions, publishers).
+# The cube-state path's graph as ROS resolves it: each node's (subscriptions, publishers).
 EXPERT_GRAPH = {
     "sim_arm": (
         {(CONTROLLER, TRAJECTORY)},
@@ -110,10 +118,27 @@ def closed_loop(ros_domain: int) -> Iterator[ClosedLoopRunner]:
         rclpy.try_shutdown()
 
 
-def test_the_expert_drives_the_sim_arm_through_the_real_arm_graph(ros_domain, ros_node, tmp_path):
+@pytest.mark.parametrize(
+    ("policy_checkpoint", "execute_steps", "blend_time"),
+    [
+        ("expert:so101", 1, EXPERT_BLEND_TIME),
+        ("builtin:sim-so101-policy-cube-state", LEARNED_EXECUTE_STEPS, LEARNED_BLEND_TIME),
+    ],
+    ids=["expert", "learned"],
+)
+def test_a_cube_state_policy_drives_the_sim_arm_through_the_real_arm_graph(
+    policy_checkpoint, execute_steps, blend_time, ros_domain, ros_node, tmp_path
+):
     # On the sim's clock: a loaded machine (MuJoCo renders two cameras a step) slows the whole graph's time
     # instead of making every chunk late, so the episode's outcome does not depend on the CI machine's load.
-    overrides = {"seed": str(SEED), "max_episode_steps": str(STEP_LIMIT), "sim_clock": "true"}
+    overrides = {
+        "seed": str(SEED),
+        "max_episode_steps": str(STEP_LIMIT),
+        "sim_clock": "true",
+        "policy_checkpoint": policy_checkpoint,
+        "execute_steps": str(execute_steps),
+        "blend_time": str(blend_time),
+    }
     description = parse_launch_file(LAUNCH_FILE, overrides=overrides)
     assert [node.name for node in description.nodes] == ["sim_arm", "policy", "safety_gate"]  # no encoder
     # The sim publishes /clock; every node on sim time subscribes to it.
@@ -132,9 +157,17 @@ def test_the_expert_drives_the_sim_arm_through_the_real_arm_graph(ros_domain, ro
         except (TimeoutError, RuntimeError) as err:
             pytest.fail(f"{err}\n{graph.tail_logs(30)}")
         assert runner.observer.model_input_topic == "/sim/environment_state"
+        # The running policy node's own settings: the launch arguments win over its parameter file.
+        answer = call_service(
+            ros_node.create_client(GetParameters, "/policy/get_parameters"),
+            GetParameters.Request(names=["blend_time", "execute_steps"]),
+            timeout=30.0,
+            graph=graph,
+        )
+        assert [answer.values[0].double_value, answer.values[1].integer_value] == [blend_time, execute_steps]
         assert result.success, f"episode {result.episode} not solved in {result.steps} steps\n{graph.tail_logs(30)}"
         assert result.steps <= STEP_LIMIT
-        # Moved by the gate's copies of the expert's chunks, not by holds (how many chunks depends on the
+        # Moved by the gate's copies of the policy's chunks, not by holds (how many chunks depends on the
         # machine's load: each runs until the next arrives).
         assert result.commands >= 3 and result.holds < result.commands, (result.commands, result.holds)
         # The episode picture: the front camera on top (no encoder runs, so no feature map beside it), the
@@ -145,6 +178,70 @@ def test_the_expert_drives_the_sim_arm_through_the_real_arm_graph(ros_domain, ro
         assert front.std() > 10 and wrist.std() > 10
         assert np.abs(front - wrist).mean() > 10
         assert all(graph.alive().values()), graph.tail_logs(30)
+
+
+def test_the_camera_rung_reads_the_cube_from_the_front_camera_and_solves_an_episode(ros_domain, ros_node, tmp_path):
+    """observation:=camera with the shipped cube estimator as the encoder: the policy learned on the sim's cube
+    state acts on the cube and zone read from the front camera. Nobody publishes the privileged state; every
+    /features message is the cube-state token with the zone where the layout put it; the episode is solved."""
+    overrides = {
+        "seed": str(SEED),
+        "max_episode_steps": str(STEP_LIMIT),
+        "sim_clock": "true",
+        "observation": "camera",
+        "encoder_model": "builtin:sim-so101-cube-cnn",
+        "policy_checkpoint": "builtin:sim-so101-policy-cube-state",
+        "execute_steps": str(LEARNED_EXECUTE_STEPS),
+        "blend_time": str(LEARNED_BLEND_TIME),
+    }
+    description = parse_launch_file(LAUNCH_FILE, overrides=overrides)
+    assert [node.name for node in description.nodes] == ["sim_arm", "encoder", "policy", "safety_gate"]
+    expected = {
+        "sim_arm": (
+            EXPERT_GRAPH["sim_arm"][0],  # the sim publishes /clock, everyone else subscribes
+            EXPERT_GRAPH["sim_arm"][1] - {("/sim/environment_state", FEATURES)} | {CLOCK},
+        ),
+        "encoder": ({("/front/image_raw", IMAGE), CLOCK}, {("/features", FEATURES)}),
+        "policy": (
+            {("/features", FEATURES), ("/joint_states", STATE), CLOCK},
+            {("/policy/joint_trajectory", TRAJECTORY)},
+        ),
+        "safety_gate": (EXPERT_GRAPH["safety_gate"][0] | {CLOCK}, EXPERT_GRAPH["safety_gate"][1]),
+    }
+    features = Inbox()
+    ros_node.create_subscription(FeatureMap, "/features", features, 100)
+    with running(description, ros_domain, tmp_path) as graph, closed_loop(ros_domain) as runner:
+        wait_for_graph(ros_node, graph, expected)
+        try:
+            runner.wait_until_flowing(STARTUP_TIMEOUT, alive=lambda: all(graph.alive().values()))
+            result = runner.run_episode(timeout=60.0)  # the first reset: episode 1, seed SEED + 1
+        except (TimeoutError, RuntimeError) as err:
+            pytest.fail(f"{err}\n{graph.tail_logs(30)}")
+        assert runner.observer.model_input_topic == "/features"
+        assert result.success, f"episode {result.episode} not solved in {result.steps} steps\n{graph.tail_logs(30)}"
+        assert result.commands >= 3 and result.holds < result.commands, (result.commands, result.holds)
+        assert all(graph.alive().values()), graph.tail_logs(30)
+    # The episode picture: the front camera, then the same frame with a cyan cross where the estimated zone
+    # centre is (a white one on the cube), each 256 px high; the wrist camera below.
+    picture = result.picture
+    assert picture is not None and picture.shape[:2] == (256 + 8 + 256, 256 + 8 + 256), picture.shape
+    overlay = picture[:256, 264:].astype(int)
+    cyan = (overlay[..., 0] < 80) & (overlay[..., 1] > 180) & (overlay[..., 2] > 200)
+    rows, columns = np.nonzero(cyan)
+    assert len(rows) > 10, "no zone cross drawn"
+    zone = sample_layout(SEED + 1).zone_xy
+    expected = front_camera(256, 256).project([zone[0], zone[1], 0.0])
+    assert np.hypot(columns.mean() - expected[0], rows.mean() - expected[1]) < 8.0, (columns.mean(), rows.mean())
+    messages = features.snapshot()
+    assert len(messages) >= 5
+    zones = [np.asarray(sample_layout(seed).zone_xy) for seed in (SEED, SEED + 1)]
+    for msg in messages:
+        assert msg.encoder_id == CUBE_STATE_ENCODER_ID
+        assert (msg.grid_height, msg.grid_width, msg.channels) == (1, 1, len(msg.data))
+        # The zone never moves: each estimate is the zone of the episode it was seen in (the card: p99 8 mm).
+        zone = np.asarray(msg.data[7:9])
+        assert min(np.linalg.norm(zone - z) for z in zones) < 0.012, (zone, zones)
+    assert np.linalg.norm(np.asarray(messages[-1].data[7:9]) - zones[1]) < 0.012
 
 
 @pytest.mark.timeout(300)  # the encoder's start-up and 224 px encoding on a loaded 2-core machine

@@ -84,6 +84,9 @@ class RolloutEpisode:
     steps: int
     coverage: float
     replans: int
+    # Observations the camera estimator refused (no cube / block in view): no chunk was made from them,
+    # as the encoder node publishes nothing for such a frame and the controller keeps its trajectory.
+    refused: int = 0
 
 
 @dataclass(frozen=True)
@@ -202,7 +205,10 @@ def run_episode(
     timing: GraphTiming = GraphTiming(),
 ) -> RolloutEpisode:
     """One episode: replan, execute `execute_steps` steps of the chunk (as `timing` delivers it),
-    repeat until the sim says done."""
+    repeat until the sim says done. A frame the camera encoder refuses makes no chunk: the running
+    trajectory goes on for one step and the next frame is tried."""
+    from rla_wm.models.encoder import FeatureEncoderError
+
     joint_names = sim.joint_names
     if execute_steps < 1:
         raise ValueError(f"execute_steps must be >= 1, got {execute_steps}")
@@ -213,14 +219,21 @@ def run_episode(
     scheduler = ChunkScheduler(blend_time=timing.blend_time, min_lead_time=timing.min_lead_time)
     latency_ns = round(timing.latency * NANOSECONDS)
     running: JtcExecution | None = None  # what the controller executes now
-    replans = 0
+    replans = refused = 0
     while not frame.done:
         # The observation's stamp on the sim clock (from 1 s: a zero stamp means "on receipt" to JTC).
         observed_ns = NANOSECONDS + frame.step * STEP_NANOSECONDS
         position = np.asarray(frame.position, dtype=np.float64)
         state = torch.as_tensor(position, dtype=torch.float32)[None].to(device)
+        try:
+            tokens = tokens_of(frame)
+        except FeatureEncoderError:
+            refused += 1
+            target = frame.position if running is None else running.sample(observed_ns + STEP_NANOSECONDS)
+            frame = sim.step(target)
+            continue
         with torch.no_grad():
-            chunk = policy(tokens_of(frame), state)[0].cpu().numpy().astype(np.float64)
+            chunk = policy(tokens, state)[0].cpu().numpy().astype(np.float64)
         replans += 1
         receipt_ns = observed_ns + latency_ns
         times_ns = observed_ns + STEP_NANOSECONDS * np.arange(1, len(chunk) + 1)
@@ -239,7 +252,7 @@ def run_episode(
             frame = sim.step(target)
             if frame.done:
                 break
-    return RolloutEpisode(seed, bool(frame.success), int(frame.step), float(frame.coverage), replans)
+    return RolloutEpisode(seed, bool(frame.success), int(frame.step), float(frame.coverage), replans, refused)
 
 
 def run_rollouts(

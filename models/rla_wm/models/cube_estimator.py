@@ -128,6 +128,14 @@ class CubeStateEstimator:
     @torch.inference_mode()
     def locate(self, frames: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Frames -> (B, 2, 2) cube and zone centres (x, y in m, unchecked) and (B, 2) heat-map spreads."""
+        shape = tuple(np.shape(frames))
+        if len(shape) >= 3 and shape[-3] * self.camera.width != shape[-2] * self.camera.height:
+            # Image fractions map to the table only through the camera the net was trained on: another
+            # aspect ratio is another field of view (any size of the same view is fine).
+            raise PoseEstimatorError(
+                f"frames of {shape[-2]}x{shape[-3]} do not have the aspect ratio of the camera the estimator "
+                f"models ({self.camera.width}x{self.camera.height})"
+            )
         images = images_to_input(frames, self.net.config.image_size, self.device)
         fractions, spreads = self.net.locate(images)
         if not (torch.isfinite(fractions).all() and torch.isfinite(spreads).all()):

@@ -13,6 +13,7 @@ pixel's centre is at (i + 0.5, j + 0.5). MuJoCo cameras look along their -z axis
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import mujoco
 import numpy as np
@@ -69,3 +70,11 @@ class PinholeCamera:
         if (scale <= 0).any():
             raise ValueError(f"a pixel's ray does not reach the plane z = {height} in front of the camera")
         return self.position + rays * scale[..., None]
+
+
+@lru_cache(maxsize=4)
+def front_camera(width: int, height: int) -> PinholeCamera:
+    """The sim's front camera (the scene's SCENE_CAMERA, what the encoder and the gate watch) at width x height."""
+    from rla_wm.envs.so101.scene import SCENE_CAMERA, build_model
+
+    return PinholeCamera.from_mujoco(build_model(), SCENE_CAMERA, width, height)

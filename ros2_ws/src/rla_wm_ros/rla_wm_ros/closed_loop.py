@@ -218,13 +218,27 @@ def episode_picture(observer: ClosedLoopObserver) -> np.ndarray | None:
 
 
 def camera_and_features_picture(frame: np.ndarray, msg: FeatureMap, tokens: np.ndarray) -> np.ndarray:
-    """The camera frame next to what the encoder made of it: the PCA of a patch-feature map, or for a
-    block-pose estimator (block-state feature space) the frame with the T drawn at the estimated pose."""
+    """The camera frame next to what the encoder made of it: the PCA of a patch-feature map; for a
+    block-pose estimator (block-state feature space) the frame with the T drawn at the estimated pose; for
+    the arm's cube estimator (cube-state space) the frame with crosses where the sim's front camera sees
+    the estimated cube (white) and zone (cyan) centres."""
     from rla_wm.envs.pusht.privileged import BLOCK_STATE_ENCODER_ID, block_pose_from_tokens
-    from rla_wm.evaluation.visualize import block_pose_overlay, feature_pca_rgb, side_by_side
+    from rla_wm.envs.so101.environment_state import CUBE_STATE_ENCODER_ID
+    from rla_wm.evaluation.visualize import block_pose_overlay, feature_pca_rgb, points_overlay, side_by_side
 
     if msg.encoder_id == BLOCK_STATE_ENCODER_ID:
         return side_by_side(frame, block_pose_overlay(frame, block_pose_from_tokens(tokens)[0]))
+    if msg.encoder_id == CUBE_STATE_ENCODER_ID:
+        from rla_wm.envs.so101.camera import front_camera
+        from rla_wm.models.cube_estimator import image_points
+
+        height, width = frame.shape[:2]
+        token = np.asarray(tokens, dtype=np.float64).reshape(-1)
+        try:
+            cube, zone = image_points(front_camera(width, height), token[0:3], token[7:9]) * [width, height]
+        except ValueError:  # a point behind the camera: nothing to draw
+            return side_by_side(frame, frame)
+        return side_by_side(frame, points_overlay(frame, [(cube, (255, 255, 255)), (zone, (0, 220, 255))]))
     return side_by_side(frame, feature_pca_rgb(tokens, msg.grid_height, msg.grid_width))
 
 

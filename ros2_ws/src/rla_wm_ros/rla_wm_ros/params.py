@@ -55,5 +55,11 @@ def declare(
             raise TypeError(f"parameter {name}: ranges apply to int and float, not {kind.__name__}")
     if kind is float:
         default = float(default)
+        # `name:=0` on a command line or in a launch file arrives as an INTEGER, which rclpy refuses for a
+        # DOUBLE parameter; a user writing a whole number of seconds means that many seconds.
+        overrides = node._parameter_overrides  # rclpy keeps the command line's and files' values here
+        given = overrides.get(name)
+        if given is not None and given.type_ == Parameter.Type.INTEGER:
+            overrides[name] = Parameter(name, Parameter.Type.DOUBLE, float(given.value))
     node.declare_parameter(name, default, descriptor)
     return node.get_parameter(name).value

@@ -34,7 +34,14 @@ from rla_wm.envs.so101.camera import PinholeCamera
 from rla_wm.envs.so101.environment_state import CUBE_STATE_CHANNELS, CUBE_STATE_ENCODER_ID
 from rla_wm.envs.so101.scene import CUBE_HALF, ZONE_RADIUS, ZONE_THICKNESS
 from rla_wm.models.encoder import FeatureGrid
-from rla_wm.models.keypoint_net import KeypointNet, KeypointNetConfig, PoseEstimatorError, images_to_input
+from rla_wm.models.keypoint_net import (
+    KeypointNet,
+    KeypointNetConfig,
+    PoseEstimatorError,
+    images_to_input,
+    names_folder_with,
+    write_estimator_folder,
+)
 
 CONFIG_FILE = "cube_estimator.json"
 WEIGHTS_FILE = "cube_estimator.pt"
@@ -178,8 +185,6 @@ def save_cube_estimator(
 ) -> Path:
     """Write `net` (float16 weights, they load back as float32), the camera's model and `max_spread`;
     `card` goes to metrics.json."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     config = {key: value for key, value in asdict(net.config).items() if key in ("image_size", "width")}
     config["keypoints"] = list(KEYPOINTS)
     config["camera"] = {
@@ -190,16 +195,9 @@ def save_cube_estimator(
         "height": camera.height,
     }
     config["max_spread"] = max_spread
-    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    torch.save({name: value.half() for name, value in net.state_dict().items()}, folder / WEIGHTS_FILE)
-    if card is not None:
-        (folder / "metrics.json").write_text(json.dumps(card, indent=2) + "\n")
-    return folder
+    return write_estimator_folder(folder, net, config, CONFIG_FILE, WEIGHTS_FILE, card)
 
 
 def is_cube_estimator(spec: str) -> bool:
     """Whether `spec` (builtin:<name> or a path) names a cube-estimator folder."""
-    try:
-        return (Path(resolve_model_path(spec)) / CONFIG_FILE).is_file()
-    except FileNotFoundError:
-        return False
+    return names_folder_with(spec, CONFIG_FILE)

@@ -9,13 +9,16 @@ dilated convolutions for context are fused back at stride 2 into one heat map pe
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rla_wm.assets import resolve_model_path
 from rla_wm.models.encoder import FeatureEncoderError
 
 
@@ -103,3 +106,25 @@ def images_to_input(frames: np.ndarray | torch.Tensor, image_size: int, device: 
     if tuple(images.shape[-2:]) != (image_size, image_size):
         images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", antialias=True)
     return images
+
+
+def write_estimator_folder(
+    folder: str | Path, net: nn.Module, config: dict, config_file: str, weights_file: str, card: dict | None
+) -> Path:
+    """A camera estimator's folder: `config` as JSON, the weights in float16 (they load back as float32),
+    and `card` as metrics.json when given."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / config_file).write_text(json.dumps(config, indent=2) + "\n")
+    torch.save({name: value.half() for name, value in net.state_dict().items()}, folder / weights_file)
+    if card is not None:
+        (folder / "metrics.json").write_text(json.dumps(card, indent=2) + "\n")
+    return folder
+
+
+def names_folder_with(spec: str, config_file: str) -> bool:
+    """Whether `spec` (builtin:<name> or a path) names a folder holding `config_file`."""
+    try:
+        return (Path(resolve_model_path(spec)) / config_file).is_file()
+    except FileNotFoundError:
+        return False

@@ -28,7 +28,14 @@ from rla_wm.assets import resolve_model_path
 from rla_wm.envs.pusht.privileged import BLOCK_STATE_CHANNELS, BLOCK_STATE_ENCODER_ID
 from rla_wm.envs.pusht.sim import WORKSPACE_HIGH, WORKSPACE_LOW
 from rla_wm.models.encoder import FeatureGrid
-from rla_wm.models.keypoint_net import KeypointNet, KeypointNetConfig, PoseEstimatorError, images_to_input
+from rla_wm.models.keypoint_net import (
+    KeypointNet,
+    KeypointNetConfig,
+    PoseEstimatorError,
+    images_to_input,
+    names_folder_with,
+    write_estimator_folder,
+)
 
 # Points of gym-pusht's T in the block's body frame (pixels; origin at the middle of the bar's
 # top edge, the stem along +y): the bar's two ends and two points down the stem. Spread out, so
@@ -180,21 +187,12 @@ def save_pose_estimator(
     net: BlockPoseNet, folder: str | Path, card: dict | None = None, max_fit_residual: float = MAX_FIT_RESIDUAL
 ) -> Path:
     """Write `net` (float16 weights, they load back as float32) and its config; `card` goes to metrics.json."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     config = asdict(net.pose_config)
     config["keypoints"] = [list(point) for point in net.pose_config.keypoints]
     config["max_fit_residual"] = max_fit_residual
-    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    torch.save({name: value.half() for name, value in net.state_dict().items()}, folder / WEIGHTS_FILE)
-    if card is not None:
-        (folder / "metrics.json").write_text(json.dumps(card, indent=2) + "\n")
-    return folder
+    return write_estimator_folder(folder, net, config, CONFIG_FILE, WEIGHTS_FILE, card)
 
 
 def is_pose_estimator(spec: str) -> bool:
     """Whether `spec` (builtin:<name> or a path) names a pose-estimator folder."""
-    try:
-        return (Path(resolve_model_path(spec)) / CONFIG_FILE).is_file()
-    except FileNotFoundError:
-        return False
+    return names_folder_with(spec, CONFIG_FILE)

@@ -31,6 +31,7 @@ from rla_wm.models.cube_estimator import (
 )
 from rla_wm.models.keypoint_net import KeypointNet, images_to_input
 from rla_wm.training.schedule import warmup_cosine
+from rla_wm.training.train_pose_estimator import PoseTrainConfig
 
 
 @dataclass
@@ -99,14 +100,10 @@ def collect_cube_frames(
 
 
 @dataclass(frozen=True)
-class CubeTrainConfig:
+class CubeTrainConfig(PoseTrainConfig):
+    """The Push-T pose estimator's optimiser settings, fewer steps, and the heat maps' spread in the loss."""
+
     steps: int = 4000
-    batch_size: int = 32
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    warmup_steps: int = 200
-    seed: int = 0
-    evaluate_every: int = 500
     # Weight of the heat maps' spread (camera px) in the loss: the soft-argmax alone reaches the right
     # point with a diffuse map too; a peaked one makes the spread a confidence the estimator can refuse on.
     spread_weight: float = 0.1

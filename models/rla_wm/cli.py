@@ -616,6 +616,8 @@ def command_rollout(config: RolloutRun) -> None:
     )
     from rla_wm.models.policy_loading import load_policy
 
+    if config.robot not in ROBOTS:
+        raise ConfigError(f"robot must be one of {list(ROBOTS)}, got {config.robot!r}")
     if config.threads:
         torch.set_num_threads(config.threads)
     policy = load_policy(config.policy)
@@ -625,8 +627,6 @@ def command_rollout(config: RolloutRun) -> None:
     )
     seeds = range(config.seed, config.seed + config.episodes)
     timing = GraphTiming(config.latency, config.min_lead_time, config.blend_time)
-    if config.robot not in ROBOTS:
-        raise ConfigError(f"robot must be one of {list(ROBOTS)}, got {config.robot!r}")
     summary, episodes = run_rollouts(
         policy, tokens_of, seeds, config.execute_steps, config.max_steps, timing=timing, robot=config.robot
     )

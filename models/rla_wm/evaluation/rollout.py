@@ -186,7 +186,7 @@ def tokens_function(
 
     model, _, resolution = encoder_id.rpartition("@")
     if not model or not resolution.isdigit():
-        raise ValueError(f"encoder id {encoder_id!r} is neither the block-state encoder nor '<model>@<resolution>'")
+        raise ValueError(f"encoder id {encoder_id!r} is neither a privileged sim state nor '<model>@<resolution>'")
     encoder = FeatureEncoder(EncoderConfig(model=model, resolution=int(resolution), device=str(device), dtype=dtype))
 
     def tokens(frame: Frame) -> torch.Tensor:
@@ -225,24 +225,24 @@ def run_episode(
         observed_ns = NANOSECONDS + frame.step * STEP_NANOSECONDS
         position = np.asarray(frame.position, dtype=np.float64)
         state = torch.as_tensor(position, dtype=torch.float32)[None].to(device)
+        receipt_ns = observed_ns + latency_ns
+        arriving = None  # None: no new chunk; the controller keeps the old one
+        steps = 1  # a refused frame: one step of the running trajectory, then the next frame
         try:
             tokens = tokens_of(frame)
         except FeatureEncoderError:
             refused += 1
-            target = frame.position if running is None else running.sample(observed_ns + STEP_NANOSECONDS)
-            frame = sim.step(target)
-            continue
-        with torch.no_grad():
-            chunk = policy(tokens, state)[0].cpu().numpy().astype(np.float64)
-        replans += 1
-        receipt_ns = observed_ns + latency_ns
-        times_ns = observed_ns + STEP_NANOSECONDS * np.arange(1, len(chunk) + 1)
-        scheduled = scheduler.schedule(times_ns / NANOSECONDS, chunk, now=receipt_ns / NANOSECONDS)
-        arriving = None  # None: every point was due too soon; the controller keeps the old one
-        if scheduled is not None:
-            offsets_ns = np.round(scheduled.times * NANOSECONDS).astype(np.int64) - observed_ns
-            arriving = Trajectory.from_arrays(joint_names, scheduled.positions, offsets_ns, stamp_ns=observed_ns)
-        for step in range(1, execute_steps + 1):
+        else:
+            with torch.no_grad():
+                chunk = policy(tokens, state)[0].cpu().numpy().astype(np.float64)
+            replans += 1
+            steps = execute_steps
+            times_ns = observed_ns + STEP_NANOSECONDS * np.arange(1, len(chunk) + 1)
+            scheduled = scheduler.schedule(times_ns / NANOSECONDS, chunk, now=receipt_ns / NANOSECONDS)
+            if scheduled is not None:  # None: every point was due too soon
+                offsets_ns = np.round(scheduled.times * NANOSECONDS).astype(np.int64) - observed_ns
+                arriving = Trajectory.from_arrays(joint_names, scheduled.positions, offsets_ns, stamp_ns=observed_ns)
+        for step in range(1, steps + 1):
             now_ns = observed_ns + step * STEP_NANOSECONDS
             if arriving is not None and receipt_ns <= now_ns:
                 # JTC starts a new trajectory from the state measured at receipt.

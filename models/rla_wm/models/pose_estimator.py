@@ -158,7 +158,7 @@ class BlockPoseEstimator:
     @torch.inference_mode()
     def poses_and_residuals(self, frames: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Frames -> (B, 3) [x, y (workspace px), angle (rad)] and (B,) fit residuals (px), unchecked."""
-        images = images_to_input(frames, self.net.pose_config.image_size, self.device)
+        images = images_to_input(frames, self.net.config.image_size, self.device)
         points = self.net(images)
         if not torch.isfinite(points).all():
             raise PoseEstimatorError("the pose estimator returned NaN or inf")

@@ -34,7 +34,7 @@ from torch import nn
 
 from rla_wm.envs.pusht.frames import StateFrames
 from rla_wm.models.encoder import IMAGENET_MEAN, IMAGENET_STD
-from rla_wm.training.schedule import warmup_cosine
+from rla_wm.training.schedule import clipped_step, warmup_cosine
 
 if TYPE_CHECKING:
     from transformers import Dinov2Model
@@ -226,11 +226,7 @@ def pretrain(
         for step in bar:
             batch = normalise(frames.images[rng.integers(0, len(frames), config.batch_size)])
             loss, _ = model(batch, generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
+            clipped_step(loss, model, optimizer, scheduler)
             if step % 25 == 0 or step == config.steps - 1:
                 entry = {
                     "step": step,

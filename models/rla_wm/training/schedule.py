@@ -1,4 +1,5 @@
-"""The learning-rate schedule every trainer here uses: linear warm-up, then cosine decay."""
+"""The learning-rate schedule every trainer here uses (linear warm-up, then cosine decay), and the
+clipped optimiser step of the single-process trainers (encoder pretraining, the camera estimators)."""
 
 from __future__ import annotations
 
@@ -20,3 +21,18 @@ def warmup_cosine(
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def clipped_step(
+    loss: torch.Tensor,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    max_norm: float = 1.0,
+) -> None:
+    """Back-propagate `loss`, clip `module`'s gradient norm to `max_norm`, step the optimiser and the schedule."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
+    optimizer.step()
+    scheduler.step()

@@ -30,7 +30,7 @@ from rla_wm.models.cube_estimator import (
     save_cube_estimator,
 )
 from rla_wm.models.keypoint_net import KeypointNet, images_to_input
-from rla_wm.training.schedule import warmup_cosine
+from rla_wm.training.schedule import clipped_step, warmup_cosine
 from rla_wm.training.train_pose_estimator import PoseTrainConfig
 
 
@@ -66,12 +66,11 @@ def collect_cube_frames(
     from rla_wm.control.teleop import JointRandomWalk
     from rla_wm.envs.so101.expert import So101Expert
     from rla_wm.envs.so101.scene import SCENE_CAMERA
-    from rla_wm.envs.so101.sim import CONTROL_HZ, JOINT_NAMES, So101Sim
+    from rla_wm.envs.so101.sim import CONTROL_HZ, So101Sim, body_joint_noise
 
     sim = So101Sim(max_steps=150, width=image_size, height=image_size)
     camera = PinholeCamera.from_mujoco(sim.model, SCENE_CAMERA, image_size, image_size)
     expert = So101Expert(sim.model)
-    body = np.arange(len(JOINT_NAMES)) != JOINT_NAMES.index("gripper")
     images, cubes, zones, seeds = [], [], [], []
     try:
         for k in tqdm(range(episodes), desc="cube frames", unit="episode", disable=not progress):
@@ -91,7 +90,7 @@ def collect_cube_frames(
                 if play:
                     target = walk(frame.joint_positions)
                 else:
-                    target = expert(frame) + rng.normal(0.0, execution_noise, len(JOINT_NAMES)) * body
+                    target = expert(frame) + body_joint_noise(rng, execution_noise)
                 frame = sim.step(target)
     finally:
         sim.close()
@@ -176,11 +175,7 @@ def train_cube_estimator(
             position_loss = ((points - targets[index]) * scale).abs().mean()
             spread_px = spreads.mean() * float(scale.mean())
             loss = position_loss + config.spread_weight * spread_px
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
+            clipped_step(loss, net, optimizer, scheduler)
             entry: dict = {
                 "step": step,
                 "loss_px": position_loss.item(),

@@ -26,7 +26,7 @@ from rla_wm.models.pose_estimator import (
     keypoints_of_pose,
     save_pose_estimator,
 )
-from rla_wm.training.schedule import warmup_cosine
+from rla_wm.training.schedule import clipped_step, warmup_cosine
 
 BLOCK_COLUMNS = slice(2, 6)  # block_x, block_y, block_cos, block_sin in frames.STATE_NAMES
 
@@ -138,11 +138,7 @@ def train_pose_estimator(
             index = rng.integers(0, len(frames), config.batch_size)
             images = images_to_input(frames.images[index], net_config.image_size, torch.device("cpu"))
             loss = (net(images) - targets[index]).abs().mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
+            clipped_step(loss, net, optimizer, scheduler)
             entry: dict = {"step": step, "loss_px": loss.item(), "seconds": time.monotonic() - started}
             if (step + 1) % config.evaluate_every == 0 or step == config.steps - 1:
                 entry["held_out"] = pose_errors(estimate_poses(net, eval_frames.images)[0], eval_frames.state)

@@ -93,7 +93,7 @@ def record_so101_dataset(
 
     from rla_wm.control.teleop import JointRandomWalk
     from rla_wm.envs.so101.expert import So101Expert
-    from rla_wm.envs.so101.sim import CONTROL_HZ, JOINT_NAMES, So101Sim
+    from rla_wm.envs.so101.sim import CONTROL_HZ, So101Sim, body_joint_noise
 
     if episodes <= 0 or steps_per_episode <= 0:
         raise ValueError(f"episodes and steps_per_episode must be positive, got {episodes}, {steps_per_episode}")
@@ -119,7 +119,6 @@ def record_so101_dataset(
     )
     sim = So101Sim(max_steps=steps_per_episode, width=image_size, height=image_size)
     expert = So101Expert(sim.model) if policy == "expert" else None
-    body_joints = np.arange(len(JOINT_NAMES)) != JOINT_NAMES.index("gripper")
     try:
         for episode in tqdm(range(episodes), desc="episodes", unit="episode", disable=not progress):
             frame = sim.reset(seed + episode)
@@ -140,7 +139,7 @@ def record_so101_dataset(
                 if frame.done or step == steps_per_episode - 1:
                     break
                 if execution_noise > 0:
-                    target = target + noise.normal(0.0, execution_noise, size=target.shape) * body_joints
+                    target = target + body_joint_noise(noise, execution_noise)
                 frame = sim.step(target)
             with SuppressProgressBars():
                 dataset.save_episode()

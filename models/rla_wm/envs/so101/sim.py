@@ -52,6 +52,12 @@ FLAT_TOLERANCE = 0.003  # m: cube centre height within this of a cube lying on a
 _COVERAGE_GRID = 10
 
 
+def body_joint_noise(rng: np.random.Generator, std: float) -> np.ndarray:
+    """Gaussian noise (rad, std `std`) on every joint but the gripper, in JOINT_NAMES order: the noise DART
+    adds to the expert's executed targets (the jaws stay as the expert holds them)."""
+    return rng.normal(0.0, std, len(JOINT_NAMES)) * (np.arange(len(JOINT_NAMES)) != JOINT_NAMES.index("gripper"))
+
+
 def urdf_limits() -> JointLimits:
     """Position and velocity limits of `JOINT_NAMES`, read from the wheel's URDF."""
     path = assets.urdf_path()

@@ -57,24 +57,17 @@ def ros_domain(monkeypatch) -> int:
 @pytest.fixture
 def ros_node(ros_domain):
     """An rclpy node in its own context on the test's domain, spun in a background thread."""
-    import threading
-
     import rclpy
     from rclpy.context import Context
-    from rclpy.executors import SingleThreadedExecutor
+
+    from rla_wm_ros.background_spin import BackgroundSpin
 
     context = Context()
     rclpy.init(context=context, domain_id=ros_domain)
     node = rclpy.create_node("test_probe", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
+    spin = BackgroundSpin(node, context=context, own_context=True)
     yield node
-    executor.shutdown()
-    node.destroy_node()
-    context.try_shutdown()
-    thread.join(timeout=5)
+    spin.close()
 
 
 class Inbox:

@@ -137,6 +137,7 @@ class Observations:
     def close(self) -> None:
         self.stop.set()
         self.thread.join(timeout=5)
+        assert not self.thread.is_alive(), "the observation publisher did not stop"  # before the node goes
 
 
 def wait_future(future, timeout: float, what: str, graph):

@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
@@ -28,6 +27,7 @@ from rla_wm.control.freshness import remember_newest
 from rla_wm.control.jtc import is_tail_of
 from rla_wm.evaluation.latency import LatencyLog
 from rla_wm_msgs.msg import EpisodeStatus, FeatureMap
+from rla_wm_ros.background_spin import BackgroundSpin
 from rla_wm_ros.conversions import MessageShapeError, msg_to_features, stamp_to_nanoseconds
 from rla_wm_ros.image_conversion import CvBridgeError, image_msg_to_rgb
 from rla_wm_ros.qos import CAMERA_QOS
@@ -262,10 +262,7 @@ class ClosedLoopRunner:
             camera_topic=camera_topic,
             extra_camera_topics=extra_camera_topics,
         )
-        self.executor = SingleThreadedExecutor()
-        self.executor.add_node(self.observer)
-        self._thread = threading.Thread(target=self.executor.spin, daemon=True)
-        self._thread.start()
+        self._spin = BackgroundSpin(self.observer)
 
     def wait_until_flowing(self, timeout: float, alive: callable = lambda: True) -> None:
         """Block until the model's input (features, or another FeatureMap topic it reads) and gated
@@ -329,5 +326,4 @@ class ClosedLoopRunner:
         )
 
     def close(self) -> None:
-        self.executor.shutdown()
-        self.observer.destroy_node()
+        self._spin.close()

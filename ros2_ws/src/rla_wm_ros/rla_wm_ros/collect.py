@@ -31,13 +31,13 @@ from pathlib import Path
 import rclpy
 from ament_index_python.packages import get_package_share_directory
 from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from rla_wm_msgs.msg import EpisodeStatus, RecorderStatus
 from rla_wm_msgs.srv import StartEpisode
+from rla_wm_ros.background_spin import BackgroundSpin
 from rla_wm_ros.launch_xml import LaunchedGraph, parse_launch_file
 
 EXPERT_TASK = "Push the T block onto the target"
@@ -303,10 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         context = Context()
         rclpy.init(context=context)
         client = CollectClient(context, command_topic, robot.reset_service)
-        executor = SingleThreadedExecutor(context=context)
-        executor.add_node(client)
-        spinner = threading.Thread(target=executor.spin, daemon=True)
-        spinner.start()
+        spin = BackgroundSpin(client, context=context, own_context=True)
         alive = lambda: all(graph.alive().values())  # noqa: E731
         try:
             from tqdm.auto import tqdm
@@ -332,10 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             failure = str(err)
             print(f"[collect] FAILED: {err}\n{graph.tail_logs(15)}", file=sys.stderr)
         finally:
-            executor.shutdown()
-            client.destroy_node()
-            context.try_shutdown()
-            spinner.join(timeout=5)
+            spin.close()
         # The recorder closes the dataset when it stops (SIGINT, as ros2 launch does).
         codes = graph.stop(timeout=30.0)
     wall = time.monotonic() - started

@@ -180,6 +180,39 @@ def test_intermediate_weight_pulls_early_chunks_to_the_goal():
     assert (final_only.actions[:-1, -1] - goal).norm(dim=-1).max() > 0.1
 
 
+class ScaledCopyWorld:
+    """One token [x, y, 5x, 5y] of a 2-D position moved by the sum of each chunk's actions: channels 2-3
+    stand for a quantity the goal does not fix (an orientation the goal image cannot show)."""
+
+    name = "scaled-copy-toy"
+
+    @staticmethod
+    def features(position) -> torch.Tensor:
+        position = torch.as_tensor(position, dtype=torch.float32).view(-1, 2)
+        return torch.cat([position, 5 * position], dim=1).view(-1, 1, 4)
+
+    def predict(self, current: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return self.features(current[:, 0, :2] + actions.sum(dim=1))
+
+
+def test_cost_channels_compare_only_the_leading_channels():
+    world = ScaledCopyWorld()
+    start = world.features([0.0, 0.0])[0]
+    goal = torch.tensor([[2.0, -1.5, -10.0, 7.5]])  # channels 2-3 claim the opposite position
+    for channels, expected in ((2, (2.0, -1.5)), (0, None)):
+        result = plan(world, start, goal, toy_config(cost_channels=channels))
+        reached = result.actions.reshape(-1, 2).sum(dim=0)
+        if expected is not None:
+            assert torch.allclose(reached, torch.tensor(expected), atol=0.1), reached
+            assert result.cost < 1e-2
+        else:  # all channels: the 25x heavier copy pulls the plan toward the opposite corner
+            assert reached[0] < 0 < reached[1], reached
+    with pytest.raises(PlanningError, match="exceeds the features' 4 channels"):
+        plan(world, start, goal, toy_config(cost_channels=5, iterations=1))
+    with pytest.raises(PlanningError, match="cost_channels needs cost_space 'features'"):
+        toy_config(cost_space="latent", cost_channels=2)
+
+
 def test_callback_cancels_between_iterations():
     world = LinearWorld("sum")
     seen = []

@@ -146,3 +146,64 @@ def test_the_scripted_expert_solves_arm_episodes_through_rollout(capsys):
     assert "2/2 episodes succeeded" in capsys.readouterr().out
     with pytest.raises(Exception, match="robot"):
         main(["rollout", "--robot=ur5", "--policy=expert:so101", "--episodes=1"])
+
+
+def test_world_models_train_on_the_extra_labelled_datasets_too(demos, tmp_path):
+    """data.extra_labelled: the world models (and the autoencoder) train on every episode of those datasets
+    beside the labelled training split, with the action range measured over all of them."""
+    from rla_wm.models.checkpoint import read_checkpoint_meta
+    from rla_wm.training.config import load_experiment
+    from rla_wm.training.train import open_caches, world_model_chunks
+
+    config = yaml.safe_load(open("models/configs/sim_so101_cube_state_world_model.yaml"))
+    config["data"].update(dataset_root=str(demos / "clean"), repo_id="t/demos", cache_root=str(tmp_path / "cache"))
+    config["data"]["extra_labelled"] = [{"dataset_root": str(demos / "dart"), "repo_id": "t/dart"}]
+    config["data"]["held_out_fraction"] = 0.34
+    config["world_model"].update(width=32, condition_depth=1, flow_depth=1)
+    config["regression"].update(width=32, depth=1)
+    for part in ("rla", "world_model", "regression"):
+        config["train"][part].update(steps=4, batch_size=4, warmup_steps=1, log_every=2)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    experiment = load_experiment(path)
+    clean, dart = open_caches(experiment, include_action_free=False, include_extra_labelled=True)
+    assert dart.path != clean.path and dart.encoder_id == clean.encoder_id == CUBE_STATE_ENCODER_ID
+    training, _ = split_episodes(clean.episodes, 0.34, config["data"]["seed"])
+    horizon = config["train"]["world_model"]["horizon"]
+    expected_chunks = sum(clean.episode_length(e) - horizon for e in training) + sum(
+        dart.episode_length(e) - horizon for e in dart.episodes
+    )
+
+    class OneProcess:
+        device = torch.device("cpu")
+
+        @staticmethod
+        def main_process_first():
+            import contextlib
+
+            return contextlib.nullcontext()
+
+    _, dataset, actions = world_model_chunks(experiment, horizon, OneProcess())
+    assert len(dataset) == expected_chunks
+    every_action = np.concatenate([clean.actions(e) for e in training] + [dart.actions(e) for e in dart.episodes])
+    np.testing.assert_allclose(actions["action_low"], every_action.min(0), atol=1e-6)
+    np.testing.assert_allclose(actions["action_high"], every_action.max(0), atol=1e-6)
+    # The extra dataset's actions count: its episodes push other cubes, so the range is not the split's alone.
+    labelled_only = np.concatenate([clean.actions(e) for e in training])
+    assert not np.allclose(every_action.max(0) - every_action.min(0), labelled_only.max(0) - labelled_only.min(0))
+
+    main(["train-rla", f"--config_path={path}", f"--out={tmp_path / 'rla'}"])
+    main(["train-regression", f"--config_path={path}", f"--out={tmp_path / 'regression'}"])
+    main(
+        [
+            "train-wm",
+            f"--config_path={path}",
+            f"--rla_checkpoint={tmp_path / 'rla' / 'checkpoint'}",
+            f"--out={tmp_path / 'wm'}",
+        ]
+    )
+    for name, kind in (("regression", "regression_predictor"), ("wm", "rla_world_model")):
+        saved = read_checkpoint_meta(tmp_path / name / "checkpoint", kind)["config"]
+        np.testing.assert_allclose(saved["action_low"], actions["action_low"], atol=1e-6)
+        np.testing.assert_allclose(saved["action_high"], actions["action_high"], atol=1e-6)

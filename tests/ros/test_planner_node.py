@@ -46,11 +46,13 @@ def make_checkpoints(
     encoder_id: str = ENCODER_ID,
     action_low: tuple[float, ...] = (LOW, LOW),
     action_high: tuple[float, ...] = (HIGH, HIGH),
+    tokens: int = SIDE * SIDE,
+    channels: int = CHANNELS,
 ) -> dict[str, str]:
-    """Tiny random RLA autoencoder, RLA-WM and regression checkpoints for the 8x8 feature grid, for
-    actions within [action_low, action_high] (Push-T's two joints by default)."""
+    """Tiny random RLA autoencoder, RLA-WM and regression checkpoints for `tokens` x `channels` features
+    (the 8x8 grid by default), for actions within [action_low, action_high] (Push-T's two joints by default)."""
     torch.manual_seed(0)
-    shared = dict(token_dim=CHANNELS, num_tokens=SIDE * SIDE, encoder_id=encoder_id)
+    shared = dict(token_dim=channels, num_tokens=tokens, encoder_id=encoder_id)
     actions = dict(
         action_dim=len(action_low), action_low=tuple(action_low), action_high=tuple(action_high), max_horizon=6
     )

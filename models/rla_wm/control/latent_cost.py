@@ -140,6 +140,7 @@ def candidate_costs(
             config.intermediate_weight,
             config.batch_size,
             config.prediction_chunks,
+            config.cost_channels,
         )
     latent = latent_predictor(predictor)
     one_segment = config.prediction_chunks >= config.horizon

@@ -140,6 +140,12 @@ class PlannerSettings:
     intermediate_weight: float = setting(
         0.0, "Weight of the distances after intermediate chunks (0 = final only).", (0.0, 1e6)
     )
+    cost_channels: int = setting(
+        0,
+        "Compare only the first K feature channels (0 = all): a state space whose leading channels are "
+        "the task's (the SO-101 cube state: 2 = the cube's x and y).",
+        (0, 1_000_000),
+    )
     time_budget: float = setting(0.0, "Default seconds per plan (0 = none).", (0.0, 3600.0))
     batch_size: int = setting(0, "Candidates per predictor call (0 = all).", (0, MAX_SAMPLES))
     cost_space: str = setting(
@@ -182,6 +188,7 @@ class PlannerSettings:
             init_std=self.init_std,
             cost=self.cost,
             intermediate_weight=self.intermediate_weight,
+            cost_channels=self.cost_channels,
             time_budget=self.time_budget,
             batch_size=self.batch_size,
             seed=self.seed,

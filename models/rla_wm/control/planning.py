@@ -68,6 +68,10 @@ class PlannerConfig:
     cost: str = "l2"  # l2 (mean squared error over patch tokens), l1, or cosine (1 - cos per token)
     # Weight of the mean distance after chunks 1..H-1, added to the final distance (0 = goal only).
     intermediate_weight: float = 0.0
+    # Compare only the first K feature channels (0 = all). For a privileged state space whose leading
+    # channels are the task's quantities (the SO-101 cube state: cube_x, cube_y): the world model still
+    # reads and predicts every channel, the cost ignores those the goal does not fix (orientation).
+    cost_channels: int = 0
     time_budget: float = 0.0  # seconds; 0 = none. At least one iteration always runs.
     batch_size: int = 0  # candidates per predictor call (0 = all at once); bounds peak memory
     seed: int | None = 0
@@ -90,6 +94,8 @@ class PlannerConfig:
             raise PlanningError(
                 "intermediate_weight needs cost_space 'features': the latent cost scores the plan's end"
             )
+        if self.cost_space == "latent" and self.cost_channels > 0:
+            raise PlanningError("cost_channels needs cost_space 'features': latent tokens have no named channels")
         for name in ("horizon", "chunk_length", "num_samples", "iterations", "prediction_chunks"):
             if getattr(self, name) < 1:
                 raise PlanningError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -109,6 +115,7 @@ class PlannerConfig:
             "min_std": self.min_std >= 0,
             "momentum": 0 <= self.momentum < 1,
             "intermediate_weight": self.intermediate_weight >= 0,
+            "cost_channels": self.cost_channels >= 0,
             "time_budget": self.time_budget >= 0 and math.isfinite(self.time_budget),
             "batch_size": self.batch_size >= 0,
             "shift": self.shift >= 0,
@@ -155,8 +162,13 @@ class PlanResult:
 IterationCallback = Callable[[IterationStats], "bool | None"]
 
 
-def feature_distance(predicted: torch.Tensor, goal: torch.Tensor, kind: str = "l2") -> torch.Tensor:
-    """(B, N, C) predictions vs (1 or B, N, C) goal -> (B,) distance averaged over patch tokens."""
+def feature_distance(predicted: torch.Tensor, goal: torch.Tensor, kind: str = "l2", channels: int = 0) -> torch.Tensor:
+    """(B, N, C) predictions vs (1 or B, N, C) goal -> (B,) distance averaged over patch tokens;
+    channels > 0: over the first `channels` channels only."""
+    if channels > 0:
+        if channels > predicted.shape[-1]:
+            raise PlanningError(f"cost_channels {channels} exceeds the features' {predicted.shape[-1]} channels")
+        predicted, goal = predicted[..., :channels], goal[..., :channels]
     if kind == "l2":
         return (predicted - goal).pow(2).mean(dim=(1, 2))
     if kind == "l1":
@@ -199,6 +211,7 @@ def rollout_costs(
     intermediate_weight: float = 0.0,
     batch_size: int = 0,
     prediction_chunks: int = 1,
+    channels: int = 0,
 ) -> torch.Tensor:
     """Cost of each of B candidate plans (B, M, h, A) from one observation (1, N, C) -> (B,).
 
@@ -221,8 +234,8 @@ def rollout_costs(
         for index, (first, last) in enumerate(segments):
             features = predict_batch(predictor, features, segment_actions(part, first, last))
             if index < len(segments) - 1 and intermediate_weight > 0:
-                intermediate += feature_distance(features, goal, cost).float()
-        total = feature_distance(features, goal, cost).float()
+                intermediate += feature_distance(features, goal, cost, channels).float()
+        total = feature_distance(features, goal, cost, channels).float()
         if len(segments) > 1 and intermediate_weight > 0:
             total = total + intermediate_weight * intermediate / (len(segments) - 1)
         costs.append(total)

@@ -79,6 +79,10 @@ class DataConfig:
     cache_root: str = "cache"
     # Video-only datasets: the autoencoder and the policy's RLA head also learn from them.
     action_free: tuple[DatasetRef, ...] = ()
+    # More labelled datasets for the world models (RLA-WM, regression) and the autoencoder, used whole:
+    # e.g. noisy-expert or play recordings, so a planner's candidates that miss the object are seen too.
+    # The held-out split and the policy use dataset_root alone.
+    extra_labelled: tuple[DatasetRef, ...] = ()
     # Share of the labelled episodes held out of training (for `evaluate`), split by `seed`.
     held_out_fraction: float = 0.2
     seed: int = 0
@@ -374,7 +378,11 @@ def parse_config(kind: type[ConfigT], args: Sequence[str], prog: str | None = No
         # A path written in the YAML file is relative to that file; one typed on the command line, to
         # the directory the command runs in (what a shell user expects).
         file_base = config_path.resolve().parent if config_path is not None else Path.cwd()
-        typed = {key for key in ("dataset_root", "cache_root", "action_free") if _typed(args, f"data.{key}")}
+        typed = {
+            key
+            for key in ("dataset_root", "cache_root", "action_free", "extra_labelled")
+            if _typed(args, f"data.{key}")
+        }
         config = with_data_paths_from(config, file_base, Path.cwd(), typed)
     return config
 
@@ -409,6 +417,9 @@ def with_data_paths_from(
             cache_root=absolute(data.cache_root, "cache_root"),
             action_free=tuple(
                 DatasetRef(absolute(ref.dataset_root, "action_free"), ref.repo_id) for ref in data.action_free
+            ),
+            extra_labelled=tuple(
+                DatasetRef(absolute(ref.dataset_root, "extra_labelled"), ref.repo_id) for ref in data.extra_labelled
             ),
         ),
     )

@@ -70,9 +70,13 @@ def build_encoder(config: EncoderConfig) -> TokenEncoder:
 
 
 def open_caches(
-    experiment: Experiment, include_action_free: bool, device: torch.device | None = None
+    experiment: Experiment,
+    include_action_free: bool,
+    device: torch.device | None = None,
+    include_extra_labelled: bool = False,
 ) -> list[FeatureCache]:
-    """Feature caches of the experiment's datasets (built on first use; the ViT runs once per frame).
+    """Feature caches of the experiment's datasets (built on first use; the ViT runs once per frame):
+    the labelled dataset first, then the extra labelled ones, then the action-free ones, as included.
 
     `device` replaces a "cuda" encoder device, so each process of a multi-GPU run uses its own GPU.
     """
@@ -81,7 +85,11 @@ def open_caches(
         encoder_config = dataclasses.replace(encoder_config, device=str(device))
     encoder = build_encoder(encoder_config)
     data = experiment.data
-    refs = [data.labelled] + (list(data.action_free) if include_action_free else [])
+    refs = (
+        [data.labelled]
+        + (list(data.extra_labelled) if include_extra_labelled else [])
+        + (list(data.action_free) if include_action_free else [])
+    )
     # A privileged encoder (sim state) names the dataset column it reads; a ViT reads the camera.
     image_key = getattr(encoder, "input_key", None) or data.image_key or None
     return [
@@ -90,10 +98,35 @@ def open_caches(
     ]
 
 
-def open_caches_once(experiment: Experiment, include_action_free: bool, accelerator: Accelerator) -> list[FeatureCache]:
+def open_caches_once(
+    experiment: Experiment, include_action_free: bool, accelerator: Accelerator, include_extra_labelled: bool = False
+) -> list[FeatureCache]:
     """open_caches in a multi-process run: the main process builds what is missing, then the others open it."""
     with accelerator.main_process_first():
-        return open_caches(experiment, include_action_free, accelerator.device)
+        return open_caches(experiment, include_action_free, accelerator.device, include_extra_labelled)
+
+
+def world_model_chunks(
+    experiment: Experiment, horizon: int, accelerator: Accelerator
+) -> tuple[FeatureCache, Dataset, dict[str, tuple[float, ...]]]:
+    """The world models' training data: (s_t, a_{t:t+h}, s_{t+h}) chunks of the labelled dataset's training
+    split and of every extra labelled dataset, and the action range over all of them. The first cache
+    (the labelled dataset) gives the feature shape."""
+    caches = open_caches_once(
+        experiment, include_action_free=False, accelerator=accelerator, include_extra_labelled=True
+    )
+    splits = [(caches[0], train_split(experiment, caches[0])[0])] + [(cache, cache.episodes) for cache in caches[1:]]
+    for cache, _ in splits[1:]:
+        if (cache.encoder_id, cache.action_dim) != (caches[0].encoder_id, caches[0].action_dim):
+            raise ValueError(
+                f"extra labelled dataset {cache.path} has features {cache.encoder_id!r} and {cache.action_dim} "
+                f"actions; the labelled one has {caches[0].encoder_id!r} and {caches[0].action_dim}"
+            )
+    dataset: Dataset = torch.utils.data.ConcatDataset(
+        [ChunkDataset(cache, episodes, horizon, skip_short=True) for cache, episodes in splits]
+    )
+    actions = np.concatenate([cache.actions(e) for cache, episodes in splits for e in episodes])
+    return caches[0], dataset, action_range_of(actions)
 
 
 def model_config(kind: type[ConfigT], chosen: DataclassInstance, **measured: Any) -> ConfigT:
@@ -110,9 +143,8 @@ def feature_shape(cache: FeatureCache) -> dict[str, object]:
     return {"token_dim": channels, "num_tokens": tokens, "encoder_id": cache.encoder_id}
 
 
-def action_range(cache: FeatureCache, episodes: list[int]) -> dict[str, tuple[float, ...]]:
-    """Per-dimension min/max of the training actions: the action encoder's normalisation."""
-    actions = np.concatenate([cache.actions(e) for e in episodes])
+def action_range_of(actions: np.ndarray) -> dict[str, tuple[float, ...]]:
+    """(T, A) actions -> their per-dimension min and max (a span of at least 1e-6)."""
     low, high = actions.min(axis=0), actions.max(axis=0)
     span = np.maximum(high - low, 1e-6)
     return {"action_low": tuple(float(v) for v in low), "action_high": tuple(float(v) for v in low + span)}
@@ -223,10 +255,12 @@ def fit(
 
 
 def train_autoencoder(experiment: Experiment, out: Path) -> Path:
-    """Train the RLA autoencoder on frame pairs of every dataset, action-free ones included."""
+    """Train the RLA autoencoder on frame pairs of every dataset, extra labelled and action-free ones included."""
     config = experiment.train.rla
     accelerator = start_run(config)
-    caches = open_caches_once(experiment, include_action_free=True, accelerator=accelerator)
+    caches = open_caches_once(
+        experiment, include_action_free=True, accelerator=accelerator, include_extra_labelled=True
+    )
     parts: list[FramePairDataset] = []
     for index, cache in enumerate(caches):
         # Held-out episodes of the labelled dataset stay out of every training set.
@@ -282,22 +316,20 @@ def train_world_model(experiment: Experiment, rla_checkpoint: str | Path, out: P
     """Train RLA-WM on (s_t, a_{t:t+h}, s_{t+h}) with the autoencoder frozen."""
     config = experiment.train.world_model
     accelerator = start_run(config)
-    cache = open_caches_once(experiment, include_action_free=False, accelerator=accelerator)[0]
+    cache, dataset, actions = world_model_chunks(experiment, config.horizon, accelerator)
     autoencoder, _ = RLAAutoencoder.load(rla_checkpoint)
     autoencoder.requires_grad_(False)
     if autoencoder.config.encoder_id != cache.encoder_id:
         raise ValueError(
             f"autoencoder was trained on {autoencoder.config.encoder_id!r}, the data is {cache.encoder_id!r}"
         )
-    episodes = train_split(experiment, cache)[0]
-    dataset = ChunkDataset(cache, episodes, config.horizon, skip_short=True)
     wm_config = same_on_every_process(
         accelerator,
         model_config(
             WorldModelConfig,
             experiment.world_model,
             **feature_shape(cache),
-            **action_range(cache, episodes),
+            **actions,
             latent_tokens=autoencoder.config.latent_tokens,
             latent_dim=autoencoder.config.latent_dim,
             action_dim=cache.action_dim,
@@ -327,16 +359,14 @@ def train_regression(experiment: Experiment, out: Path) -> Path:
     """Train the DINO-WM-style regression baseline on the same chunks as RLA-WM."""
     config = experiment.train.regression
     accelerator = start_run(config)
-    cache = open_caches_once(experiment, include_action_free=False, accelerator=accelerator)[0]
-    episodes = train_split(experiment, cache)[0]
-    dataset = ChunkDataset(cache, episodes, config.horizon, skip_short=True)
+    cache, dataset, actions = world_model_chunks(experiment, config.horizon, accelerator)
     reg_config = same_on_every_process(
         accelerator,
         model_config(
             RegressionConfig,
             experiment.regression,
             **feature_shape(cache),
-            **action_range(cache, episodes),
+            **actions,
             action_dim=cache.action_dim,
         ),
     )

@@ -36,7 +36,7 @@ from rla_wm.control.planner_setup import PlannerSettings
 from rla_wm.control.planning import PlanningError
 from rla_wm.control.settings import setting_specs
 from rla_wm.evaluation.visualize import feature_pca_picture, readable_size
-from rla_wm.models.encoder import FeatureEncoder, FeatureEncoderError
+from rla_wm.models.encoder import FeatureEncoderError, load_encoder
 from rla_wm_msgs.action import PlanToGoal
 from rla_wm_msgs.msg import FeatureMap
 from rla_wm_ros.conversions import (
@@ -58,7 +58,8 @@ class PlannerNode(Node):
         settings = PlannerSettings(**{spec.name: declare(self, *spec) for spec in setting_specs(PlannerSettings)})
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
-        self.encoder = FeatureEncoder(settings.encoder_config())
+        # A ViT, or a camera estimator of a privileged state (goal images of the SO-101's cube state).
+        self.encoder = load_encoder(settings.encoder_config())
         if "random" in self.encoder.model_path:
             self.get_logger().warning(
                 f"encoder {settings.model!r} has RANDOM weights: goal features are random projections"

@@ -26,7 +26,7 @@ from rla_wm.envs.so101.sim import So101Sim
 CHUNK = 5
 # config/so101_cube_state_planner.yaml's action range and step limit.
 ACTION_LOW = (-1.21, -1.33, -0.78, 0.32, -0.02, -0.02)
-ACTION_HIGH = (1.19, 0.79, 1.33, 1.68, 0.02, 0.02)
+ACTION_HIGH = (1.19, 0.79, 1.33, 1.65806, 0.02, 0.02)
 
 
 def predicted_distance(cost: float) -> float:

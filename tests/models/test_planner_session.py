@@ -348,6 +348,7 @@ def test_settings_refuse_a_missing_or_foreign_world_model_and_bad_optimiser_valu
         (dict(world_model="dino-wm"), "cannot load world model 'dino-wm'"),
         (dict(method="adam"), "bad optimiser parameters: method"),
         (dict(action_low=[0.0]), "bad optimiser parameters"),
+        (dict(cost_channels=CHANNELS + 1), f"bad optimiser parameters: cost_channels {CHANNELS + 1} exceeds"),
     ):
         with pytest.raises(PlanningError, match=words):
             dataclasses.replace(settings, **changed).build(ENCODER_ID, TOKENS, CHANNELS)

@@ -145,3 +145,17 @@ def test_the_cube_state_planner_reads_the_goal_image_with_the_camera_estimator(r
             "builtin:sim-so101-cube-cnn",
         ]
         assert all(graph.alive().values()), graph.tail_logs(30)
+
+
+def test_the_cube_state_planner_file_keeps_the_arms_joints_and_step_limit():
+    """so101_cube_state_planner.yaml replaces so101_planner.yaml: the joints and their order, the step limit,
+    and a search range inside the arm's own must stay the arm's."""
+    import yaml
+
+    arm, cube = (
+        yaml.safe_load(open(config_file(name)))["/**"]["ros__parameters"]
+        for name in ("so101_planner.yaml", "so101_cube_state_planner.yaml")
+    )
+    assert cube["joint_names"] == arm["joint_names"] and cube["max_delta"] == arm["max_delta"]
+    assert all(a <= c for a, c in zip(arm["action_low"], cube["action_low"], strict=True))
+    assert all(c <= a for a, c in zip(arm["action_high"], cube["action_high"], strict=True))

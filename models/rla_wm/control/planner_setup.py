@@ -219,6 +219,8 @@ class PlannerSettings:
             defaults = self.optimiser()
             warning = check_action_bounds(defaults, loaded)
             check_cost_space(defaults, loaded)
+            if defaults.cost_channels > channels:  # at start-up, not at every plan's first cost
+                raise PlanningError(f"cost_channels {defaults.cost_channels} exceeds the features' {channels} channels")
         except PlanningError as err:
             raise PlanningError(f"bad optimiser parameters: {err}") from err
         planner = Planner(loaded.predictor, defaults)

@@ -55,9 +55,3 @@ class BackgroundSpin:
             node.destroy_node()
         if self.own_context and self.context is not None:
             self.context.try_shutdown()
-
-    def __enter__(self) -> BackgroundSpin:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hang_guard import pytest_exception_interact  # noqa: F401  (a hook: pytest finds it in this module)
 
 REPO = Path(__file__).resolve().parents[1]
 

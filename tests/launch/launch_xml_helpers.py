@@ -100,12 +100,14 @@ for name in IGNORE:
 if "SIGINT" not in IGNORE:
     signal.signal(signal.SIGINT, on_sigint)
 
+# Logged before the record appears: tests signal the node once they see the record, and a handler's
+# line must never come before this one.
+print("node started", os.path.basename(sys.argv[0]), flush=True)
 record = {{"argv": sys.argv, "env": os.environ.get("LAUNCH_XML_TEST_VALUE"),
           "pid": os.getpid(), "pgid": os.getpgid(0)}}
 with open(OUT + ".tmp", "w") as f:
     json.dump(record, f)
 os.replace(OUT + ".tmp", OUT)  # atomic: the test never reads half a file
-print("node started", os.path.basename(sys.argv[0]), flush=True)
 if CRASH:
     print("fatal: simulated crash", file=sys.stderr)
     sys.exit(3)

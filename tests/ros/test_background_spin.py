@@ -61,3 +61,20 @@ def test_a_blocked_callback_makes_close_refuse_to_destroy_the_node(context):
     release.set()
     spin.close()
     assert context.ok()  # not owned: the caller shuts it down
+
+
+def test_close_ends_an_idle_thread_whose_wake_up_was_lost(context):
+    """rclpy 9.1's Executor.shutdown() destroys the executor's wake-up guard conditions while the spin
+    thread may be building a wait set on them; that wait then has nothing to end it on a quiet node.
+    They are taken away here as that race leaves them, before close() (no message, no timer)."""
+    node = rclpy.create_node("quiet", context=context)
+    spin = BackgroundSpin(node, context=context)
+    executor = spin.executor
+    guards = [executor._guard, executor._sigint_gc]
+    executor._guard = executor._sigint_gc = None  # close()'s wake-up goes nowhere now
+    try:
+        spin.close(timeout=5)
+        assert not spin._thread.is_alive()
+    finally:
+        for guard in guards:
+            guard.destroy()

@@ -1,9 +1,12 @@
 """Spin nodes in a background thread, and stop them in the order rclpy supports.
 
 rclpy does not support destroying a node while another thread spins it: the spinner can crash
-or hang in the middle layer (ros2/rclpy#255, #663). `Executor.shutdown()` only signals the
-spinner and returns at once, so `shutdown(); destroy_node()` is exactly that race. `close()`
-signals, waits for the spin thread to end, and only then destroys the nodes and the context.
+or hang in the middle layer (ros2/rclpy#255, #663). Nor can a spinning thread be stopped reliably
+with `Executor.shutdown()` in rclpy 9.1: it returns at once, destroying the executor's wake-up guard
+condition while the spin thread may be building its next wait set on it, and a wait without it
+blocks until some other entity fires, which after a test or an episode may be never. So the thread
+here spins in bounded rounds and checks a stop flag between them; `close()` sets the flag, waits for
+the thread to end, and only then shuts the executor down and destroys the nodes and the context.
 """
 
 from __future__ import annotations
@@ -11,8 +14,11 @@ from __future__ import annotations
 import threading
 
 from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
+from rclpy.executors import ExternalShutdownException, ShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+
+# The longest a close() waits for a thread that is idle (no message, no timer) to notice it.
+SPIN_ROUND_S = 0.1
 
 
 class SpinnerStuckError(RuntimeError):
@@ -34,16 +40,25 @@ class BackgroundSpin:
         self.executor = SingleThreadedExecutor(context=context)
         for node in self.nodes:
             self.executor.add_node(node)
-        self._thread = threading.Thread(target=self.executor.spin, name="background-spin", daemon=True)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, name="background-spin", daemon=True)
         self._thread.start()
         self._closed = False
+
+    def _spin(self) -> None:
+        try:
+            while not self._stop.is_set() and self.executor.context.ok():
+                self.executor.spin_once(timeout_sec=SPIN_ROUND_S)
+        except (ExternalShutdownException, ShutdownException):  # the context or executor went away
+            pass
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop spinning, wait up to `timeout` seconds for the thread, then destroy the nodes (and
         the context if owned). Raises SpinnerStuckError if the thread is still running. Idempotent."""
         if self._closed:
             return
-        self.executor.shutdown(timeout_sec=0)
+        self._stop.set()
+        self.executor.wake()  # ends the current wait early; if the wake-up is lost, the round's timeout does
         self._thread.join(timeout)
         if self._thread.is_alive():
             raise SpinnerStuckError(
@@ -51,6 +66,7 @@ class BackgroundSpin:
                 "(a callback is blocked); its nodes were not destroyed"
             )
         self._closed = True
+        self.executor.shutdown()  # nothing spins it any more: nothing to race
         for node in self.nodes:
             node.destroy_node()
         if self.own_context and self.context is not None:

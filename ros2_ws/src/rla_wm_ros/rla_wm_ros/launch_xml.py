@@ -34,10 +34,10 @@ a ROS context.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -789,25 +789,18 @@ class _Running:
     log_file: IO[bytes]
 
 
-def _die_with_parent(parent_pid: int):
-    """A pre-exec hook: the node gets SIGTERM when the launcher dies, even by SIGKILL.
+def _die_with_parent_prefix() -> list[str]:
+    """The command prefix that gives a node SIGTERM when the launcher dies, even by SIGKILL.
 
-    Nodes run in their own session (so Ctrl-C reaches the launcher first); without
-    this a killed launcher would leave them running and publishing on its domain.
-    The kernel ties this to the thread that started the node: start graphs from a
-    thread that lives as long as they should.
+    Nodes run in their own session (so Ctrl-C reaches the launcher first); without this a
+    killed launcher would leave them running and publishing on its domain. util-linux's setpriv
+    sets PR_SET_PDEATHSIG and execs the node (same pid). Not a pre-exec hook: Python code run
+    between fork and exec in a threaded process (DDS, torch, spin threads) can deadlock there, and
+    without one CPython starts the child with vfork. The kernel ties the signal to the thread that
+    started the node: start graphs from a thread that lives as long as they should.
+    Empty where setpriv is missing: nodes then only stop through stop().
     """
-
-    def hook() -> None:
-        try:
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except OSError:  # not Linux/glibc: nodes then only stop through stop()
-            return
-        if os.getppid() != parent_pid:  # the launcher died before prctl took effect
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return hook
+    return ["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("setpriv") else []
 
 
 class LaunchedGraph:
@@ -871,6 +864,7 @@ class LaunchedGraph:
         child_env.update(env or {})
 
         commands = [spec.command(finder) for spec in description.nodes]  # look-ups fail before anything starts
+        die_with_parent = _die_with_parent_prefix()
         for spec, command in zip(description.nodes, commands):
             if not os.access(command[0], os.X_OK) or not os.path.isfile(command[0]):
                 raise FileNotFoundError(
@@ -883,13 +877,12 @@ class LaunchedGraph:
                 log_file = open(log_path, "wb")
                 try:
                     process = subprocess.Popen(
-                        command,
+                        die_with_parent + command,
                         stdin=subprocess.DEVNULL,
                         stdout=log_file,
                         stderr=subprocess.STDOUT,
                         env=child_env,
                         start_new_session=True,
-                        preexec_fn=_die_with_parent(os.getpid()),
                     )
                 except BaseException:
                     log_file.close()

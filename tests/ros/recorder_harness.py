@@ -45,6 +45,14 @@ def level(camera: str, k: int) -> int:
     return (20 + 3 * k) % 200 + 20 if camera == "front" else 235 - (7 * k) % 180
 
 
+def shows_frame(pixels, camera: str, k: int, spread: int = 0) -> bool:
+    """Whether a decoded flat image (values in [0, 1]) is `camera`'s frame j for some |j - k| <= spread.
+    The reference camera's frame is the row's own (spread 0); another camera gives its sample nearest
+    the tick, up to one 30 Hz index away (spread 1). AV1 shifts a flat level by a grey or so."""
+    grey = float(pixels.mean()) * 255
+    return any(abs(grey - level(camera, j)) < 3 for j in range(k - spread, k + spread + 1))
+
+
 def state_of(k: int) -> list[float]:
     return [float(k), 0.5 * k + 100.0]
 

@@ -11,9 +11,9 @@ from rla_wm_ros.params import declare
 
 
 @pytest.fixture
-def context():
+def context(ros_domain):
     context = rclpy.Context()
-    rclpy.init(context=context)
+    rclpy.init(context=context, domain_id=ros_domain)  # the test's own domain, as every DDS participant here
     yield context
     rclpy.try_shutdown(context=context)
 

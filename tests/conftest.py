@@ -21,6 +21,22 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+
+@pytest.fixture(autouse=True)
+def _test_process_keeps_normal_scheduling():
+    """Fail a test that leaves the test process's main thread at another scheduling policy (SVT-AV1 raises
+    the thread that encodes to real-time FIFO 99 as root; every node started afterwards inherited it and
+    two busy threads held both cores: CI's hang). It is put back first, so later tests run as before."""
+    from rla_wm.recording.thread_scheduling import thread_scheduling
+
+    before = thread_scheduling()
+    yield
+    after = thread_scheduling()
+    if after != before:
+        os.sched_setscheduler(0, before[0], os.sched_param(before[1]))
+        pytest.fail(f"the test left the test process's main thread at scheduling {after} (was {before})")
+
+
 # Domain ids 1..100; a random start keeps two concurrent runs on one machine apart,
 # and a lock file per id makes sure they never share one.
 _domain_ids = itertools.cycle(range(1, 101))

@@ -26,6 +26,7 @@ from rla_wm.data.datasets import (
 )
 from rla_wm.envs.pusht.dataset import record_pusht_dataset
 from rla_wm.models.encoder import EncoderConfig, FeatureEncoder, make_random_dinov2
+from rla_wm.recording.thread_scheduling import keep_thread_scheduling
 
 os.environ.setdefault("SVT_LOG", "1")  # keep the AV1 encoder's banner out of the test output
 
@@ -120,7 +121,8 @@ def _write_varied_dataset(root: Path, repo_id: str, lengths: list[int]) -> Path:
                     "task": "noise",
                 }
             )
-        dataset.save_episode()
+        with keep_thread_scheduling():  # SVT-AV1 as root
+            dataset.save_episode()
     dataset.finalize()
     return root
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from rla_wm.recording import STAMP_KEY, DatasetRecoveryError, EpisodeWriter, RecordingError, repair_dataset
+from rla_wm.recording.thread_scheduling import keep_thread_scheduling
 
 from conftest import wait_for
 from episode_writer_data import CAM, FPS, STATE, column, features, frame, load
@@ -68,7 +69,8 @@ def test_foreign_datasets_are_adopted_only_when_consistent(tmp_path):
         ds = LeRobotDataset.create(repo, fps=FPS, features=feats, root=root, use_videos=True)
         for i in range(3):
             ds.add_frame({**frame(0, i), STAMP_KEY: np.array([frame(0, i)[STAMP_KEY]]), "task": "vanilla"})
-        ds.save_episode()
+        with keep_thread_scheduling():  # SVT-AV1 as root
+            ds.save_episode()
         if finalize:
             ds.finalize()
         return ds

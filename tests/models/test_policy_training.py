@@ -9,6 +9,7 @@ import yaml
 
 from rla_wm.data.datasets import DataError, FeatureCache
 from rla_wm.data.policy_data import MixedBatchSampler, MixedWindows, PolicyWindowDataset, policy_statistics, rla_targets
+from rla_wm.recording.thread_scheduling import keep_thread_scheduling
 
 LENGTHS = [12, 9]
 
@@ -191,7 +192,8 @@ def _write_dataset(
                 frame["action"] = target.astype(np.float32)
             dataset.add_frame(frame)
             position = target
-        dataset.save_episode()
+        with keep_thread_scheduling():  # SVT-AV1 as root
+            dataset.save_episode()
     dataset.finalize()
 
 

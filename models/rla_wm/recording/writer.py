@@ -94,6 +94,7 @@ from rla_wm.recording.files import fsync_dir, read_json, remove_path
 from rla_wm.recording.journal import Journal, WriterLock
 from rla_wm.recording.layout import JOURNAL_DIR, KNOWN_ROOT_ENTRIES, LEROBOT_VERSION, STAMP_KEY
 from rla_wm.recording.repair import RepairReport, recover
+from rla_wm.recording.thread_scheduling import keep_thread_scheduling
 
 log = logging.getLogger(__name__)
 
@@ -568,7 +569,7 @@ class EpisodeWriter:
             raise RecordingError(f"episode {episode_index}: {frames} frames queued but {buffered} reached LeRobot")
         t0 = time.perf_counter()
         # save_episode runs a `datasets` map with its own progress bar.
-        with SuppressProgressBars():
+        with SuppressProgressBars(), keep_thread_scheduling():
             dataset.save_episode(parallel_encoding=False)
         t1 = time.perf_counter()
         dataset.finalize()  # close the data and meta/episodes parquet writers: footers on disk

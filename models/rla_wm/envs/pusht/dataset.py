@@ -147,6 +147,8 @@ def record_pusht_dataset(
     from lerobot.utils.utils import SuppressProgressBars
     from tqdm.auto import tqdm
 
+    from rla_wm.recording.thread_scheduling import keep_thread_scheduling
+
     if episodes <= 0 or steps_per_episode <= 0:
         raise ValueError(f"episodes and steps_per_episode must be positive, got {episodes}, {steps_per_episode}")
     root = Path(root)
@@ -198,7 +200,7 @@ def record_pusht_dataset(
                 noise = rng.normal(0.0, execution_noise_px, size=target.shape) if execution_noise_px > 0 else 0.0
                 frame = sim.step((target + noise).astype(np.float32))
             # save_episode runs a `datasets` map with its own bar; one bar (ours) is enough.
-            with SuppressProgressBars():
+            with SuppressProgressBars(), keep_thread_scheduling():  # SVT-AV1 as root: see the module
                 dataset.save_episode()
     finally:
         sim.close()

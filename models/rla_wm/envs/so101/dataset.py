@@ -94,6 +94,7 @@ def record_so101_dataset(
     from rla_wm.control.teleop import JointRandomWalk
     from rla_wm.envs.so101.expert import So101Expert
     from rla_wm.envs.so101.sim import CONTROL_HZ, So101Sim, body_joint_noise
+    from rla_wm.recording.thread_scheduling import keep_thread_scheduling
 
     if episodes <= 0 or steps_per_episode <= 0:
         raise ValueError(f"episodes and steps_per_episode must be positive, got {episodes}, {steps_per_episode}")
@@ -141,7 +142,7 @@ def record_so101_dataset(
                 if execution_noise > 0:
                     target = target + body_joint_noise(noise, execution_noise)
                 frame = sim.step(target)
-            with SuppressProgressBars():
+            with SuppressProgressBars(), keep_thread_scheduling():  # SVT-AV1 as root: see the module
                 dataset.save_episode()
     finally:
         sim.close()

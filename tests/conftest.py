@@ -27,13 +27,13 @@ def _test_process_keeps_normal_scheduling():
     """Fail a test that leaves the test process's main thread at another scheduling policy (SVT-AV1 raises
     the thread that encodes to real-time FIFO 99 as root; every node started afterwards inherited it and
     two busy threads held both cores: CI's hang). It is put back first, so later tests run as before."""
-    from rla_wm.recording.thread_scheduling import thread_scheduling
+    from rla_wm.recording.thread_scheduling import set_thread_scheduling, thread_scheduling
 
     before = thread_scheduling()
     yield
     after = thread_scheduling()
     if after != before:
-        os.sched_setscheduler(0, before[0], os.sched_param(before[1]))
+        set_thread_scheduling(before)
         pytest.fail(f"the test left the test process's main thread at scheduling {after} (was {before})")
 
 

@@ -30,12 +30,9 @@ def encode_av1(path) -> None:
 
 
 def test_svt_av1_raises_the_encoding_thread_to_real_time_as_root(tmp_path):
-    before = thread_scheduling()
-    try:
+    with keep_thread_scheduling():  # so the raised thread does not reach later tests
         encode_av1(tmp_path / "raw.mp4")
         assert thread_scheduling() == (os.SCHED_FIFO, 99)
-    finally:
-        os.sched_setscheduler(0, before[0], os.sched_param(before[1]))
 
 
 def test_keep_thread_scheduling_puts_the_thread_back(tmp_path):

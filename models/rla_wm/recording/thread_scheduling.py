@@ -20,6 +20,12 @@ def thread_scheduling() -> tuple[int, int]:
     return os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
 
 
+def set_thread_scheduling(scheduling: tuple[int, int]) -> None:
+    """Give the calling thread a (policy, priority) that `thread_scheduling` returned."""
+    policy, priority = scheduling
+    os.sched_setscheduler(0, policy, os.sched_param(priority))
+
+
 @contextmanager
 def keep_thread_scheduling() -> Iterator[None]:
     """Restore the calling thread's scheduling policy and priority after the block."""
@@ -28,4 +34,4 @@ def keep_thread_scheduling() -> Iterator[None]:
         yield
     finally:
         if thread_scheduling() != before:
-            os.sched_setscheduler(0, before[0], os.sched_param(before[1]))
+            set_thread_scheduling(before)

@@ -16,6 +16,7 @@
     rla-wm collect-frames    --out=runs/frames.npz --episodes=300      (sim frames + logged state)
     rla-wm pretrain-encoder  --frames=runs/frames.npz --out=runs/encoder --steps=5000
     rla-wm probe             --encoder=builtin:NAME [--frames=runs/probe_frames.npz]
+    rla-wm pretrain-keypoints --frames=runs/frames.npz --eval_frames=runs/probe_frames.npz --out=runs/keypoints
     rla-wm train-pose-estimator --frames=runs/frames.npz --eval_frames=runs/probe_frames.npz --out=runs/pose
     rla-wm evaluate-pose-estimator --estimator=builtin:sim-pusht-pose-cnn --frames=runs/probe_frames.npz
     rla-wm train-cube-estimator --out=runs/cube_estimator    (SO-101: collects its labelled frames, then trains)
@@ -44,6 +45,7 @@ from rla_wm.envs.pusht.frames import FRAMES_SEED_BASE, StateFrames, collect_stat
 from rla_wm.training.config import ConfigError, Experiment, parse_config
 from rla_wm.training.pretrain_encoder import PretrainConfig
 from rla_wm.training.train_cube_estimator import CubeTrainConfig
+from rla_wm.training.train_keypoint_encoder import KeypointTrainConfig
 from rla_wm.training.train_pose_estimator import PoseTrainConfig
 
 
@@ -381,7 +383,7 @@ class PretrainEncoderRun(PretrainConfig):
 class ProbeRun:
     """A probe from an encoder's features to the Push-T sim state."""
 
-    # Hub id, local folder or builtin:NAME.
+    # Hub id, local folder or builtin:NAME (a ViT, or the keypoint encoder of pretrain-keypoints).
     encoder: str = "builtin:dinov2-tiny-random"
     # "linear" (ridge on the flattened grid) or "attentive" (a learned query over the patches, then an MLP).
     kind: str = "linear"
@@ -421,6 +423,61 @@ def command_pretrain_encoder(config: PretrainEncoderRun) -> None:
     _, log = pretrain(frames, PretrainConfig(**settings), out)
     plot_loss_curves({"masked-autoencoder reconstruction": log}, out / "loss.png")
     print(f"final loss {log[-1]['loss']:.4f} after {log[-1]['step'] + 1} steps; encoder in {out / 'encoder'}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainKeypointsRun(KeypointTrainConfig):
+    """Self-supervised keypoint-bottleneck encoder (rla_wm.models.keypoint_encoder): no labels."""
+
+    # State-frames .npz from collect-frames: training frames (their state is not used), and held-out
+    # frames (other seeds) whose state only scores the linear probe logged during training.
+    frames: str
+    eval_frames: str
+    # Run folder: keypoint_encoder/ (float16 weights + config + metrics.json), log.jsonl, loss.png, examples.png.
+    out: str
+    # Held-out frames used for the evaluations during training (a seeded sample of whole episodes; 0: all).
+    eval_limit: int = 3000
+    num_keypoints: int = 8
+    width: int = 32
+    # torch CPU threads (0: torch's default).
+    threads: int = 0
+
+
+def command_pretrain_keypoints(config: PretrainKeypointsRun) -> None:
+    import dataclasses
+    import json
+
+    from rla_wm.evaluation.visualize import plot_loss_curves
+    from rla_wm.models.keypoint_encoder import KeypointAutoencoderConfig
+    from rla_wm.training.train_keypoint_encoder import train_keypoint_encoder, write_keypoint_examples
+
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    frames = StateFrames.load(config.frames)
+    held_out = first_frames(StateFrames.load(config.eval_frames), config.eval_limit)
+    out = Path(config.out)
+    train_config = KeypointTrainConfig(
+        **{f.name: getattr(config, f.name) for f in dataclasses.fields(KeypointTrainConfig)}
+    )
+    model_config = KeypointAutoencoderConfig(num_keypoints=config.num_keypoints, width=config.width)
+    model, log = train_keypoint_encoder(frames, held_out, out, model_config, train_config)
+    plot_loss_curves({"keypoint autoencoder reconstruction (MSE)": log}, out / "loss.png")
+    write_keypoint_examples(model, held_out, out / "examples.png")
+    print(f"held-out linear probe after {log[-1]['step'] + 1} steps: {json.dumps(log[-1]['held_out_probe'])}")
+    print(f"keypoint encoder in {out / 'keypoint_encoder'}")
+
+
+def first_frames(frames: StateFrames, limit: int) -> StateFrames:
+    """The frames of whole episodes, spread over the file, up to about `limit` frames (0: all)."""
+    import numpy as np
+
+    from rla_wm.evaluation.probe import spread_subset
+
+    episodes = np.unique(frames.episode)
+    if not limit or len(frames) <= limit:
+        return frames
+    count = max(3, round(len(episodes) * limit / len(frames)))
+    return frames.select(spread_subset(episodes, count))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -551,15 +608,18 @@ def command_probe(config: ProbeRun) -> None:
     import json
 
     from rla_wm.evaluation.probe import model_image_size, probe_encoder
-    from rla_wm.models.encoder import EncoderConfig, FeatureEncoder
+    from rla_wm.models.encoder import EncoderConfig, load_encoder
+    from rla_wm.models.keypoint_encoder import is_keypoint_encoder
 
     frames = (
         StateFrames.load(config.frames)
         if config.frames
         else collect_state_frames(config.episodes, steps=150, seed=config.seed, every=1)
     )
-    resolution = config.resolution or model_image_size(config.encoder)
-    encoder = FeatureEncoder(EncoderConfig(model=config.encoder, resolution=resolution))
+    settings = EncoderConfig(model=config.encoder)
+    if not is_keypoint_encoder(config.encoder):  # it has its own input size; a ViT's is its natural one
+        settings = EncoderConfig(model=config.encoder, resolution=config.resolution or model_image_size(config.encoder))
+    encoder = load_encoder(settings)
     result = probe_encoder(encoder, frames, kind=config.kind)
     grid = encoder.grid
     print(f"encoder {encoder.encoder_id}, grid {grid.height}x{grid.width}x{grid.channels}, {config.kind} probe")
@@ -676,6 +736,9 @@ COMMANDS: dict[str, Command] = {
     ),
     "pretrain-encoder": Command(
         PretrainEncoderRun, command_pretrain_encoder, "self-supervised (masked autoencoder) ViT encoder pretraining"
+    ),
+    "pretrain-keypoints": Command(
+        PretrainKeypointsRun, command_pretrain_keypoints, "self-supervised keypoint-bottleneck encoder (no labels)"
     ),
     "train-pose-estimator": Command(
         TrainPoseEstimatorRun, command_train_pose_estimator, "CNN reading the block pose from the camera (supervised)"

@@ -145,7 +145,12 @@ def tokens_function(
     block-state encoder's id), the same the policy node receives on its feature topic. `block_noise`
     (block-state encoder only) perturbs the pose before it is tokenised. `camera_encoder` (a model spec,
     e.g. a block-pose estimator for a block-state policy) makes the tokens from the camera image instead;
-    it must produce `encoder_id`'s feature space."""
+    it must produce `encoder_id`'s feature space; a keypoint encoder's space is read by the shipped
+    encoder of that name unless `camera_encoder` names another folder."""
+    from rla_wm.models.keypoint_encoder import ENCODER_ID_PREFIX
+
+    if encoder_id.startswith(ENCODER_ID_PREFIX) and not camera_encoder:
+        camera_encoder = "builtin:" + encoder_id.removeprefix(ENCODER_ID_PREFIX)
     if camera_encoder:
         from rla_wm.models.encoder import EncoderConfig, load_encoder
 

@@ -119,6 +119,23 @@ def points_overlay(
     return np.asarray(pil)
 
 
+def keypoint_overlay(frame_rgb: np.ndarray, points: np.ndarray, height: int = 192) -> np.ndarray:
+    """The frame scaled to `height` with (K, 2) points in [-1, 1] image units drawn as numbered coloured
+    dots (the same colour per index in every picture, so a point can be followed across frames)."""
+    from PIL import ImageDraw
+
+    pil = Image.fromarray(np.asarray(frame_rgb, dtype=np.uint8))
+    width = max(1, round(pil.width * height / pil.height))
+    pil = pil.resize((width, height), Image.Resampling.BILINEAR)
+    draw = ImageDraw.Draw(pil)
+    colours = [tuple(int(255 * c) for c in _pyplot().get_cmap("tab10")(k % 10)[:3]) for k in range(len(points))]
+    for k, (x, y) in enumerate(np.asarray(points, dtype=np.float64)):
+        u, v = (x + 1) / 2 * width, (y + 1) / 2 * height
+        draw.ellipse([u - 4, v - 4, u + 4, v + 4], fill=colours[k], outline=(0, 0, 0))
+        draw.text((u + 5, v - 6), str(k), fill=colours[k])
+    return np.asarray(pil)
+
+
 def image_grid(images: list[np.ndarray], columns: int, gap: int = 6) -> np.ndarray:
     """Equal-size (H, W, 3) uint8 pictures in rows of `columns`, white gaps between them."""
     if not images or columns < 1:

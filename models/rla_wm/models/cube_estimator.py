@@ -21,7 +21,6 @@ the encoder node counts it as rejected and publishes nothing, so the gate holds 
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -29,7 +28,6 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from rla_wm.assets import resolve_model_path
 from rla_wm.envs.so101.camera import PinholeCamera
 from rla_wm.envs.so101.environment_state import CUBE_STATE_CHANNELS, CUBE_STATE_ENCODER_ID
 from rla_wm.envs.so101.scene import CUBE_HALF, ZONE_RADIUS, ZONE_THICKNESS
@@ -40,6 +38,7 @@ from rla_wm.models.keypoint_net import (
     PoseEstimatorError,
     images_to_input,
     names_folder_with,
+    read_estimator_folder,
     write_estimator_folder,
 )
 
@@ -109,12 +108,8 @@ class CubeStateEstimator:
     @classmethod
     def load(cls, spec: str, device: str = "cpu") -> CubeStateEstimator:
         """`spec`: builtin:<name> or a folder written by `save_cube_estimator`."""
-        folder = Path(resolve_model_path(spec))
-        config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
-        if not config_path.is_file() or not weights_path.is_file():
-            raise FileNotFoundError(f"{spec!r} is not a cube-estimator folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+        folder, raw, state = read_estimator_folder(spec, CONFIG_FILE, WEIGHTS_FILE, "cube estimator")
         try:
-            raw = json.loads(config_path.read_text())
             config = net_config(int(raw["image_size"]), int(raw["width"]))
             lens = raw["camera"]
             camera = PinholeCamera(
@@ -125,10 +120,9 @@ class CubeStateEstimator:
                 height=int(lens["height"]),
             )
             net = KeypointNet(config)
-            state = torch.load(weights_path, map_location="cpu", weights_only=True)
-            net.load_state_dict({name: value.float() for name, value in state.items()})
+            net.load_state_dict(state)
             max_spread = float(raw.get("max_spread", MAX_SPREAD))
-        except (KeyError, TypeError, ValueError, RuntimeError, json.JSONDecodeError) as err:
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise PoseEstimatorError(f"cannot load the cube estimator {spec!r}: {err}") from err
         return cls(net, camera, device, str(folder), max_spread)
 

@@ -198,13 +198,17 @@ def make_random_dinov2(
 def load_encoder(config: EncoderConfig) -> TokenEncoder:
     """The encoder `config.model` names: a camera estimator of a privileged state (Push-T's block pose,
     `rla_wm.models.pose_estimator`; the SO-101's cube and zone, `rla_wm.models.cube_estimator`: their
-    tokens are the sim's privileged feature space; `resolution` and `dtype` do not apply, each has its
-    own input size) or a ViT (`FeatureEncoder`)."""
+    tokens are the sim's privileged feature space), the self-supervised keypoint encoder
+    (`rla_wm.models.keypoint_encoder`; for these `resolution` and `dtype` do not apply, each has its own
+    input size) or a ViT (`FeatureEncoder`)."""
     from rla_wm.models.cube_estimator import CubeStateEstimator, is_cube_estimator
+    from rla_wm.models.keypoint_encoder import KeypointEncoder, is_keypoint_encoder
     from rla_wm.models.pose_estimator import BlockPoseEstimator, is_pose_estimator
 
     if is_pose_estimator(config.model):
         return BlockPoseEstimator.load(config.model, config.device)
+    if is_keypoint_encoder(config.model):
+        return KeypointEncoder.load(config.model, config.device)
     if is_cube_estimator(config.model):
         return CubeStateEstimator.load(config.model, config.device)
     return FeatureEncoder(config)

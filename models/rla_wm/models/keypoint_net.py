@@ -122,6 +122,24 @@ def write_estimator_folder(
     return folder
 
 
+def read_estimator_folder(
+    spec: str, config_file: str, weights_file: str, kind: str
+) -> tuple[Path, dict, dict[str, torch.Tensor]]:
+    """What `write_estimator_folder` wrote: the folder `spec` (builtin:<name> or a path) names, its JSON
+    config and its weights as float32. `kind` names the model in errors ("pose estimator")."""
+    folder = Path(resolve_model_path(spec))
+    config_path, weights_path = folder / config_file, folder / weights_file
+    if not config_path.is_file() or not weights_path.is_file():
+        label = kind.replace(" ", "-")
+        raise FileNotFoundError(f"{spec!r} is not a {label} folder (needs {config_file} and {weights_file})")
+    try:
+        config = json.loads(config_path.read_text())
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        return folder, config, {name: value.float() for name, value in state.items()}
+    except (RuntimeError, ValueError, AttributeError, json.JSONDecodeError) as err:
+        raise PoseEstimatorError(f"cannot load the {kind} {spec!r}: {err}") from err
+
+
 def names_folder_with(spec: str, config_file: str) -> bool:
     """Whether `spec` (builtin:<name> or a path) names a folder holding `config_file`."""
     try:

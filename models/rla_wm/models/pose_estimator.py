@@ -17,14 +17,12 @@ labelled frames (fiducials or motion capture for the object pose).
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from rla_wm.assets import resolve_model_path
 from rla_wm.envs.pusht.privileged import BLOCK_STATE_CHANNELS, BLOCK_STATE_ENCODER_ID
 from rla_wm.envs.pusht.sim import WORKSPACE_HIGH, WORKSPACE_LOW
 from rla_wm.models.encoder import FeatureGrid
@@ -34,6 +32,7 @@ from rla_wm.models.keypoint_net import (
     PoseEstimatorError,
     images_to_input,
     names_folder_with,
+    read_estimator_folder,
     write_estimator_folder,
 )
 
@@ -136,12 +135,8 @@ class BlockPoseEstimator:
     @classmethod
     def load(cls, spec: str, device: str = "cpu") -> BlockPoseEstimator:
         """`spec`: builtin:<name> or a folder written by `save_pose_estimator`."""
-        folder = Path(resolve_model_path(spec))
-        config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
-        if not config_path.is_file() or not weights_path.is_file():
-            raise FileNotFoundError(f"{spec!r} is not a pose-estimator folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+        folder, raw, state = read_estimator_folder(spec, CONFIG_FILE, WEIGHTS_FILE, "pose estimator")
         try:
-            raw = json.loads(config_path.read_text())
             config = PoseNetConfig(
                 image_size=int(raw["image_size"]),
                 width=int(raw["width"]),
@@ -149,9 +144,8 @@ class BlockPoseEstimator:
             )
             max_fit_residual = float(raw.get("max_fit_residual", MAX_FIT_RESIDUAL))
             net = BlockPoseNet(config)
-            state = torch.load(weights_path, map_location="cpu", weights_only=True)
-            net.load_state_dict({name: value.float() for name, value in state.items()})
-        except (KeyError, TypeError, ValueError, RuntimeError, json.JSONDecodeError) as err:
+            net.load_state_dict(state)
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise PoseEstimatorError(f"cannot load the pose estimator {spec!r}: {err}") from err
         return cls(net, device, str(folder), max_fit_residual)
 

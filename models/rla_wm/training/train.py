@@ -34,7 +34,7 @@ from rla_wm.data.policy_data import (
     rla_targets,
 )
 from rla_wm.evaluation.visualize import plot_loss_curves
-from rla_wm.models.encoder import EncoderConfig, FeatureEncoder, TokenEncoder
+from rla_wm.models.encoder import EncoderConfig, TokenEncoder, load_encoder
 from rla_wm.models.policy import Policy, PolicyConfig, PolicyLossWeights
 from rla_wm.models.regression import RegressionConfig, RegressionModel
 from rla_wm.models.rla import RLAAutoencoder, RLAConfig
@@ -60,13 +60,14 @@ ConfigT = TypeVar("ConfigT")
 
 
 def build_encoder(config: EncoderConfig) -> TokenEncoder:
-    """The encoder `encoder.model` names: a ViT, or a simulator's privileged state (Push-T's block, the
-    SO-101's cube and zone) for the ladder's privileged rung."""
+    """The encoder `encoder.model` names: a simulator's privileged state (Push-T's block, the SO-101's
+    cube and zone) for the ladder's privileged rung, or a camera encoder (`load_encoder`: a ViT, the
+    keypoint encoder or a camera estimator)."""
     from rla_wm.envs.environment_state_encoder import ENVIRONMENT_STATE_CHANNELS, EnvironmentStateEncoder
 
     if config.model in ENVIRONMENT_STATE_CHANNELS:
         return EnvironmentStateEncoder(config.model)
-    return FeatureEncoder(config)
+    return load_encoder(config)
 
 
 def open_caches(

@@ -95,7 +95,7 @@ def test_shipped_builtin_encoder_loads():
     [
         (np.zeros((1, 56, 56, 4), dtype=np.uint8), "RGB"),
         (np.zeros((56, 56), dtype=np.uint8), "shape"),
-        (np.zeros((1, 56, 56, 3), dtype=np.int32), "uint8 or float"),
+        (np.zeros((1, 56, 56, 3), dtype=np.int32), "int32"),
         (torch.full((1, 3, 56, 56), float("nan")), "NaN"),
         (np.zeros((0, 56, 56, 3), dtype=np.uint8), "empty"),
     ],

@@ -106,9 +106,18 @@ def test_a_saved_encoder_loads_through_load_encoder_with_one_feature_space_and_r
     folder = save_keypoint_encoder(model, tmp_path / "sim-keypoints", 1.5 * float(scene_errors.max()))
     encoder = load_encoder(EncoderConfig(model=str(folder)))
     assert isinstance(encoder, KeypointEncoder)
-    assert encoder.encoder_id == "keypoints:sim-keypoints"
+    name, _, digest = encoder.encoder_id.rpartition("@")
+    assert name == "keypoints:sim-keypoints" and len(digest) == 10
+    # The same weights under another name are the same points; other weights under the same name are not.
+    copy = save_keypoint_encoder(KeypointEncoder.load(str(folder)).model, tmp_path / "sim-keypoints-copy", 1.0)
+    assert KeypointEncoder.load(str(copy)).encoder_id.rpartition("@")[2] == digest
+    retrained = save_keypoint_encoder(KeypointAutoencoder(TINY), tmp_path / "again" / "sim-keypoints", 1.0)
+    assert KeypointEncoder.load(str(retrained)).encoder_id != encoder.encoder_id
     tokens = encoder(frames.images)
     assert tokens.shape == (16, 1, 4) and encoder.grid.channels == 4
+    # LeRobot's decoded frames (float, channels first, in [0, 1]) give the same points as camera frames.
+    planes = torch.from_numpy(frames.images).permute(0, 3, 1, 2).float() / 255
+    assert torch.allclose(encoder(planes), tokens, atol=1e-5)
     # float16 weights: the points come back within a small fraction of the image.
     original = KeypointEncoder(model)(frames.images)
     assert float((tokens - original).abs().max()) < 0.02
@@ -144,6 +153,6 @@ def test_the_cli_pretrains_a_keypoint_encoder_and_probes_it(tmp_path, capsys):
     assert "held-out linear probe after 3 steps" in capsys.readouterr().out
     report = tmp_path / "probe.json"
     assert main(["probe", f"--encoder={run / 'keypoint_encoder'}", f"--frames={frames}", f"--json={report}"]) == 0
-    assert "keypoints:keypoint_encoder, grid 1x1x4" in capsys.readouterr().out
+    assert "encoder keypoints:keypoint_encoder@" in capsys.readouterr().out
     result = json.loads(report.read_text())
-    assert result["encoder"] == "keypoints:keypoint_encoder" and set(result["probe_mae"]) == set(STATE_NAMES)
+    assert result["encoder"].startswith("keypoints:keypoint_encoder@") and set(result["probe_mae"]) == set(STATE_NAMES)

@@ -150,7 +150,7 @@ def tokens_function(
     from rla_wm.models.keypoint_encoder import ENCODER_ID_PREFIX
 
     if encoder_id.startswith(ENCODER_ID_PREFIX) and not camera_encoder:
-        camera_encoder = "builtin:" + encoder_id.removeprefix(ENCODER_ID_PREFIX)
+        camera_encoder = "builtin:" + encoder_id.removeprefix(ENCODER_ID_PREFIX).rpartition("@")[0]
     if camera_encoder:
         from rla_wm.models.encoder import EncoderConfig, load_encoder
 

@@ -70,6 +70,33 @@ class TokenEncoder(Protocol):
     def __call__(self, frames: torch.Tensor, /) -> torch.Tensor: ...
 
 
+def unit_images(
+    frames: np.ndarray | torch.Tensor, error: type[FeatureEncoderError] = FeatureEncoderError
+) -> torch.Tensor:
+    """Camera frames in either layout an encoder is given -> (B, 3, H, W) float32 in [0, 1].
+
+    uint8 (B, H, W, 3) RGB (a camera message, a simulator) or float (B, 3, H, W) in [0, 1] (LeRobot's
+    decoded video frames); one frame without a batch axis is a batch of one. Anything else, an empty
+    frame or NaN raises `error`.
+    """
+    images = torch.as_tensor(frames)
+    if images.ndim == 3:
+        images = images.unsqueeze(0)
+    uint8_rgb = images.dtype == torch.uint8 and images.ndim == 4 and images.shape[-1] == 3
+    float_planes = images.is_floating_point() and images.ndim == 4 and images.shape[1] == 3
+    if not (uint8_rgb or float_planes):
+        raise error(
+            "frames must be uint8 RGB of shape (B, H, W, 3) or float of shape (B, 3, H, W) in [0, 1], "
+            f"got {tuple(images.shape)} {images.dtype}"
+        )
+    if 0 in images.shape:
+        raise error(f"empty frames {tuple(images.shape)}")
+    images = images.permute(0, 3, 1, 2).float().div_(255.0) if uint8_rgb else images.float()
+    if not torch.isfinite(images).all():
+        raise error("frames contain NaN or inf")
+    return images
+
+
 class FeatureEncoder:
     """Frozen ViT that maps RGB frames to patch tokens.
 
@@ -123,28 +150,7 @@ class FeatureEncoder:
 
     def preprocess(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Frames -> normalised (B, 3, R, R) float tensor on the encoder's device."""
-        images = torch.as_tensor(frames)
-        if images.ndim == 3:
-            images = images.unsqueeze(0)
-        if images.ndim != 4:
-            raise FeatureEncoderError(
-                f"expected frames of shape (B, H, W, 3) or (B, 3, H, W), got {tuple(images.shape)}"
-            )
-        if images.dtype == torch.uint8:
-            if images.shape[-1] != 3:
-                raise FeatureEncoderError(f"uint8 frames must be (B, H, W, 3) RGB, got {tuple(images.shape)}")
-            images = images.permute(0, 3, 1, 2).float().div_(255.0)
-        elif images.is_floating_point():
-            if images.shape[1] != 3:
-                raise FeatureEncoderError(f"float frames must be (B, 3, H, W) in [0, 1], got {tuple(images.shape)}")
-            images = images.float()
-        else:
-            raise FeatureEncoderError(f"frames must be uint8 or float, got {images.dtype}")
-        if images.shape[-1] == 0 or images.shape[-2] == 0 or images.shape[0] == 0:
-            raise FeatureEncoderError(f"empty frames {tuple(images.shape)}")
-        if not torch.isfinite(images).all():
-            raise FeatureEncoderError("frames contain NaN or inf")
-        images = images.to(self.device)
+        images = unit_images(frames).to(self.device)
         size = (self.config.resolution, self.config.resolution)
         if tuple(images.shape[-2:]) != size:
             images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)

@@ -21,6 +21,7 @@ checked against a bound fitted on held-out frames when the encoder is saved.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -160,20 +161,25 @@ class KeypointEncoder:
         device: str = "cpu",
         model_path: str = "",
         max_reconstruction_error: float = float("inf"),
+        weights_digest: str = "",
     ) -> None:
         if not max_reconstruction_error > 0:
             raise PoseEstimatorError(f"max_reconstruction_error must be positive, got {max_reconstruction_error}")
         self.max_reconstruction_error = float(max_reconstruction_error)
         self.model_path = model_path
+        self.weights_digest = weights_digest
         self.device = torch.device(device)
         self.model = model.float().to(self.device).eval()
         self.grid = FeatureGrid(1, 1, model.config.channels)
 
     @property
     def encoder_id(self) -> str:
-        """The feature space: this model's own points (another training gives other points)."""
-        # Named by the folder, so builtin:NAME and a path to the same folder are one feature space.
-        return ENCODER_ID_PREFIX + (Path(self.model_path).name if self.model_path else "unsaved")
+        """The feature space: "keypoints:<folder name>@<weights digest>". Another training gives other
+        points, so the digest of the weights file is part of it: a policy or a feature cache made with
+        one training refuses another's points, even under the same folder name."""
+        if not self.model_path:
+            return ENCODER_ID_PREFIX + "unsaved"
+        return f"{ENCODER_ID_PREFIX}{Path(self.model_path).name}@{self.weights_digest}"
 
     @classmethod
     def load(cls, spec: str, device: str = "cpu") -> KeypointEncoder:
@@ -185,7 +191,8 @@ class KeypointEncoder:
             model.load_state_dict(state)
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise PoseEstimatorError(f"cannot load the keypoint encoder {spec!r}: {err}") from err
-        return cls(model, device, str(folder), bound)
+        digest = hashlib.sha256((folder / WEIGHTS_FILE).read_bytes()).hexdigest()[:10]
+        return cls(model, device, str(folder), bound, digest)
 
     @torch.inference_mode()
     def points_and_errors(self, frames: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

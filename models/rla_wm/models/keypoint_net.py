@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rla_wm.assets import resolve_model_path
-from rla_wm.models.encoder import FeatureEncoderError
+from rla_wm.models.encoder import FeatureEncoderError, unit_images
 
 
 class PoseEstimatorError(FeatureEncoderError):
@@ -94,15 +94,9 @@ class KeypointNet(nn.Module):
 
 
 def images_to_input(frames: np.ndarray | torch.Tensor, image_size: int, device: torch.device) -> torch.Tensor:
-    """(B, H, W, 3) uint8 RGB (or one (H, W, 3) frame) -> (B, 3, S, S) float in [0, 1] on `device`."""
-    images = torch.as_tensor(frames)
-    if images.ndim == 3:
-        images = images.unsqueeze(0)
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != torch.uint8:
-        raise PoseEstimatorError(f"expected (B, H, W, 3) uint8 RGB frames, got {tuple(images.shape)} {images.dtype}")
-    if 0 in images.shape:
-        raise PoseEstimatorError(f"empty frames {tuple(images.shape)}")
-    images = images.to(device).permute(0, 3, 1, 2).float().div_(255.0)
+    """Frames (uint8 (B, H, W, 3) RGB or float (B, 3, H, W) in [0, 1], `unit_images`) -> (B, 3, S, S)
+    float in [0, 1] on `device`, resized to `image_size`."""
+    images = unit_images(frames, PoseEstimatorError).to(device)
     if tuple(images.shape[-2:]) != (image_size, image_size):
         images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", antialias=True)
     return images

@@ -26,13 +26,15 @@ planner() {  # name world_model
 
 # The ladder (docs/closed_loop.md): the expert, a policy on the sim's block state, that policy on the block pose
 # read from the camera (the pose estimator), then the visual policy on the project's own encoder, through the same path.
-ONLY=${ONLY:-expert privileged visual_pose visual bc bc_rla planner_rla_wm planner_regression bc_rla_direct}
+ONLY=${ONLY:-expert privileged visual_pose visual_keypoints visual bc bc_rla planner_rla_wm planner_regression bc_rla_direct}
 for name in $ONLY; do
   case $name in
     expert) policy expert expert:pusht observation:=block_state ;;
     privileged) policy privileged builtin:sim-pusht-policy-block-state observation:=block_state execute_steps:=3 ;;
     visual_pose) policy visual_pose builtin:sim-pusht-policy-block-state encoder_model:=builtin:sim-pusht-pose-cnn \
       execute_steps:=3 ;;
+    visual_keypoints) policy visual_keypoints builtin:sim-pusht-policy-keypoints \
+      encoder_model:=builtin:sim-pusht-keypoints execute_steps:=3 ;;
     visual) policy visual builtin:sim-pusht-policy-visual encoder_model:=builtin:sim-pusht-vit-mae \
       encoder_resolution:=96 execute_steps:=3 ;;
     bc) policy bc builtin:sim-pusht-policy-bc ;;
@@ -49,6 +51,7 @@ declare -A LABEL=(
   [expert]="scripted expert (block state)"
   [privileged]="policy on block state"
   [visual_pose]="camera pose estimator + block-state policy"
+  [visual_keypoints]="policy on the self-supervised keypoints"
   [visual]="visual policy (own encoder)"
   [bc]="BC (labelled only)"
   [bc_rla]="BC + RLA (action-free added)"
@@ -57,7 +60,7 @@ declare -A LABEL=(
   [planner_regression]="planner, regression"
 )
 runs=()
-for name in expert privileged visual_pose visual bc bc_rla bc_rla_direct planner_rla_wm planner_regression; do
+for name in expert privileged visual_pose visual_keypoints visual bc bc_rla bc_rla_direct planner_rla_wm planner_regression; do
   [ -f "$OUT/$name/metrics.json" ] && runs+=(--run "${LABEL[$name]}=$OUT/$name")
 done
 python -m rla_wm.evaluation.closed_loop_report --out "$OUT" "${runs[@]}"

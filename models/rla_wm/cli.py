@@ -229,7 +229,7 @@ def command_evaluate(config: EvaluateRun) -> None:
                 f"{type(model).__name__} was trained on {model.config.encoder_id!r}, the data is {cache.encoder_id!r}"
             )
     windows = evaluate.collect_windows(cache, held_out, horizon, settings.chunks, settings.max_windows, settings.seed)
-    results = evaluate.evaluate_predictors(predictors, windows)
+    results = evaluate.evaluate_predictors(predictors, windows, samples=settings.samples)
     costs = {p.name: evaluate.cost_per_prediction(p, windows) for p in predictors}
     reconstruction = evaluate.reconstruction_errors(autoencoder, windows)
     out = Path(config.out)

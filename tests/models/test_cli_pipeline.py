@@ -81,13 +81,17 @@ def test_pipeline_trains_and_evaluates_every_model(experiment, capsys):
             f"--wm_checkpoint={root / 'wm' / 'checkpoint'}",
             f"--regression_checkpoint={root / 'reg' / 'checkpoint'}",
             f"--out={root / 'eval'}",
+            "--evaluate.samples=3",
         ]
     )
     table = capsys.readouterr().out
-    for row in ("| copy-last |", "| rla-wm |", "| regression |", "L1 @3", "L1 @6", "reconstruction"):
+    for row in ("| copy-last |", "| rla-wm |", "| rla-wm mean of 3 |", "| regression |", "L1 @3", "L1 @6"):
         assert row in table
+    assert "reconstruction" in table
     results = json.loads((root / "eval" / "results.json").read_text())
-    assert set(results["results"]) == {"copy-last", "rla-wm", "regression"}
+    assert set(results["results"]) == {"copy-last", "rla-wm", "rla-wm mean of 3", "regression"}
+    # The mean of three flow samples is another prediction than the first sample alone.
+    assert results["results"]["rla-wm mean of 3"] != results["results"]["rla-wm"]
     assert results["costs"]["rla-wm"]["gflops"] > results["costs"]["copy-last"]["gflops"] == 0
     for picture in ("error_vs_horizon_l1.png", "error_vs_horizon_cosine.png", "predictions_pca.png"):
         assert (root / "eval" / picture).stat().st_size > 1000

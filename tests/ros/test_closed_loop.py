@@ -11,7 +11,8 @@ import rclpy
 from ament_index_python.packages import get_package_share_directory
 
 from rla_wm.evaluation.latency import LatencyLog
-from rla_wm_ros.closed_loop import ClosedLoopRunner
+from rla_wm_msgs.msg import FeatureMap
+from rla_wm_ros.closed_loop import ClosedLoopRunner, camera_and_features_picture
 from rla_wm_ros.launch_xml import LaunchDescription, LaunchedGraph, parse_launch_file
 
 from conftest import wait_for
@@ -237,3 +238,17 @@ def test_the_demo_command_prints_its_summary_and_writes_metrics_picture_and_vide
     video = re.search(r"\[demo\] video: (\S+\.gif)", result.stdout)
     assert video and os.path.getsize(video.group(1)) > 1000
     assert (out / "episode_00_camera_features.png").is_file()
+
+
+def test_the_demo_picture_draws_a_keypoint_encoders_the_points_where_they_are():
+    frame = np.full((96, 96, 3), 255, np.uint8)
+    tokens = np.array([[[-0.5, -0.5, 0.5, 0.25]]], np.float32)  # two points: upper left, right of centre
+    msg = FeatureMap(encoder_id="keypoints:sim-pusht-keypoints@0123456789", grid_height=1, grid_width=1, channels=4)
+    picture = camera_and_features_picture(frame, msg, tokens)
+    assert picture.shape == (256, 256 + 8 + 256, 3)
+    panel = picture[:, 264:].astype(int)
+    assert (picture[:, :256] == 255).all()  # the frame as it came
+    for x, y in ((-0.5, -0.5), (0.5, 0.25)):
+        u, v = round((x + 1) / 2 * 256), round((y + 1) / 2 * 256)
+        assert (panel[v - 2 : v + 3, u - 2 : u + 3] < 250).any(axis=-1).all(), (x, y)
+    assert (panel[200:, :60] == 255).all()  # nothing drawn where no point is

@@ -66,22 +66,45 @@ def feature_errors(predicted: torch.Tensor, truth: torch.Tensor) -> dict[str, fl
 
 
 def evaluate_predictors(
-    predictors: list[Predictor], windows: Windows, batch_size: int = 16
+    predictors: list[Predictor], windows: Windows, batch_size: int = 16, samples: int = 1
 ) -> dict[str, dict[int, dict[str, float]]]:
-    """{predictor name: {horizon in frames: {"l1", "cosine"}}}."""
-    results: dict[str, dict[int, dict[str, float]]] = {}
-    for predictor in predictors:
-        if isinstance(predictor, RLAWMPredictor):
-            predictor.reseed()
+    """{predictor name: {horizon in frames: {"l1", "cosine"}}}.
+
+    A sampling model (RLA-WM) is scored on one sample per window; with `samples` > 1 also on the mean of
+    that many samples (row "<name> mean of N"). One sample of a model of a spread of futures is farther
+    from the truth, in L1, than the spread's middle, which a regression predicts; the mean shows how much
+    of a gap to a regression is that and not error.
+    """
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+
+    def predict_all(predictor: Predictor) -> torch.Tensor:
         outputs = [
             rollout(predictor, windows.start[i : i + batch_size], windows.actions[i : i + batch_size])
             for i in range(0, len(windows.start), batch_size)
         ]
-        predicted = torch.cat(outputs)
-        results[predictor.name] = {
+        return torch.cat(outputs)
+
+    def errors(predicted: torch.Tensor) -> dict[int, dict[str, float]]:
+        return {
             (k + 1) * windows.horizon: feature_errors(predicted[:, k], windows.truth[:, k])
             for k in range(windows.truth.shape[1])
         }
+
+    results: dict[str, dict[int, dict[str, float]]] = {}
+    for predictor in predictors:
+        if not isinstance(predictor, RLAWMPredictor):
+            results[predictor.name] = errors(predict_all(predictor))
+            continue
+        seed = predictor.seed if predictor.seed is not None else 0
+        draws = []
+        for draw in range(samples):
+            predictor.reseed(seed + draw)
+            draws.append(predict_all(predictor))
+        predictor.reseed(seed)
+        results[predictor.name] = errors(draws[0])
+        if samples > 1:
+            results[f"{predictor.name} mean of {samples}"] = errors(torch.stack(draws).mean(dim=0))
     return results
 
 

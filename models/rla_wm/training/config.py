@@ -266,6 +266,8 @@ class EvaluateConfig:
     # Euler steps of the flow-matching sampler.
     euler_steps: int = 30
     seed: int = 0
+    # RLA-WM samples per window: 1 scores one sample; more also scores their mean (evaluate_predictors).
+    samples: int = 1
     policy_max_windows: int = 512
 
 

@@ -221,13 +221,22 @@ def camera_and_features_picture(frame: np.ndarray, msg: FeatureMap, tokens: np.n
     """The camera frame next to what the encoder made of it: the PCA of a patch-feature map; for a
     block-pose estimator (block-state feature space) the frame with the T drawn at the estimated pose; for
     the arm's cube estimator (cube-state space) the frame with crosses where the sim's front camera sees
-    the estimated cube (white) and zone (cyan) centres."""
+    the estimated cube (white) and zone (cyan) centres; for the keypoint encoder the frame with its points."""
     from rla_wm.envs.pusht.privileged import BLOCK_STATE_ENCODER_ID, block_pose_from_tokens
     from rla_wm.envs.so101.environment_state import CUBE_STATE_ENCODER_ID
-    from rla_wm.evaluation.visualize import block_pose_overlay, feature_pca_rgb, points_overlay, side_by_side
+    from rla_wm.evaluation.visualize import (
+        block_pose_overlay,
+        feature_pca_rgb,
+        keypoint_overlay,
+        points_overlay,
+        side_by_side,
+    )
+    from rla_wm.models.keypoint_encoder import ENCODER_ID_PREFIX
 
     if msg.encoder_id == BLOCK_STATE_ENCODER_ID:
         return side_by_side(frame, block_pose_overlay(frame, block_pose_from_tokens(tokens)[0]))
+    if msg.encoder_id.startswith(ENCODER_ID_PREFIX):
+        return side_by_side(frame, keypoint_overlay(frame, np.asarray(tokens, dtype=np.float64).reshape(-1, 2)))
     if msg.encoder_id == CUBE_STATE_ENCODER_ID:
         from rla_wm.envs.so101.camera import front_camera
         from rla_wm.models.cube_estimator import image_points

@@ -41,7 +41,8 @@ class EncoderNode(Node):
             "model",
             "builtin:dinov2-tiny-random",
             "Encoder weights: hub id (facebook/dinov2-small), local folder, or builtin:<name>; a block-pose "
-            "estimator folder (builtin:sim-pusht-pose-cnn) publishes the sim's block-state feature space.",
+            "estimator folder (builtin:sim-pusht-pose-cnn) publishes the sim's block-state feature space, a "
+            "keypoint-encoder folder (builtin:sim-pusht-keypoints) its image points.",
         )
         resolution = declare(self, "resolution", 224, "Square input size; a multiple of the patch size.", (14, 2048))
         device = declare(self, "device", "cpu", "Torch device, e.g. cpu or cuda:0.")

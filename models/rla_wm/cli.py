@@ -454,7 +454,7 @@ def command_pretrain_keypoints(config: PretrainKeypointsRun) -> None:
     if config.threads:
         torch.set_num_threads(config.threads)
     frames = StateFrames.load(config.frames)
-    held_out = first_frames(StateFrames.load(config.eval_frames), config.eval_limit)
+    held_out = whole_episodes_up_to(StateFrames.load(config.eval_frames), config.eval_limit)
     out = Path(config.out)
     train_config = KeypointTrainConfig(
         **{f.name: getattr(config, f.name) for f in dataclasses.fields(KeypointTrainConfig)}
@@ -467,7 +467,7 @@ def command_pretrain_keypoints(config: PretrainKeypointsRun) -> None:
     print(f"keypoint encoder in {out / 'keypoint_encoder'}")
 
 
-def first_frames(frames: StateFrames, limit: int) -> StateFrames:
+def whole_episodes_up_to(frames: StateFrames, limit: int) -> StateFrames:
     """The frames of whole episodes, spread over the file, up to about `limit` frames (0: all)."""
     import numpy as np
 

@@ -19,6 +19,7 @@ from rla_wm.models.keypoint_encoder import (
     KeypointEncoder,
     gaussian_maps,
     save_keypoint_encoder,
+    shipped_spec,
 )
 from rla_wm.models.keypoint_net import PoseEstimatorError, images_to_input
 from rla_wm.training.train_keypoint_encoder import (
@@ -108,6 +109,9 @@ def test_a_saved_encoder_loads_through_load_encoder_with_one_feature_space_and_r
     assert isinstance(encoder, KeypointEncoder)
     name, _, digest = encoder.encoder_id.rpartition("@")
     assert name == "keypoints:sim-keypoints" and len(digest) == 10
+    assert shipped_spec(encoder.encoder_id) == "builtin:sim-keypoints"  # what rollout loads for a policy
+    with pytest.raises(ValueError, match="not a keypoint encoder"):
+        shipped_spec("builtin:dinov2-tiny-random@224")
     # The same weights under another name are the same points; other weights under the same name are not.
     copy = save_keypoint_encoder(KeypointEncoder.load(str(folder)).model, tmp_path / "sim-keypoints-copy", 1.0)
     assert KeypointEncoder.load(str(copy)).encoder_id.rpartition("@")[2] == digest

@@ -147,10 +147,10 @@ def tokens_function(
     e.g. a block-pose estimator for a block-state policy) makes the tokens from the camera image instead;
     it must produce `encoder_id`'s feature space; a keypoint encoder's space is read by the shipped
     encoder of that name unless `camera_encoder` names another folder."""
-    from rla_wm.models.keypoint_encoder import ENCODER_ID_PREFIX
+    from rla_wm.models.keypoint_encoder import ENCODER_ID_PREFIX, shipped_spec
 
     if encoder_id.startswith(ENCODER_ID_PREFIX) and not camera_encoder:
-        camera_encoder = "builtin:" + encoder_id.removeprefix(ENCODER_ID_PREFIX).rpartition("@")[0]
+        camera_encoder = shipped_spec(encoder_id)
     if camera_encoder:
         from rla_wm.models.encoder import EncoderConfig, load_encoder
 

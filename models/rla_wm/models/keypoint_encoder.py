@@ -196,7 +196,7 @@ class KeypointEncoder:
 
     @torch.inference_mode()
     def points_and_errors(self, frames: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Frames (B, H, W, 3) uint8 -> (B, K, 2) points and (B,) reconstruction errors, unchecked."""
+        """Frames (`images_to_input`'s layouts) -> (B, K, 2) points and (B,) reconstruction errors, unchecked."""
         images = images_to_input(frames, self.model.config.image_size, self.device)
         points, errors = self.model.reconstruction_errors(images)
         if not torch.isfinite(points).all():
@@ -212,6 +212,13 @@ class KeypointEncoder:
                 f"error {worst:.4f} > {self.max_reconstruction_error:.4f} (a dead or covered camera, or another scene)"
             )
         return points.reshape(len(points), 1, self.model.config.channels)
+
+
+def shipped_spec(encoder_id: str) -> str:
+    """The `builtin:<name>` spec of a keypoint feature space's folder (the inverse of `encoder_id`'s naming)."""
+    if not encoder_id.startswith(ENCODER_ID_PREFIX):
+        raise ValueError(f"{encoder_id!r} is not a keypoint encoder's feature space")
+    return "builtin:" + encoder_id.removeprefix(ENCODER_ID_PREFIX).rpartition("@")[0]
 
 
 def save_keypoint_encoder(

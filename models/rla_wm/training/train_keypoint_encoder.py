@@ -48,21 +48,6 @@ class KeypointTrainConfig:
     foreground_weight: float = 10.0
 
 
-@torch.no_grad()
-def reconstruction_errors(model: KeypointAutoencoder, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """uint8 (N, H, W, 3) -> (N,) per-frame mean squared reconstruction errors, in eval mode."""
-    was_training = model.training
-    model.eval()
-    errors = [
-        model.reconstruction_errors(
-            images_to_input(images[start : start + batch_size], model.config.image_size, torch.device("cpu"))
-        )[1]
-        for start in range(0, len(images), batch_size)
-    ]
-    model.train(was_training)
-    return torch.cat(errors).numpy()
-
-
 def median_frame(model: KeypointAutoencoder, images: np.ndarray, count: int = 2000, seed: int = 0) -> torch.Tensor:
     """(3, T, T) per-pixel median of up to `count` seeded frames at the decoder's target size: the scene's
     static part (background, target outline), since whatever moves is elsewhere in most frames."""
@@ -83,12 +68,22 @@ def weighted_reconstruction_loss(
     return ((painted - target).pow(2) * weights).sum() / (weights.sum() * 3)
 
 
-def held_out_probe(model: KeypointAutoencoder, frames: StateFrames) -> dict[str, float]:
-    """Linear-probe error per state variable (and the constant predictor's) on `frames`' held-out episodes."""
+def held_out_evaluation(
+    model: KeypointAutoencoder, frames: StateFrames, batch_size: int = 256
+) -> tuple[np.ndarray, dict[str, float]]:
+    """The model as the encoder it will be saved as (eval mode, no refusal): (N,) per-frame reconstruction
+    errors of `frames`, and the linear probe's error per state variable on their held-out episodes."""
     was_training = model.training
-    result = probe_encoder(KeypointEncoder(model), frames, kind="linear")
+    encoder = KeypointEncoder(model)  # puts the model in eval mode
+    errors = np.concatenate(
+        [
+            encoder.points_and_errors(frames.images[i : i + batch_size])[1].numpy()
+            for i in range(0, len(frames), batch_size)
+        ]
+    )
+    result = probe_encoder(encoder, frames, kind="linear")
     model.train(was_training)
-    return {name: float(error) for name, error in zip(result.names, result.probe_error)}
+    return errors, {name: float(error) for name, error in zip(result.names, result.probe_error)}
 
 
 def train_keypoint_encoder(
@@ -122,9 +117,8 @@ def train_keypoint_encoder(
             clipped_step(loss, model, optimizer, scheduler)
             entry: dict = {"step": step, "loss": loss.item(), "seconds": time.monotonic() - started}
             if (step + 1) % config.evaluate_every == 0 or step == config.steps - 1:
-                errors = reconstruction_errors(model, eval_frames.images)
+                errors, entry["held_out_probe"] = held_out_evaluation(model, eval_frames)
                 entry["held_out_mse"] = float(errors.mean())
-                entry["held_out_probe"] = held_out_probe(model, eval_frames)
                 card = {"step": step, "held_out_mse": entry["held_out_mse"], "linear_probe": entry["held_out_probe"]}
                 save_keypoint_encoder(model, out / "keypoint_encoder", REFUSAL_MARGIN * float(errors.max()), card)
                 probe = json.dumps(entry["held_out_probe"])

@@ -157,9 +157,9 @@ def timed(fn: Callable[[], object], device: str, repeats: int) -> float:
 def run_plan(predictor: Predictor, config: PlannerConfig, args: argparse.Namespace, max_seconds: float | None = None):
     """Plan once from random features; stop after max_seconds (>= 1 iteration). Returns (result, seconds)."""
     generator = torch.Generator().manual_seed(0)
-    tokens = _tokens(predictor)
-    current = torch.randn(tokens, CHANNELS, generator=generator).to(args.device, getattr(torch, args.dtype))
-    goal = torch.randn(tokens, CHANNELS, generator=generator).to(args.device, getattr(torch, args.dtype))
+    tokens, channels = _feature_shape(predictor)
+    current = torch.randn(tokens, channels, generator=generator).to(args.device, getattr(torch, args.dtype))
+    goal = torch.randn(tokens, channels, generator=generator).to(args.device, getattr(torch, args.dtype))
     stop = (lambda stats: stats.elapsed > max_seconds) if max_seconds else None
     sync(args.device)
     started = time.perf_counter()
@@ -192,11 +192,15 @@ def warm_up(predictors: dict[str, Predictor], args: argparse.Namespace) -> None:
         run_plan(predictors[model], config, args)
 
 
-def _tokens(predictor: Predictor) -> int:
+def _feature_shape(predictor: Predictor) -> tuple[int, int]:
+    """(tokens, channels) of the feature maps the predictor takes: the checkpoints' own, e.g. one
+    token of 24 numbers for the keypoint encoder's world models."""
     if isinstance(predictor, RLAWMPredictor):
-        return predictor.world_model.config.num_tokens
-    assert isinstance(predictor, RegressionPredictor)
-    return predictor.model.config.num_tokens
+        config = predictor.world_model.config
+    else:
+        assert isinstance(predictor, RegressionPredictor)
+        config = predictor.model.config
+    return config.num_tokens, config.token_dim
 
 
 def full_budget_rows(predictors: dict[str, Predictor], args: argparse.Namespace) -> list[list[str]]:
@@ -262,11 +266,11 @@ def reduced_budget_rows(predictors: dict[str, Predictor], args: argparse.Namespa
     rows = []
     for label, model, cost_space in VARIANTS:
         predictor = predictors[model]
-        tokens = _tokens(predictor)
+        tokens, channels = _feature_shape(predictor)
         # Seconds per prediction: a full one, and the plan's last one (first chunk, later chunk).
         full, last_first, last_later = {}, {}, {}
         for b in batches:
-            current = torch.randn(1, tokens, CHANNELS, device=args.device, dtype=dtype)
+            current = torch.randn(1, tokens, channels, device=args.device, dtype=dtype)
             actions = (torch.rand(b, args.chunk_length, 2, device=args.device) * 400 + 50).to(dtype)
             full[b] = last_first[b] = last_later[b] = timed(
                 lambda: predict_batch(predictor, current, actions), args.device, args.repeats
@@ -388,8 +392,11 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
         f"device {args.device}, dtype {args.dtype}, torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, "
-        f"load average {load:.1f} at start; {GRID}x{GRID}x{CHANNELS} tokens; RLA-WM {args.euler_steps} Euler steps"
+        f"load average {load:.1f} at start; RLA-WM {args.euler_steps} Euler steps"
     )
+    for name, predictor in predictors.items():
+        tokens, channels = _feature_shape(predictor)
+        print(f"  {name}: features of {tokens} tokens x {channels} channels")
     for name, source in sources.items():
         print(f"  {name}: {source}")
     skip = set(args.skip.split(","))

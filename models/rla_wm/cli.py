@@ -696,7 +696,8 @@ def command_rollout(config: RolloutRun) -> None:
         f"95% CI {low:.2f}-{high:.2f}), mean final coverage {summary.mean_coverage:.3f}, "
         f"execute_steps {summary.execute_steps}, latency {timing.latency:g} s, min_lead_time "
         f"{timing.min_lead_time:g} s, blend_time {timing.blend_time:g} s, block pose noise "
-        f"{noise.position:g} px / {noise.angle_degrees:g} deg, camera encoder {config.camera_encoder or 'none'}, "
+        f"{noise.position:g} px / {noise.angle_degrees:g} deg, features {policy.config.encoder_id}"
+        f"{f' read by {config.camera_encoder}' if config.camera_encoder else ''}, "
         f"{summary.wall_seconds:.0f} s"
     )
     if config.out:

@@ -124,53 +124,11 @@ def test_robot_policy_graph_in_its_default_dry_run_never_commands_the_arm(ros_do
         assert all(graph.alive().values()), graph.tail_logs(30)
 
 
-def tiny_world_models(folder: Path) -> dict[str, str]:
-    """Small random RLA / RLA-WM / regression checkpoints for the sim encoder's 16x16x192 features."""
-    import torch
-
-    from rla_wm.models.regression import RegressionConfig, RegressionModel
-    from rla_wm.models.rla import RLAAutoencoder, RLAConfig
-    from rla_wm.models.world_model import RLAWorldModel, WorldModelConfig
-
-    torch.manual_seed(0)
-    shared = dict(token_dim=192, num_tokens=256, encoder_id="builtin:dinov2-tiny-random@224")
-    actions = dict(action_low=(20.0, 20.0), action_high=(492.0, 492.0), max_horizon=6)
-    models = {
-        "rla_checkpoint": RLAAutoencoder(
-            RLAConfig(latent_tokens=2, latent_dim=4, width=32, encoder_depth=1, decoder_depth=1, heads=2, **shared)
-        ),
-        "wm_checkpoint": RLAWorldModel(
-            WorldModelConfig(
-                latent_tokens=2,
-                latent_dim=4,
-                width=32,
-                condition_depth=1,
-                flow_depth=1,
-                heads=2,
-                latent_scale=1.0,
-                **shared,
-                **actions,
-            )
-        ),
-        "regression_checkpoint": RegressionModel(RegressionConfig(width=32, depth=1, heads=2, **shared, **actions)),
-    }
-    paths = {}
-    for key, model in models.items():
-        paths[key] = str(model.save(folder / key))
-    return paths
-
-
 @pytest.mark.parametrize("world_model", ["rla-wm", "regression"])
 def test_sim_planner_graph_runs_closed_loop_episodes(ros_domain, tmp_path, world_model):
-    overrides = {
-        "max_episode_steps": "30",
-        "seed": "2",
-        "world_model": world_model,
-        "mpc_rate": "2.0",
-        "mpc_num_samples": "4",
-        "mpc_iterations": "1",
-        **tiny_world_models(tmp_path / "models"),
-    }
+    """The launch file's defaults: the keypoint encoder, the shipped world models on its points and the
+    2 Hz MPC budget the closed-loop table was measured with."""
+    overrides = {"max_episode_steps": "30", "seed": "2", "world_model": world_model}
     (result,), latency = run_launch_file(
         "sim_planner.launch.xml",
         overrides,

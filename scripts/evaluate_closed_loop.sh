@@ -45,9 +45,11 @@ for name in $ONLY; do
       encoder_model:=builtin:sim-pusht-keypoints execute_steps:=3 ;;
     visual) policy visual builtin:sim-pusht-policy-visual encoder_model:=builtin:sim-pusht-vit-mae \
       encoder_resolution:=96 execute_steps:=3 ;;
-    bc) policy bc builtin:sim-pusht-policy-bc ;;
-    bc_rla) policy bc_rla builtin:sim-pusht-policy ;;
-    bc_rla_direct) policy bc_rla_direct builtin:sim-pusht-policy-direct ;;
+    # The first visual policies, on the random-weight ViT, as they were measured (a chunk on every frame).
+    bc) policy bc builtin:sim-pusht-policy-bc encoder_model:=builtin:dinov2-tiny-random execute_steps:=1 ;;
+    bc_rla) policy bc_rla builtin:sim-pusht-policy encoder_model:=builtin:dinov2-tiny-random execute_steps:=1 ;;
+    bc_rla_direct) policy bc_rla_direct builtin:sim-pusht-policy-direct encoder_model:=builtin:dinov2-tiny-random \
+      execute_steps:=1 ;;
     # The largest searches that fit a 2 Hz replan on one thread (benchmarks/bench_planner.py): RLA-WM 64 x 2, the
     # regression baseline (8x cheaper per prediction) 64 x 22.
     planner_keypoints_rla_wm) planner_keypoints planner_keypoints_rla_wm rla-wm 2 ;;

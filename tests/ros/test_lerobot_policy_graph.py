@@ -72,6 +72,7 @@ def test_lerobot_folder_drives_the_sim_robot_through_the_gate(lerobot_pretrained
         overrides={
             "policy_checkpoint": str(folder),
             "run_encoder": "false",
+            "execute_steps": "1",  # as docs/lerobot_policies.md: the history spaced as in the dataset
             "seed": str(SEED),
             "max_episode_steps": "3000",  # no episode end (a finished episode stands still) during the test
         },

@@ -69,6 +69,7 @@ def test_expert_on_block_state_drives_the_sim_through_policy_node_and_gate(ros_d
         overrides={
             "observation": "block_state",
             "policy_checkpoint": "expert:pusht",
+            "execute_steps": "1",  # the expert's setting (scripts/evaluate_closed_loop.sh): a chunk per frame
             "seed": str(SEED),
             "max_episode_steps": str(EPISODE_STEPS),
         },

@@ -60,6 +60,12 @@ for name in $ONLY; do
     planner_regression) planner planner_regression regression \
       encoder_model:=builtin:dinov2-tiny-random regression_checkpoint:=builtin:sim-pusht-regression \
       mpc_num_samples:=8 mpc_iterations:=2 ;;
+    # LeRobot's Diffusion Policy trained by lerobot-train (docs/closed_loop.md), served by the policy node from
+    # its folder, which reads the camera itself. Real time: one prediction takes longer than a frame on this
+    # CPU, so a faster sim clock would space its observation history even further from the dataset's 0.1 s.
+    # Not in the default list: its folder is not shipped.
+    lerobot_diffusion) policy lerobot_diffusion "${LEROBOT_DIFFUSION:-runs/lerobot_diffusion/checkpoints/last/pretrained_model}" \
+      run_encoder:=false execute_steps:=1 real_time_factor:=1.0 ;;
     *) echo "unknown evaluation $name" >&2; exit 2 ;;
   esac
 done
@@ -78,10 +84,11 @@ declare -A LABEL=(
   [planner_keypoints_regression]="planner, regression on the keypoints"
   [planner_rla_wm]="planner, RLA-WM"
   [planner_regression]="planner, regression"
+  [lerobot_diffusion]="LeRobot Diffusion Policy (lerobot-train)"
 )
 runs=()
 for name in expert privileged visual_pose visual_keypoints visual bc bc_rla bc_rla_direct planner_keypoints_rla_wm \
-  planner_keypoints_regression planner_rla_wm planner_regression; do
+  planner_keypoints_regression planner_rla_wm planner_regression lerobot_diffusion; do
   [ -f "$OUT/$name/metrics.json" ] && runs+=(--run "${LABEL[$name]}=$OUT/$name")
 done
 python -m rla_wm.evaluation.closed_loop_report --out "$OUT" "${runs[@]}"

@@ -9,7 +9,8 @@ import random
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -219,6 +220,23 @@ def start_nodes(tmp_path, ros_domain):
 
 # Topics every node has; they say nothing about a graph's wiring.
 INFRASTRUCTURE_TOPICS = frozenset({"/rosout", "/parameter_events", "/diagnostics"})
+
+
+@contextmanager
+def closed_loop_runner(ros_domain: int, command_topic: str) -> Iterator:
+    """The demo's closed-loop observer (a ClosedLoopRunner) on the test's domain (rclpy's default
+    context; `ros_node` has its own)."""
+    import rclpy
+
+    from rla_wm_ros.closed_loop import ClosedLoopRunner
+
+    rclpy.init(domain_id=ros_domain)
+    runner = ClosedLoopRunner(command_topic)
+    try:
+        yield runner
+    finally:
+        runner.close()
+        rclpy.try_shutdown()
 
 
 def episode_until_progress(statuses: Inbox, episode: int, coverage_gain: float, timeout: float, graph=None) -> list:

@@ -4,13 +4,10 @@ node's path (chunking, timing, blending) and the safety gate, and pushes the blo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
 from ament_index_python.packages import get_package_share_directory
 from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import Image
@@ -20,12 +17,11 @@ from trajectory_msgs.msg import JointTrajectory
 from rla_wm.control.jtc import is_tail_of
 from rla_wm.envs.pusht.privileged import BLOCK_STATE_CHANNELS, BLOCK_STATE_ENCODER_ID, block_pose_from_tokens
 from rla_wm_msgs.msg import EpisodeStatus, FeatureMap
-from rla_wm_ros.closed_loop import ClosedLoopRunner
 from rla_wm_ros.conversions import msg_to_features, stamp_to_nanoseconds
 from rla_wm_ros.launch_xml import LaunchedGraph, parse_launch_file
 from rla_wm_ros.qos import CAMERA_QOS
 
-from conftest import Inbox, call_service, episode_until_progress, planar_pose_of, wait_for
+from conftest import Inbox, call_service, closed_loop_runner, episode_until_progress, planar_pose_of, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -49,18 +45,6 @@ def subscriptions_of(probe, node_name: str) -> set[tuple[str, str]]:
     except Exception:  # NodeNameNonExistentError until the node is discovered
         return set()
     return {(topic, kind) for topic, kinds in topics for kind in kinds}
-
-
-@contextmanager
-def closed_loop_runner(ros_domain: int, command_topic: str) -> Iterator[ClosedLoopRunner]:
-    """The demo's closed-loop observer on the test's domain (rclpy's default context; `ros_node` has its own)."""
-    rclpy.init(domain_id=ros_domain)
-    runner = ClosedLoopRunner(command_topic)
-    try:
-        yield runner
-    finally:
-        runner.close()
-        rclpy.try_shutdown()
 
 
 def test_expert_on_block_state_drives_the_sim_through_policy_node_and_gate(ros_domain, ros_node, tmp_path):

@@ -26,7 +26,7 @@ from rla_wm.envs.pusht.sim import JOINT_NAMES, PushTSim
 from rla_wm_ros.conversions import duration_to_seconds, stamp_to_nanoseconds
 from rla_wm_ros.launch_xml import LaunchedGraph, parse_launch_file
 
-from conftest import Inbox, call_service, wait_for
+from conftest import Inbox, call_service, closed_loop_runner, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -92,9 +92,21 @@ def test_lerobot_folder_drives_the_sim_robot_through_the_gate(lerobot_pretrained
         policy_chunks = chunks.snapshot()
         return sum(is_forwarded(command, policy_chunks) for command in commands.snapshot())
 
-    with LaunchedGraph() as graph:
+    command_topic = description.args["command_topic"]
+    with LaunchedGraph() as graph, closed_loop_runner(ros_domain, command_topic) as runner:
         graph.start(description, env={"ROS_DOMAIN_ID": str(ros_domain)}, log_dir=tmp_path / "logs")
         wait_for(lambda: len(chunks.snapshot()) >= 3, 150, "chunks from the LeRobot policy", graph)
+        # The demo's observer (what the evaluation script runs) finds the camera as the policy's input, since
+        # the folder reads no FeatureMap, and times each chunk from its frame.
+        runner.wait_until_flowing(60.0, lambda: all(graph.alive().values()))
+        assert runner.observer.model_input_topic == "/camera/image_raw"
+        wait_for(
+            lambda: runner.observer.latency.stage_seconds()["features_to_chunk"].size >= 2,
+            60,
+            lambda: f"chunks timed from their frames: {runner.observer.latency.stage_seconds()['features_to_chunk']}",
+            graph,
+        )
+        assert np.median(runner.observer.latency.stage_seconds()["features_to_chunk"]) > 0
         wait_for(
             lambda: forwarded() >= 2 and moved() > 2.0,
             90,

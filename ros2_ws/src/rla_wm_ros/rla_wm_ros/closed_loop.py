@@ -34,6 +34,7 @@ from rla_wm_ros.qos import CAMERA_QOS
 
 FEATURES_TOPIC = "/features"  # the encoder's output
 FEATURE_MAP_TYPE = "rla_wm_msgs/msg/FeatureMap"
+IMAGE_TYPE = "sensor_msgs/msg/Image"
 RECENT = 20  # frames, feature maps and chunks kept per table
 # An episode's frames kept for its video: 30 s at 10 Hz (decoded only after the episode).
 MAX_EPISODE_FRAMES = 300
@@ -100,13 +101,16 @@ class ClosedLoopObserver(Node):
     def find_model_input(self) -> None:
         """Time features_to_chunk from the one FeatureMap topic the node publishing the model's chunks
         subscribes to, once discovery shows that node (timing /features when the model reads
-        another topic would put a chunk before its own input)."""
+        another topic would put a chunk before its own input). A node that reads no FeatureMap but
+        one camera (a LeRobot policy folder) is timed from that camera's frames."""
         for publisher in self.get_publishers_info_by_topic(self.model_topic):
             try:
                 topics = self.get_subscriber_names_and_types_by_node(publisher.node_name, publisher.node_namespace)
             except RuntimeError:  # NodeNameNonExistentError while discovery is under way
                 continue
             inputs = [topic for topic, types in topics if FEATURE_MAP_TYPE in types]
+            if not inputs:
+                inputs = [topic for topic, types in topics if IMAGE_TYPE in types]
             if len(inputs) == 1:
                 break
         else:
@@ -114,7 +118,10 @@ class ClosedLoopObserver(Node):
         self._input_timer.cancel()
         if inputs[0] != FEATURES_TOPIC:
             self.latency.model_inputs = {}
-            self.create_subscription(FeatureMap, inputs[0], self.on_model_input, 10)
+            if any(FEATURE_MAP_TYPE in types for topic, types in topics if topic == inputs[0]):
+                self.create_subscription(FeatureMap, inputs[0], self.on_model_input, 10)
+            else:
+                self.create_subscription(Image, inputs[0], self.on_model_input, CAMERA_QOS)
         self.model_input_topic = inputs[0]
 
     def on_image(self, msg: Image) -> None:
@@ -147,7 +154,7 @@ class ClosedLoopObserver(Node):
             self.latency.features[stamp] = time.time_ns()
             remember_newest(self._features, stamp, msg, RECENT)
 
-    def on_model_input(self, msg: FeatureMap) -> None:
+    def on_model_input(self, msg: FeatureMap | Image) -> None:
         if self.latency.model_inputs is not None:
             self.latency.model_inputs.setdefault(stamp_to_nanoseconds(msg.header.stamp), time.time_ns())
 

@@ -76,6 +76,7 @@ class ClosedLoopObserver(Node):
     ) -> None:
         super().__init__("closed_loop_observer")
         self.model_topic = model_topic
+        self.camera_topic = camera_topic
         self.model_input_topic: str | None = None  # found in the graph (find_model_input)
         self.latency = LatencyLog(stamps_are_wall_time=not sim_clock)
         self.status: EpisodeStatus | None = None
@@ -109,20 +110,24 @@ class ClosedLoopObserver(Node):
             except RuntimeError:  # NodeNameNonExistentError while discovery is under way
                 continue
             inputs = [topic for topic, types in topics if FEATURE_MAP_TYPE in types]
-            if not inputs:
+            reads_features = bool(inputs)
+            if not reads_features:
                 inputs = [topic for topic, types in topics if IMAGE_TYPE in types]
             if len(inputs) == 1:
                 break
         else:
             return
         self._input_timer.cancel()
-        if inputs[0] != FEATURES_TOPIC:
+        topic = inputs[0]
+        if not reads_features and topic == self.camera_topic:
+            self.latency.model_inputs = self.latency.frames  # on_image already logs these arrivals
+        elif topic != FEATURES_TOPIC:
             self.latency.model_inputs = {}
-            if any(FEATURE_MAP_TYPE in types for topic, types in topics if topic == inputs[0]):
-                self.create_subscription(FeatureMap, inputs[0], self.on_model_input, 10)
+            if reads_features:
+                self.create_subscription(FeatureMap, topic, self.on_model_input, 10)
             else:
-                self.create_subscription(Image, inputs[0], self.on_model_input, CAMERA_QOS)
-        self.model_input_topic = inputs[0]
+                self.create_subscription(Image, topic, self.on_model_input, CAMERA_QOS)
+        self.model_input_topic = topic
 
     def on_image(self, msg: Image) -> None:
         stamp = stamp_to_nanoseconds(msg.header.stamp)

@@ -27,7 +27,11 @@ memory grow with samples, horizon and feature grid.
 Models: the trained checkpoints of runs/pusht_small_v2 (RLA + RLA-WM) and runs/pusht_small
 (regression) when present, else randomly initialised models of the sizes in
 models/configs/pusht_small.yaml (latency does not depend on the weights); section 3 always uses
-random models, one per grid. On a GPU every timing synchronises the device first and last.
+random models, one per grid. `--scale paper` uses random models of the paper's sizes throughout
+(32x32 tokens of 1024 channels, a DINOv3 ViT-L/16 at 512 px; growth grids in the same channels).
+`--compile MODE` compiles every transformer block first (rla_wm.models.acceleration; warm-up
+plans absorb the compilation). On a GPU every timing synchronises the device first and last;
+section 1 also prints each plan's peak memory.
 """
 
 from __future__ import annotations
@@ -35,15 +39,16 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import yaml
+from measure import PeakMemory, median_seconds, sync
 
 from rla_wm.control.planning import PlannerConfig, load_predictor, plan, predict_batch
+from rla_wm.models.acceleration import COMPILE_MODES, compile_blocks
 from rla_wm.models.prediction import Predictor, RegressionPredictor, RLAWMPredictor
 from rla_wm.models.regression import RegressionConfig, RegressionModel
 from rla_wm.models.rla import RLAAutoencoder, RLAConfig
@@ -52,6 +57,7 @@ from rla_wm.models.world_model import RLAWorldModel, WorldModelConfig
 REPO = Path(__file__).resolve().parents[1]
 SMALL_CONFIG = REPO / "models" / "configs" / "pusht_small.yaml"
 GRID, CHANNELS = 16, 192  # builtin:dinov2-tiny-random at 224 px (DINOv2 ViT-S/14 would be 16x16 x 384)
+PAPER_GRID, PAPER_CHANNELS = 32, 1024  # DINOv3 ViT-L/16 at 512 px
 # (label, model, cost_space): the columns compared side by side.
 VARIANTS = (
     ("rla-wm features", "rla-wm", "features"),
@@ -70,14 +76,24 @@ def cast(predictor: Predictor, device: str, dtype: torch.dtype) -> Predictor:
     return predictor
 
 
-def random_predictors(euler_steps: int, device: str, dtype: torch.dtype, grid: int = GRID) -> dict[str, Predictor]:
-    """Randomly initialised models of the pusht_small.yaml sizes on a grid x grid token map."""
-    sizes = yaml.safe_load(SMALL_CONFIG.read_text())
-    shared = dict(token_dim=CHANNELS, num_tokens=grid * grid)
-    rla = RLAConfig(**shared, **sizes["rla"])
-    wm = WorldModelConfig(**shared, latent_tokens=rla.latent_tokens, latent_dim=rla.latent_dim, **sizes["world_model"])
-    reg = RegressionConfig(**shared, **sizes["regression"])
+def random_predictors(
+    euler_steps: int, device: str, dtype: torch.dtype, grid: int = GRID, scale: str = "small"
+) -> dict[str, Predictor]:
+    """Randomly initialised models on a grid x grid token map: the pusht_small.yaml sizes on 192
+    channels, or the paper's (RLAConfig.paper, WorldModelConfig.paper, RegressionConfig.paper) on
+    1024 channels (DINOv3 ViT-L/16; its 512 px input gives grid 32)."""
     torch.manual_seed(0)
+    if scale == "paper":
+        shared = dict(token_dim=PAPER_CHANNELS, num_tokens=grid * grid)
+        rla, wm, reg = RLAConfig.paper(**shared), WorldModelConfig.paper(**shared), RegressionConfig.paper(**shared)
+    else:
+        sizes = yaml.safe_load(SMALL_CONFIG.read_text())
+        shared = dict(token_dim=CHANNELS, num_tokens=grid * grid)
+        rla = RLAConfig(**shared, **sizes["rla"])
+        wm = WorldModelConfig(
+            **shared, latent_tokens=rla.latent_tokens, latent_dim=rla.latent_dim, **sizes["world_model"]
+        )
+        reg = RegressionConfig(**shared, **sizes["regression"])
     predictors: dict[str, Predictor] = {
         "rla-wm": RLAWMPredictor(RLAWorldModel(wm), RLAAutoencoder(rla), steps=euler_steps),
         "regression": RegressionPredictor(RegressionModel(reg)),
@@ -85,73 +101,40 @@ def random_predictors(euler_steps: int, device: str, dtype: torch.dtype, grid: i
     return {name: cast(predictor, device, dtype) for name, predictor in predictors.items()}
 
 
+def compile_predictors(predictors: dict[str, Predictor], mode: str) -> None:
+    """torch.compile every transformer block of the predictors' models (rla_wm.models.acceleration)."""
+    for predictor in predictors.values():
+        if isinstance(predictor, RLAWMPredictor):
+            compile_blocks(predictor.world_model, mode)
+            compile_blocks(predictor.autoencoder, mode)
+        elif isinstance(predictor, RegressionPredictor):
+            compile_blocks(predictor.model, mode)
+
+
 def load_predictors(args: argparse.Namespace, dtype: torch.dtype) -> tuple[dict[str, Predictor], dict[str, str]]:
-    predictors = random_predictors(args.euler_steps, args.device, dtype)
-    sources = {name: "random init, pusht_small.yaml sizes" for name in predictors}
-    if Path(args.rla).is_dir() and Path(args.wm).is_dir():
-        loaded = load_predictor("rla-wm", args.rla, args.wm, euler_steps=args.euler_steps, device=args.device)
-        predictors["rla-wm"], sources["rla-wm"] = cast(loaded.predictor, args.device, dtype), f"{args.wm}"
-    if Path(args.regression).is_dir():
-        loaded = load_predictor("regression", regression_checkpoint=args.regression, device=args.device)
-        predictors["regression"], sources["regression"] = cast(loaded.predictor, args.device, dtype), args.regression
+    if args.scale == "paper":
+        predictors = random_predictors(args.euler_steps, args.device, dtype, PAPER_GRID, "paper")
+        sources = {name: "random init, paper sizes (32x32 x 1024 features)" for name in predictors}
+    else:
+        predictors = random_predictors(args.euler_steps, args.device, dtype)
+        sources = {name: "random init, pusht_small.yaml sizes" for name in predictors}
+        if Path(args.rla).is_dir() and Path(args.wm).is_dir():
+            loaded = load_predictor("rla-wm", args.rla, args.wm, euler_steps=args.euler_steps, device=args.device)
+            predictors["rla-wm"], sources["rla-wm"] = cast(loaded.predictor, args.device, dtype), f"{args.wm}"
+        if Path(args.regression).is_dir():
+            loaded = load_predictor("regression", regression_checkpoint=args.regression, device=args.device)
+            predictors["regression"], sources["regression"] = (
+                cast(loaded.predictor, args.device, dtype),
+                args.regression,
+            )
+    compile_predictors(predictors, args.compile)
     return predictors, sources
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-class PeakMemory:
-    """Peak memory (MiB) of a block above what was held when it started: CUDA's allocator
-    statistics, or the resident set size sampled every 2 ms on a CPU (Linux /proc)."""
-
-    def __init__(self, device: str) -> None:
-        self.device, self.mib = device, float("nan")
-        self._stop = threading.Event()
-        self._peak = 0
-
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.002):
-            self._peak = max(self._peak, self._rss())
-
-    def __enter__(self) -> PeakMemory:
-        sync(self.device)
-        if self.device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-            self._base = torch.cuda.memory_allocated()
-        elif Path("/proc/self/statm").exists():
-            self._base = self._peak = self._rss()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *_) -> None:
-        sync(self.device)
-        if self.device.startswith("cuda"):
-            self.mib = (torch.cuda.max_memory_allocated() - self._base) / 2**20
-        elif hasattr(self, "_thread"):
-            self._stop.set()
-            self._thread.join()
-            self.mib = (max(self._peak, self._rss()) - self._base) / 2**20
 
 
 def timed(fn: Callable[[], object], device: str, repeats: int) -> float:
     """Median seconds of fn() after one warm-up, the device synchronised around each run."""
     fn()
-    samples = []
-    for _ in range(repeats):
-        sync(device)
-        started = time.perf_counter()
-        fn()
-        sync(device)
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
+    return median_seconds(fn, device, repeats)
 
 
 def run_plan(predictor: Predictor, config: PlannerConfig, args: argparse.Namespace, max_seconds: float | None = None):
@@ -225,12 +208,14 @@ def full_budget_rows(predictors: dict[str, Predictor], args: argparse.Namespace)
                 prediction_chunks=chunks,
                 **BOUNDS,
             )
-            result, seconds = run_plan(predictor, config, args, args.max_seconds)
+            with PeakMemory(args.device) as memory:
+                result, seconds = run_plan(predictor, config, args, args.max_seconds)
             measured = len(result.stats)
             total = replan_seconds(result, seconds, args.iterations)
-            row.append(
-                f"{total:.2f} s" if measured == args.iterations else f"{total:.1f} s (EXTRAPOLATED, {measured} it.)"
-            )
+            timing = f"{total:.2f} s"
+            if measured < args.iterations:
+                timing = f"{total:.1f} s (EXTRAPOLATED, {measured} it.)"
+            row.append(f"{timing}, {memory.mib:.0f} MiB")
             print(f"  {label}, {chunks} chunk(s)/call: {measured} iteration(s) in {seconds:.2f} s", flush=True)
         rows.append(row)
     return rows
@@ -330,7 +315,8 @@ def growth_rows(args: argparse.Namespace) -> list[list[str]]:
     rows = []
     for samples, horizon, grid in settings:
         if grid not in models:
-            models = {grid: random_predictors(args.euler_steps, args.device, dtype, grid)}  # one grid in memory
+            models = {grid: random_predictors(args.euler_steps, args.device, dtype, grid, args.scale)}  # one grid
+            compile_predictors(models[grid], args.compile)
             warm_up(models[grid], args)
         row = [str(samples), str(horizon), f"{grid}x{grid}"]
         for _, model, cost_space in VARIANTS:
@@ -383,6 +369,10 @@ def main() -> None:
     parser.add_argument("--growth-iterations", type=int, default=1, help="iterations run per growth row")
     parser.add_argument("--skip", default="", help="sections to skip, e.g. reduced,growth")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    parser.add_argument(
+        "--scale", choices=["small", "paper"], default="small", help="paper: random paper-size models (no checkpoints)"
+    )
+    parser.add_argument("--compile", default="none", choices=COMPILE_MODES, help="torch.compile the models' blocks")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     args = parser.parse_args()
@@ -392,7 +382,8 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
         f"device {args.device}, dtype {args.dtype}, torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, "
-        f"load average {load:.1f} at start; RLA-WM {args.euler_steps} Euler steps"
+        f"load average {load:.1f} at start; RLA-WM {args.euler_steps} Euler steps; scale {args.scale}; "
+        f"compile {args.compile}; torch {torch.__version__}"
     )
     for name, predictor in predictors.items():
         tokens, channels = _feature_shape(predictor)
@@ -401,7 +392,7 @@ def main() -> None:
         print(f"  {name}: {source}")
     skip = set(args.skip.split(","))
     columns = [label for label, _, _ in VARIANTS]
-    table(["budget (s / replan)", *columns], full_budget_rows(predictors, args))
+    table(["budget (s / replan, peak memory)", *columns], full_budget_rows(predictors, args))
     if "reduced" not in skip:
         table(["model", "budget", "s / iteration", "s / replan", "how"], reduced_budget_rows(predictors, args))
     if "growth" not in skip:

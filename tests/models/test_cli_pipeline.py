@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from rla_wm.cli import main
-from rla_wm.models.encoder import make_random_dinov2
+from rla_wm.models.encoder import make_random_vit
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -26,7 +26,7 @@ def experiment(tmp_path_factory):
             "--action_free=true",
         ]
     )
-    encoder = make_random_dinov2(root / "encoder", hidden_size=32, layers=1, heads=2, patch_size=14, image_size=56)
+    encoder = make_random_vit(root / "encoder", hidden_size=32, layers=1, heads=2, patch_size=14, image_size=56)
     small = {"steps": 12, "batch_size": 8, "log_every": 4, "warmup_steps": 2}
     config = {
         "data": {

@@ -25,7 +25,7 @@ from rla_wm.data.datasets import (
     split_episodes,
 )
 from rla_wm.envs.pusht.dataset import record_pusht_dataset
-from rla_wm.models.encoder import EncoderConfig, FeatureEncoder, make_random_dinov2
+from rla_wm.models.encoder import EncoderConfig, FeatureEncoder, make_random_vit
 from rla_wm.recording.thread_scheduling import keep_thread_scheduling
 
 os.environ.setdefault("SVT_LOG", "1")  # keep the AV1 encoder's banner out of the test output
@@ -73,7 +73,7 @@ def video_only(work) -> Path:
 
 @pytest.fixture(scope="module")
 def encoder(work) -> FeatureEncoder:
-    folder = make_random_dinov2(work / "enc", hidden_size=32, layers=1, heads=2, patch_size=14, image_size=56)
+    folder = make_random_vit(work / "enc", hidden_size=32, layers=1, heads=2, patch_size=14, image_size=56)
     return FeatureEncoder(EncoderConfig(model=str(folder), resolution=56))
 
 

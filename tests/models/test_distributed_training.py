@@ -87,7 +87,7 @@ def experiment(tmp_path_factory):
     import torch
 
     from rla_wm.cli import main
-    from rla_wm.models.encoder import make_random_dinov2
+    from rla_wm.models.encoder import make_random_vit
     from rla_wm.models.rla import RLAAutoencoder, RLAConfig
 
     root = tmp_path_factory.mktemp("distributed")
@@ -103,7 +103,7 @@ def experiment(tmp_path_factory):
             "--action_free=true",
         ]
     )
-    encoder = make_random_dinov2(root / "encoder", hidden_size=32, layers=1, heads=2, patch_size=14, image_size=56)
+    encoder = make_random_vit(root / "encoder", hidden_size=32, layers=1, heads=2, patch_size=14, image_size=56)
     torch.manual_seed(0)
     RLAAutoencoder(
         RLAConfig(

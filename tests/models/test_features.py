@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from rla_wm.assets import resolve_model_path
-from rla_wm.models.encoder import EncoderConfig, FeatureEncoder, FeatureEncoderError, make_random_dinov2
+from rla_wm.models.encoder import EncoderConfig, FeatureEncoder, FeatureEncoderError, make_random_vit
 
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    return make_random_dinov2(
+    return make_random_vit(
         tmp_path_factory.mktemp("enc") / "tiny", hidden_size=32, layers=1, heads=2, patch_size=14, image_size=56
     )
 
@@ -67,21 +67,17 @@ def test_register_tokens_are_dropped(tmp_path):
     assert encoder(np.zeros((1, 56, 56, 3), dtype=np.uint8)).shape == (1, 16, 32)
 
 
-def test_dinov3_loads_when_transformers_has_it(tmp_path):
-    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+def test_random_dinov3_loads_with_its_register_tokens_dropped(tmp_path):
+    folder = make_random_vit(tmp_path / "v3", family="dinov3", hidden_size=32, layers=1, heads=2, patch_size=16)
+    encoder = FeatureEncoder(EncoderConfig(model=str(folder), resolution=64))
+    assert encoder.prefix_tokens == 5  # class token + 4 registers, as DINOv3 ViT-L/16 ships
+    tokens = encoder(np.zeros((2, 480, 640, 3), dtype=np.uint8))
+    assert tokens.shape == (2, 16, 32) and torch.isfinite(tokens).all()
 
-    config = DINOv3ViTConfig(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        patch_size=16,
-        image_size=64,
-        num_register_tokens=4,
-    )
-    DINOv3ViTModel(config).save_pretrained(tmp_path / "v3")
-    encoder = FeatureEncoder(EncoderConfig(model=str(tmp_path / "v3"), resolution=64))
-    assert encoder(np.zeros((2, 64, 64, 3), dtype=np.uint8)).shape == (2, 16, 32)
+
+def test_random_vit_refuses_an_unknown_family(tmp_path):
+    with pytest.raises(FeatureEncoderError, match="family"):
+        make_random_vit(tmp_path / "x", family="clip")
 
 
 def test_shipped_builtin_encoder_loads():

@@ -199,13 +199,13 @@ def _write_dataset(
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
-    from rla_wm.models.encoder import make_random_dinov2
+    from rla_wm.models.encoder import make_random_vit
     from rla_wm.models.rla import RLAAutoencoder, RLAConfig
 
     root = tmp_path_factory.mktemp("wam")
     _write_dataset(root / "labelled", "t/labelled", episodes=5, steps=16, with_actions=True, seed=0)
     _write_dataset(root / "video", "t/video", episodes=3, steps=16, with_actions=False, seed=1)
-    encoder = make_random_dinov2(root / "encoder", hidden_size=32, layers=1, heads=2, patch_size=14, image_size=56)
+    encoder = make_random_vit(root / "encoder", hidden_size=32, layers=1, heads=2, patch_size=14, image_size=56)
     # An untrained autoencoder gives z just as well: the commands, not its quality, are under test.
     torch.manual_seed(0)
     RLAAutoencoder(

@@ -53,10 +53,10 @@ def test_the_dataset_has_lerobots_so101_layout_and_units(datasets):
 
 
 def test_the_feature_cache_reads_the_joints_back_in_radians(datasets, tmp_path):
-    from rla_wm.models.encoder import EncoderConfig, make_random_dinov2
+    from rla_wm.models.encoder import EncoderConfig, make_random_vit
     from rla_wm.training.train import build_encoder
 
-    folder = make_random_dinov2(tmp_path / "encoder", hidden_size=32, layers=1, heads=2, patch_size=14, image_size=28)
+    folder = make_random_vit(tmp_path / "encoder", hidden_size=32, layers=1, heads=2, patch_size=14, image_size=28)
     encoder = build_encoder(EncoderConfig(model=str(folder), resolution=28))
     cache = FeatureCache.build(
         datasets / "demos", "t/demos", encoder, tmp_path / "cache", image_key="observation.images.front", progress=False
@@ -76,12 +76,12 @@ def test_the_feature_cache_reads_the_joints_back_in_radians(datasets, tmp_path):
 
 def test_a_world_action_model_trains_on_the_so101_layout(datasets):
     from rla_wm.cli import main
-    from rla_wm.models.encoder import make_random_dinov2
+    from rla_wm.models.encoder import make_random_vit
     from rla_wm.models.policy import Policy
     from rla_wm.models.rla import RLAAutoencoder, RLAConfig
 
     root = datasets
-    make_random_dinov2(root / "encoder", hidden_size=32, layers=1, heads=2, patch_size=14, image_size=56)
+    make_random_vit(root / "encoder", hidden_size=32, layers=1, heads=2, patch_size=14, image_size=56)
     torch.manual_seed(0)
     RLAAutoencoder(
         RLAConfig(

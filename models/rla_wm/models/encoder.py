@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -169,8 +169,9 @@ class FeatureEncoder:
         return tokens
 
 
-def make_random_dinov2(
+def make_random_vit(
     folder: str | Path,
+    family: str = "dinov2",
     hidden_size: int = 192,
     layers: int = 4,
     heads: int = 3,
@@ -178,16 +179,17 @@ def make_random_dinov2(
     image_size: int = 224,
     seed: int = 0,
 ) -> Path:
-    """Write a randomly initialised DINOv2 model as a local transformers folder.
+    """Write a randomly initialised DINOv2 or DINOv3 ViT as a local transformers folder.
 
     Pretrained DINO weights cannot be downloaded on offline machines; this makes a
-    real, loadable model of the same architecture so every code path runs. Its
-    features are random projections, not DINO features: say so wherever it is used.
+    real, loadable model of the same architecture so every code path runs (DINOv3 with its
+    4 register tokens and rotary positions, as ViT-L/16 ships). Its features are random
+    projections, not DINO features: say so wherever it is used.
     """
-    from transformers import Dinov2Config, Dinov2Model
+    from transformers import PreTrainedModel
 
     torch.manual_seed(seed)
-    config = Dinov2Config(
+    sizes: dict[str, Any] = dict(
         hidden_size=hidden_size,
         num_hidden_layers=layers,
         num_attention_heads=heads,
@@ -195,9 +197,18 @@ def make_random_dinov2(
         patch_size=patch_size,
         image_size=image_size,
     )
-    model = Dinov2Model(config).eval()
+    if family == "dinov2":
+        from transformers import Dinov2Config, Dinov2Model
+
+        model: PreTrainedModel = Dinov2Model(Dinov2Config(**sizes))
+    elif family == "dinov3":
+        from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+        model = DINOv3ViTModel(DINOv3ViTConfig(**sizes, num_register_tokens=4))
+    else:
+        raise FeatureEncoderError(f"family must be 'dinov2' or 'dinov3', got {family!r}")
     folder = Path(folder)
-    model.save_pretrained(folder, safe_serialization=True)
+    model.eval().save_pretrained(folder, safe_serialization=True)
     return folder
 
 

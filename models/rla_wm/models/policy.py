@@ -345,7 +345,8 @@ class Policy(Checkpointable[PolicyConfig]):
         """Euler integration of the flow from Gaussian noise to increments in units of max_delta."""
         config = self.config
         shape = (context.shape[0], config.chunk_length, config.action_dim)
-        x = torch.randn(shape, generator=self.generator).to(context.device)
+        # Drawn on the CPU generator (reproducible on any device), then in the model's dtype (bfloat16 on a GPU).
+        x = torch.randn(shape, generator=self.generator).to(context.device, context.dtype)
         dt = 1.0 / config.flow_steps
         for step in range(config.flow_steps):
             time = torch.full((shape[0],), step * dt, device=context.device)

@@ -35,6 +35,11 @@ class RegressionConfig:
     action_high: tuple[float, ...] = (512.0, 512.0)
     encoder_id: str = "builtin:dinov2-tiny-random@224"
 
+    @classmethod
+    def paper(cls, token_dim: int = 1024, num_tokens: int = 1024, encoder_id: str = "") -> RegressionConfig:
+        """The baseline at the paper's scale: 12 blocks of width 1024, as deep as the RLA decoder."""
+        return cls(token_dim=token_dim, num_tokens=num_tokens, width=1024, depth=12, heads=16, encoder_id=encoder_id)
+
 
 class RegressionModel(Checkpointable[RegressionConfig]):
     checkpoint_kind = CHECKPOINT_KIND

@@ -51,6 +51,21 @@ class WorldModelConfig:
     latent_scale: float = 10.0
     encoder_id: str = "builtin:dinov2-tiny-random@224"
 
+    @classmethod
+    def paper(cls, token_dim: int = 1024, num_tokens: int = 1024, encoder_id: str = "") -> WorldModelConfig:
+        """The released setting: 8 conditioning + 8 flow blocks of width 1024 over RLAConfig.paper's z."""
+        return cls(
+            token_dim=token_dim,
+            num_tokens=num_tokens,
+            latent_tokens=32,
+            latent_dim=64,
+            width=1024,
+            condition_depth=8,
+            flow_depth=8,
+            heads=16,
+            encoder_id=encoder_id,
+        )
+
 
 class ActionEncoder(nn.Module):
     """Per-step MLP then a GRU over the (variable-length) action sequence -> one vector."""

@@ -19,7 +19,7 @@ DEMO_OUT ?= outputs/demo_so101
 # The camera rung: the shipped cube estimator reads the cube and zone from the front camera, the learned
 # cube-state policy acts on them (docs/arms.md, "Learned policies on the arm"). `make demo ROBOT=so101
 # DEMO_POLICY=` runs the launch file's default instead: the scripted expert on the sim's cube state.
-DEMO_POLICY ?= observation:=camera encoder_model:=builtin:sim-so101-cube-cnn policy_checkpoint:=builtin:sim-so101-policy-cube-state execute_steps:=2 blend_time:=0
+DEMO_POLICY ?= observation:=camera encoder_model:=builtin:sim-so101-cube-cnn policy_checkpoint:=builtin:sim-so101-policy-cube-state execute_steps:=2 blend_time:=0 run_wrist_encoder:=true
 else
 $(error ROBOT must be pusht or so101, not '$(ROBOT)')
 endif

@@ -102,14 +102,16 @@ def running(description: LaunchDescription, ros_domain: int, tmp_path: Path) -> 
 
 
 @contextmanager
-def closed_loop(ros_domain: int) -> Iterator[ClosedLoopRunner]:
-    """The demo's observer (rclpy's default context; `ros_node` has its own), watching the arm."""
+def closed_loop(ros_domain: int, wrist_features: bool = False) -> Iterator[ClosedLoopRunner]:
+    """The demo's observer (rclpy's default context; `ros_node` has its own), watching the arm; with
+    `wrist_features`, also the wrist encoder's feature maps."""
     rclpy.init(domain_id=ros_domain)
     runner = ClosedLoopRunner(
         CONTROLLER,
         camera_topic="/front/image_raw",
         reset_service="/sim_arm/reset",
         extra_camera_topics=("/wrist/image_raw",),
+        extra_feature_topics={"/wrist/image_raw": "/wrist/features"} if wrist_features else None,
     )
     try:
         yield runner
@@ -183,7 +185,9 @@ def test_a_cube_state_policy_drives_the_sim_arm_through_the_real_arm_graph(
 def test_the_camera_rung_reads_the_cube_from_the_front_camera_and_solves_an_episode(ros_domain, ros_node, tmp_path):
     """observation:=camera with the shipped cube estimator as the encoder: the policy learned on the sim's cube
     state acts on the cube and zone read from the front camera. Nobody publishes the privileged state; every
-    /features message is the cube-state token with the zone where the layout put it; the episode is solved."""
+    /features message is the cube-state token with the zone where the layout put it; the episode is solved.
+    As `make demo ROBOT=so101` runs it: a second encoder reads the wrist camera (run_wrist_encoder, 1 frame a
+    second) for the picture only, and the policy does not read it."""
     overrides = {
         "seed": str(SEED),
         "max_episode_steps": str(STEP_LIMIT),
@@ -193,24 +197,27 @@ def test_the_camera_rung_reads_the_cube_from_the_front_camera_and_solves_an_epis
         "policy_checkpoint": "builtin:sim-so101-policy-cube-state",
         "execute_steps": str(LEARNED_EXECUTE_STEPS),
         "blend_time": str(LEARNED_BLEND_TIME),
+        "run_wrist_encoder": "true",
     }
     description = parse_launch_file(LAUNCH_FILE, overrides=overrides)
-    assert [node.name for node in description.nodes] == ["sim_arm", "encoder", "policy", "safety_gate"]
+    assert [node.name for node in description.nodes] == ["sim_arm", "encoder", "wrist_encoder", "policy", "safety_gate"]
     expected = {
         "sim_arm": (
             EXPERT_GRAPH["sim_arm"][0],  # the sim publishes /clock, everyone else subscribes
             EXPERT_GRAPH["sim_arm"][1] - {("/sim/environment_state", FEATURES)} | {CLOCK},
         ),
         "encoder": ({("/front/image_raw", IMAGE), CLOCK}, {("/features", FEATURES)}),
+        "wrist_encoder": ({("/wrist/image_raw", IMAGE), CLOCK}, {("/wrist/features", FEATURES)}),
         "policy": (
             {("/features", FEATURES), ("/joint_states", STATE), CLOCK},
             {("/policy/joint_trajectory", TRAJECTORY)},
         ),
         "safety_gate": (EXPERT_GRAPH["safety_gate"][0] | {CLOCK}, EXPERT_GRAPH["safety_gate"][1]),
     }
-    features = Inbox()
+    features, wrist_features = Inbox(), Inbox()
     ros_node.create_subscription(FeatureMap, "/features", features, 100)
-    with running(description, ros_domain, tmp_path) as graph, closed_loop(ros_domain) as runner:
+    ros_node.create_subscription(FeatureMap, "/wrist/features", wrist_features, 100)
+    with running(description, ros_domain, tmp_path) as graph, closed_loop(ros_domain, wrist_features=True) as runner:
         wait_for_graph(ros_node, graph, expected)
         try:
             runner.wait_until_flowing(STARTUP_TIMEOUT, alive=lambda: all(graph.alive().values()))
@@ -222,9 +229,14 @@ def test_the_camera_rung_reads_the_cube_from_the_front_camera_and_solves_an_epis
         assert result.commands >= 3 and result.holds < result.commands, (result.commands, result.holds)
         assert all(graph.alive().values()), graph.tail_logs(30)
     # The episode picture: the front camera, then the same frame with a cyan cross where the estimated zone
-    # centre is (a white one on the cube), each 256 px high; the wrist camera below.
+    # centre is (a white one on the cube), each 256 px high; below, the wrist camera beside the PCA of its
+    # feature map (16 x 16 patches scaled up: blocks of one colour, unlike the camera frame).
     picture = result.picture
     assert picture is not None and picture.shape[:2] == (256 + 8 + 256, 256 + 8 + 256), picture.shape
+    wrist, wrist_pca = picture[264:, :256].astype(int), picture[264:, 264:].astype(int)
+    assert wrist.std() > 10 and wrist_pca.std() > 10
+    assert np.abs(wrist - wrist_pca).mean() > 10
+    assert (wrist_pca[::16, ::16] == wrist_pca[7::16, 7::16]).all(), "the PCA panel is not 16 x 16 patches"
     overlay = picture[:256, 264:].astype(int)
     cyan = (overlay[..., 0] < 80) & (overlay[..., 1] > 180) & (overlay[..., 2] > 200)
     rows, columns = np.nonzero(cyan)
@@ -242,6 +254,14 @@ def test_the_camera_rung_reads_the_cube_from_the_front_camera_and_solves_an_epis
         zone = np.asarray(msg.data[7:9])
         assert min(np.linalg.norm(zone - z) for z in zones) < 0.012, (zone, zones)
     assert np.linalg.norm(np.asarray(messages[-1].data[7:9]) - zones[1]) < 0.012
+    wrist_messages = wrist_features.snapshot()
+    assert wrist_messages, "no wrist feature map"
+    assert {(m.encoder_id, m.grid_height, m.grid_width, m.channels) for m in wrist_messages} == {
+        ("builtin:dinov2-tiny-random@224", 16, 16, 192)
+    }
+    # At most one wrist frame per second of camera time is encoded (wrist_encoder_max_rate 1.0).
+    stamps = sorted(m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 for m in wrist_messages)
+    assert all(later - earlier >= 0.99 for earlier, later in zip(stamps, stamps[1:])), stamps
 
 
 @pytest.mark.timeout(300)  # the encoder's start-up and 224 px encoding on a loaded 2-core machine

@@ -73,7 +73,10 @@ class ClosedLoopObserver(Node):
         sim_clock: bool = False,
         camera_topic: str = "/camera/image_raw",
         extra_camera_topics: tuple[str, ...] = (),
+        extra_feature_topics: dict[str, str] | None = None,
     ) -> None:
+        """extra_feature_topics: camera topic of `extra_camera_topics` -> the FeatureMap topic an encoder
+        of that camera publishes (the arm's wrist encoder), drawn beside the camera in the picture."""
         super().__init__("closed_loop_observer")
         self.model_topic = model_topic
         self.camera_topic = camera_topic
@@ -88,10 +91,19 @@ class ClosedLoopObserver(Node):
         self._chunks: dict[int, tuple[list[str], np.ndarray]] = {}  # stamp -> (joint names, positions)
         self.episode_images: list[Image] | None = None  # collected while not None
         self.create_subscription(Image, camera_topic, self.on_image, CAMERA_QOS)
-        # Other cameras (the arm's wrist camera): only their newest frame, for the episode picture.
-        self.extra_frames: dict[str, Image] = {}
+        # Other cameras (the arm's wrist camera), for the episode picture only: their recent frames and,
+        # where an encoder reads them, its recent feature maps, paired by stamp.
+        self.extra_frames: dict[str, dict[int, Image]] = {topic: {} for topic in extra_camera_topics}
+        self.extra_features: dict[str, dict[int, FeatureMap]] = {}
         for topic in extra_camera_topics:
             self.create_subscription(Image, topic, lambda msg, topic=topic: self.on_extra_image(topic, msg), CAMERA_QOS)
+        for camera, features in (extra_feature_topics or {}).items():
+            if camera not in self.extra_frames:
+                raise ValueError(f"extra feature topic {features} for {camera}, which is not an extra camera")
+            self.extra_features[camera] = {}
+            self.create_subscription(
+                FeatureMap, features, lambda msg, camera=camera: self.on_extra_features(camera, msg), 10
+            )
         self.create_subscription(FeatureMap, FEATURES_TOPIC, self.on_features, 10)
         self.create_subscription(JointTrajectory, model_topic, self.on_chunk, 10)
         self.create_subscription(JointTrajectory, command_topic, self.on_command, 10)
@@ -139,7 +151,11 @@ class ClosedLoopObserver(Node):
 
     def on_extra_image(self, topic: str, msg: Image) -> None:
         with self._lock:
-            self.extra_frames[topic] = msg
+            remember_newest(self.extra_frames[topic], stamp_to_nanoseconds(msg.header.stamp), msg, RECENT)
+
+    def on_extra_features(self, camera: str, msg: FeatureMap) -> None:
+        with self._lock:
+            remember_newest(self.extra_features[camera], stamp_to_nanoseconds(msg.header.stamp), msg, RECENT)
 
     def latest_frame(self) -> np.ndarray | None:
         """The main camera's newest frame, decoded (None before one, or if it cannot be)."""
@@ -147,11 +163,22 @@ class ClosedLoopObserver(Node):
             newest = self._frames[max(self._frames)] if self._frames else None
         return _rgb_or_none(newest)
 
-    def latest_extra_frames(self) -> list[np.ndarray]:
-        """The newest frame of each extra camera that has sent a decodable one."""
+    def latest_extra_pictures(self) -> list[np.ndarray]:
+        """One row of the episode picture per extra camera that has sent a decodable frame: its newest frame
+        that has a feature map beside what the encoder made of it, else its newest frame alone."""
+        from rla_wm.evaluation.visualize import side_by_side
+
         with self._lock:
-            messages = list(self.extra_frames.values())
-        return [frame for frame in map(_rgb_or_none, messages) if frame is not None]
+            cameras = [
+                (dict(frames), dict(self.extra_features.get(topic, {}))) for topic, frames in self.extra_frames.items()
+            ]
+        pictures = []
+        for frames, features in cameras:
+            if (snapshot := _frame_with_features(frames, features)) is not None:
+                pictures.append(camera_and_features_picture(*snapshot))
+            elif frames and (frame := _rgb_or_none(frames[max(frames)])) is not None:
+                pictures.append(side_by_side(frame))  # scaled to the height of the rows around it
+        return pictures
 
     def on_features(self, msg: FeatureMap) -> None:
         stamp = stamp_to_nanoseconds(msg.header.stamp)
@@ -201,20 +228,27 @@ class ClosedLoopObserver(Node):
     def latest_frame_and_features(self) -> tuple[np.ndarray, FeatureMap, np.ndarray] | None:
         """Newest camera frame that has a feature map: (rgb, the feature map, its tokens)."""
         with self._lock:
-            for stamp in sorted(self._features, reverse=True):
-                if stamp in self._frames:
-                    msg = self._features[stamp]
-                    try:
-                        rgb = image_msg_to_rgb(self._frames[stamp])
-                        return rgb, msg, msg_to_features(msg)
-                    except (MessageShapeError, CvBridgeError):
-                        continue
-        return None
+            return _frame_with_features(self._frames, self._features)
+
+
+def _frame_with_features(
+    frames: dict[int, Image], features: dict[int, FeatureMap]
+) -> tuple[np.ndarray, FeatureMap, np.ndarray] | None:
+    """The newest frame of `frames` (by stamp) that has a feature map: (rgb, the feature map, its tokens)."""
+    for stamp in sorted(features, reverse=True):
+        if stamp in frames:
+            msg = features[stamp]
+            try:
+                return image_msg_to_rgb(frames[stamp]), msg, msg_to_features(msg)
+            except (MessageShapeError, CvBridgeError):
+                continue
+    return None
 
 
 def episode_picture(observer: ClosedLoopObserver) -> np.ndarray | None:
-    """The main camera's newest frame beside what the encoder made of it (when an encoder runs), with the
-    other cameras' newest frames in a row below; None before any frame."""
+    """The main camera's newest frame beside what the encoder made of it (when an encoder runs), with a row
+    below for each other camera (its frame, beside its encoder's feature map when one runs); None before
+    any frame."""
     from rla_wm.evaluation.visualize import side_by_side, stack_rows
 
     rows = []
@@ -223,9 +257,7 @@ def episode_picture(observer: ClosedLoopObserver) -> np.ndarray | None:
         rows.append(camera_and_features_picture(*snapshot))
     elif (frame := observer.latest_frame()) is not None:
         rows.append(side_by_side(frame))  # scaled to the height of the rows around it
-    extra = observer.latest_extra_frames()
-    if extra:
-        rows.append(side_by_side(*extra))
+    rows.extend(observer.latest_extra_pictures())
     return stack_rows(rows) if rows else None
 
 
@@ -274,6 +306,7 @@ class ClosedLoopRunner:
         camera_topic: str = "/camera/image_raw",
         reset_service: str = "/sim_robot/reset",
         extra_camera_topics: tuple[str, ...] = (),
+        extra_feature_topics: dict[str, str] | None = None,
     ) -> None:
         self.observer = ClosedLoopObserver(
             command_topic,
@@ -282,6 +315,7 @@ class ClosedLoopRunner:
             sim_clock=sim_clock,
             camera_topic=camera_topic,
             extra_camera_topics=extra_camera_topics,
+            extra_feature_topics=extra_feature_topics,
         )
         self._spin = BackgroundSpin(self.observer)
 

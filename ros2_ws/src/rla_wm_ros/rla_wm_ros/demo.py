@@ -104,6 +104,14 @@ def reset_service_of(description: LaunchDescription) -> str:
     raise SystemExit(f"{description.source}: no simulator node ({', '.join(SIMULATORS)}) to reset between episodes")
 
 
+def wrist_features(description: LaunchDescription) -> dict[str, str]:
+    """{wrist camera topic: its features topic} when the launch file runs a wrist encoder, else {}."""
+    args = description.args
+    if args.get("run_wrist_encoder", "false").lower() != "true" or not args.get("wrist_camera_topic"):
+        return {}
+    return {args["wrist_camera_topic"]: args.get("wrist_features_topic", "/wrist/features")}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     launch_file = (
@@ -133,8 +141,10 @@ def main(argv: list[str] | None = None) -> int:
             model_topic=args.model_topic,
             sim_clock=sim_clock,
             camera_topic=description.args.get("camera_topic", "/camera/image_raw"),
-            # A launch file with a second camera (the arm's wrist camera) declares it: the picture shows it too.
+            # A launch file with a second camera (the arm's wrist camera) declares it: the picture shows it too,
+            # beside its feature map when the launch file encodes it.
             extra_camera_topics=(wrist,) if (wrist := description.args.get("wrist_camera_topic")) else (),
+            extra_feature_topics=wrist_features(description),
             reset_service=reset_service_of(description),
         )
         try:

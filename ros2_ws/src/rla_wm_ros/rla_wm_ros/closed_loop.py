@@ -157,28 +157,12 @@ class ClosedLoopObserver(Node):
         with self._lock:
             remember_newest(self.extra_features[camera], stamp_to_nanoseconds(msg.header.stamp), msg, RECENT)
 
-    def latest_frame(self) -> np.ndarray | None:
-        """The main camera's newest frame, decoded (None before one, or if it cannot be)."""
+    def picture_rows(self) -> list[np.ndarray]:
+        """The episode picture's rows: the main camera's, then one per extra camera (`camera_row`)."""
         with self._lock:
-            newest = self._frames[max(self._frames)] if self._frames else None
-        return _rgb_or_none(newest)
-
-    def latest_extra_pictures(self) -> list[np.ndarray]:
-        """One row of the episode picture per extra camera that has sent a decodable frame: its newest frame
-        that has a feature map beside what the encoder made of it, else its newest frame alone."""
-        from rla_wm.evaluation.visualize import side_by_side
-
-        with self._lock:
-            cameras = [
-                (dict(frames), dict(self.extra_features.get(topic, {}))) for topic, frames in self.extra_frames.items()
-            ]
-        pictures = []
-        for frames, features in cameras:
-            if (snapshot := _frame_with_features(frames, features)) is not None:
-                pictures.append(camera_and_features_picture(*snapshot))
-            elif frames and (frame := _rgb_or_none(frames[max(frames)])) is not None:
-                pictures.append(side_by_side(frame))  # scaled to the height of the rows around it
-        return pictures
+            cameras = [(dict(self._frames), dict(self._features))]
+            cameras += [(dict(frames), dict(self.extra_features.get(t, {}))) for t, frames in self.extra_frames.items()]
+        return [row for row in (camera_row(frames, features) for frames, features in cameras) if row is not None]
 
     def on_features(self, msg: FeatureMap) -> None:
         stamp = stamp_to_nanoseconds(msg.header.stamp)
@@ -225,11 +209,6 @@ class ClosedLoopObserver(Node):
     def on_status(self, msg: EpisodeStatus) -> None:
         self.status = msg
 
-    def latest_frame_and_features(self) -> tuple[np.ndarray, FeatureMap, np.ndarray] | None:
-        """Newest camera frame that has a feature map: (rgb, the feature map, its tokens)."""
-        with self._lock:
-            return _frame_with_features(self._frames, self._features)
-
 
 def _frame_with_features(
     frames: dict[int, Image], features: dict[int, FeatureMap]
@@ -245,19 +224,26 @@ def _frame_with_features(
     return None
 
 
+def camera_row(frames: dict[int, Image], features: dict[int, FeatureMap]) -> np.ndarray | None:
+    """One camera's row of the episode picture: its newest frame that has a feature map beside what the
+    encoder made of it, else its newest frame alone (scaled to the rows' height); None without a
+    decodable frame."""
+    from rla_wm.evaluation.visualize import side_by_side
+
+    if (snapshot := _frame_with_features(frames, features)) is not None:
+        return camera_and_features_picture(*snapshot)
+    if frames and (frame := _rgb_or_none(frames[max(frames)])) is not None:
+        return side_by_side(frame)
+    return None
+
+
 def episode_picture(observer: ClosedLoopObserver) -> np.ndarray | None:
     """The main camera's newest frame beside what the encoder made of it (when an encoder runs), with a row
     below for each other camera (its frame, beside its encoder's feature map when one runs); None before
     any frame."""
-    from rla_wm.evaluation.visualize import side_by_side, stack_rows
+    from rla_wm.evaluation.visualize import stack_rows
 
-    rows = []
-    snapshot = observer.latest_frame_and_features()
-    if snapshot is not None:
-        rows.append(camera_and_features_picture(*snapshot))
-    elif (frame := observer.latest_frame()) is not None:
-        rows.append(side_by_side(frame))  # scaled to the height of the rows around it
-    rows.extend(observer.latest_extra_pictures())
+    rows = observer.picture_rows()
     return stack_rows(rows) if rows else None
 
 

@@ -1,6 +1,8 @@
 """End to end: each launch file's graph (sim policy, planner, sim clock, the real-arm policy in dry run)
 runs closed loop."""
 
+import copy
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 import rclpy
 from ament_index_python.packages import get_package_share_directory
+from rosgraph_msgs.msg import Clock as RosClock
 
 from rla_wm.evaluation.latency import LatencyLog
 from rla_wm_msgs.msg import FeatureMap
@@ -156,6 +159,46 @@ def test_sim_policy_graph_runs_on_the_simulators_clock(ros_domain, tmp_path):
     assert np.all(latency["camera_to_command"] > 0)
     assert np.all(latency["camera_to_command"] < 3600.0)  # a sanity bound no working loop comes near
     assert result.commands >= 3, "chunks did not pass the gate under simulated time"
+
+
+def test_a_graph_started_after_the_simulators_first_episode_ended_still_runs_episodes(ros_domain, tmp_path):
+    """On /clock a finished episode is a paused world. A policy graph that comes up after the first
+    episode ended (a slow start: CI once failed so) learns the still time and runs the next episode."""
+    share = Path(get_package_share_directory("rla_wm_ros"))
+    overrides = {"max_episode_steps": "20", "seed": "3", "sim_clock": "true", "real_time_factor": "3.0"}
+    description = parse_launch_file(share / "launch" / "sim_policy.launch.xml", overrides=overrides)
+    simulator, rest = copy.copy(description), copy.copy(description)
+    simulator.nodes = [node for node in description.nodes if node.name == "sim_robot"]
+    rest.nodes = [node for node in description.nodes if node.name != "sim_robot"]
+    env = {"ROS_DOMAIN_ID": str(ros_domain)}
+    with LaunchedGraph() as simulator_graph:
+        simulator_graph.start(simulator, env=env, log_dir=tmp_path / "simulator_logs")
+        rclpy.init(domain_id=ros_domain)
+        runner = ClosedLoopRunner(description.args["command_topic"], sim_clock=True)
+        try:
+            observer = runner.observer
+            wait_for(lambda: observer.status is not None and observer.status.done, 60, "the first episode to end")
+            # Still time goes on being published (a paused Gazebo does the same): a late node is not at 0.
+            clock_times = []
+            late_node = rclpy.create_node("late_clock_reader")
+            late_node.create_subscription(RosClock, "/clock", lambda msg: clock_times.append(msg.clock), 10)
+            deadline = time.monotonic() + 10.0
+            while not clock_times and time.monotonic() < deadline:
+                rclpy.spin_once(late_node, timeout_sec=0.1)
+            late_node.destroy_node()
+            assert clock_times, "no /clock while the episode is paused: a late node's time would be 0"
+            assert clock_times[0] == observer.status.header.stamp, "the paused time is the last step's"
+            with LaunchedGraph() as graph:
+                graph.start(rest, env=env, log_dir=tmp_path / "logs")
+                try:
+                    runner.wait_until_flowing(120.0, alive=lambda: all(graph.alive().values()))
+                    result = runner.run_episode(timeout=60.0)
+                except (TimeoutError, RuntimeError) as err:
+                    pytest.fail(f"{err}\n{graph.tail_logs(30)}")
+                assert result.steps == 20 and result.commands >= 2, result
+        finally:
+            runner.close()
+            rclpy.try_shutdown()
 
 
 def test_latency_starts_at_the_stamp_on_wall_time_and_at_the_frames_arrival_on_sim_time():

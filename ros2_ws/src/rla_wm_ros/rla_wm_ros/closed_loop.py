@@ -281,6 +281,10 @@ def camera_and_features_picture(frame: np.ndarray, msg: FeatureMap, tokens: np.n
     return side_by_side(frame, feature_pca_rgb(tokens, msg.grid_height, msg.grid_width))
 
 
+# Seconds a start-up waits on a finished (paused) episode before it starts a new one.
+RESTART_PAUSED_EPISODE_AFTER = 3.0
+
+
 class ClosedLoopRunner:
     """Owns the observer and a background executor; runs episodes one after another."""
 
@@ -310,6 +314,7 @@ class ClosedLoopRunner:
         commands are flowing."""
         deadline = time.monotonic() + timeout
         observer = self.observer
+        last_reset = time.monotonic()
         while time.monotonic() < deadline:
             # No /features when the model reads something else (a sim's state) and no encoder runs.
             fed = observer.latency.features or observer.latency.model_inputs
@@ -318,6 +323,14 @@ class ClosedLoopRunner:
                 return
             if not alive():
                 raise RuntimeError("a node of the graph exited during start-up")
+            status = observer.status
+            if status is not None and status.done and time.monotonic() - last_reset > RESTART_PAUSED_EPISODE_AFTER:
+                # On the simulator's clock a finished episode is a paused world: nothing moves, so a graph
+                # that came up after the first episode ended (a slow start) never shows a command. Start
+                # a new episode, as a user would, instead of waiting for one that cannot come.
+                if observer.reset_client.service_is_ready():
+                    observer.reset_client.call_async(Trigger.Request())
+                last_reset = time.monotonic()
             time.sleep(0.1)
         raise TimeoutError(
             f"graph not flowing after {timeout:.0f}s: features={len(observer.latency.features)} "

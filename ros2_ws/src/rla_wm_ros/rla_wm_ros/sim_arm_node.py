@@ -143,9 +143,10 @@ class SimArmNode(Node):
     def on_tick(self) -> None:
         if self.settings.publish_clock and self.frame.done and self.frame_published_done:
             # A finished episode is a paused world (see sim_robot_node): time stands still until reset,
-            # and the last frame is re-sent with its stamp about CONTROL_HZ times per wall second.
+            # and the still time and the last frame are re-sent about CONTROL_HZ times per wall second.
             self.paused_ticks += 1
             if self.paused_ticks % max(1, round(self.settings.real_time_factor)) == 0:
+                self.clock_pub.publish(ClockMsg(clock=self.stamp()))
                 self.publish_frame(self.frame)
             return
         if self.settings.publish_clock:

@@ -168,11 +168,13 @@ class SimRobotNode(Node):
     def on_tick(self) -> None:
         if self.publish_clock and self.frame.done and self.frame_published_done:
             # A finished episode is a paused world: time stands still until reset, so a recorder sees
-            # the episode end exactly at its last step (no trailing frames). The last frame is still
-            # re-sent, with its stamp, about CONTROL_HZ times per wall second: watchdogs stay fed and
-            # late joiners learn the episode's state.
+            # the episode end exactly at its last step (no trailing frames). The still time and the last
+            # frame, with its stamp, are re-sent about CONTROL_HZ times per wall second, as a paused
+            # Gazebo keeps publishing /clock: a node started after the episode ended has a time (not 0),
+            # watchdogs stay fed and late joiners learn the episode's state.
             self.paused_ticks += 1
             if self.paused_ticks % max(1, round(self.rate_scale)) == 0:
+                self.clock_pub.publish(ClockMsg(clock=self.stamp()))
                 self.publish_frame()
             return
         if self.publish_clock:

@@ -144,7 +144,7 @@ def launch(experiment, processes: int) -> tuple[list[dict], dict]:
     name = f"n{processes}"
     runs = {"train-regression": root / name / "regression", "train-policy": root / name / "policy"}
     # Each launch gets its own feature cache, so each has one to build.
-    common = [f"--config_path={experiment}", f"--data.cache_root=cache_{name}"]
+    common = [f"--config_path={experiment}", f"--data.cache_root={root / f'cache_{name}'}"]
     commands = [
         ["train-regression", *common, f"--out={runs['train-regression']}"],
         ["train-policy", *common, f"--rla_checkpoint={root / 'rla'}", f"--out={runs['train-policy']}"],

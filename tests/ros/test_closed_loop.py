@@ -127,11 +127,19 @@ def test_robot_policy_graph_in_its_default_dry_run_never_commands_the_arm(ros_do
         assert all(graph.alive().values()), graph.tail_logs(30)
 
 
-@pytest.mark.parametrize("world_model", ["rla-wm", "regression"])
-def test_sim_planner_graph_runs_closed_loop_episodes(ros_domain, tmp_path, world_model):
+PROPOSALS = {"proposal_policy": "builtin:sim-pusht-policy-keypoints", "policy_proposals": "16"}
+
+
+@pytest.mark.parametrize(
+    "planner",
+    [{"world_model": "rla-wm"}, {"world_model": "regression"}, {"world_model": "rla-wm", **PROPOSALS}],
+    ids=["rla-wm", "regression", "rla-wm-policy-proposals"],
+)
+def test_sim_planner_graph_runs_closed_loop_episodes(ros_domain, tmp_path, planner):
     """The launch file's defaults: the keypoint encoder, the shipped world models on its points and the
-    2 Hz MPC budget the closed-loop table was measured with."""
-    overrides = {"max_episode_steps": "30", "seed": "2", "world_model": world_model}
+    2 Hz MPC budget the closed-loop table was measured with; and the search started from the keypoint
+    policy's sampled chunks."""
+    overrides = {"max_episode_steps": "30", "seed": "2", **planner}
     (result,), latency = run_launch_file(
         "sim_planner.launch.xml",
         overrides,
@@ -146,6 +154,11 @@ def test_sim_planner_graph_runs_closed_loop_episodes(ros_domain, tmp_path, world
     assert result.commands >= 2, "the gate forwarded too few planned chunks"
     assert latency["features_to_chunk"].size >= 2  # plans were made from the observed features
     assert np.all(latency["camera_to_command"] > 0)
+    if "proposal_policy" in planner:
+        # The planner that ran loaded the policy and checked it against its features (it refuses to start
+        # otherwise), and says so.
+        log = (tmp_path / "logs" / "planner.log").read_text()
+        assert "16 proposals from builtin:sim-pusht-policy-keypoints" in log, log[-2000:]
 
 
 def test_sim_policy_graph_runs_on_the_simulators_clock(ros_domain, tmp_path):

@@ -37,6 +37,7 @@ from rla_wm.control.planning import (
     PlanResult,
     predict_plan_end,
 )
+from rla_wm.control.policy_proposals import PolicyProposals
 
 Observation = TypeVar("Observation")
 
@@ -138,8 +139,10 @@ class PlannerSession(Generic[Observation]):
         state_timeout: float,
         device: torch.device | str = "cpu",
         clock: Callable[[], float] = time.monotonic,
+        proposals: PolicyProposals | None = None,
     ) -> None:
         self.planner = planner
+        self.proposals = proposals  # a policy's sampled chunks, the first candidates of every plan
         self.mpc = mpc
         self.features_timeout = features_timeout
         self.device = device
@@ -225,7 +228,10 @@ class PlannerSession(Generic[Observation]):
         with self.model_lock:
             try:
                 start = None if state is None else torch.from_numpy(state)
-                plan = self.planner.plan(current, goal, start_action=start, callback=callback, config=settings)
+                proposals = self.propose(current, start, settings)
+                plan = self.planner.plan(
+                    current, goal, start_action=start, callback=callback, config=settings, proposals=proposals
+                )
             except (PlanningError, ValueError, RuntimeError) as err:  # the models raise ValueError on bad input
                 raise Refusal("planning_failed", f"planning failed: {err}") from err
         self.record(plan)
@@ -277,7 +283,10 @@ class PlannerSession(Generic[Observation]):
                 raise Refusal("no_fresh_state", "MPC: not replanning: no fresh joint state")
             self._mpc_acted_on = observation
             try:
-                step = self.mpc.step(current, start_action=torch.from_numpy(state))
+                start = torch.from_numpy(state)
+                step = self.mpc.step(
+                    current, start_action=start, proposals=self.propose(current, start, self.mpc.config)
+                )
             except (PlanningError, ValueError, RuntimeError) as err:
                 raise Refusal("planning_failed", f"MPC: not replanning: {err}") from err
         except Refusal as err:
@@ -287,6 +296,14 @@ class PlannerSession(Generic[Observation]):
             self.model_lock.release()
         self.record(step.result)
         return Replan(observation, step.chunk.numpy(), float(step.result.cost), current, step.result.actions)
+
+    def propose(self, current: torch.Tensor, state: torch.Tensor | None, config: PlannerConfig) -> torch.Tensor | None:
+        """The proposal policy's plans for this observation (None without a policy, or without a
+        joint state to start its chunks from); PlanningError when they do not fit `config`."""
+        if self.proposals is None or state is None:
+            return None
+        count = min(self.proposals.count, config.num_samples - 1)  # an action goal may ask for fewer samples
+        return self.proposals(current, state, config.steps)[:count] if count > 0 else None
 
     def predicted_end(self, start: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """The (N, C) features a plan (H, h, A) made from `start` (N, C) is predicted to reach: one

@@ -23,9 +23,11 @@ from rla_wm.control.planning import (
     PlanningError,
     load_predictor,
 )
+from rla_wm.control.policy_proposals import PolicyProposals
 from rla_wm.control.settings import setting
 from rla_wm.models.checkpoint import CheckpointError
 from rla_wm.models.encoder import EncoderConfig
+from rla_wm.models.policy_loading import load_policy
 
 # An MPC replan without its own budget gets this share of the replanning period.
 MPC_BUDGET_SHARE = 0.9
@@ -159,6 +161,15 @@ class PlannerSettings:
         "trained on that many actions, within its max_horizon).",
         (1, MAX_HORIZON),
     )
+    # -- policy proposals -------------------------------------------------------------------------------
+    proposal_policy: str = setting(
+        "",
+        "A chunk policy on the same features (checkpoint folder or builtin:<name>) whose sampled chunks join "
+        "each plan's first iteration as candidates ('' = random samples only).",
+    )
+    policy_proposals: int = setting(
+        16, "Chunks sampled from proposal_policy per plan (at most the samples per iteration - 1).", (1, MAX_SAMPLES)
+    )
     # -- MPC ---------------------------------------------------------------------------------------------
     mpc_rate: float = setting(0.0, "Replanning rate (Hz) toward the current goal; 0 = no MPC.", (0.0, 1000.0))
     mpc_horizon: int = setting(0, "Plan length in chunks when replanning (0 = horizon).", (0, MAX_HORIZON))
@@ -210,6 +221,20 @@ class PlannerSettings:
         except (CheckpointError, PlanningError) as err:
             raise PlanningError(f"cannot load world model {self.world_model!r}: {err}") from err
 
+    def load_proposals(
+        self, encoder_id: str, tokens: int, channels: int, action_dim: int, device: torch.device | str
+    ) -> PolicyProposals | None:
+        """The proposal policy, checked against the planner's features and joints (None without one)."""
+        if not self.proposal_policy:
+            return None
+        try:
+            policy = load_policy(self.proposal_policy, self.seed).to(torch.device(device)).eval()
+        except CheckpointError as err:
+            raise PlanningError(f"cannot load proposal_policy {self.proposal_policy!r}: {err}") from err
+        proposals = PolicyProposals(policy, self.policy_proposals, device)
+        proposals.check_fits(encoder_id, tokens, channels, action_dim)
+        return proposals
+
     def build(self, encoder_id: str, tokens: int, channels: int, device: torch.device | str = "cpu") -> PlannerBuild:
         """Load the world model, check it against the encoder's feature space (`encoder_id`,
         tokens x channels) and the joints, and make the session; PlanningError on any mismatch."""
@@ -227,13 +252,21 @@ class PlannerSettings:
         mpc = mpc_settings(
             planner, self.mpc_rate, self.mpc_horizon, self.mpc_num_samples, self.mpc_iterations, self.mpc_time_budget
         )
+        proposals = self.load_proposals(encoder_id, tokens, channels, loaded.action_dim, device)
+        # An action goal's plan takes as many proposals as its samples allow (it may ask for few).
+        if proposals is not None and self.mpc_rate > 0 and proposals.count > mpc.num_samples - 1:
+            raise PlanningError(
+                f"policy_proposals {proposals.count} do not fit in mpc_num_samples {mpc.num_samples} "
+                "(the mean takes one sample)"
+            )
         session: PlannerSession = PlannerSession(
-            planner, MPCController(planner, mpc), self.features_timeout, self.state_timeout, device
+            planner, MPCController(planner, mpc), self.features_timeout, self.state_timeout, device, proposals=proposals
         )
         summary = (
             f"{loaded.predictor.name} on {encoder_id}, {defaults.method} {defaults.num_samples}x"
             f"{defaults.iterations}, horizon {defaults.horizon}x{defaults.chunk_length}; "
             f"MPC {f'at {self.mpc_rate:.1f} Hz' if self.mpc_rate > 0 else 'off'}"
+            + (f"; {proposals.count} proposals from {self.proposal_policy}" if proposals is not None else "")
         )
         return PlannerBuild(session, [warning] if warning else [], summary)
 

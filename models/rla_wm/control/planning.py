@@ -318,6 +318,22 @@ def _as_vector(value: torch.Tensor | Sequence[float] | None, dim: int, name: str
     return vector
 
 
+def _check_proposals(proposals: torch.Tensor | None, config: PlannerConfig) -> torch.Tensor | None:
+    """Outside proposals as (P, steps, A) float32 on the CPU; PlanningError when they do not fit."""
+    if proposals is None:
+        return None
+    expected = (config.steps, config.action_dim)
+    if proposals.ndim != 3 or tuple(proposals.shape[1:]) != expected:
+        raise PlanningError(f"proposals must be (P, {expected[0]}, {expected[1]}), got {tuple(proposals.shape)}")
+    if len(proposals) > config.num_samples - 1:
+        raise PlanningError(
+            f"{len(proposals)} proposals do not fit in num_samples {config.num_samples} (the mean takes one sample)"
+        )
+    if not torch.isfinite(proposals).all():
+        raise PlanningError("proposals contain NaN or inf")
+    return proposals.detach().float().cpu()
+
+
 def plan(
     predictor: Predictor,
     current: torch.Tensor,
@@ -327,13 +343,17 @@ def plan(
     warm_start: torch.Tensor | None = None,
     callback: IterationCallback | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    proposals: torch.Tensor | None = None,
 ) -> PlanResult:
     """Optimise an action plan that drives `current` features (N, C) to `goal` features (N, C).
 
     start_action: the measured robot state (A,); the first target stays within max_delta of
     it, and with no warm start the search starts from holding it. warm_start: a previous plan
     (H', h, A), e.g. `shift_plan(previous)`; it is padded/truncated to the horizon. clock: the
-    seconds the time budget and the stats are measured in.
+    seconds the time budget and the stats are measured in. proposals: (P, H * h, A) candidate
+    plans from elsewhere (a policy's sampled chunks, `policy_proposals`), scored in the first
+    iteration in place of P of its random samples (at most num_samples - 1: the mean competes too),
+    so the search starts from them as TD-MPC's planner starts from its policy's samples.
     """
     started = clock()
     current = _check_features(current, "current features")
@@ -363,6 +383,7 @@ def plan(
     else:
         mean = ((low + high) / 2).expand(steps, dim).clone()
     mean = project_actions(mean[None], low, high)[0]
+    proposals = _check_proposals(proposals, config)
     std = (config.init_std * span).expand(steps, dim).clone()
     min_std = config.min_std * span
 
@@ -372,13 +393,15 @@ def plan(
     for iteration in range(1, config.iterations + 1):
         iteration_started = clock()
         noise = torch.randn((config.num_samples, steps, dim), generator=generator)
-        proposals = mean + std * noise
-        proposals[0] = mean  # the current mean always competes
-        proposals = project_actions(proposals, low, high)
-        # Costs come from the feasible projections, the refit uses the proposals: fitting to the
+        candidates = mean + std * noise
+        candidates[0] = mean  # the current mean always competes
+        if iteration == 1 and proposals is not None:
+            candidates[1 : 1 + len(proposals)] = proposals
+        candidates = project_actions(candidates, low, high)
+        # Costs come from the feasible projections, the refit uses the candidates: fitting to the
         # (already clamped) projections would shrink the std every iteration and stall the
         # search at max_delta per step.
-        samples = project_actions(proposals, low, high, start, config.max_delta)
+        samples = project_actions(candidates, low, high, start, config.max_delta)
         costs = score(samples.view(config.num_samples, config.horizon, config.chunk_length, dim))
         finite = torch.isfinite(costs)
         if not finite.any():
@@ -388,7 +411,7 @@ def plan(
         if config.method == "cem":
             order = torch.argsort(costs)[: min(config.elites, config.num_samples)]
             order = order[torch.isfinite(costs[order])]
-            elites = proposals[order]
+            elites = candidates[order]
             fitted_mean = elites.mean(dim=0)
             fitted_std = elites.std(dim=0, unbiased=False) if len(order) > 1 else std
         else:
@@ -398,8 +421,8 @@ def plan(
             weights = torch.softmax(-(costs - best_cost) / (config.temperature * scale), dim=0)
             weights = torch.where(finite, weights, torch.zeros_like(weights))
             weights = weights / weights.sum()
-            fitted_mean = torch.einsum("b,bta->ta", weights, proposals)
-            fitted_std = torch.einsum("b,bta->ta", weights, (proposals - fitted_mean).pow(2)).sqrt()
+            fitted_mean = torch.einsum("b,bta->ta", weights, candidates)
+            fitted_std = torch.einsum("b,bta->ta", weights, (candidates - fitted_mean).pow(2)).sqrt()
         mean = config.momentum * mean + (1 - config.momentum) * fitted_mean
         std = torch.maximum(fitted_std, min_std)
         now = clock()
@@ -458,8 +481,18 @@ class Planner:
         warm_start: torch.Tensor | None = None,
         callback: IterationCallback | None = None,
         config: PlannerConfig | None = None,
+        proposals: torch.Tensor | None = None,
     ) -> PlanResult:
-        return plan(self.predictor, current, goal, config or self.config, start_action, warm_start, callback)
+        return plan(
+            self.predictor,
+            current,
+            goal,
+            config or self.config,
+            start_action,
+            warm_start,
+            callback,
+            proposals=proposals,
+        )
 
 
 @dataclass
@@ -500,13 +533,14 @@ class MPCController:
         current: torch.Tensor,
         start_action: torch.Tensor | Sequence[float] | None = None,
         callback: IterationCallback | None = None,
+        proposals: torch.Tensor | None = None,
     ) -> MPCStep:
         if self.goal is None:
             raise PlanningError("no goal set")
         warm = None
         if self.previous is not None and self.previous.shape[1:] == (self.config.chunk_length, self.config.action_dim):
             warm = shift_plan(self.previous, self.config.shift, self.config.horizon)
-        result = self.planner.plan(current, self.goal, start_action, warm, callback, self.config)
+        result = self.planner.plan(current, self.goal, start_action, warm, callback, self.config, proposals)
         self.previous = result.actions
         return MPCStep(chunk=result.first_chunk.clone(), result=result)
 

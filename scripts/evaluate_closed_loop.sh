@@ -25,11 +25,11 @@ planner() {  # name world_model [launch args...]
     world_model:="$2" seed:="$SEED" sim_clock:=true real_time_factor:=0.5 mpc_rate:=2.0 mpc_horizon:=1 "${@:3}"
 }
 
-planner_keypoints() {  # name world_model iterations: the launch file's defaults (keypoint encoder and world models,
-  # 64 samples x horizon 5 chunks, 2 Hz replans), in real time, 300-step episodes
+planner_keypoints() {  # name world_model iterations [launch args]: the launch file's defaults (keypoint encoder and
+  # world models, 64 samples x horizon 5 chunks, 2 Hz replans), in real time, 300-step episodes
   python -m rla_wm_ros.demo --launch-file "$PLANNER" --model-topic /planner/joint_trajectory \
     --episodes "$EPISODES" --episode-steps 300 --output "$OUT/$1" --pictures 3 \
-    world_model:="$2" mpc_iterations:="$3" seed:="$SEED" sim_clock:=true real_time_factor:=1.0
+    world_model:="$2" mpc_iterations:="$3" seed:="$SEED" sim_clock:=true real_time_factor:=1.0 "${@:4}"
 }
 
 # The ladder (docs/closed_loop.md): the expert, a policy on the sim's block state, that policy on the block pose

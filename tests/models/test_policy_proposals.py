@@ -90,7 +90,7 @@ def test_proposals_are_scored_in_the_first_iteration_only_and_must_fit():
     first, second = seen
     assert (first == 55.0).all(dim=(1, 2)).sum() == 1 and not (second == 55.0).all(dim=(1, 2)).any()
     for bad, words in (
-        (torch.zeros(config.num_samples, config.steps, 2), "do not fit in num_samples"),
+        (torch.zeros(config.num_samples + 1, config.steps, 2), "do not fit in num_samples"),
         (torch.zeros(1, config.steps + 1, 2), "proposals must be"),
         (torch.full((1, config.steps, 2), float("nan")), "NaN"),
     ):
@@ -177,11 +177,34 @@ def test_planner_settings_load_the_proposal_policy_and_refuse_one_that_does_not_
     plans = build.session.propose(torch.zeros(TOKENS, CHANNELS), torch.tensor([256.0, 256.0]), build.session.mpc.config)
     assert plans.shape == (6, build.session.mpc.config.steps, 2) and torch.isfinite(plans).all()
     for changed, words in (
-        (dict(policy_proposals=8), "policy_proposals 8 do not fit in mpc_num_samples 8"),
+        (dict(policy_proposals=9), "policy_proposals 9 do not fit in mpc_num_samples 8"),
         (dict(proposal_policy=checkpoints["foreign"]), "proposal policy reads 'builtin:dinov2-tiny-random@224'"),
         (dict(proposal_policy=checkpoints["regression"] + "-missing"), "cannot load proposal_policy"),
     ):
         with pytest.raises(PlanningError, match=words):
             dataclasses.replace(settings, **changed).build(ENCODER_ID, TOKENS, CHANNELS)
+    with pytest.raises(PlanningError, match="published_chunks 6 exceeds the plans' horizon"):
+        dataclasses.replace(settings, published_chunks=6).build(ENCODER_ID, TOKENS, CHANNELS)
+    assert (
+        dataclasses.replace(settings, published_chunks=2).build(ENCODER_ID, TOKENS, CHANNELS).session.published_chunks
+        == 2
+    )
     plain = dataclasses.replace(settings, proposal_policy="").build(ENCODER_ID, TOKENS, CHANNELS)
     assert plain.session.proposals is None and "proposals" not in plain.summary
+
+
+def test_a_session_publishes_the_first_published_chunks_of_each_plan():
+    config = point_config(horizon=3, num_samples=4)
+    planner = Planner(MovingPoint(), config)
+    policy = FixedChunks(torch.tensor([[[20.0, 20.0], [40.0, 25.0], [60.0, 30.0], [70.0, 30.0]]]))
+    session: PlannerSession[str] = PlannerSession(
+        planner, MPCController(planner), 1.0, 0.5, proposals=PolicyProposals(policy, count=1), published_chunks=2
+    )
+    session.set_goal(torch.tensor([[70.0, 30.0]]))
+    session.observe_state(np.array([10.0, 10.0]))
+    session.observe_features("frame", np.array([[10.0, 10.0]], dtype=np.float32))
+    replan = session.replan()
+    np.testing.assert_array_equal(replan.chunk, [[20.0, 20.0], [40.0, 25.0], [60.0, 30.0], [70.0, 30.0]])
+    assert replan.actions.shape == (3, 2, 2)  # the whole plan stays the warm start
+    with pytest.raises(PlanningError, match="published_chunks"):
+        PlannerSession(planner, MPCController(planner), 1.0, 0.5, published_chunks=0)

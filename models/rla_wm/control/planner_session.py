@@ -116,7 +116,7 @@ class GoalPlan(Generic[Observation]):
 @dataclass(frozen=True)
 class Replan(Generic[Observation]):
     observation: Observation
-    chunk: np.ndarray  # (chunk_length, action_dim): the actions to execute now
+    chunk: np.ndarray  # (published_chunks x chunk_length, action_dim): the actions to execute now
     cost: float  # the plan's predicted cost
     start: torch.Tensor  # (N, C): the observation's features, where the plan starts
     actions: torch.Tensor  # (horizon, chunk_length, action_dim): the whole plan
@@ -140,8 +140,13 @@ class PlannerSession(Generic[Observation]):
         device: torch.device | str = "cpu",
         clock: Callable[[], float] = time.monotonic,
         proposals: PolicyProposals | None = None,
+        published_chunks: int = 1,
     ) -> None:
+        if published_chunks < 1:
+            raise PlanningError(f"published_chunks must be >= 1, got {published_chunks}")
         self.planner = planner
+        # Chunks of each plan sent to the robot: more than the first keeps it moving when the next plan is late.
+        self.published_chunks = published_chunks
         self.proposals = proposals  # a policy's sampled chunks, the first candidates of every plan
         self.mpc = mpc
         self.features_timeout = features_timeout
@@ -295,15 +300,20 @@ class PlannerSession(Generic[Observation]):
         finally:
             self.model_lock.release()
         self.record(step.result)
-        return Replan(observation, step.chunk.numpy(), float(step.result.cost), current, step.result.actions)
+        chunk = self.published(step.result.actions).numpy()
+        return Replan(observation, chunk, float(step.result.cost), current, step.result.actions)
+
+    def published(self, actions: torch.Tensor) -> torch.Tensor:
+        """The part of a plan (H, h, A) that goes to the robot: its first published_chunks chunks, as (T, A)."""
+        return actions[: self.published_chunks].reshape(-1, actions.shape[-1]).clone()
 
     def propose(self, current: torch.Tensor, state: torch.Tensor | None, config: PlannerConfig) -> torch.Tensor | None:
         """The proposal policy's plans for this observation (None without a policy, or without a
         joint state to start its chunks from); PlanningError when they do not fit `config`."""
         if self.proposals is None or state is None:
             return None
-        count = min(self.proposals.count, config.num_samples - 1)  # an action goal may ask for fewer samples
-        return self.proposals(current, state, config.steps)[:count] if count > 0 else None
+        count = min(self.proposals.count, config.num_samples)  # an action goal may ask for fewer samples
+        return self.proposals(current, state, config.steps)[:count]
 
     def predicted_end(self, start: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """The (N, C) features a plan (H, h, A) made from `start` (N, C) is predicted to reach: one

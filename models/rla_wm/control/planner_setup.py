@@ -168,7 +168,14 @@ class PlannerSettings:
         "each plan's first iteration as candidates ('' = random samples only).",
     )
     policy_proposals: int = setting(
-        16, "Chunks sampled from proposal_policy per plan (at most the samples per iteration - 1).", (1, MAX_SAMPLES)
+        16, "Chunks sampled from proposal_policy per plan (at most the samples per iteration).", (1, MAX_SAMPLES)
+    )
+    published_chunks: int = setting(
+        1,
+        "Chunks of each plan sent to the robot (the first ones). More than 1 gives the robot targets to follow "
+        "while the next plan is late (a plan that takes longer than a chunk would otherwise arrive with its "
+        "points already past).",
+        (1, MAX_HORIZON),
     )
     # -- MPC ---------------------------------------------------------------------------------------------
     mpc_rate: float = setting(0.0, "Replanning rate (Hz) toward the current goal; 0 = no MPC.", (0.0, 1000.0))
@@ -254,13 +261,21 @@ class PlannerSettings:
         )
         proposals = self.load_proposals(encoder_id, tokens, channels, loaded.action_dim, device)
         # An action goal's plan takes as many proposals as its samples allow (it may ask for few).
-        if proposals is not None and self.mpc_rate > 0 and proposals.count > mpc.num_samples - 1:
+        if proposals is not None and self.mpc_rate > 0 and proposals.count > mpc.num_samples:
+            raise PlanningError(f"policy_proposals {proposals.count} do not fit in mpc_num_samples {mpc.num_samples}")
+        if self.published_chunks > min(defaults.horizon, mpc.horizon):
             raise PlanningError(
-                f"policy_proposals {proposals.count} do not fit in mpc_num_samples {mpc.num_samples} "
-                "(the mean takes one sample)"
+                f"published_chunks {self.published_chunks} exceeds the plans' horizon "
+                f"({min(defaults.horizon, mpc.horizon)} chunks)"
             )
         session: PlannerSession = PlannerSession(
-            planner, MPCController(planner, mpc), self.features_timeout, self.state_timeout, device, proposals=proposals
+            planner,
+            MPCController(planner, mpc),
+            self.features_timeout,
+            self.state_timeout,
+            device,
+            proposals=proposals,
+            published_chunks=self.published_chunks,
         )
         summary = (
             f"{loaded.predictor.name} on {encoder_id}, {defaults.method} {defaults.num_samples}x"

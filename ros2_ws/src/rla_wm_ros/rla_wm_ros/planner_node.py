@@ -2,11 +2,11 @@
 
 - Action `~/plan_to_goal` (rla_wm_msgs/action/PlanToGoal): goal image -> goal features with the
   node's own encoder, then a plan from the newest `features`, feedback every iteration, cancel
-  honoured between iterations. With `execute`, the first chunk goes out on
+  honoured between iterations. With `execute`, the plan's first chunk(s) (`published_chunks`) go out on
   `planner/joint_trajectory` (routed through the safety gate by the launch file).
 - MPC (`mpc_rate` > 0, goal from the action or the `goal_image` topic): replans at that rate from
   the newest feature map, warm-started with the shifted previous plan, and publishes the first
-  chunk stamped with the observation's stamp plus the predicted cost on `planner/predicted_cost`.
+  chunk(s) stamped with the observation's stamp plus the predicted cost on `planner/predicted_cost`.
   `~/clear_goal` stops it.
 - `publish_debug_image`: after each plan's chunk (or action result) is out, one more rollout of
   the chosen plan alone; the PCA picture of its predicted final features goes out on
@@ -172,7 +172,7 @@ class PlannerNode(Node):
                 return result
             if goal.execute:  # now, from where the robot was when planning began (the gate checks it)
                 self.session.state_for_execution()
-                self.publish_chunk(plan.first_chunk.numpy(), self.get_clock().now().to_msg())
+                self.publish_chunk(self.session.published(plan.actions).numpy(), self.get_clock().now().to_msg())
             self.publish_predicted_end(planned.observation, planned.start, plan.actions)
         except Refusal as refusal:
             self.session.last_error = refusal.detail

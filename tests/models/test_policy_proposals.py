@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from test_planner_session import CHANNELS, ENCODER_ID, TOKENS, MovingPoint
 
 from rla_wm.control.planner_session import PlannerSession
 from rla_wm.control.planner_setup import PlannerSettings
@@ -17,17 +18,6 @@ from rla_wm.control.planning import MPCController, Planner, PlannerConfig, Plann
 from rla_wm.control.policy_proposals import PolicyProposals
 from rla_wm.models.policy import Policy, PolicyConfig
 from rla_wm.models.regression import RegressionConfig, RegressionModel
-
-ENCODER_ID, TOKENS, CHANNELS = "builtin:dinov2-tiny-random@56", 16, 32
-
-
-class MovingPoint:
-    """One token whose 2 channels are a position; a chunk moves it to the chunk's last action."""
-
-    name = "moving-point"
-
-    def predict(self, current: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        return actions[:, -1][:, None, :].to(current.dtype)
 
 
 class FixedChunks:
@@ -72,6 +62,18 @@ def test_a_proposal_that_reaches_the_goal_is_chosen_where_random_samples_cannot_
     result = plan(MovingPoint(), start, goal, config, start_action=start[0], proposals=proposals)
     assert result.cost < 1e-6
     assert torch.equal(result.actions.reshape(-1, 2), towards)
+
+
+def test_with_proposals_the_warm_start_is_not_a_fixed_candidate():
+    """A warm start is the plan of an older observation: with proposals it no longer competes as is."""
+    start, goal = torch.tensor([[10.0, 10.0]]), torch.tensor([[80.0, 30.0]])
+    config = point_config(num_samples=2)
+    warm = goal.expand(config.horizon, config.chunk_length, 2)  # predicted to reach the goal exactly
+    without = plan(MovingPoint(), start, goal, config, start_action=start[0], warm_start=warm)
+    assert without.cost < 1e-6
+    proposals = torch.tensor([[50.0, 50.0]]).expand(2, config.steps, 2)
+    result = plan(MovingPoint(), start, goal, config, start_action=start[0], warm_start=warm, proposals=proposals)
+    assert torch.equal(result.actions.reshape(-1, 2), proposals[0])
 
 
 def test_proposals_are_scored_in_the_first_iteration_only_and_must_fit():

@@ -354,6 +354,36 @@ def test_mpc_publishes_chunks_stamped_with_the_observation(ros_node, start_nodes
     assert graph.alive() == {"planner": True}
 
 
+def test_published_chunks_puts_that_many_chunks_of_each_plan_in_the_message(ros_node, start_nodes, tmp_path):
+    """`published_chunks` 2: each MPC message carries the plan's first two chunks, evenly spaced."""
+    graph = start_nodes(
+        planner_spec(
+            make_checkpoints(tmp_path),
+            world_model="regression",
+            mpc_rate="5.0",
+            mpc_num_samples="8",
+            mpc_iterations="1",
+            published_chunks="2",
+        )
+    )
+    chunks = Inbox()
+    ros_node.create_subscription(JointTrajectory, "planner/joint_trajectory", chunks, 10)
+    goal_pub = ros_node.create_publisher(Image, "goal_image", 10)
+    observations = Observations(ros_node).start(graph)
+    try:
+        wait_for(lambda: goal_pub.get_subscription_count() > 0, 30, "the goal_image subscription", graph)
+        goal_pub.publish(image_msg(90, Header().stamp))
+        wait_for(lambda: len(chunks.snapshot()) >= 2, 60, "MPC chunks", graph)
+        for msg in chunks.snapshot():
+            chunk = msg_to_chunk(msg)
+            assert len(chunk.positions) == 2 * CHUNK and np.isfinite(chunk.positions).all()
+            assert chunk.times_from_start[0] >= 0.1 - 1e-6  # a late plan starts late, keeping its spacing
+            np.testing.assert_allclose(np.diff(chunk.times_from_start), 0.1, atol=1e-6)
+    finally:
+        observations.close()
+    assert graph.alive() == {"planner": True}
+
+
 def test_refuses_a_world_model_from_another_feature_space(start_nodes, tmp_path):
     checkpoints = make_checkpoints(tmp_path, encoder_id="builtin:dinov2-tiny-random@224")
     graph = start_nodes(planner_spec(checkpoints, world_model="regression"))

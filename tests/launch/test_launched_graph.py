@@ -130,6 +130,9 @@ def test_crashed_node_is_reported(write, finder, prefix, tmp_path):
         )
         tail = graph.tail_logs(5)
         assert "fatal: simulated crash" in tail and "exited with 3" in tail
+        # The healthy node writes its record after installing its SIGINT handler: stopping it before
+        # then (a slow start) ends it by KeyboardInterrupt, exit 1 (CI once failed so).
+        wait_for(out_ok.exists, 15, "the healthy node to start", graph)
         assert graph.stop(timeout=10.0) == {"/a/same": 0, "/b/same": 3}
 
 

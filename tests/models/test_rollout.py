@@ -180,6 +180,17 @@ def test_a_late_chunk_leaves_the_previous_one_running_and_blending_fades_the_sea
     assert not np.allclose(blended[2], plain[2])  # the second chunk's first point is the first chunk's third
 
 
+def test_a_chunk_later_than_the_execute_window_still_arrives_and_runs():
+    from rla_wm.evaluation.rollout import GraphTiming
+
+    # 450 ms late with 3 steps per replan: the chunk still reaches the controller at 450 ms (a node
+    # makes one chunk at a time), so the steps before hold and the ones after follow it.
+    start, targets = targets_with(GraphTiming(latency=0.45), execute_steps=3, steps=6)
+    np.testing.assert_allclose(np.array(targets[:4]), np.repeat(start[None], 4, axis=0), atol=1e-9)
+    np.testing.assert_allclose(targets[4] - start, [50, 0], atol=1e-6)
+    np.testing.assert_allclose(targets[5] - start, [60, 0], atol=1e-6)
+
+
 def test_block_pose_noise_perturbs_the_seen_pose_with_the_asked_spread():
     from rla_wm.envs.pusht.privileged import block_pose_from_tokens
     from rla_wm.envs.pusht.sim import SimFrame

@@ -209,9 +209,10 @@ def run_episode(
     device: torch.device,
     timing: GraphTiming = GraphTiming(),
 ) -> RolloutEpisode:
-    """One episode: replan, execute `execute_steps` steps of the chunk (as `timing` delivers it),
-    repeat until the sim says done. A frame the camera encoder refuses makes no chunk: the running
-    trajectory goes on for one step and the next frame is tried."""
+    """One episode: replan, execute `execute_steps` steps of the chunk (as `timing` delivers it, or
+    until it arrives when its latency is longer), repeat until the sim says done. A frame the camera
+    encoder refuses makes no chunk: the running trajectory goes on for one step and the next frame
+    is tried."""
     from rla_wm.models.encoder import FeatureEncoderError
 
     joint_names = sim.joint_names
@@ -241,7 +242,9 @@ def run_episode(
             with torch.no_grad():
                 chunk = policy(tokens, state)[0].cpu().numpy().astype(np.float64)
             replans += 1
-            steps = execute_steps
+            # A node makes one chunk at a time: a chunk later than `execute_steps` steps is still
+            # received, and the next observation it can use is the first after that.
+            steps = max(execute_steps, -(-latency_ns // STEP_NANOSECONDS))
             times_ns = observed_ns + STEP_NANOSECONDS * np.arange(1, len(chunk) + 1)
             scheduled = scheduler.schedule(times_ns / NANOSECONDS, chunk, now=receipt_ns / NANOSECONDS)
             if scheduled is not None:  # None: every point was due too soon

@@ -333,7 +333,8 @@ def test_settings_build_a_session_with_the_parameters_as_optimiser_defaults(regr
     assert (planner.config.horizon, planner.config.chunk_length, planner.config.num_samples) == (4, 3, 16)
     assert planner.config.action_low == (30.0, 30.0) and planner.config.max_delta is None  # 0 = none
     assert build.session.mpc.config.num_samples == 8 and build.session.mpc.config.time_budget == pytest.approx(0.45)
-    assert build.warnings == [] and "regression on" in build.summary and "MPC at 2.0 Hz" in build.summary
+    assert build.warnings == [] and "regression on" in build.summary and "MPC 8x" in build.summary
+    assert "at 2.0 Hz" in build.summary
     # Bounds beyond the training range work, with a warning.
     wide = dataclasses.replace(settings, action_low=[0.0, 0.0])
     assert "extrapolation" in wide.build(ENCODER_ID, TOKENS, CHANNELS).warnings[0]

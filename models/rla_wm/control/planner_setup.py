@@ -278,9 +278,9 @@ class PlannerSettings:
             published_chunks=self.published_chunks,
         )
         summary = (
-            f"{loaded.predictor.name} on {encoder_id}, {defaults.method} {defaults.num_samples}x"
+            f"{loaded.predictor.name} on {encoder_id}; action goals {defaults.method} {defaults.num_samples}x"
             f"{defaults.iterations}, horizon {defaults.horizon}x{defaults.chunk_length}; "
-            f"MPC {f'at {self.mpc_rate:.1f} Hz' if self.mpc_rate > 0 else 'off'}"
+            + (f"MPC {mpc.num_samples}x{mpc.iterations} at {self.mpc_rate:.1f} Hz" if self.mpc_rate > 0 else "MPC off")
             + (f"; {proposals.count} proposals from {self.proposal_policy}" if proposals is not None else "")
         )
         return PlannerBuild(session, [warning] if warning else [], summary)

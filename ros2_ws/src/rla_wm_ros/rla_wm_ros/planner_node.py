@@ -12,8 +12,9 @@
   the chosen plan alone; the PCA picture of its predicted final features goes out on
   `~/predicted_features_pca` (sensor_msgs/Image rgb8, the observation's header, 224 px or more).
 
-Planning runs outside the subscription callbacks (action tasks on the multi-threaded executor's
-pool, the MPC timer in its own callback group). What is planned from what, and when nothing is,
+Planning runs outside the executor, which has one thread: action goals and MPC replans each on
+a thread of their own (rla_wm_ros.wakeable_worker says why), so features, joint states and
+cancel requests are taken while a plan runs. What is planned from what, and when nothing is,
 is `rla_wm.control.planner_session`: bad input never produces a command. A feature map the world
 model cannot take is refused when it arrives, and while it is the newest map no plan is made.
 Every refusal is counted on /diagnostics (`rla_wm_ros.node_guard`); no exception ends the node.
@@ -21,11 +22,14 @@ Every refusal is counted on /diagnostics (`rla_wm_ros.node_guard`); no exception
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
+from rclpy.task import Future
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32
 from std_srvs.srv import Trigger
@@ -50,6 +54,7 @@ from rla_wm_ros.image_conversion import CvBridge, CvBridgeError, image_msg_to_rg
 from rla_wm_ros.node_guard import WARN, Health, NodeGuard, Rejected
 from rla_wm_ros.params import declare
 from rla_wm_ros.qos import LATEST_ONLY
+from rla_wm_ros.wakeable_worker import WakeableWorker
 
 
 class PlannerNode(Node):
@@ -96,7 +101,7 @@ class PlannerNode(Node):
             self,
             PlanToGoal,
             "~/plan_to_goal",
-            execute_callback=guard(self.execute_goal, on_error=self.goal_failed),
+            execute_callback=self.execute_goal,
             goal_callback=guard(self.on_goal_request, on_error=lambda _error, _goal: GoalResponse.REJECT),
             cancel_callback=guard(
                 lambda _: CancelResponse.ACCEPT, name="cancel_goal", on_error=lambda _e, _g: CancelResponse.REJECT
@@ -104,11 +109,12 @@ class PlannerNode(Node):
             callback_group=ReentrantCallbackGroup(),
         )
         self.create_service(Trigger, "~/clear_goal", guard(self.on_clear_goal))
-        if self.mpc_rate > 0:  # encoding a goal image and replanning each get a group: neither stalls the inputs
-            group = MutuallyExclusiveCallbackGroup()
-            self.create_subscription(Image, "goal_image", guard(self.on_goal_image), LATEST_ONLY, callback_group=group)
-            tick_group = MutuallyExclusiveCallbackGroup()
-            self.create_timer(1.0 / self.mpc_rate, guard(self.on_mpc_tick), callback_group=tick_group)
+        self.replan_worker: WakeableWorker | None = None
+        if self.mpc_rate > 0:
+            self.create_subscription(Image, "goal_image", guard(self.on_goal_image), LATEST_ONLY)
+            # Replans run on their own thread; the timer only wakes it (rla_wm_ros.wakeable_worker says why).
+            self.replan_worker = WakeableWorker(guard(self.on_mpc_tick), name="mpc-replan")
+            self.create_timer(1.0 / self.mpc_rate, self.replan_worker.wake)
         self.get_logger().info(f"planner: {build.summary}")
 
     # -- inputs ---------------------------------------------------------------------------------------
@@ -137,7 +143,22 @@ class PlannerNode(Node):
         self.get_logger().warning("plan_to_goal: rejected, another goal is being planned")
         return GoalResponse.REJECT
 
-    def execute_goal(self, goal_handle) -> PlanToGoal.Result:
+    async def execute_goal(self, goal_handle) -> PlanToGoal.Result:
+        """Plan on a thread of its own while the (single-threaded) executor goes on taking
+        features, joint states and the cancel request; resumed when the plan is done."""
+        done: Future = Future()
+        plan_goal = self.guard.wrap(self.plan_goal_blocking, on_error=self.goal_failed)
+
+        def run() -> None:
+            try:
+                done.set_result(plan_goal(goal_handle))
+            except BaseException as error:  # the guard converts errors; this is for what it re-raises
+                done.set_exception(error)
+
+        threading.Thread(target=run, name="plan-to-goal", daemon=True).start()
+        return await done
+
+    def plan_goal_blocking(self, goal_handle) -> PlanToGoal.Result:
         try:
             return self._execute_goal(goal_handle, goal_handle.request, PlanToGoal.Result())
         finally:
@@ -237,6 +258,11 @@ class PlannerNode(Node):
             return
         self.debug_pub.publish(CvBridge().cv2_to_imgmsg(picture, "rgb8", observation.header))
 
+    def destroy_node(self) -> None:
+        if self.replan_worker is not None:
+            self.replan_worker.stop()
+        super().destroy_node()
+
     def health(self) -> Health:
         if self.session.last_error:
             return Health(f"last error: {self.session.last_error}", WARN, self.session.summary())
@@ -246,9 +272,8 @@ class PlannerNode(Node):
 def main(args: list[str] | None = None) -> None:
     from rla_wm_ros.node_main import spin_node
 
-    # Action tasks run on the executor's pool: enough threads that a long plan never starves
-    # the inputs, the cancel service or the MPC timer.
-    spin_node(PlannerNode, args, threads=4)
+    # One executor thread: plans run on threads of their own (see the module docstring).
+    spin_node(PlannerNode, args, threads=1)
 
 
 if __name__ == "__main__":

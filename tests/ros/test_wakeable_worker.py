@@ -5,12 +5,7 @@ import time
 
 from rla_wm_ros.wakeable_worker import WakeableWorker
 
-
-def wait_until(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
+from conftest import wait_for
 
 
 def test_wakes_during_a_run_coalesce_into_exactly_one_more_run_and_stop_ends_the_thread():
@@ -24,11 +19,11 @@ def test_wakes_during_a_run_coalesce_into_exactly_one_more_run_and_stop_ends_the
     worker = WakeableWorker(slow_job, name="test-worker")
     try:
         worker.wake()
-        wait_until(lambda: len(started) == 1)
+        wait_for(lambda: len(started) == 1, 10, "the first run")
         for _ in range(5):  # five timer ticks while the job runs
             worker.wake()
         release.set()
-        wait_until(lambda: worker.runs == 2)
+        wait_for(lambda: worker.runs == 2, 10, "the catch-up run")
         time.sleep(0.2)
         assert worker.runs == 2 and len(started) == 2  # one catch-up run, not five queued
     finally:
